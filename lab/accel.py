@@ -1,0 +1,54 @@
+"""Which accelerator can run a guest here: KVM only when it really works, TCG otherwise."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+from dataclasses import dataclass
+
+from lab.errors import UsageError
+
+KVM_GET_API_VERSION = 0xAE00
+KVM_API_VERSION = 12
+_HOST_TO_QEMU_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    """The accelerator picked for one guest arch, and why (shown in reports and `lab doctor`)."""
+
+    name: str
+    reason: str
+
+
+def kvm_status(guest_arch: str) -> tuple[bool, str]:
+    """Whether KVM can run `guest_arch` guests on this host, with the reason when it cannot."""
+    host = _HOST_TO_QEMU_ARCH.get(platform.machine(), platform.machine())
+    if host != guest_arch:
+        return False, f"host is {host}, guest is {guest_arch}: KVM needs the same arch"
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as error:
+        return False, f"/dev/kvm unusable: {error.strerror}"
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as error:
+        return False, f"/dev/kvm does not answer KVM_GET_API_VERSION: {error.strerror}"
+    finally:
+        os.close(fd)
+    if version != KVM_API_VERSION:
+        return False, f"/dev/kvm reports API version {version}, expected {KVM_API_VERSION}"
+    return True, "/dev/kvm answers and matches the guest arch"
+
+
+def choose_accel(guest_arch: str, requested: str | None = None) -> AccelChoice:
+    """`requested` ('kvm' or 'tcg') is honoured or refused with the reason; None means best available."""
+    if requested not in (None, "kvm", "tcg"):
+        raise UsageError(f"unknown accelerator {requested!r} (use kvm or tcg)")
+    usable, reason = kvm_status(guest_arch)
+    if requested == "kvm" and not usable:
+        raise UsageError(f"--accel kvm is not possible here: {reason}")
+    if requested == "tcg":
+        return AccelChoice("tcg", "requested")
+    return AccelChoice("kvm", reason) if usable else AccelChoice("tcg", reason)

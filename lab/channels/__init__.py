@@ -1,0 +1,1 @@
+"""Channels to a running guest: serial console, QMP, gdbstub, SSH."""

@@ -1,0 +1,110 @@
+"""QMP through qemu.qmp, with every asynchronous event recorded: the events are the point.
+
+qemu.qmp is asyncio-based; the channel runs its client on a private event loop thread so
+that events are read (and written to a JSON lines file) the moment QEMU sends them, even
+while the lab is busy elsewhere, and so nothing is lost when QEMU exits right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import EventListener, QMPClient, QMPError
+
+from lab.deadline import wait_until
+from lab.errors import ChannelError
+
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+def _matches(data: Any, pattern: Any) -> bool:
+    """True when every key of `pattern` is in `data` with a matching value (recursively)."""
+    if isinstance(pattern, dict):
+        return isinstance(data, dict) and all(k in data and _matches(data[k], v) for k, v in pattern.items())
+    return data == pattern
+
+
+class QmpChannel:
+    """One QMP connection; `events` holds every event seen, each with QEMU's own timestamp."""
+
+    def __init__(self, socket_path: Path, events_log: Path, started: float) -> None:
+        self.socket_path = socket_path
+        self.events_log = events_log
+        self.started = started
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="qmp", daemon=True)
+        self._client = QMPClient("lab")
+        self._listener = EventListener()
+        self._pump: asyncio.Future[None] | None = None
+
+    def _call(self, coroutine, timeout: float):
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coroutine, timeout), self._loop)
+        return future.result(timeout + 1)
+
+    def connect(self, timeout: float) -> None:
+        self._thread.start()
+        self._client.register_listener(self._listener)
+
+        def attempt() -> bool | None:
+            try:
+                self._call(self._client.connect(str(self.socket_path)), 2)
+            except (OSError, QMPError, TimeoutError):
+                return None
+            return True
+
+        wait_until(attempt, timeout, f"QMP on {self.socket_path}")
+        self._pump = asyncio.run_coroutine_threadsafe(self._record_events(), self._loop)
+
+    async def _record_events(self) -> None:
+        with self.events_log.open("a") as log:
+            while True:
+                event = await self._listener.get()
+                record = dict(event)
+                record["lab_seconds"] = round(time.monotonic() - self.started, 6)
+                with self._lock:
+                    self.events.append(record)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+        try:
+            return self._call(self._client.execute(command, arguments), timeout)
+        except QMPError as error:
+            raise ChannelError(f"QMP {command} failed: {error}") from error
+        except TimeoutError as error:
+            raise ChannelError(f"QMP {command} got no answer within {timeout}s") from error
+
+    def seen(self, name: str, match: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if e["event"] == name and _matches(e.get("data", {}), match or {})]
+
+    def wait_event(
+        self, name: str, timeout: float, match: dict[str, Any] | None = None,
+        last_seen: Callable[[], list[str]] | None = None,
+    ) -> dict[str, Any]:
+        """The first event `name` whose data matches `match` (already seen ones count)."""
+        described = f"QMP event {name}" + (f" matching {match}" if match else "")
+        return wait_until(lambda: next(iter(self.seen(name, match)), None), timeout, described, last_seen)
+
+    def close(self) -> None:
+        """Stop reading; safe to call twice and after QEMU has gone (disconnect re-raises its EOF)."""
+        if not self._thread.is_alive():
+            return
+        if self._pump is not None:
+            self._pump.cancel()
+        try:
+            self._call(self._client.disconnect(), 2)
+        except (QMPError, EOFError, TimeoutError, OSError, asyncio.CancelledError):
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()

@@ -1,0 +1,55 @@
+"""The lab's error hierarchy: every error carries the data a user needs to act on it.
+
+`LabError.exit_code` decides the process exit status: 2 for usage and set-up problems
+(nothing was judged), 1 for a run that ran and failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class LabError(Exception):
+    """Base of every error the `lab` command reports as one line, without a traceback."""
+
+    exit_code = 2
+
+
+class UsageError(LabError):
+    """The user asked for something that does not exist or does not make sense."""
+
+
+class SetupError(LabError):
+    """Something the lab needs on this host is missing (QEMU, an image, a package)."""
+
+
+class WaitTimeout(LabError):
+    """A bounded wait ran out: says what it waited for and what it saw last."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, seconds: float, last_seen: Sequence[str] = ()) -> None:
+        self.what = what
+        self.seconds = seconds
+        self.last_seen = list(last_seen)
+        tail = " | ".join(line.strip() for line in self.last_seen[-3:] if line.strip())
+        message = f"timed out after {seconds:.1f}s waiting for {what}"
+        super().__init__(f"{message}; last seen: {tail}" if tail else message)
+
+
+class MachineError(LabError):
+    """QEMU failed to start or died unexpectedly; carries its command line and output."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, command: Sequence[str] = (), output: str = "") -> None:
+        self.command = list(command)
+        self.output = output
+        last = output.strip().splitlines()[-1] if output.strip() else ""
+        super().__init__(f"{message}: {last}" if last else message)
+
+
+class ChannelError(LabError):
+    """A channel to the guest (serial, QMP, gdbstub, SSH) broke or answered nonsense."""
+
+    exit_code = 1
