@@ -164,7 +164,7 @@ class Machine:
     def launch(self, timeout: float = 15) -> None:
         """Start QEMU paused and attach console and QMP; raises MachineError if QEMU dies."""
         for lock in self._locks:
-            lock.__enter__()
+            lock.acquire()
         (self.run_dir / f"qemu-{self.name}.cmdline").write_text(shlex.join(self.record.command) + "\n")
         with self._stderr_path.open("wb") as stderr:
             self._process = subprocess.Popen(
@@ -232,5 +232,5 @@ class Machine:
             self.record.console_lines = list(self.console.lines)
             (self.run_dir / f"boot-{self.name}.json").write_text(json.dumps(self.record.to_json(), indent=2))
             for lock in reversed(self._locks):
-                lock.__exit__(None, None, None)
+                lock.release()
             shutil.rmtree(self._sockets, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""The `lab` command. Bad input gets one clear line and exit 2; a failed run exits 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from lab.errors import LabError, UsageError
+from lab.image import ImageRecipe, ImageStore
+from lab.report import TerminalReport
+from lab.run import RunOptions, run_scenario
+from lab.scenario import find_scenario, load_scenario, shipped_scenarios
+
+
+def _images_build(args: argparse.Namespace) -> int:
+    recipe = ImageRecipe.named(args.name or f"debian-{args.arch}")
+    image, built = ImageStore().build(recipe, refresh=args.refresh, log=lambda line: print(f"  {line}"))
+    print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
+    return 0
+
+
+def _images_list(args: argparse.Namespace) -> int:
+    images = ImageStore().list()
+    if not images:
+        print("no images built yet: run `lab images build`")
+    for image in images:
+        packages = ", ".join(f"{i['package']} {i['version']}" for i in image.manifest["inputs"] if "package" in i)
+        print(f"{image.name:<16} {image.manifest['built']}  {image.path}\n    {packages}")
+    return 0
+
+
+def _image_inspect(args: argparse.Namespace) -> int:
+    from lab.hibernation_header import read_header
+
+    header = read_header(Path(args.disk))
+    print(json.dumps(header.to_json(), indent=2) if args.json else header.describe())
+    return 0
+
+
+def _image_set_signature(args: argparse.Namespace) -> int:
+    from lab.hibernation_header import parse_signature_value, set_signature
+
+    before, after = set_signature(Path(args.disk), parse_signature_value(args.value))
+    print(f"hw_sig 0x{before.hw_sig:08x} -> 0x{after.hw_sig:08x}; flags {', '.join(after.flag_names) or 'none'}")
+    return 0
+
+
+def _scenario(args: argparse.Namespace) -> int:
+    if args.name == "list":
+        for path in shipped_scenarios():
+            scenario = load_scenario(path)
+            print(f"{scenario.name:<40} {scenario.description[:70]}")
+        return 0
+    if args.name == "show":
+        if not args.target:
+            raise UsageError("usage: lab scenario show NAME")
+        print(find_scenario(args.target).path.read_text(), end="")
+        return 0
+    scenario = find_scenario(args.name)
+    options = RunOptions(arch=args.arch, image=args.image, accel=args.accel,
+                         qemu=Path(args.qemu) if args.qemu else None, psci=args.psci,
+                         runs_root=Path(args.runs_dir))
+    report = TerminalReport(Console(highlight=False, soft_wrap=True))
+    result = run_scenario(scenario, options, [report])
+    report.verdict(result.verdict, result.run_dir, result.seconds)
+    return 0 if result.verdict.passed else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="lab", description="The hibernation lab.")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    images = commands.add_parser("images", help="build and list guest images")
+    images_sub = images.add_subparsers(dest="images_command", required=True)
+    build = images_sub.add_parser("build", help="build the default (or named) guest image")
+    build.add_argument("name", nargs="?", help="image recipe name (default: debian-ARCH)")
+    build.add_argument("--arch", default="arm64", choices=["arm64"])
+    build.add_argument("--refresh", action="store_true", help="refresh the package lists first")
+    build.set_defaults(handler=_images_build)
+    images_sub.add_parser("list", help="show cached images").set_defaults(handler=_images_list)
+
+    image = commands.add_parser("image", help="inspect or alter a disk's hibernation header")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    inspect = image_sub.add_parser("inspect", help="show the swap area's hibernation header")
+    inspect.add_argument("disk")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=_image_inspect)
+    signature = image_sub.add_parser("set-signature", help="set HW_SIG and hw_sig in the header")
+    signature.add_argument("disk")
+    signature.add_argument("value", help="decimal or 0x-hex, 1..0xffffffff")
+    signature.set_defaults(handler=_image_set_signature)
+
+    scenario = commands.add_parser("scenario", help="run a scenario (or: list, show NAME)")
+    scenario.add_argument("name", help="scenario name or file, or `list` / `show`")
+    scenario.add_argument("target", nargs="?", help="with `show`: the scenario to show")
+    scenario.add_argument("--arch", default="arm64")
+    scenario.add_argument("--image", help="image recipe name or built image directory")
+    scenario.add_argument("--accel", choices=["kvm", "tcg"], help="force an accelerator")
+    scenario.add_argument("--qemu", help="QEMU binary to use (e.g. one with the SYSTEM_OFF2 patch)")
+    scenario.add_argument("--psci", help="PSCI personality for the TCG layer (overrides the scenario)")
+    scenario.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    scenario.set_defaults(handler=_scenario)
+    return top
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except LabError as error:
+        print(f"lab: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("lab: interrupted; QEMU stopped and logs kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""One scenario run, start to finish: run directory, steps, verdict, report.
+
+This is the only place where the side that drives QEMU (steps) and the side that judges
+(witnesses, verdict) meet, and they meet through recorded observations only.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lab import __version__
+from lab.accel import choose_accel
+from lab.errors import LabError, SetupError
+from lab.events import EventLog, Listener
+from lab.image import DEFAULT_IMAGE, GuestImage, ImageStore
+from lab.report import write_result
+from lab.scenario import Scenario
+from lab.steps import GuestPsci, RunContext, run_steps
+from lab.verdict import RunVerdict, judge
+from lab.witnesses import read_console
+
+ARCHES = {"arm64": "arm64", "aarch64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user chose on the command line; scenario files say the rest."""
+
+    arch: str = "arm64"
+    image: str | None = None
+    accel: str | None = None
+    qemu: Path | None = None
+    psci: str | None = None
+    runs_root: Path = Path("runs")
+    run_dir: Path | None = None
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    verdict: RunVerdict
+    seconds: float
+
+
+def qemu_version(binary: str) -> str:
+    try:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    return done.stdout.splitlines()[0] if done.stdout else "unknown"
+
+
+def find_image(scenario: Scenario, options: RunOptions) -> GuestImage:
+    arch = ARCHES.get(options.arch)
+    if arch is None:
+        raise SetupError(f"unknown arch {options.arch!r} (use arm64 or x86_64)")
+    name = options.image or scenario.image or DEFAULT_IMAGE.get(arch)
+    if name is None:
+        raise SetupError(f"no default image for {arch} yet")
+    if Path(name).is_dir():
+        return GuestImage.open(Path(name))
+    image = ImageStore().latest(name)
+    if image is None:
+        raise SetupError(f"image {name} is not built: run `lab images build {name}`")
+    return image
+
+
+def psci_for(scenario: Scenario, options: RunOptions, image: GuestImage, accel: str) -> GuestPsci | None:
+    """The PSCI v1.3 layer runs for arm64 guests on TCG, where QEMU's own PSCI is v1.1."""
+    if image.qemu_arch != "aarch64" or accel != "tcg":
+        return None
+    from lab.psci_attach import psci_attacher
+
+    return psci_attacher(options.psci or scenario.psci, image)
+
+
+def new_run_dir(root: Path, scenario: Scenario) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    for attempt in range(100):
+        candidate = root / (f"{stamp}-{scenario.name}" + (f"-{attempt}" if attempt else ""))
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+    raise SetupError(f"cannot create a run directory under {root}")
+
+
+def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
+    started = time.monotonic()
+    image = find_image(scenario, options)
+    accel = choose_accel(image.qemu_arch, options.accel)
+    run_dir = options.run_dir or new_run_dir(options.runs_root, scenario)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    events = EventLog(run_dir / "events.jsonl", started)
+    events.listeners.extend(listeners)
+    (run_dir / "scenario.json").write_text(json.dumps(scenario.source, indent=2) + "\n")
+    psci = psci_for(scenario, options, image, accel.name)
+    ctx = RunContext(scenario=scenario, image=image, run_dir=run_dir, events=events,
+                     accel=accel.name, qemu=options.qemu, psci=psci)
+    events.emit("run-start", scenario=scenario.name, image=image.name, accel=accel.name,
+                accel_reason=accel.reason, psci=psci.personality if psci else None)
+    error: str | None = None
+    try:
+        ctx.prepare_disk()
+        run_steps(ctx, scenario.steps)
+    except LabError as failure:
+        error = str(failure)
+    except KeyboardInterrupt:
+        error = "interrupted"
+    finally:
+        ctx.close_machine()
+    consoles = {p.stem.removeprefix("console-"): read_console(p) for p in sorted(run_dir.glob("console-*.log"))}
+    verdict = judge(ctx.observations, consoles, error)
+    seconds = time.monotonic() - started
+    environment: dict[str, Any] = {
+        "lab": __version__,
+        "qemu": qemu_version(ctx.spec().qemu_binary),
+        "host": f"{platform.system()} {platform.machine()} {platform.release()}",
+        "accel": accel.name,
+        "accel_reason": accel.reason,
+        "psci_personality": psci.personality if psci else None,
+        "image": {"name": image.name, "path": str(image.path), "kernel_release": image.kernel_release,
+                  "inputs": image.manifest.get("inputs", []), "outputs": image.manifest.get("outputs", {})},
+    }
+    write_result(run_dir, scenario, verdict, ctx.observations, events, environment, seconds)
+    events.emit("run-end", status="PASS" if verdict.passed else "FAIL", reason=verdict.reason)
+    if error == "interrupted":
+        raise KeyboardInterrupt
+    return RunResult(run_dir, verdict, seconds)

@@ -1,0 +1,312 @@
+"""Scenario steps: boot, mark, hibernate, poweroff, crash, alter the disk, check, run, repeat.
+
+Steps drive machines and channels and record observations; they never judge. A guest that
+misbehaves (resumes when it should not, loses its evidence) is recorded faithfully and left
+to the verdict; only a broken channel or a wait that runs out stops the run.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import hibernation_header
+from lab.channels.shell import GuestShell
+from lab.errors import LabError, SetupError
+from lab.events import EventLog
+from lab.image import GuestImage
+from lab.machine import Disk, Machine, MachineSpec
+from lab.observations import (
+    BootObservation,
+    CheckRequest,
+    CommandObservation,
+    DiskOperation,
+    Evidence,
+    EvidenceObservation,
+    Observations,
+    PowerOffObservation,
+)
+from lab.scenario import Scenario, Step
+
+DEFAULT_TIMEOUTS = {"boot": 120.0, "hibernate": 180.0, "poweroff": 60.0, "crash": 60.0, "run": 60.0}
+READY = re.compile(r"lab-init: ready|PM: hibernation: hibernation exit|Kernel panic")
+
+
+class StepError(LabError):
+    """A step could not do its work (as opposed to the guest doing something unexpected)."""
+
+    exit_code = 1
+
+
+@dataclass
+class GuestPsci:
+    """How the PSCI v1.3 layer is to be attached to TCG arm64 guests (None: not attached)."""
+
+    personality: str
+    attach: Callable[[Machine, Path], Any]
+
+
+@dataclass
+class RunContext:
+    """The state a run carries from step to step."""
+
+    scenario: Scenario
+    image: GuestImage
+    run_dir: Path
+    events: EventLog
+    accel: str
+    qemu: Path | None = None
+    psci: GuestPsci | None = None
+    kernel_append_extra: str = ""
+    observations: Observations = field(default_factory=Observations)
+    machine: Machine | None = None
+    shell: GuestShell | None = None
+    psci_session: Any = None
+    evidence: Evidence | None = None
+    pending_hibernate: tuple[str, str] | None = None
+    boot_count: int = 0
+
+    @property
+    def swap(self) -> Disk:
+        return Disk(self.run_dir / "swap.raw", "raw")
+
+    def prepare_disk(self) -> None:
+        done = subprocess.run(
+            ["qemu-img", "convert", "-O", "raw", "-S", "4k", str(self.image.swap_template), str(self.swap.path)],
+            capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            raise SetupError(f"cannot create the run's swap disk: {done.stderr.strip()}")
+
+    def spec(self) -> MachineSpec:
+        append = f"{self.image.kernel_append} lab.swap=vda {self.kernel_append_extra}".strip()
+        return MachineSpec(
+            arch=self.image.qemu_arch, kernel=self.image.kernel, initrd=self.image.initramfs, append=append,
+            disks=(self.swap,), accel=self.accel, memory_mib=self.scenario.memory_mib,
+            cpus=self.scenario.cpus, qemu=self.qemu, gdbstub=self.psci is not None,
+        )
+
+    def require_shell(self, step: Step) -> GuestShell:
+        if self.shell is None or self.machine is None or not self.machine.running:
+            raise StepError(f"line {step.line}: `{step.kind}` needs a running guest; add a boot step before it")
+        return self.shell
+
+    def close_machine(self) -> None:
+        """QEMU first (its exit ends the PSCI layer's gdbstub session), then the layer."""
+        try:
+            if self.machine is not None:
+                self.machine.close()
+        finally:
+            if self.psci_session is not None:
+                self.psci_session.close()
+        self.machine = self.shell = self.psci_session = None
+
+    def console_text(self) -> str:
+        if self.machine is None:
+            return ""
+        return "\n".join(line for _, line in self.machine.console.lines)
+
+
+def _boot(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    if ctx.machine is not None:
+        raise StepError(f"line {step.line}: boot while a guest is still running; power it off first")
+    ctx.boot_count += 1
+    name = f"boot{ctx.boot_count}"
+    machine = Machine(ctx.spec(), ctx.run_dir, name, ctx.events.started)
+    ctx.machine = machine
+    machine.launch()
+    ctx.events.emit("qemu-launched", boot=name, accel=ctx.accel)
+    if ctx.psci is not None:
+        ctx.psci_session = ctx.psci.attach(machine, ctx.run_dir / f"psci-{name}.jsonl")
+    else:
+        machine.resume()
+    ctx.shell = GuestShell(machine.console)
+    timeout = step.params.get("timeout", DEFAULT_TIMEOUTS["boot"])
+    seen = machine.console.expect(READY.pattern, timeout, f"{name} to become ready").group(0)
+    observation = BootObservation(name, "unknown", step.params.get("expect", "any"), step.line)
+    if seen.startswith("lab-init"):
+        observation.outcome = "fresh"
+    elif seen.startswith("PM:"):
+        observation.outcome = "resumed"
+        if ctx.pending_hibernate is not None:
+            token, command = ctx.pending_hibernate
+            observation.hibernate_command_status = ctx.shell.wait(token, command, timeout).status
+    else:
+        observation.outcome = "panicked"
+    ctx.pending_hibernate = None
+    if observation.outcome != "panicked":
+        ctx.shell.wait_responsive(timeout)
+    ctx.observations.boots.append(observation)
+    outcome.update(boot=name, outcome=observation.outcome)
+
+
+def _mark(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    shell = ctx.require_shell(step)
+    token = secrets.token_hex(16)
+    seconds = 2_000_000_000 + secrets.randbelow(100_000_000)
+    output = shell.succeed(
+        "mkdir -p /run/lab-evidence\n"
+        f"echo {token} > /run/lab-evidence/token\n"
+        f"sleep {seconds} </dev/null >/dev/null 2>&1 &\n"
+        'echo "marker=$!"\n'
+        'echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"\n'
+    )
+    fields = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    ctx.evidence = Evidence(token, int(fields["marker"]), seconds, fields["boot_id"])
+    outcome.update(token=token, marker_pid=ctx.evidence.marker_pid, boot_id=ctx.evidence.boot_id)
+
+
+def _read_disk_header(ctx: RunContext) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        return hibernation_header.read_header(ctx.swap.path).to_json(), None
+    except LabError as error:
+        return None, str(error)
+
+
+def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any], intent: str, command: str) -> None:
+    shell = ctx.require_shell(step)
+    machine = ctx.machine
+    assert machine is not None
+    timeout = step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind])
+    if intent == "hibernate" and "mode" in step.params:
+        shell.succeed(f"echo {step.params['mode']} > /sys/power/disk")
+    token = shell.start(command)
+    timed_out = False
+    try:
+        machine.wait_exit(timeout, f"the guest to power off after `{command}`")
+    except LabError as error:
+        timed_out = True
+        outcome["wait_error"] = str(error)
+    session = ctx.psci_session
+    ctx.close_machine()
+    header, disk_error = _read_disk_header(ctx)
+    ctx.observations.power_offs.append(PowerOffObservation(
+        boot=machine.name, intent=intent, expect=step.params.get("expect"), step_line=step.line,
+        record=machine.record, timed_out=timed_out, psci_active=session is not None,
+        psci_personality=ctx.psci.personality if ctx.psci else None,
+        psci_calls=list(session.calls) if session is not None else [],
+        disk_header=header, disk_error=disk_error,
+    ))
+    if intent == "hibernate":
+        ctx.pending_hibernate = (token, command)
+    outcome.update(exit_code=machine.record.exit_code, timed_out=timed_out,
+                   image_on_disk=bool(header and header.get("image_present")))
+
+
+def _hibernate(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    _power_off(ctx, step, outcome, "hibernate", "echo disk > /sys/power/state")
+
+
+def _poweroff(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    _power_off(ctx, step, outcome, "poweroff", "poweroff -f")
+
+
+def _crash(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    _power_off(ctx, step, outcome, "crash", "echo c > /proc/sysrq-trigger")
+
+
+def _disk_operation(ctx: RunContext, step: Step, outcome: dict[str, Any], operation: str, change) -> None:
+    if ctx.machine is not None:
+        raise StepError(f"line {step.line}: `{step.kind}` changes the disk; power the guest off first")
+    before, after = change(ctx.swap.path)
+    ctx.observations.disk_operations.append(
+        DiskOperation(step.line, operation, before.to_json(), after.to_json())
+    )
+    outcome.update(before=before.to_json(), after=after.to_json())
+
+
+def _alter_signature(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    value = step.params["value"]
+    _disk_operation(ctx, step, outcome, f"set-signature 0x{value:08x}",
+                    lambda disk: hibernation_header.set_signature(disk, value))
+
+
+def _discard_image(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    _disk_operation(ctx, step, outcome, "discard-image", hibernation_header.discard_image)
+
+
+def _evidence(ctx: RunContext, shell: GuestShell, step: Step) -> EvidenceObservation:
+    planted = ctx.evidence
+    pid = planted.marker_pid if planted else 0
+    output = shell.succeed(
+        'echo "token=$(cat /run/lab-evidence/token 2>/dev/null)"\n'
+        f"echo \"marker=$(tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null)\"\n"
+        'echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"\n'
+    )
+    fields = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    assert ctx.machine is not None
+    return EvidenceObservation(
+        step_line=step.line, boot=ctx.machine.name,
+        token_found=planted is not None and fields.get("token", "") == planted.token,
+        marker_alive=planted is not None and fields.get("marker", "").split() == ["sleep", str(planted.marker_seconds)],
+        boot_id=fields.get("boot_id", ""), planted=planted,
+    )
+
+
+def _guest_swap_signature(shell: GuestShell) -> str:
+    output = shell.succeed(
+        "for tail in 4086 65526; do"
+        " s=$(dd if=/dev/vda bs=1 skip=$tail count=10 2>/dev/null | tr -d '\\0');"
+        " case $s in S1SUSPEND|SWAPSPACE2|SWAP-SPACE) echo $s; exit 0;; esac; done; echo none"
+    )
+    return output.strip()
+
+
+def _check(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    shell = ctx.require_shell(step)
+    wants = step.params
+    evidence = _evidence(ctx, shell, step) if {"evidence", "boot_id"} & wants.keys() else None
+    swap_signature = _guest_swap_signature(shell) if "swap_signature" in wants else None
+    assert ctx.machine is not None
+    ctx.observations.checks.append(CheckRequest(
+        step_line=step.line, boot=ctx.machine.name, expectations=dict(wants),
+        evidence=evidence, swap_signature=swap_signature, console_text=ctx.console_text(),
+    ))
+    if evidence is not None:
+        outcome.update(token_found=evidence.token_found, marker_alive=evidence.marker_alive,
+                       boot_id=evidence.boot_id)
+    if swap_signature is not None:
+        outcome["swap_signature"] = swap_signature
+
+
+def _run(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    shell = ctx.require_shell(step)
+    result = shell.run(step.params["command"], step.params.get("timeout", DEFAULT_TIMEOUTS["run"]))
+    assert ctx.machine is not None
+    ctx.observations.commands.append(CommandObservation(
+        step.line, ctx.machine.name, result.command, result.status, result.output,
+        step.params.get("expect_status", 0), step.params.get("output_contains"),
+    ))
+    outcome.update(status=result.status)
+
+
+def _repeat(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
+    for round_number in range(1, step.params["times"] + 1):
+        ctx.events.emit("repeat-round", round=round_number, of=step.params["times"])
+        run_steps(ctx, step.children)
+    outcome["rounds"] = step.params["times"]
+
+
+STEPS: dict[str, Callable[[RunContext, Step, dict[str, Any]], None]] = {
+    "boot": _boot,
+    "mark": _mark,
+    "hibernate": _hibernate,
+    "poweroff": _poweroff,
+    "crash": _crash,
+    "alter-signature": _alter_signature,
+    "discard-image": _discard_image,
+    "check": _check,
+    "run": _run,
+    "repeat": _repeat,
+}
+
+
+def run_steps(ctx: RunContext, steps: tuple[Step, ...]) -> None:
+    for step in steps:
+        with ctx.events.step(step.kind, line=step.line, params=step.describe()) as outcome:
+            STEPS[step.kind](ctx, step, outcome)
