@@ -47,10 +47,10 @@ class EventLog:
         except BaseException as error:
             self.emit("step-end", step=name, params=params, status="error",
                       error=str(error) or type(error).__name__, seconds=round(self.now() - start["t"], 3),
-                      **outcome)
+                      outcome=outcome)
             raise
         self.emit("step-end", step=name, params=params, status="done", seconds=round(self.now() - start["t"], 3),
-                  **outcome)
+                  outcome=outcome)
 
     def phases(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["kind"] == "step-end"]

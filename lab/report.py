@@ -14,6 +14,8 @@ from lab.scenario import Scenario
 from lab.verdict import RunVerdict
 
 RESULT_SCHEMA_VERSION = 1
+SHOWN_OUTCOME = ("outcome", "image_on_disk", "timed_out", "token_found", "marker_alive", "swap_signature",
+                 "status", "rounds")
 
 
 def write_result(
@@ -53,7 +55,10 @@ class TerminalReport:
             self.console.print(f"  round {record['round']}/{record['of']}")
         elif kind == "step-end":
             mark = "[green]✓[/]" if record["status"] == "done" else "[red]✗[/]"
-            detail = record.get("error") or record.get("outcome") or ""
+            outcome = record.get("outcome", {})
+            detail = record.get("error") or "  ".join(
+                f"{key}={outcome[key]}" for key in SHOWN_OUTCOME if key in outcome
+            )
             shown = record["params"].get("params", record["step"])
             self.console.print(f"  {mark} {shown:<36} {record['seconds']:7.1f}s  {detail}")
 

@@ -92,21 +92,22 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
                            off2_observable)
 
 
+IMPLICIT_EXPECTATIONS = {
+    "hibernate": ("hibernate-off2", "hibernate-off"),
+    "poweroff": ("poweroff",),
+    "crash": ("crash",),
+}
+"""What a power-off step without `expect:` is held to: the class its intent obviously implies."""
+
+
 def _power_off_checks(verdicts: list[PowerOffVerdict], observations: Observations) -> list[Check]:
     checks = []
     for verdict, observation in zip(verdicts, observations.power_offs, strict=True):
-        expected = observation.expect
-        if expected is None and observation.intent == "hibernate":
-            passed = verdict.kind in ("hibernate-off2", "hibernate-off")
-            detail = f"{observation.intent} ended as {verdict.kind}"
-        elif expected is None:
-            continue
-        else:
-            passed = verdict.kind == expected
-            detail = f"{observation.intent} ended as {verdict.kind}, expected {expected}"
+        allowed = (observation.expect,) if observation.expect else IMPLICIT_EXPECTATIONS[observation.intent]
+        detail = f"{observation.intent} ended as {verdict.kind}, expected {' or '.join(allowed)}"
         if verdict.disagreements:
             detail += "; witnesses disagree: " + "; ".join(verdict.disagreements)
-        checks.append(Check(f"{verdict.boot} power-off", passed, detail, observation.step_line))
+        checks.append(Check(f"{verdict.boot} power-off", verdict.kind in allowed, detail, observation.step_line))
     return checks
 
 

@@ -8,6 +8,7 @@ while the lab is busy elsewhere, and so nothing is lost when QEMU exits right af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -101,10 +102,8 @@ class QmpChannel:
             return
         if self._pump is not None:
             self._pump.cancel()
-        try:
+        with contextlib.suppress(QMPError, EOFError, TimeoutError, OSError, asyncio.CancelledError):
             self._call(self._client.disconnect(), 2)
-        except (QMPError, EOFError, TimeoutError, OSError, asyncio.CancelledError):
-            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()

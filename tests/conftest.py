@@ -1,0 +1,51 @@
+"""Shared fixtures: the default guest image (built by ./bootstrap) and a scratch run directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lab.image import DEFAULT_IMAGE, GuestImage, ImageStore
+
+
+@pytest.fixture(scope="session")
+def default_image() -> GuestImage:
+    """The default arm64 image; ./bootstrap builds it, the README's test command runs bootstrap."""
+    image = ImageStore().latest(DEFAULT_IMAGE["arm64"])
+    if image is None:
+        pytest.fail("the default image is not built: run ./bootstrap (the README's test command does)")
+    return image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _guest_paths_for_layer_tests() -> None:
+    """Tests of the PSCI layer boot the default image's kernel and initramfs when it is built."""
+    image = ImageStore().latest(DEFAULT_IMAGE["arm64"])
+    if image is not None:
+        os.environ.setdefault("LAB_TEST_KERNEL", str(image.kernel))
+        os.environ.setdefault("LAB_TEST_INITRD", str(image.initramfs))
+
+
+@pytest.fixture(autouse=True)
+def _no_orphan_qemu():
+    """Every test must leave no QEMU child behind: the lab's promise, checked after each test."""
+    yield
+    leaked = _qemu_children()
+    assert not leaked, f"QEMU processes left running: {leaked}"
+
+
+def _qemu_children() -> list[str]:
+    """QEMU processes whose parent is this test process (xdist workers each check their own)."""
+    leaked = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            command = fields[0].split("(", 1)[1]
+            parent = int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() and command.startswith("qemu-system"):
+            leaked.append(f"{stat.parent.name} {command}")
+    return leaked

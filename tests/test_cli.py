@@ -1,0 +1,53 @@
+"""The `lab` command as a user meets it: one clear line and exit 2 for bad input, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAB = [sys.executable, "-m", "lab.cli"]
+
+
+def lab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LAB, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["scenario", "no-such-scenario"], "lab: error: no scenario named 'no-such-scenario'"),
+        (["scenario", "/nonexistent/x.yaml"], "lab: error: no scenario file /nonexistent/x.yaml"),
+        (["scenario", "hibernate-resume", "--image", "no-such-image"], "lab: error: image no-such-image is not built"),
+        (["scenario", "hibernate-resume", "--arch", "sparc"], "lab: error: unknown arch 'sparc'"),
+        (["scenario", "hibernate-resume", "--psci", "bogus"], "lab: error: unknown PSCI personality 'bogus'"),
+        (["scenario", "hibernate-resume", "--accel", "kvm"], "lab: error: --accel kvm is not possible here"),
+        (["image", "inspect", "/nonexistent.raw"], "lab: error:"),
+        (["image", "set-signature", "/nonexistent.raw", "zz"], "lab: error:"),
+        (["images", "build", "no-such-recipe"], "lab: error: no image recipe named 'no-such-recipe'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    done = lab(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(message), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_invalid_scenario_file_names_line_and_field(tmp_path):
+    scenario = tmp_path / "mine.yaml"
+    scenario.write_text("name: mine\ndescription: x\nsteps:\n  - boot\n  - hibernate: {expect: sleepy}\n")
+    done = lab("scenario", str(scenario), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"lab: error: {scenario}:5: steps/1/hibernate/expect:")
+
+
+def test_scenario_list_and_show():
+    listed = lab("scenario", "list")
+    assert listed.returncode == 0
+    assert "hibernate-resume" in listed.stdout and "no-stale-resume" in listed.stdout
+    shown = lab("scenario", "show", "hibernate-resume")
+    assert shown.returncode == 0 and "name: hibernate-resume" in shown.stdout

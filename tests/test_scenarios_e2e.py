@@ -1,0 +1,111 @@
+"""Every shipped scenario, end to end on the default image under TCG, plus negative controls.
+
+Assertions read what the guest and QEMU left in the run directory (console logs, the PSCI
+call log, QMP events, the disk), not only the lab's own verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab.run import RunOptions, RunResult, run_scenario
+from lab.scenario import Scenario, load_scenario, shipped_scenarios
+
+pytestmark = pytest.mark.guest
+
+
+def _run(scenario: Scenario, tmp_path: Path) -> RunResult:
+    return run_scenario(scenario, RunOptions(run_dir=tmp_path / "run"), [])
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _off2_calls(run_dir: Path, boot: str) -> list[dict]:
+    calls = _jsonl(run_dir / f"psci-{boot}.jsonl")
+    return [c for c in calls if c["name"].startswith("SYSTEM_OFF2")]
+
+
+def _console(run_dir: Path, boot: str) -> str:
+    return (run_dir / f"console-{boot}.log").read_text(errors="replace")
+
+
+@pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda p: p.stem)
+def test_shipped_scenario_passes(path: Path, tmp_path: Path, default_image) -> None:
+    result = _run(load_scenario(path), tmp_path)
+    assert result.verdict.passed, result.verdict.reason
+    run_dir = result.run_dir
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["verdict"]["status"] == "PASS"
+    for power_off in summary["verdict"]["power_offs"]:
+        boot, kind = power_off["boot"], power_off["class"]
+        shutdowns = [e for e in _jsonl(run_dir / f"qmp-{boot}.jsonl") if e["event"] == "SHUTDOWN"]
+        assert shutdowns and shutdowns[0]["data"]["guest"] is True
+        accepted = [c for c in _off2_calls(run_dir, boot) if c["action"] == "power-off"]
+        if kind == "hibernate-off2":
+            assert [c["args"][:2] for c in accepted] == [["0x0", "0x0"]], "the guest called SYSTEM_OFF2(0, 0)"
+        else:
+            assert accepted == []
+        if kind.startswith("hibernate"):
+            assert "PM: Image saving done" in _console(run_dir, boot)
+    for boot in summary["observations"]["boots"]:
+        resumed = "PM: hibernation: hibernation exit" in _console(run_dir, boot["boot"])
+        assert resumed == (boot["outcome"] == "resumed")
+
+
+def test_kvm_personality_guest_sees_psci_1_3_and_system_off2(tmp_path, default_image) -> None:
+    result = _run(load_scenario(Path("scenarios/hibernate-resume.yaml")), tmp_path)
+    console = _console(result.run_dir, "boot1")
+    assert "psci: PSCIv1.3 detected in firmware." in console
+    assert result.verdict.power_offs[0].kind == "hibernate-off2"
+
+
+def test_reject_zero_type_guest_is_refused_then_falls_back(tmp_path, default_image) -> None:
+    result = _run(load_scenario(Path("scenarios/psci-reject-zero-type.yaml")), tmp_path)
+    calls = _jsonl(result.run_dir / "psci-boot1.jsonl")
+    refused = [c for c in calls if c["name"].startswith("SYSTEM_OFF2") and c["response"] == -2]
+    assert refused, "the guest's SYSTEM_OFF2(0, 0) was answered INVALID_PARAMS"
+    assert calls.index(refused[0]) < max(i for i, c in enumerate(calls) if c["name"] == "SYSTEM_OFF")
+    assert result.verdict.power_offs[0].kind == "hibernate-off"
+
+
+def _with_steps(path: str, tmp_path: Path, edit) -> Scenario:
+    """A copy of a shipped scenario with its steps edited: a broken guarantee must fail."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    data["steps"] = edit(data["steps"])
+    copy = tmp_path / Path(path).name
+    copy.write_text(yaml.safe_dump(data))
+    return load_scenario(copy)
+
+
+def test_negative_control_discarded_image_loses_the_evidence(tmp_path, default_image) -> None:
+    scenario = _with_steps("scenarios/hibernate-resume.yaml", tmp_path,
+                           lambda steps: [*steps[:3], {"discard-image": {}}, *steps[3:]])
+    result = _run(scenario, tmp_path)
+    assert not result.verdict.passed
+    evidence = [c for c in result.verdict.checks if c.name.startswith("evidence present")]
+    assert evidence and "token absent" in evidence[0].detail
+    assert "PM: hibernation: hibernation exit" not in _console(result.run_dir, "boot2")
+
+
+def test_negative_control_coldboot_without_new_signature_fails_because_it_resumed(tmp_path, default_image) -> None:
+    scenario = _with_steps("scenarios/hibernate-coldboot-altered-signature.yaml", tmp_path,
+                           lambda steps: [s for s in steps if "alter-signature" not in s])
+    result = _run(scenario, tmp_path)
+    assert not result.verdict.passed
+    assert "came up resumed, expected fresh" in result.verdict.reason
+
+
+def test_negative_control_hibernation_is_not_taken_for_a_poweroff(tmp_path, default_image) -> None:
+    scenario = _with_steps("scenarios/poweroff-baseline.yaml", tmp_path,
+                           lambda steps: [{"hibernate": {"expect": "poweroff"}} if "poweroff" in s else s
+                                          for s in steps])
+    result = _run(scenario, tmp_path)
+    assert not result.verdict.passed
+    assert "hibernate ended as hibernate-off2, expected poweroff" in result.verdict.reason
