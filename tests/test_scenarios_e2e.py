@@ -43,6 +43,7 @@ def test_shipped_scenario_passes(path: Path, tmp_path: Path, default_image) -> N
     assert summary["verdict"]["status"] == "PASS"
     for power_off in summary["verdict"]["power_offs"]:
         boot, kind = power_off["boot"], power_off["class"]
+        assert power_off["disagreements"] == [], "every witness agrees on a shipped scenario"
         shutdowns = [e for e in _jsonl(run_dir / f"qmp-{boot}.jsonl") if e["event"] == "SHUTDOWN"]
         assert shutdowns and shutdowns[0]["data"]["guest"] is True
         accepted = [c for c in _off2_calls(run_dir, boot) if c["action"] == "power-off"]
