@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from lab.scenario import find_scenario, load_scenario, shipped_scenarios
 
 def _images_build(args: argparse.Namespace) -> int:
     recipe = ImageRecipe.named(args.name or f"debian-{args.arch}")
+    if args.kernel_deb:
+        recipe = recipe.pinned(args.kernel_deb)
     image, built = ImageStore().build(recipe, refresh=args.refresh, log=lambda line: print(f"  {line}"))
     print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
     return 0
@@ -62,13 +65,24 @@ def _scenario(args: argparse.Namespace) -> int:
         print(find_scenario(args.target).path.read_text(), end="")
         return 0
     scenario = find_scenario(args.name)
-    options = RunOptions(arch=args.arch, image=args.image, accel=args.accel,
-                         qemu=Path(args.qemu) if args.qemu else None, psci=args.psci,
-                         runs_root=Path(args.runs_dir))
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    options = RunOptions(arch=args.arch, image=args.image, accel=args.accel, qemu=path(args.qemu), psci=args.psci,
+                         runs_root=Path(args.runs_dir), kernel=path(args.kernel), kernel_deb=args.kernel_deb,
+                         initrd=path(args.initrd), append=args.append, disk=path(args.disk))
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
     report.verdict(result.verdict, result.run_dir, result.seconds)
     return 0 if result.verdict.passed else 1
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from lab.doctor import diagnose, render
+
+    findings = diagnose()
+    print(render(findings))
+    return 1 if any(finding.status == "missing" for finding in findings) else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("name", nargs="?", help="image recipe name (default: debian-ARCH)")
     build.add_argument("--arch", default="arm64", choices=["arm64"])
     build.add_argument("--refresh", action="store_true", help="refresh the package lists first")
+    build.add_argument("--kernel-deb", metavar="linux-image-…=VERSION", help="build with this Debian kernel")
     build.set_defaults(handler=_images_build)
     images_sub.add_parser("list", help="show cached images").set_defaults(handler=_images_list)
 
@@ -104,7 +119,15 @@ def parser() -> argparse.ArgumentParser:
     scenario.add_argument("--qemu", help="QEMU binary to use (e.g. one with the SYSTEM_OFF2 patch)")
     scenario.add_argument("--psci", help="PSCI personality for the TCG layer (overrides the scenario)")
     scenario.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    guest = scenario.add_argument_group("bring your own guest")
+    guest.add_argument("--kernel", help="a kernel Image file, or a Debian kernel .deb holding kernel and modules")
+    guest.add_argument("--kernel-deb", metavar="linux-image-…=VERSION",
+                       help="a Debian kernel by version (unstable, testing, trixie or bookworm), with its modules")
+    guest.add_argument("--initrd", help="an initramfs to boot instead of the image's")
+    guest.add_argument("--append", help="extra kernel command-line arguments")
+    guest.add_argument("--disk", help="a swap disk (raw or qcow2) to copy and use instead of a blank one")
     scenario.set_defaults(handler=_scenario)
+    commands.add_parser("doctor", help="what this host can run, and what to install").set_defaults(handler=_doctor)
     return top
 
 
@@ -123,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lab: interrupted; QEMU stopped and logs kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

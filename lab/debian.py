@@ -10,7 +10,6 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from lab.errors import SetupError
 
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-LISTS_MAX_AGE_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -44,13 +42,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class PrivateApt:
-    """apt-get and apt-cache against the lab's own sources list and state under `root`."""
+SUITES = ("unstable", "testing", "trixie", "bookworm")
+"""Suites the lab can fetch from: a bug report's kernel may come from any of them."""
 
-    def __init__(self, root: Path, suite: str, architectures: tuple[str, ...]) -> None:
+
+class PrivateApt:
+    """apt-get and apt-cache against the lab's own sources list and state under `root`.
+
+    Candidates come from `default_release` (the recipe's suite) unless a version is pinned.
+    """
+
+    def __init__(self, root: Path, default_release: str, architecture: str) -> None:
         self.root = root
-        self.suite = suite
-        self.architectures = architectures
+        self.default_release = default_release
+        self.architecture = architecture
         self.debs = root / "debs"
 
     def _options(self) -> list[str]:
@@ -63,13 +68,13 @@ class PrivateApt:
             "Dir::State": state,
             "Dir::State::status": state / "status",
             "Dir::Cache": cache,
-            "APT::Architecture": self.architectures[0],
+            "APT::Architecture": self.architecture,
+            "APT::Architectures::": self.architecture,
+            "APT::Default-Release": self.default_release,
             "Debug::NoLocking": "1",
             "APT::Sandbox::User": "root",
         }
-        args = [f"-o{key}={value}" for key, value in options.items()]
-        args += [f"-oAPT::Architectures::={arch}" for arch in self.architectures]
-        return args
+        return [f"-o{key}={value}" for key, value in options.items()]
 
     def _prepare(self) -> None:
         if not KEYRING.exists():
@@ -77,10 +82,9 @@ class PrivateApt:
         for sub in ("etc/sources.list.d", "etc/preferences.d", "state/lists/partial",
                     "cache/archives/partial", "debs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        arches = ",".join(self.architectures)
-        (self.root / "etc/sources.list").write_text(
-            f"deb [arch={arches} signed-by={KEYRING}] {MIRROR} {self.suite} main\n"
-        )
+        (self.root / "etc/sources.list").write_text("".join(
+            f"deb [arch={self.architecture} signed-by={KEYRING}] {MIRROR} {suite} main\n" for suite in SUITES
+        ))
         (self.root / "state/status").touch()
 
     def _run(self, tool: str, *args: str, cwd: Path | None = None, timeout: float = 600) -> str:
@@ -97,18 +101,18 @@ class PrivateApt:
             raise SetupError(f"{tool} {' '.join(args)} failed: {last}")
         return done.stdout
 
-    def lists_age(self) -> float | None:
-        stamp = self.root / "state/lists/.lab-updated"
-        return time.time() - stamp.stat().st_mtime if stamp.exists() else None
-
     def update(self, force: bool = False) -> bool:
-        """Refresh the package lists when missing, older than a day, or forced; True if it fetched."""
+        """Fetch the package lists when there are none yet, or when forced; True if it fetched.
+
+        Lists are not refreshed by age: builds stay reproducible and offline until the user asks
+        for newer packages (`lab images build --refresh`).
+        """
         self._prepare()
-        age = self.lists_age()
-        if not force and age is not None and age < LISTS_MAX_AGE_SECONDS:
+        stamp = self.root / "state/lists/.lab-updated"
+        if stamp.exists() and not force:
             return False
         self._run("apt-get", "update", "-q")
-        (self.root / "state/lists/.lab-updated").touch()
+        stamp.touch()
         return True
 
     def _field(self, stanza: str, name: str) -> str:
@@ -117,9 +121,18 @@ class PrivateApt:
                 return line.split(":", 1)[1].strip()
         raise SetupError(f"apt-cache show gave no {name} field")
 
-    def resolve(self, name: str, arch: str) -> PackageVersion:
-        """The candidate version of `name:arch` in the private lists."""
-        stanza = self._run("apt-cache", "show", "--no-all-versions", f"{name}:{arch}").split("\n\n")[0]
+    def _stanza(self, name: str, arch: str, version: str | None) -> str:
+        spec = f"{name}:{arch}" + (f"={version}" if version else "")
+        try:
+            return self._run("apt-cache", "show", "--no-all-versions", spec).split("\n\n")[0]
+        except SetupError:
+            known = self._run("apt-cache", "madison", f"{name}:{arch}").strip()
+            versions = ", ".join(line.split("|")[1].strip() for line in known.splitlines()) or "none"
+            raise SetupError(f"no {spec} in Debian {'/'.join(SUITES)} (versions there: {versions})") from None
+
+    def resolve(self, name: str, arch: str, version: str | None = None) -> PackageVersion:
+        """The candidate (or the pinned `version`) of `name:arch` in the private lists."""
+        stanza = self._stanza(name, arch, version)
         return PackageVersion(
             name=self._field(stanza, "Package"),
             arch=arch,
@@ -128,14 +141,19 @@ class PrivateApt:
             filename=Path(self._field(stanza, "Filename")).name,
         )
 
-    def depends(self, name: str, arch: str) -> list[str]:
-        """Direct `Depends:` package names of the candidate (alternatives and versions dropped)."""
-        stanza = self._run("apt-cache", "show", "--no-all-versions", f"{name}:{arch}").split("\n\n")[0]
+    def depends(self, name: str, arch: str, version: str | None = None) -> list[tuple[str, str | None]]:
+        """Direct `Depends:` of a package as (name, exact version if pinned with `=`); alternatives dropped."""
         try:
-            field = self._field(stanza, "Depends")
+            field = self._field(self._stanza(name, arch, version), "Depends")
         except SetupError:
             return []
-        return [alternative.split("|")[0].split("(")[0].strip() for alternative in field.split(",")]
+        found = []
+        for alternative in field.split(","):
+            first = alternative.split("|")[0].strip()
+            package, _, constraint = first.partition("(")
+            pinned = constraint.rstrip(")").strip()
+            found.append((package.strip(), pinned[1:].strip() if pinned.startswith("=") else None))
+        return found
 
     def download(self, package: PackageVersion) -> Path:
         """The package's .deb, fetched once and verified against the archive's sha256."""

@@ -7,6 +7,7 @@ which records every input and output with its sha256.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import lzma
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +49,7 @@ class ImageRecipe:
     swap_size_mib: int
     kernel_append: str
     description: str = ""
+    kernel_version: str | None = None
     init_script: Path = IMAGES_DIR / "init"
 
     @classmethod
@@ -61,6 +64,13 @@ class ImageRecipe:
             raise UsageError(f"{path}: {field}: {error.message}") from error
         data["modules"] = tuple(data["modules"])
         return cls(**data)
+
+    def pinned(self, kernel_deb: str) -> ImageRecipe:
+        """This recipe with its kernel replaced by `linux-image-…=VERSION` (a bug report's exact kernel)."""
+        package, _, version = kernel_deb.partition("=")
+        if not package.startswith("linux-image-") or not version:
+            raise UsageError(f"--kernel-deb wants linux-image-…=VERSION, got {kernel_deb!r}")
+        return dataclasses.replace(self, kernel_package=package, kernel_version=version)
 
     @classmethod
     def named(cls, name: str) -> ImageRecipe:
@@ -77,10 +87,13 @@ class ImageRecipe:
 
 @dataclass(frozen=True)
 class GuestImage:
-    """A built image directory and its manifest."""
+    """A built image directory and its manifest, optionally with a user's kernel, initrd or arguments."""
 
     path: Path
     manifest: dict[str, Any]
+    kernel_file: Path | None = None
+    initrd_file: Path | None = None
+    extra_append: str = ""
 
     @classmethod
     def open(cls, path: Path) -> GuestImage:
@@ -89,6 +102,13 @@ class GuestImage:
             return cls(path, json.loads(manifest_path.read_text()))
         except (OSError, json.JSONDecodeError) as error:
             raise SetupError(f"{path} is not a built guest image: {error}") from error
+
+    def with_overrides(self, kernel: Path | None, initrd: Path | None, append: str | None) -> GuestImage:
+        """The same image booted with the user's own kernel, initramfs or extra kernel arguments."""
+        for given in (kernel, initrd):
+            if given is not None and not given.is_file():
+                raise UsageError(f"no such file: {given}")
+        return dataclasses.replace(self, kernel_file=kernel, initrd_file=initrd, extra_append=append or "")
 
     @property
     def name(self) -> str:
@@ -104,11 +124,11 @@ class GuestImage:
 
     @property
     def kernel(self) -> Path:
-        return self.path / "vmlinuz"
+        return self.kernel_file or self.path / "vmlinuz"
 
     @property
     def initramfs(self) -> Path:
-        return self.path / "initramfs.cpio"
+        return self.initrd_file or self.path / "initramfs.cpio"
 
     @property
     def swap_template(self) -> Path:
@@ -116,11 +136,16 @@ class GuestImage:
 
     @property
     def kernel_append(self) -> str:
-        return self.manifest["kernel_append"]
+        return f"{self.manifest['kernel_append']} {self.extra_append}".strip()
 
     @property
     def kernel_release(self) -> str:
-        return self.manifest["kernel_release"]
+        return "user-given kernel" if self.kernel_file else self.manifest["kernel_release"]
+
+    def boot_inputs(self) -> dict[str, dict[str, str]]:
+        """What a run boots, with sha256: recorded in result.json so a run can be matched to its inputs."""
+        return {role: {"path": str(path), "sha256": sha256_file(path)}
+                for role, path in (("kernel", self.kernel), ("initramfs", self.initramfs))}
 
 
 def _cache_key(recipe: ImageRecipe, packages: list[PackageVersion]) -> str:
@@ -131,6 +156,20 @@ def _cache_key(recipe: ImageRecipe, packages: list[PackageVersion]) -> str:
         "init": hashlib.sha256(recipe.init_script.read_bytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _local_package(deb: Path, arch: str) -> PackageVersion:
+    """A user's .deb file described like an archive package (name and version from its control file)."""
+    if not deb.is_file():
+        raise UsageError(f"no such kernel package: {deb}")
+    done = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version", "Architecture"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UsageError(f"{deb} is not a Debian package: {done.stderr.strip()}")
+    fields = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    if fields.get("Architecture") != arch:
+        raise UsageError(f"{deb} is for {fields.get('Architecture')}, the image is {arch}")
+    return PackageVersion(fields["Package"], arch, fields["Version"], sha256_file(deb), deb.name)
 
 
 def _extract(deb: Path, into: Path) -> None:
@@ -194,7 +233,7 @@ class ImageStore:
         self.images = self.cache / "images"
 
     def apt_for(self, recipe: ImageRecipe) -> PrivateApt:
-        return PrivateApt(self.cache / "apt" / recipe.suite, recipe.suite, (recipe.arch,))
+        return PrivateApt(self.cache / "apt" / recipe.arch, recipe.suite, recipe.arch)
 
     def list(self) -> list[GuestImage]:
         if not self.images.exists():
@@ -202,35 +241,55 @@ class ImageStore:
         found = [GuestImage.open(p) for p in self.images.iterdir() if (p / "manifest.json").exists()]
         return sorted(found, key=lambda image: image.manifest["built"], reverse=True)
 
-    def latest(self, name: str) -> GuestImage | None:
-        return next((image for image in self.list() if image.name == name), None)
+    def latest(self, name: str, kernel_pin: str | None = None) -> GuestImage | None:
+        """The newest build of recipe `name` (with its own kernel, or the pinned `NAME=VERSION` one)."""
+        return next(
+            (i for i in self.list() if i.name == name and i.manifest.get("kernel_pin") == kernel_pin), None
+        )
 
     def resolve(self, recipe: ImageRecipe, refresh: bool = False) -> list[PackageVersion]:
-        """The concrete kernel binary, modules and userland packages the recipe names today."""
+        """The concrete kernel (binary and modules) and userland packages the recipe names today.
+
+        `linux-image-cloud-ARCH` is a metapackage: follow it to the versioned linux-image package,
+        then (kernels packaged since 7.x) to its linux-binary and linux-modules packages.
+        """
         apt = self.apt_for(recipe)
         apt.update(force=refresh)
-        image_meta = next(
-            (d for d in apt.depends(recipe.kernel_package, recipe.arch) if d.startswith("linux-image-")),
-            recipe.kernel_package,
-        )
-        kernel_parts = [
-            d for d in apt.depends(image_meta, recipe.arch)
-            if d.startswith(("linux-binary-", "linux-modules-"))
-        ]
-        kernel_names = kernel_parts or [image_meta]
-        names = [*kernel_names, recipe.userland_package]
-        return [apt.resolve(name, recipe.arch) for name in names]
+        name, version = recipe.kernel_package, recipe.kernel_version
+        for _ in range(3):
+            parts = [(n, v) for n, v in apt.depends(name, recipe.arch, version)
+                     if n.startswith(("linux-image-", "linux-binary-", "linux-modules-"))]
+            images = [(n, v) for n, v in parts if n.startswith("linux-image-")]
+            if not images:
+                break
+            name, version = images[0]
+        binaries = [(n, v) for n, v in parts if not n.startswith("linux-image-")]
+        kernel = [apt.resolve(n, recipe.arch, v) for n, v in binaries] or [apt.resolve(name, recipe.arch, version)]
+        return [*kernel, apt.resolve(recipe.userland_package, recipe.arch)]
 
-    def build(self, recipe: ImageRecipe, refresh: bool = False, log=print) -> tuple[GuestImage, bool]:
-        """Build (or find in the cache) the image for the recipe; True when it was built now."""
-        packages = self.resolve(recipe, refresh)
+    def build(
+        self, recipe: ImageRecipe, refresh: bool = False, log: Callable[[str], None] = print,
+        kernel_debs: tuple[Path, ...] = (),
+    ) -> tuple[GuestImage, bool]:
+        """Build (or find in the cache) the image for the recipe; True when it was built now.
+
+        `kernel_debs` are the user's own kernel package files, used instead of the recipe's kernel.
+        """
+        apt = self.apt_for(recipe)
+        if kernel_debs:
+            apt.update(force=refresh)
+            local = [(_local_package(deb, recipe.arch), deb) for deb in kernel_debs]
+            packages = [p for p, _ in local] + [apt.resolve(recipe.userland_package, recipe.arch)]
+            recipe = dataclasses.replace(recipe, kernel_package=local[0][0].name, kernel_version=local[0][0].version)
+        else:
+            local = []
+            packages = self.resolve(recipe, refresh)
         key = _cache_key(recipe, packages)
         target = self.images / f"{recipe.name}-{key}"
         if (target / "manifest.json").exists():
             return GuestImage.open(target), False
-        apt = self.apt_for(recipe)
-        debs = []
-        for package in packages:
+        debs = list(local)
+        for package in packages[len(local):]:
             log(f"fetching {package.spec}")
             debs.append((package, apt.download(package)))
         self.images.mkdir(parents=True, exist_ok=True)
@@ -244,7 +303,7 @@ class ImageStore:
         return GuestImage.open(target), True
 
     def _assemble(
-        self, recipe: ImageRecipe, debs: list[tuple[PackageVersion, Path]], out: Path, log
+        self, recipe: ImageRecipe, debs: list[tuple[PackageVersion, Path]], out: Path, log: Callable[[str], None]
     ) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="lab-extract-") as scratch:
             root = Path(scratch)
@@ -255,7 +314,11 @@ class ImageStore:
                 raise SetupError("the kernel packages hold no vmlinuz")
             kernel = kernels[0]
             release = kernel.parent.name if kernel.name == "vmlinuz" else kernel.name[len("vmlinuz-"):]
-            modules_root = next(p for p in root.glob("usr/lib/modules/*") if p.name == release)
+            modules_root = next(
+                (p for p in (root / "usr/lib/modules" / release, root / "lib/modules" / release) if p.is_dir()), None
+            )
+            if modules_root is None:
+                raise SetupError(f"no modules for kernel {release} in the kernel packages")
             busybox = root / "usr/bin/busybox"
             if not busybox.exists():
                 busybox = root / "bin/busybox"
@@ -263,8 +326,8 @@ class ImageStore:
                 raise SetupError(f"{recipe.userland_package} holds no busybox binary")
             log(f"assembling initramfs for {release}")
             shutil.copyfile(kernel, out / "vmlinuz")
-            config = modules_root / "config"
-            if config.exists():
+            config = next((c for c in (modules_root / "config", root / f"boot/config-{release}") if c.exists()), None)
+            if config is not None:
                 shutil.copyfile(config, out / "config")
             modules = collect_modules(modules_root, recipe.modules)
             entries = [initramfs.directory(d) for d in
@@ -287,6 +350,7 @@ class ImageStore:
             "description": recipe.description,
             "built": datetime.now(UTC).isoformat(timespec="seconds"),
             "kernel_release": release,
+            "kernel_pin": recipe.kernel_version and f"{recipe.kernel_package}={recipe.kernel_version}",
             "kernel_append": recipe.kernel_append,
             "swap_size_mib": recipe.swap_size_mib,
             "modules": [name for name, _ in modules],

@@ -10,6 +10,7 @@ import json
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,10 +18,14 @@ from typing import Any
 
 from lab import __version__
 from lab.accel import choose_accel
+from lab.debian import sha256_file
 from lab.errors import LabError, SetupError
 from lab.events import EventLog, Listener
-from lab.image import DEFAULT_IMAGE, GuestImage, ImageStore
+from lab.html_report import write_html_report
+from lab.image import DEFAULT_IMAGE, GuestImage, ImageRecipe, ImageStore
+from lab.junit import write_junit
 from lab.report import write_result
+from lab.reproduce import write_reproducer
 from lab.scenario import Scenario
 from lab.steps import GuestPsci, RunContext, run_steps
 from lab.verdict import RunVerdict, judge
@@ -40,6 +45,11 @@ class RunOptions:
     psci: str | None = None
     runs_root: Path = Path("runs")
     run_dir: Path | None = None
+    kernel: Path | None = None
+    kernel_deb: str | None = None
+    initrd: Path | None = None
+    append: str | None = None
+    disk: Path | None = None
 
 
 @dataclass
@@ -57,19 +67,29 @@ def qemu_version(binary: str) -> str:
     return done.stdout.splitlines()[0] if done.stdout else "unknown"
 
 
-def find_image(scenario: Scenario, options: RunOptions) -> GuestImage:
+def find_image(scenario: Scenario, options: RunOptions, log: Callable[[str], None] = print) -> GuestImage:
+    """The image to boot: the default (or named) one, one with a bug report's kernel, plus overrides."""
     arch = ARCHES.get(options.arch)
     if arch is None:
         raise SetupError(f"unknown arch {options.arch!r} (use arm64 or x86_64)")
     name = options.image or scenario.image or DEFAULT_IMAGE.get(arch)
     if name is None:
         raise SetupError(f"no default image for {arch} yet")
+    kernel_is_deb = options.kernel is not None and options.kernel.suffix == ".deb"
     if Path(name).is_dir():
-        return GuestImage.open(Path(name))
-    image = ImageStore().latest(name)
-    if image is None:
-        raise SetupError(f"image {name} is not built: run `lab images build {name}`")
-    return image
+        image = GuestImage.open(Path(name))
+    elif options.kernel_deb or kernel_is_deb:
+        recipe = ImageRecipe.named(name)
+        if options.kernel_deb:
+            recipe = recipe.pinned(options.kernel_deb)
+        debs = (options.kernel,) if kernel_is_deb and options.kernel else ()
+        image, _ = ImageStore().build(recipe, log=log, kernel_debs=debs)
+    else:
+        found = ImageStore().latest(name)
+        if found is None:
+            raise SetupError(f"image {name} is not built: run `lab images build {name}`")
+        image = found
+    return image.with_overrides(None if kernel_is_deb else options.kernel, options.initrd, options.append)
 
 
 def psci_for(scenario: Scenario, options: RunOptions, image: GuestImage, accel: str) -> GuestPsci | None:
@@ -93,6 +113,16 @@ def new_run_dir(root: Path, scenario: Scenario) -> Path:
     raise SetupError(f"cannot create a run directory under {root}")
 
 
+def write_artifacts(run_dir: Path) -> None:
+    """JUnit, the HTML report and reproduce.sh, from what the run directory holds."""
+    write_junit(run_dir)
+    write_html_report(run_dir)
+    try:
+        write_reproducer(run_dir)
+    except SetupError as error:
+        (run_dir / "reproduce.missing").write_text(f"no reproduce.sh: {error}\n")
+
+
 def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
     started = time.monotonic()
     image = find_image(scenario, options)
@@ -109,7 +139,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
                 accel_reason=accel.reason, psci=psci.personality if psci else None)
     error: str | None = None
     try:
-        ctx.prepare_disk()
+        ctx.prepare_disk(options.disk)
         run_steps(ctx, scenario.steps)
     except LabError as failure:
         error = str(failure)
@@ -128,10 +158,15 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
         "accel_reason": accel.reason,
         "psci_personality": psci.personality if psci else None,
         "image": {"name": image.name, "path": str(image.path), "kernel_release": image.kernel_release,
+                  "kernel_pin": image.manifest.get("kernel_pin"),
                   "inputs": image.manifest.get("inputs", []), "outputs": image.manifest.get("outputs", {})},
+        "boot_inputs": image.boot_inputs(),
+        "disk_input": {"path": str(options.disk), "sha256": sha256_file(options.disk)} if options.disk else None,
+        "kernel_append": ctx.spec().append,
     }
     write_result(run_dir, scenario, verdict, ctx.observations, events, environment, seconds)
     events.emit("run-end", status="PASS" if verdict.passed else "FAIL", reason=verdict.reason)
+    write_artifacts(run_dir)
     if error == "interrupted":
         raise KeyboardInterrupt
     return RunResult(run_dir, verdict, seconds)

@@ -7,6 +7,7 @@ to the verdict; only a broken channel or a wait that runs out stops the run.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import subprocess
@@ -62,7 +63,6 @@ class RunContext:
     accel: str
     qemu: Path | None = None
     psci: GuestPsci | None = None
-    kernel_append_extra: str = ""
     observations: Observations = field(default_factory=Observations)
     machine: Machine | None = None
     shell: GuestShell | None = None
@@ -70,21 +70,28 @@ class RunContext:
     evidence: Evidence | None = None
     pending_hibernate: tuple[str, str] | None = None
     boot_count: int = 0
+    disk_format: str = "raw"
 
     @property
     def swap(self) -> Disk:
-        return Disk(self.run_dir / "swap.raw", "raw")
+        return Disk(self.run_dir / f"swap.{self.disk_format}", self.disk_format)
 
-    def prepare_disk(self) -> None:
+    def prepare_disk(self, source: Path | None = None) -> None:
+        """The run's own swap disk: a copy of the user's disk (format kept) or of the image's blank one."""
+        origin = source or self.image.swap_template
+        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(origin)], capture_output=True, text=True)
+        if info.returncode != 0:
+            raise SetupError(f"cannot read disk {origin}: {info.stderr.strip()}")
+        self.disk_format = json.loads(info.stdout)["format"]
         done = subprocess.run(
-            ["qemu-img", "convert", "-O", "raw", "-S", "4k", str(self.image.swap_template), str(self.swap.path)],
+            ["qemu-img", "convert", "-O", self.disk_format, "-S", "4k", str(origin), str(self.swap.path)],
             capture_output=True, text=True,
         )
         if done.returncode != 0:
             raise SetupError(f"cannot create the run's swap disk: {done.stderr.strip()}")
 
     def spec(self) -> MachineSpec:
-        append = f"{self.image.kernel_append} lab.swap=vda {self.kernel_append_extra}".strip()
+        append = f"{self.image.kernel_append} lab.swap=vda"
         return MachineSpec(
             arch=self.image.qemu_arch, kernel=self.image.kernel, initrd=self.image.initramfs, append=append,
             disks=(self.swap,), accel=self.accel, memory_mib=self.scenario.memory_mib,
