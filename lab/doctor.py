@@ -1,0 +1,351 @@
+"""`lab doctor`: one screen saying whether this host can run the lab, and what to install if not.
+
+Accelerators are *tried*, not guessed from /dev/kvm: each probe starts a paused, device-less
+QEMU, and counts it as working when it is still up after a second (it is then stopped and reaped).
+
+Whether a QEMU reports SYSTEM_OFF2 cannot be proven without booting a guest. A QEMU built with
+the SYSTEM_OFF2 patch is declared with `LAB_QEMU_OFF2_AWARE=1`: per the lab's contract it emits
+QMP `SUSPEND_DISK` before `SHUTDOWN` for a SYSTEM_OFF2 power-off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lab.accel import _HOST_TO_QEMU_ARCH, kvm_status
+from lab.errors import LabError
+from lab.image import DEFAULT_IMAGE, GuestImage, ImageStore
+
+Status = Literal["ok", "warn", "missing"]
+AREAS = ("host", "qemu", "accel", "system-off2", "gdbstub", "images", "python")
+GUEST_ARCHES = ("aarch64", "x86_64")
+OFF2_AWARE_VARIABLE = "LAB_QEMU_OFF2_AWARE"
+MIN_QEMU_MAJOR = 10
+VERSION_TIMEOUT = 10.0
+PROBE_SETTLE_SECONDS = 1.0
+PROBE_REAP_SECONDS = 5.0
+GDB_PROBE_SECONDS = 3.0
+RENDER_WIDTH = 110
+
+_PACKAGE_OF = {
+    "qemu-system-aarch64": "qemu-system-arm",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "qemu-io": "qemu-utils",
+}
+_BOOTSTRAP_INSTALLS = ("qemu-system-aarch64", "qemu-img", "qemu-io")
+_GDB_PACKET = re.compile(rb"\$[^#]*#[0-9a-fA-F]{2}")
+_VERSION = re.compile(r"version (\d+)\.(\d+)(?:\.(\d+))?")
+_PROBE_ARGS = ("-display", "none", "-nodefaults", "-no-user-config", "-monitor", "none", "-serial", "none", "-S")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the doctor's screen; `fix` says exactly what to run when something is wrong."""
+
+    area: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """Whether QEMU came up with some options; `error` is its last stderr line when it did not."""
+
+    works: bool
+    error: str = ""
+
+
+def diagnose() -> list[Finding]:
+    """Inspect this host; runs a few short QEMU probes and never leaves QEMU running."""
+    findings = [_host_finding()]
+    findings += [_binary_finding(name) for name in _PACKAGE_OF]
+    findings += [_accel_finding(arch) for arch in GUEST_ARCHES]
+    findings.append(_off2_finding())
+    findings.append(_gdbstub_finding())
+    findings += _image_findings()
+    findings.append(_python_finding())
+    return findings
+
+
+def render(findings: list[Finding]) -> str:
+    """Findings grouped by area in a fixed order, wrapped to fit one terminal screen."""
+    counts = {status: sum(f.status == status for f in findings) for status in ("ok", "warn", "missing")}
+    lines = [f"lab doctor: {counts['ok']} ok, {counts['warn']} warn, {counts['missing']} missing"]
+    indent = " " * 22
+    order = {area: index for index, area in enumerate(AREAS)}
+    for finding in sorted(findings, key=lambda f: order.get(f.area, len(AREAS))):
+        lines += textwrap.wrap(finding.detail, RENDER_WIDTH, initial_indent=f"{finding.status:<8} {finding.area:<12} ",
+                               subsequent_indent=indent)
+        if finding.fix:
+            lines += textwrap.wrap(finding.fix, RENDER_WIDTH, initial_indent=f"{indent}fix: ",
+                                   subsequent_indent=indent + "     ")
+    return "\n".join(lines)
+
+
+def _host_arch() -> str:
+    machine = platform.machine()
+    return _HOST_TO_QEMU_ARCH.get(machine, machine)
+
+
+def _os_release() -> dict[str, str]:
+    try:
+        return platform.freedesktop_os_release()
+    except OSError:
+        return {}
+
+
+def _host_finding() -> Finding:
+    host = _host_arch()
+    system = _os_release().get("PRETTY_NAME", "unknown OS")
+    kvm_node = "present" if Path("/dev/kvm").exists() else "absent"
+    pairs = "; ".join(
+        f"{guest} guests {'native (KVM possible)' if guest == host else 'cross-arch (TCG only)'}"
+        for guest in GUEST_ARCHES
+    )
+    return Finding("host", "ok", f"{host} host, {system}, kernel {platform.release()}, /dev/kvm {kvm_node}; {pairs}")
+
+
+def _apt_install(binaries: tuple[str, ...]) -> str:
+    """The apt command that installs these QEMU binaries (QEMU >= 10 is in backports on Debian 12)."""
+    packages = " ".join(dict.fromkeys(_PACKAGE_OF[name] for name in binaries))
+    release = " -t bookworm-backports" if _os_release().get("VERSION_CODENAME") == "bookworm" else ""
+    return f"apt-get install{release} {packages}"
+
+
+def _install_fix(binary: str) -> str:
+    if binary in _BOOTSTRAP_INSTALLS:
+        return f"run ./bootstrap (or: {_apt_install(_BOOTSTRAP_INSTALLS)})"
+    return _apt_install((binary,))
+
+
+def _qemu_version(path: str) -> tuple[str, int | None]:
+    """The version text of a QEMU tool and its major number (None when unreadable)."""
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"cannot run --version: {error}", None
+    match = _VERSION.search(done.stdout)
+    if match is None:
+        return f"unrecognised --version output: {done.stdout.strip()[:60]!r}", None
+    text = ".".join(part for part in match.groups() if part is not None)
+    return text, int(match.group(1))
+
+
+def _binary_finding(binary: str) -> Finding:
+    required = binary in _BOOTSTRAP_INSTALLS
+    absent: Status = "missing" if required else "warn"
+    path = shutil.which(binary)
+    if path is None:
+        purpose = "" if required else " (needed only for x86_64 guests)"
+        return Finding("qemu", absent, f"{binary}: not found{purpose}", _install_fix(binary))
+    version, major = _qemu_version(path)
+    if major is None:
+        return Finding("qemu", absent, f"{binary} ({path}): {version}", _install_fix(binary))
+    if major < MIN_QEMU_MAJOR:
+        return Finding("qemu", absent, f"{binary} {version} ({path}): too old, the lab needs >= {MIN_QEMU_MAJOR}",
+                       _install_fix(binary))
+    return Finding("qemu", "ok", f"{binary} {version} >= {MIN_QEMU_MAJOR} ({path})")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@contextmanager
+def _launched(command: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A QEMU process that is stopped and reaped however the caller leaves."""
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.communicate(timeout=PROBE_REAP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate(timeout=PROBE_REAP_SECONDS)
+
+
+def _early_exit(process: subprocess.Popen[str], seconds: float) -> str | None:
+    """None when QEMU is still up after `seconds`; otherwise why it exited."""
+    try:
+        _, stderr = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+    return _last_line(stderr) or f"exited with status {process.returncode}"
+
+
+def _probe_accel(binary: str, accel: str) -> ProbeOutcome:
+    """Start a paused machine-less QEMU with `accel`; it works if it is still up after a second."""
+    command = [binary, "-machine", "none", "-accel", accel, *_PROBE_ARGS]
+    try:
+        with _launched(command) as process:
+            error = _early_exit(process, PROBE_SETTLE_SECONDS)
+    except OSError as failure:
+        return ProbeOutcome(False, f"cannot start {binary}: {failure.strerror}")
+    return ProbeOutcome(error is None, error or "")
+
+
+def _accel_finding(guest: str) -> Finding:
+    binary = f"qemu-system-{guest}"
+    path = shutil.which(binary)
+    kvm_allowed, kvm_reason = kvm_status(guest)
+    lab_pick = "kvm" if kvm_allowed else "tcg"
+    if path is None:
+        detail = f"{guest} guests: not probed, {binary} not found (lab.accel would pick {lab_pick}: {kvm_reason})"
+        return Finding("accel", "missing" if guest == "aarch64" else "warn", detail, _install_fix(binary))
+    tcg = _probe_accel(path, "tcg")
+    kvm = _probe_accel(path, "kvm")
+    tcg_text = "TCG works" if tcg.works else f"TCG fails ({tcg.error})"
+    if kvm.works:
+        kvm_text = "KVM works" if kvm_allowed else f"KVM starts in QEMU but lab.accel refuses it ({kvm_reason})"
+    else:
+        kvm_text = f"KVM unusable (QEMU: {kvm.error}; lab.accel: {kvm_reason})"
+    detail = f"{guest} guests: {tcg_text}; {kvm_text}; the lab picks {lab_pick.upper()}"
+    chosen_works = kvm.works if kvm_allowed else tcg.works
+    if chosen_works:
+        return Finding("accel", "ok", detail)
+    if kvm_allowed and tcg.works:
+        return Finding("accel", "warn", detail, f"pass --accel tcg to `lab scenario` for {guest} guests")
+    status: Status = "missing" if guest == "aarch64" else "warn"
+    return Finding("accel", status, detail, _install_fix(binary))
+
+
+def _off2_finding() -> Finding:
+    if os.environ.get(OFF2_AWARE_VARIABLE) == "1":
+        return Finding("system-off2", "ok",
+                       f"QEMU declared OFF2-aware ({OFF2_AWARE_VARIABLE}=1): a SYSTEM_OFF2 power-off shows as QMP "
+                       "SUSPEND_DISK before SHUTDOWN (not provable without a guest)")
+    detail = "stock QEMU: SYSTEM_OFF2 not observable over QMP on KVM; the lab's PSCI layer observes it on TCG"
+    kvm_allowed, _ = kvm_status("aarch64")
+    if not kvm_allowed:
+        return Finding("system-off2", "ok", detail)
+    return Finding("system-off2", "warn", detail,
+                   f"use a QEMU with the SYSTEM_OFF2 patch (`lab scenario NAME --qemu PATH`, {OFF2_AWARE_VARIABLE}=1) "
+                   "or pass --accel tcg")
+
+
+def _gdb_answers(sock_path: Path, process: subprocess.Popen[str]) -> str | None:
+    """None when the gdbstub answers a stop-reason query with a whole packet; otherwise what went wrong."""
+    deadline = time.monotonic() + GDB_PROBE_SECONDS
+    while not sock_path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            return _early_exit(process, PROBE_REAP_SECONDS) or "no gdbstub socket appeared"
+        time.sleep(0.05)
+    reply = b""
+    with socket.socket(socket.AF_UNIX) as client:
+        try:
+            client.settimeout(GDB_PROBE_SECONDS)
+            client.connect(str(sock_path))
+            client.sendall(b"$?#3f")
+            while _GDB_PACKET.search(reply) is None and time.monotonic() < deadline:
+                client.settimeout(max(deadline - time.monotonic(), 0.01))
+                chunk = client.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError as error:
+            return f"gdbstub socket: {error}"
+    return None if _GDB_PACKET.search(reply) else f"no stop-reason packet from the gdbstub (got {reply[:40]!r})"
+
+
+def _gdbstub_finding() -> Finding:
+    binary = "qemu-system-aarch64"
+    path = shutil.which(binary)
+    if path is None:
+        return Finding("gdbstub", "missing", f"{binary} not found: the PSCI layer needs its -gdb",
+                       _install_fix(binary))
+    with tempfile.TemporaryDirectory(prefix="lab-doctor-") as scratch:
+        sock_path = Path(scratch) / "gdb.sock"
+        command = [path, "-machine", "virt", "-cpu", "max", "-accel", "tcg", *_PROBE_ARGS,
+                   "-gdb", f"unix:{sock_path},server=on,wait=off"]
+        try:
+            with _launched(command) as process:
+                problem = _gdb_answers(sock_path, process)
+        except OSError as failure:
+            problem = f"cannot start {binary}: {failure.strerror}"
+    if problem is None:
+        return Finding("gdbstub", "ok", f"{binary} -gdb answers on a unix socket (the TCG PSCI layer's channel)")
+    return Finding("gdbstub", "missing", f"{binary} -gdb: {problem}", _install_fix(binary))
+
+
+def _image_findings() -> list[Finding]:
+    """The newest build of each cached image; the default arm64 image is the one the lab needs."""
+    store = ImageStore()
+    try:
+        images = store.list()
+    except LabError as error:
+        return [Finding("images", "missing", f"image cache {store.images} unreadable: {error}",
+                        "remove the broken directory, then run ./bootstrap")]
+    if not images:
+        return [Finding("images", "missing", f"none: run ./bootstrap (cache: {store.images})", "run ./bootstrap")]
+    newest: dict[str, GuestImage] = {}
+    builds: dict[str, int] = {}
+    for image in images:
+        newest.setdefault(image.name, image)
+        builds[image.name] = builds.get(image.name, 0) + 1
+    findings = []
+    for name, image in newest.items():
+        older = f" (+{builds[name] - 1} older)" if builds[name] > 1 else ""
+        findings.append(Finding("images", "ok", f"{name} {image.kernel_release}, built {image.manifest['built']}, "
+                                                f"{image.path}{older}"))
+    default = DEFAULT_IMAGE["arm64"]
+    if default not in newest:
+        findings.append(Finding("images", "missing", f"default image {default} not built", "run ./bootstrap"))
+    return findings
+
+
+def _normalised(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def _required_distributions() -> list[str]:
+    requirements = importlib.metadata.requires("hibernation-lab") or []
+    return [re.split(r"[<>=!~;\s\[]", line, maxsplit=1)[0] for line in requirements if "extra ==" not in line]
+
+
+def _python_finding() -> Finding:
+    version = f"Python {platform.python_version()} ({sys.executable})"
+    try:
+        wanted = _required_distributions()
+    except importlib.metadata.PackageNotFoundError:
+        return Finding("python", "missing", f"{version}: the lab is not installed in this Python", "run ./bootstrap")
+    modules_of: dict[str, list[str]] = {}
+    for module, distributions in importlib.metadata.packages_distributions().items():
+        for distribution in distributions:
+            modules_of.setdefault(_normalised(distribution), []).append(module)
+    broken = []
+    for distribution in wanted:
+        modules = [m for m in modules_of.get(_normalised(distribution), []) if not m.startswith("_")]
+        if not modules:
+            broken.append(f"{distribution} (not installed)")
+            continue
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                broken.append(f"{distribution} ({error})")
+    if broken:
+        return Finding("python", "missing", f"{version}: cannot import {', '.join(broken)}", "run ./bootstrap")
+    return Finding("python", "ok", f"{version}: all {len(wanted)} runtime dependencies import")

@@ -1,0 +1,113 @@
+"""`lab doctor` on this machine for real, and on a PATH without QEMU or with a broken one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lab.accel import kvm_status
+from lab.doctor import AREAS, OFF2_AWARE_VARIABLE, Finding, diagnose, render
+
+FAKE_OLD_QEMU = """#!/bin/sh
+case " $* " in
+  *" --version "*) echo "QEMU emulator version 9.2.0"; exit 0 ;;
+  *" -gdb "*) echo "qemu-system-aarch64: -gdb: fake gdbstub missing" >&2; exit 1 ;;
+  *" -accel kvm "*) echo "qemu-system-aarch64: fake KVM refusal" >&2; exit 1 ;;
+esac
+exec /bin/sleep 30
+"""
+
+
+@pytest.fixture(scope="module")
+def findings() -> list[Finding]:
+    return diagnose()
+
+
+def _one(findings: list[Finding], area: str, starts: str) -> Finding:
+    matching = [f for f in findings if f.area == area and f.detail.startswith(starts)]
+    assert len(matching) == 1, f"expected one {area} finding starting {starts!r}: {findings}"
+    return matching[0]
+
+
+@pytest.fixture
+def qemu_free_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PATH holding nothing, so every QEMU binary is missing."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    return tmp_path
+
+
+def test_tcg_works_for_aarch64_guests(findings: list[Finding]) -> None:
+    accel = _one(findings, "accel", "aarch64 guests")
+    assert accel.status == "ok"
+    assert "TCG works" in accel.detail
+
+
+@pytest.mark.skipif(kvm_status("aarch64")[0], reason="KVM runs aarch64 guests on this host")
+def test_kvm_is_unusable_for_aarch64_with_both_reasons(findings: list[Finding]) -> None:
+    detail = _one(findings, "accel", "aarch64 guests").detail
+    assert "KVM unusable (QEMU: " in detail
+    assert f"lab.accel: {kvm_status('aarch64')[1]}" in detail
+    assert "the lab picks TCG" in detail
+
+
+def test_qemu_10_or_newer_is_found(findings: list[Finding]) -> None:
+    for binary in ("qemu-system-aarch64", "qemu-img", "qemu-io"):
+        finding = _one(findings, "qemu", binary)
+        assert finding.status == "ok", finding
+        version = re.match(rf"{binary} (\d+)\.", finding.detail)
+        assert version is not None and int(version.group(1)) >= 10, finding.detail
+
+
+def test_gdbstub_and_python_deps_are_ok(findings: list[Finding]) -> None:
+    assert _one(findings, "gdbstub", "qemu-system-aarch64").status == "ok"
+    assert _one(findings, "python", "Python").status == "ok"
+
+
+def test_render_fits_one_screen_and_covers_every_area(findings: list[Finding]) -> None:
+    text = render(findings)
+    lines = text.splitlines()
+    assert len(lines) < 50
+    assert max(len(line) for line in lines) <= 120
+    assert {f.area for f in findings} == set(AREAS)
+    for area in AREAS:
+        assert re.search(rf"^\S+\s+{re.escape(area)}\s", text, re.MULTILINE), f"{area} missing from:\n{text}"
+
+
+def test_missing_qemu_is_reported_with_the_install_hint(qemu_free_path: Path) -> None:
+    findings = diagnose()
+    for binary in ("qemu-system-aarch64", "qemu-img", "qemu-io"):
+        finding = _one(findings, "qemu", binary)
+        assert finding.status == "missing"
+        assert finding.fix is not None and "./bootstrap" in finding.fix
+        assert "qemu-system-arm qemu-utils" in finding.fix
+    assert _one(findings, "accel", "aarch64 guests").status == "missing"
+    assert _one(findings, "gdbstub", "qemu-system-aarch64").status == "missing"
+    assert "fix: run ./bootstrap" in render(findings)
+
+
+def test_probes_report_what_a_broken_qemu_says(qemu_free_path: Path) -> None:
+    fake = qemu_free_path / "qemu-system-aarch64"
+    fake.write_text(FAKE_OLD_QEMU)
+    fake.chmod(0o755)
+    findings = diagnose()
+    version = _one(findings, "qemu", "qemu-system-aarch64")
+    assert version.status == "missing"
+    assert "9.2.0" in version.detail and "too old" in version.detail
+    accel = _one(findings, "accel", "aarch64 guests")
+    assert "TCG works" in accel.detail
+    assert "fake KVM refusal" in accel.detail or kvm_status("aarch64")[0]
+    gdbstub = _one(findings, "gdbstub", "qemu-system-aarch64")
+    assert gdbstub.status == "missing"
+    assert "fake gdbstub missing" in gdbstub.detail
+
+
+def test_off2_awareness_is_declared_by_environment(qemu_free_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(OFF2_AWARE_VARIABLE, raising=False)
+    stock = _one(diagnose(), "system-off2", "")
+    assert stock.detail.startswith("stock QEMU: SYSTEM_OFF2 not observable over QMP on KVM")
+    monkeypatch.setenv(OFF2_AWARE_VARIABLE, "1")
+    aware = _one(diagnose(), "system-off2", "")
+    assert aware.status == "ok"
+    assert "SUSPEND_DISK before SHUTDOWN" in aware.detail
