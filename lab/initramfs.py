@@ -7,9 +7,10 @@ same bytes (fixed mtimes, inode numbers and ordering), which keeps image digests
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 
 @dataclass(frozen=True)
