@@ -110,3 +110,16 @@ def test_negative_control_hibernation_is_not_taken_for_a_poweroff(tmp_path, defa
     result = _run(scenario, tmp_path)
     assert not result.verdict.passed
     assert "hibernate ended as hibernate-off2, expected poweroff" in result.verdict.reason
+
+
+def test_negative_control_a_stale_image_left_armed_is_resumed_and_fails(tmp_path, default_image) -> None:
+    rearm = {"run": {"command": "printf S1SUSPEND | dd of=/dev/vda bs=1 seek=4086 conv=notrunc 2>/dev/null"}}
+
+    def leave_image_armed(steps: list) -> list:
+        crash = next(i for i, s in enumerate(steps) if "crash" in s)
+        return [*steps[:crash], rearm, *steps[crash:]]
+
+    result = _run(_with_steps("scenarios/no-stale-resume.yaml", tmp_path, leave_image_armed), tmp_path)
+    assert not result.verdict.passed
+    assert "boot3 came up resumed, expected fresh" in result.verdict.reason
+    assert "PM: hibernation: hibernation exit" in _console(result.run_dir, "boot3")
