@@ -93,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
     images_sub = images.add_subparsers(dest="images_command", required=True)
     build = images_sub.add_parser("build", help="build the default (or named) guest image")
     build.add_argument("name", nargs="?", help="image recipe name (default: debian-ARCH)")
-    build.add_argument("--arch", default="arm64", choices=["arm64"])
+    build.add_argument("--arch", default="arm64", choices=["arm64", "amd64"])
     build.add_argument("--refresh", action="store_true", help="refresh the package lists first")
     build.add_argument("--kernel-deb", metavar="linux-image-…=VERSION", help="build with this Debian kernel")
     build.set_defaults(handler=_images_build)

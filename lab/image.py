@@ -31,7 +31,7 @@ from lab.errors import SetupError, UsageError
 from lab.paths import IMAGES_DIR, cache_root
 
 IMAGE_FORMAT = 1
-DEFAULT_IMAGE = {"arm64": "debian-arm64"}
+DEFAULT_IMAGE = {"arm64": "debian-arm64", "amd64": "debian-amd64"}
 _SCHEMA = json.loads((Path(__file__).parent / "schemas/image-recipe.json").read_text())
 _QEMU_ARCH = {"arm64": "aarch64", "amd64": "x86_64"}
 
