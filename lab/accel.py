@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import platform
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 from lab.errors import UsageError
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
+PROBE_SECONDS = 2.0
 _HOST_TO_QEMU_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -39,7 +43,32 @@ def kvm_status(guest_arch: str) -> tuple[bool, str]:
         os.close(fd)
     if version != KVM_API_VERSION:
         return False, f"/dev/kvm reports API version {version}, expected {KVM_API_VERSION}"
-    return True, "/dev/kvm answers and matches the guest arch"
+    return _probe_kvm(guest_arch)
+
+
+@functools.cache
+def _probe_kvm(guest_arch: str) -> tuple[bool, str]:
+    """Start the lab's own machine model paused under KVM: /dev/kvm can answer ioctls and still
+    refuse a vCPU (seen here: x86 guests abort on MSR writes without nested virtualisation)."""
+    binary = shutil.which(f"qemu-system-{guest_arch}")
+    if binary is None:
+        return False, f"qemu-system-{guest_arch} not found"
+    machine = {"aarch64": "virt", "x86_64": "q35"}[guest_arch]
+    command = [binary, "-accel", "kvm", "-machine", machine, "-cpu", "host", "-display", "none", "-nodefaults",
+               "-no-user-config", "-S", "-monitor", "none", "-serial", "none"]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        _, stderr = process.communicate(timeout=PROBE_SECONDS)
+    except subprocess.TimeoutExpired:
+        return True, "/dev/kvm answers and a paused KVM machine starts"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    detail = lines[0] if lines else f"exit status {process.returncode}"
+    return False, f"a KVM machine fails to start: {detail}"
 
 
 def choose_accel(guest_arch: str, requested: str | None = None) -> AccelChoice:

@@ -38,7 +38,7 @@ class PowerOffObservation:
     psci_calls: list[dict[str, Any]] = field(default_factory=list)
     disk_header: dict[str, Any] | None = None
     disk_error: str | None = None
-    off2_contract: str = "suspend-disk-then-shutdown"
+    off2_contract: str = "none"
 
 
 @dataclass

@@ -19,11 +19,12 @@ from typing import Any
 from lab import __version__
 from lab.accel import choose_accel
 from lab.debian import sha256_file
-from lab.errors import LabError, SetupError
+from lab.errors import LabError, SetupError, UsageError
 from lab.events import EventLog, Listener
 from lab.html_report import write_html_report
 from lab.image import DEFAULT_IMAGE, GuestImage, ImageRecipe, ImageStore
 from lab.junit import write_junit
+from lab.off2_contract import default_contract
 from lab.report import write_result
 from lab.reproduce import write_reproducer
 from lab.scenario import Scenario
@@ -50,6 +51,7 @@ class RunOptions:
     initrd: Path | None = None
     append: str | None = None
     disk: Path | None = None
+    off2_contract: str | None = None
 
 
 @dataclass
@@ -125,7 +127,11 @@ def write_artifacts(run_dir: Path) -> None:
 
 def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
     started = time.monotonic()
+    guest_arch = ARCHES.get(options.arch)
+    if scenario.arches and guest_arch is not None and guest_arch not in {ARCHES[a] for a in scenario.arches}:
+        raise UsageError(f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only")
     image = find_image(scenario, options)
+    contract = default_contract(image.qemu_arch, options.off2_contract)
     accel = choose_accel(image.qemu_arch, options.accel)
     run_dir = options.run_dir or new_run_dir(options.runs_root, scenario)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +140,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     (run_dir / "scenario.json").write_text(json.dumps(scenario.source, indent=2) + "\n")
     psci = psci_for(scenario, options, image, accel.name)
     ctx = RunContext(scenario=scenario, image=image, run_dir=run_dir, events=events,
-                     accel=accel.name, qemu=options.qemu, psci=psci)
+                     accel=accel.name, qemu=options.qemu, psci=psci, off2_contract=str(contract))
     events.emit("run-start", scenario=scenario.name, image=image.name, accel=accel.name,
                 accel_reason=accel.reason, psci=psci.personality if psci else None)
     error: str | None = None
@@ -157,6 +163,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
         "accel": accel.name,
         "accel_reason": accel.reason,
         "psci_personality": psci.personality if psci else None,
+        "off2_contract": str(contract),
         "image": {"name": image.name, "path": str(image.path), "kernel_release": image.kernel_release,
                   "kernel_pin": image.manifest.get("kernel_pin"),
                   "inputs": image.manifest.get("inputs", []), "outputs": image.manifest.get("outputs", {})},

@@ -71,6 +71,7 @@ class Scenario:
     image: str | None = None
     memory_mib: int = 1024
     cpus: int = 2
+    arches: tuple[str, ...] = ()
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -135,6 +136,7 @@ def load_scenario(path: Path) -> Scenario:
         image=data.get("image"),
         memory_mib=data.get("memory_mib", 1024),
         cpus=data.get("cpus", 2),
+        arches=tuple(data.get("arches", ())),
         source=json.loads(json.dumps(data)),
     )
 

@@ -71,6 +71,7 @@ class RunContext:
     pending_hibernate: tuple[str, str] | None = None
     boot_count: int = 0
     disk_format: str = "raw"
+    off2_contract: str = "none"
 
     @property
     def swap(self) -> Disk:
@@ -197,7 +198,7 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any], intent: str
         record=machine.record, timed_out=timed_out, psci_active=session is not None,
         psci_personality=ctx.psci.personality if ctx.psci else None,
         psci_calls=list(session.calls) if session is not None else [],
-        disk_header=header, disk_error=disk_error,
+        disk_header=header, disk_error=disk_error, off2_contract=ctx.off2_contract,
     ))
     if intent == "hibernate":
         ctx.pending_hibernate = (token, command)

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lab.observations import Observations, PowerOffObservation
+from lab.off2_contract import Off2Contract
 from lab.witnesses import Witness, collect_witnesses
 
 FORBIDDEN_EVERYWHERE = ("Kernel panic", "Oops", "BUG:", "Call trace")
+NOT_OBSERVABLE = ("OFF2 not observable with this QEMU: it reports SYSTEM_OFF2 like SYSTEM_OFF and no PSCI layer "
+                  "ran; the hibernation itself is judged from the console and the disk")
 
 
 @dataclass
@@ -26,11 +29,13 @@ class PowerOffVerdict:
     witnesses: list[Witness]
     disagreements: list[str]
     off2_observable: bool
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "boot": self.boot, "intent": self.intent, "class": self.kind,
             "off2_observable": self.off2_observable,
+            "notes": self.notes,
             "disagreements": self.disagreements,
             "witnesses": [w.to_json() for w in self.witnesses],
         }
@@ -75,25 +80,29 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
     qmp, psci, console, disk = seen["vmm-qmp"], seen["vmm-psci"], seen["guest-console"], seen["disk"]
     qmp_saw_off2 = qmp.consistent_with == ("hibernate-off2",)
     psci_saw_off2 = psci.opinion and psci.consistent_with == ("hibernate-off2",)
-    off2_observable = psci.opinion or qmp_saw_off2
+    off2_observable = psci.opinion or Off2Contract.parse(observation.off2_contract).observable
     if qmp.consistent_with == ("hang",):
         kind = "hang"
     elif qmp.consistent_with == ("crash",) or console.facts["panic"]:
         kind = "crash"
     elif disk.facts.get("image_present") or console.facts["image_saved"]:
-        kind = "hibernate-off2" if qmp_saw_off2 or psci_saw_off2 else "hibernate-off"
+        if qmp_saw_off2 or psci_saw_off2:
+            kind = "hibernate-off2"
+        else:
+            kind = "hibernate-off" if off2_observable else "hibernate"
     else:
         kind = "poweroff"
     disagreements = [
         f"{w.name} is not consistent with {kind}: {w.explanation}"
         for w in witnesses if w.opinion and kind not in w.consistent_with
     ]
+    notes = [] if off2_observable else [NOT_OBSERVABLE]
     return PowerOffVerdict(observation.boot, observation.intent, kind, witnesses, disagreements,
-                           off2_observable)
+                           off2_observable, notes)
 
 
 IMPLICIT_EXPECTATIONS = {
-    "hibernate": ("hibernate-off2", "hibernate-off"),
+    "hibernate": ("hibernate-off2", "hibernate-off", "hibernate"),
     "poweroff": ("poweroff",),
     "crash": ("crash",),
 }
@@ -105,6 +114,8 @@ def _power_off_checks(verdicts: list[PowerOffVerdict], observations: Observation
     for verdict, observation in zip(verdicts, observations.power_offs, strict=True):
         allowed = (observation.expect,) if observation.expect else IMPLICIT_EXPECTATIONS[observation.intent]
         detail = f"{observation.intent} ended as {verdict.kind}, expected {' or '.join(allowed)}"
+        if verdict.notes:
+            detail += "; " + "; ".join(verdict.notes)
         if verdict.disagreements:
             detail += "; witnesses disagree: " + "; ".join(verdict.disagreements)
         checks.append(Check(f"{verdict.boot} power-off", verdict.kind in allowed, detail, observation.step_line))

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from lab.observations import PowerOffObservation
+from lab.off2_contract import Off2Contract
 
-CLASSES = ("hibernate-off2", "hibernate-off", "poweroff", "crash", "hang")
-HIBERNATED = ("hibernate-off2", "hibernate-off")
+CLASSES = ("hibernate-off2", "hibernate-off", "hibernate", "poweroff", "crash", "hang")
+"""`hibernate`: an image was written, but no witness could see whether the power-off was SYSTEM_OFF2."""
+HIBERNATED = ("hibernate-off2", "hibernate-off", "hibernate")
 POWER_EVENTS = {"SHUTDOWN", "SUSPEND_DISK", "GUEST_PANICKED", "RESET", "POWERDOWN"}
 """QMP events that speak to how the guest went away (STOP/RESUME pairs from gdbstub traps do not)."""
 SYSTEM_OFF2_IDS = {0x84000015, 0xC4000015}
@@ -25,7 +27,7 @@ SYSTEM_RESET_IDS = {0x84000009, 0x84000012, 0xC4000012}
 CONSOLE_MARKS = {
     "hibernation_entry": re.compile(r"PM: hibernation: hibernation entry"),
     "image_saved": re.compile(r"PM: Image saving done|PM: hibernation: Wrote \d+ kbytes"),
-    "power_down": re.compile(r"reboot: Power down"),
+    "power_down": re.compile(r"reboot: Power down|ACPI: PM: Preparing to enter system sleep state S[45]"),
     "restarting": re.compile(r"reboot: Restarting system"),
     "panic": re.compile(r"Kernel panic"),
     "oops": re.compile(r"Internal error: Oops|\bOops\b|BUG:"),
@@ -86,11 +88,16 @@ def qmp_witness(observation: PowerOffObservation) -> Witness:
                        explanation="QEMU reported no shutdown before the lab stopped waiting")
     if panicked or reasons & {"guest-reset", "guest-panic"}:
         return Witness("vmm-qmp", facts, evidence, ("crash",), explanation="the guest reset or panicked")
-    if suspend_disk and observation.off2_contract == "suspend-disk-then-shutdown":
+    contract = Off2Contract.parse(observation.off2_contract)
+    facts["off2_contract"] = str(contract)
+    if (signal := contract.seen(events)) is not None:
         return Witness("vmm-qmp", facts, evidence, ("hibernate-off2",),
-                       explanation="SUSPEND_DISK before SHUTDOWN: the VMM saw a hibernate power-off")
-    return Witness("vmm-qmp", facts, evidence, ("hibernate-off2", "hibernate-off", "poweroff"),
-                   explanation="a guest-requested power-off; QMP cannot tell SYSTEM_OFF2 from SYSTEM_OFF here")
+                       explanation=f"{signal['event']} reported a hibernate power-off (contract {contract})")
+    if not contract.observable:
+        return Witness("vmm-qmp", facts, evidence, ("hibernate-off2", "hibernate-off", "hibernate", "poweroff"),
+                       explanation="a guest-requested power-off; this QEMU reports SYSTEM_OFF2 like SYSTEM_OFF")
+    return Witness("vmm-qmp", facts, evidence, ("hibernate-off", "poweroff"),
+                   explanation=f"a plain guest power-off: nothing reported OFF2 under contract {contract}")
 
 
 def psci_witness(observation: PowerOffObservation) -> Witness:

@@ -19,6 +19,14 @@ def default_image() -> GuestImage:
     return image
 
 
+@pytest.fixture(scope="session")
+def default_x86_image() -> GuestImage:
+    image = ImageStore().latest(DEFAULT_IMAGE["amd64"])
+    if image is None:
+        pytest.fail("the default x86_64 image is not built: run ./bootstrap (the README's test command does)")
+    return image
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _guest_paths_for_layer_tests() -> None:
     """Tests of the PSCI layer boot the default image's kernel and initramfs when it is built."""

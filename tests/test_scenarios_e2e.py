@@ -123,3 +123,15 @@ def test_negative_control_a_stale_image_left_armed_is_resumed_and_fails(tmp_path
     assert not result.verdict.passed
     assert "boot3 came up resumed, expected fresh" in result.verdict.reason
     assert "PM: hibernation: hibernation exit" in _console(result.run_dir, "boot3")
+
+
+@pytest.mark.parametrize("name", ["hibernate-resume", "hibernate-coldboot-altered-signature"])
+def test_x86_64_acpi_s4_is_the_counterpart_of_off2(name, tmp_path, default_x86_image) -> None:
+    result = run_scenario(load_scenario(Path(f"scenarios/{name}.yaml")),
+                          RunOptions(arch="x86_64", run_dir=tmp_path / "run"), [])
+    assert result.verdict.passed, result.verdict.reason
+    events = [e["event"] for e in _jsonl(result.run_dir / "qmp-boot1.jsonl") if e["event"] not in ("STOP", "RESUME")]
+    assert events[-2:] == ["SUSPEND_DISK", "SHUTDOWN"], "QEMU reported ACPI S4 before the power-off"
+    assert "ACPI: PM: Preparing to enter system sleep state S4" in _console(result.run_dir, "boot1")
+    assert not (result.run_dir / "psci-boot1.jsonl").exists(), "no PSCI layer on x86"
+    assert result.verdict.power_offs[0].kind == "hibernate-off2"

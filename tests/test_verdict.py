@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.errors import UsageError
 from lab.machine import BootRecord
 from lab.observations import BootObservation, Observations, PowerOffObservation
+from lab.off2_contract import Off2Contract
 from lab.verdict import classify, judge
 
 HIBERNATE_CONSOLE = """\
@@ -26,14 +28,15 @@ NO_IMAGE = {"signature": "SWAPSPACE2", "image_present": False, "page_size": 4096
 
 
 def observation(tmp_path: Path, console: str, events: list, calls: list | None, header: dict | None,
-                intent: str = "hibernate", timed_out: bool = False, expect: str | None = None):
+                intent: str = "hibernate", timed_out: bool = False, expect: str | None = None,
+                contract: str = "none"):
     log = tmp_path / "console-boot1.log"
     log.write_text(console)
     record = BootRecord("boot1", ["qemu"], log, tmp_path / "qmp.jsonl", 0.0, exit_code=0, qmp_events=events)
     return PowerOffObservation(
         boot="boot1", intent=intent, expect=expect, step_line=3, record=record, timed_out=timed_out,
         psci_active=calls is not None, psci_personality="kvm" if calls is not None else None,
-        psci_calls=calls or [], disk_header=header,
+        psci_calls=calls or [], disk_header=header, off2_contract=contract,
     )
 
 
@@ -78,15 +81,46 @@ def test_image_on_disk_without_the_console_saying_so_is_a_reported_disagreement(
 
 def test_suspend_disk_from_an_off2_aware_qemu_counts_without_the_layer(tmp_path):
     suspend = {"event": "SUSPEND_DISK", "data": {}, "lab_seconds": 7.9}
-    verdict = classify(observation(tmp_path, HIBERNATE_CONSOLE, [suspend, SHUTDOWN], None, IMAGE))
+    verdict = classify(observation(tmp_path, HIBERNATE_CONSOLE, [suspend, SHUTDOWN], None, IMAGE,
+                                   contract="suspend-disk"))
     assert verdict.kind == "hibernate-off2"
-    assert verdict.off2_observable
+    assert verdict.off2_observable and verdict.disagreements == []
 
 
-def test_stock_qemu_without_the_layer_cannot_observe_off2(tmp_path):
-    verdict = classify(observation(tmp_path, HIBERNATE_CONSOLE, [SHUTDOWN], None, IMAGE))
+def test_off2_aware_qemu_without_its_signal_saw_a_plain_system_off(tmp_path):
+    verdict = classify(observation(tmp_path, HIBERNATE_CONSOLE, [SHUTDOWN], None, IMAGE, contract="suspend-disk"))
     assert verdict.kind == "hibernate-off"
+
+
+@pytest.mark.parametrize(
+    ("contract", "events"),
+    [
+        ("event:GUEST_HIBERNATED", [{"event": "GUEST_HIBERNATED", "data": {}, "lab_seconds": 7.9}, SHUTDOWN]),
+        ("shutdown-reason:guest-hibernate",
+         [{"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-hibernate"}, "lab_seconds": 8.0}]),
+    ],
+)
+def test_labs_name_how_their_qemu_reports_off2(tmp_path, contract, events):
+    assert classify(observation(tmp_path, HIBERNATE_CONSOLE, events, None, IMAGE, contract=contract)).kind == (
+        "hibernate-off2"
+    )
+
+
+def test_stock_qemu_without_the_layer_says_off2_is_not_observable(tmp_path):
+    stock = observation(tmp_path, HIBERNATE_CONSOLE, [SHUTDOWN], None, IMAGE, expect="hibernate-off2")
+    verdict = classify(stock)
+    assert verdict.kind == "hibernate"
     assert not verdict.off2_observable
+    run = judge(Observations(power_offs=[stock]), {"boot1": HIBERNATE_CONSOLE.splitlines()}, None)
+    assert not run.passed
+    assert "hibernate ended as hibernate, expected hibernate-off2; OFF2 not observable with this QEMU" in run.reason
+    stock.expect = None
+    assert judge(Observations(power_offs=[stock]), {"boot1": HIBERNATE_CONSOLE.splitlines()}, None).passed
+
+
+def test_unknown_contract_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown OFF2 contract 'event'"):
+        Off2Contract.parse("event")
 
 
 @pytest.mark.parametrize(("expect", "passed"), [("hibernate-off2", True), ("hibernate-off", False)])
