@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import os
 import platform
 import re
 import shutil
@@ -31,6 +30,7 @@ from typing import Literal
 from lab.accel import _HOST_TO_QEMU_ARCH, kvm_status
 from lab.errors import LabError
 from lab.image import DEFAULT_IMAGE, GuestImage, ImageStore
+from lab.off2_contract import default_contract
 
 Status = Literal["ok", "warn", "missing"]
 AREAS = ("host", "qemu", "accel", "system-off2", "gdbstub", "images", "python")
@@ -233,17 +233,19 @@ def _accel_finding(guest: str) -> Finding:
 
 
 def _off2_finding() -> Finding:
-    if os.environ.get(OFF2_AWARE_VARIABLE) == "1":
+    """The OFF2 contract runs will use (lab.off2_contract), so doctor and verdicts never disagree."""
+    contract = default_contract("aarch64", None)
+    if contract.observable:
         return Finding("system-off2", "ok",
-                       f"QEMU declared OFF2-aware ({OFF2_AWARE_VARIABLE}=1): a SYSTEM_OFF2 power-off shows as QMP "
-                       "SUSPEND_DISK before SHUTDOWN (not provable without a guest)")
-    detail = "stock QEMU: SYSTEM_OFF2 not observable over QMP on KVM; the lab's PSCI layer observes it on TCG"
+                       f"QEMU declared OFF2-aware: contract {contract} (arm64 on KVM); x86 S4 reports SUSPEND_DISK")
+    detail = ("stock QEMU (contract none): SYSTEM_OFF2 not observable over QMP on KVM; the lab's PSCI layer "
+              "observes it on TCG; x86 ACPI S4 shows as SUSPEND_DISK")
     kvm_allowed, _ = kvm_status("aarch64")
     if not kvm_allowed:
         return Finding("system-off2", "ok", detail)
     return Finding("system-off2", "warn", detail,
-                   f"use a QEMU with the SYSTEM_OFF2 patch (`lab scenario NAME --qemu PATH`, {OFF2_AWARE_VARIABLE}=1) "
-                   "or pass --accel tcg")
+                   f"use a QEMU with the SYSTEM_OFF2 patch (`lab scenario NAME --qemu PATH --off2-contract "
+                   f"suspend-disk`, or {OFF2_AWARE_VARIABLE}=1) or pass --accel tcg")
 
 
 def _gdb_answers(sock_path: Path, process: subprocess.Popen[str]) -> str | None:

@@ -105,9 +105,12 @@ def test_probes_report_what_a_broken_qemu_says(qemu_free_path: Path) -> None:
 
 def test_off2_awareness_is_declared_by_environment(qemu_free_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(OFF2_AWARE_VARIABLE, raising=False)
+    monkeypatch.delenv("LAB_QEMU_OFF2_CONTRACT", raising=False)
     stock = _one(diagnose(), "system-off2", "")
-    assert stock.detail.startswith("stock QEMU: SYSTEM_OFF2 not observable over QMP on KVM")
+    assert stock.detail.startswith("stock QEMU (contract none): SYSTEM_OFF2 not observable over QMP on KVM")
     monkeypatch.setenv(OFF2_AWARE_VARIABLE, "1")
     aware = _one(diagnose(), "system-off2", "")
     assert aware.status == "ok"
-    assert "SUSPEND_DISK before SHUTDOWN" in aware.detail
+    assert "contract suspend-disk" in aware.detail
+    monkeypatch.setenv("LAB_QEMU_OFF2_CONTRACT", "shutdown-reason:guest-hibernate")
+    assert "contract shutdown-reason:guest-hibernate" in _one(diagnose(), "system-off2", "").detail
