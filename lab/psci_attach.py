@@ -33,7 +33,8 @@ class PsciSession:
         self.layer.close()
 
 
-def psci_attacher(personality: str, image: GuestImage) -> GuestPsci:
+def psci_attacher(personality: str, image: GuestImage, system_map: Path | None = None) -> GuestPsci:
+    """The layer for `image`'s kernel; symbols come from its kallsyms, or from a System.map the user gives."""
     try:
         chosen = PsciPersonality(personality)
     except ValueError:
@@ -41,7 +42,7 @@ def psci_attacher(personality: str, image: GuestImage) -> GuestPsci:
         raise UsageError(f"unknown PSCI personality {personality!r} (known: {known})") from None
     if "nokaslr" not in image.kernel_append.split():
         raise SetupError(f"image {image.name} boots without nokaslr: the PSCI layer needs fixed kernel addresses")
-    sites = find_conduit_sites(image.kernel, cache_dir=cache_root() / "symbols")
+    sites = find_conduit_sites(image.kernel, cache_dir=cache_root() / "symbols", system_map=system_map)
 
     def attach(machine: Machine, call_log: Path) -> PsciSession:
         layer = PsciLayer(machine.gdb_socket, sites, chosen, call_log)

@@ -52,6 +52,7 @@ class RunOptions:
     append: str | None = None
     disk: Path | None = None
     off2_contract: str | None = None
+    system_map: Path | None = None
 
 
 @dataclass
@@ -100,7 +101,7 @@ def psci_for(scenario: Scenario, options: RunOptions, image: GuestImage, accel: 
         return None
     from lab.psci_attach import psci_attacher
 
-    return psci_attacher(options.psci or scenario.psci, image)
+    return psci_attacher(options.psci or scenario.psci, image, options.system_map)
 
 
 def new_run_dir(root: Path, scenario: Scenario) -> Path:
