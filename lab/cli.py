@@ -78,6 +78,21 @@ def _scenario(args: argparse.Namespace) -> int:
     return 0 if result.verdict.passed else 1
 
 
+def _run(args: argparse.Namespace) -> int:
+    from lab.matrix import load_matrix, run_matrix
+
+    matrix = load_matrix(Path(args.matrix))
+    result = run_matrix(matrix, Path(args.runs_dir), args.workers or matrix.workers,
+                        Console(highlight=False, soft_wrap=True))
+    return 0 if result.passed else 1
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"wants a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from lab.doctor import diagnose, render
 
@@ -131,6 +146,12 @@ def parser() -> argparse.ArgumentParser:
     guest.add_argument("--append", help="extra kernel command-line arguments")
     guest.add_argument("--disk", help="a swap disk (raw or qcow2) to copy and use instead of a blank one")
     scenario.set_defaults(handler=_scenario)
+
+    run = commands.add_parser("run", help="run a matrix: scenarios on kernels, PSCI personalities, accelerators")
+    run.add_argument("--matrix", required=True, metavar="FILE", help="the matrix file (YAML, see matrices/)")
+    run.add_argument("--workers", type=_positive, metavar="N", help="runs at a time (default: the file's, else 1)")
+    run.add_argument("--runs-dir", default="runs", help="where the matrix directory goes (default: ./runs)")
+    run.set_defaults(handler=_run)
     commands.add_parser("doctor", help="what this host can run, and what to install").set_defaults(handler=_doctor)
     return top
 
