@@ -71,7 +71,7 @@ def _scenario(args: argparse.Namespace) -> int:
     options = RunOptions(arch=args.arch, image=args.image, accel=args.accel, qemu=path(args.qemu), psci=args.psci,
                          runs_root=Path(args.runs_dir), kernel=path(args.kernel), kernel_deb=args.kernel_deb,
                          initrd=path(args.initrd), append=args.append, disk=path(args.disk),
-                         off2_contract=args.off2_contract)
+                         off2_contract=args.off2_contract, system_map=path(args.system_map))
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
     report.verdict(result.verdict, result.run_dir, result.seconds)
@@ -145,6 +145,7 @@ def parser() -> argparse.ArgumentParser:
     guest.add_argument("--initrd", help="an initramfs to boot instead of the image's")
     guest.add_argument("--append", help="extra kernel command-line arguments")
     guest.add_argument("--disk", help="a swap disk (raw or qcow2) to copy and use instead of a blank one")
+    guest.add_argument("--system-map", help="the kernel's System.map, for a kernel whose kallsyms the lab cannot read")
     scenario.set_defaults(handler=_scenario)
 
     run = commands.add_parser("run", help="run a matrix: scenarios on kernels, PSCI personalities, accelerators")
