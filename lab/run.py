@@ -79,7 +79,9 @@ def find_image(scenario: Scenario, options: RunOptions, log: Callable[[str], Non
     if name is None:
         raise SetupError(f"no default image for {arch} yet")
     kernel_is_deb = options.kernel is not None and options.kernel.suffix == ".deb"
-    if Path(name).is_dir():
+    if "/" in name:
+        if not Path(name).is_dir():
+            raise UsageError(f"no image directory {name}")
         image = GuestImage.open(Path(name))
     elif options.kernel_deb or kernel_is_deb:
         recipe = ImageRecipe.named(name)
