@@ -2,13 +2,16 @@
 
 An image is a directory holding the kernel Image, an initramfs (busybox, the lab's init,
 the kernel modules the guest needs), a blank raw swap disk template and `manifest.json`,
-which records every input and output with its sha256.
+which records every input and output with its sha256. An image with an SSH server also holds
+the server with its shared libraries, a host key generated for this image alone (its public
+half in the manifest, so the lab can pin it) and the private half of the client key it accepts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -23,6 +26,8 @@ from typing import Any
 
 import jsonschema
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from elftools.elf.elffile import ELFFile
 
 from lab import initramfs
@@ -34,6 +39,12 @@ IMAGE_FORMAT = 1
 DEFAULT_IMAGE = {"arm64": "debian-arm64", "amd64": "debian-amd64"}
 _SCHEMA = json.loads((Path(__file__).parent / "schemas/image-recipe.json").read_text())
 _QEMU_ARCH = {"arm64": "aarch64", "amd64": "x86_64"}
+_MULTIARCH = {"arm64": "aarch64-linux-gnu", "amd64": "x86_64-linux-gnu"}
+DROPBEAR = "usr/sbin/dropbear"
+DROPBEAR_HOST_KEY = "etc/dropbear/dropbear_ed25519_host_key"
+CLIENT_KEY = "ssh-client-key"
+SSH_USER = "root"
+BASE_DIRECTORIES = ("bin", "dev", "etc", "etc/lab", "lib", "lib/modules", "proc", "run", "sys", "tmp")
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,8 @@ class ImageRecipe:
     kernel_append: str
     description: str = ""
     kernel_version: str | None = None
+    extra_packages: tuple[str, ...] = ()
+    ssh_server: str | None = None
     init_script: Path = IMAGES_DIR / "init"
 
     @classmethod
@@ -63,6 +76,7 @@ class ImageRecipe:
             field = "/".join(str(part) for part in error.absolute_path) or "(top level)"
             raise UsageError(f"{path}: {field}: {error.message}") from error
         data["modules"] = tuple(data["modules"])
+        data["extra_packages"] = tuple(data.get("extra_packages", ()))
         return cls(**data)
 
     def pinned(self, kernel_deb: str) -> ImageRecipe:
@@ -83,6 +97,15 @@ class ImageRecipe:
     @property
     def qemu_arch(self) -> str:
         return _QEMU_ARCH[self.arch]
+
+
+@dataclass(frozen=True)
+class SshLogin:
+    """How the lab logs in to an image's SSH server: the pinned host key and the image's own client key."""
+
+    user: str
+    host_key: str
+    client_key: Path
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,14 @@ class GuestImage:
     @property
     def kernel_append(self) -> str:
         return f"{self.manifest['kernel_append']} {self.extra_append}".strip()
+
+    @property
+    def ssh(self) -> SshLogin | None:
+        """None when the image has no SSH server, or when a user's initramfs replaces the image's."""
+        server = self.manifest.get("ssh")
+        if server is None or self.initrd_file is not None:
+            return None
+        return SshLogin(server["user"], server["host_key"], self.path / server["client_key"])
 
     @property
     def kernel_release(self) -> str:
@@ -205,6 +236,118 @@ def _module_bytes(path: Path) -> bytes:
     return lzma.decompress(data) if path.name.endswith(".xz") else data
 
 
+def _elf_links(data: bytes) -> tuple[str | None, list[str]]:
+    """An ELF file's program interpreter (PT_INTERP) and the sonames it loads (DT_NEEDED)."""
+    interpreter, needed = None, []
+    for segment in ELFFile(io.BytesIO(data)).iter_segments():
+        if segment["p_type"] == "PT_INTERP":
+            interpreter = segment.get_interp_name()
+        elif segment["p_type"] == "PT_DYNAMIC":
+            needed += [tag.needed for tag in segment.iter_tags("DT_NEEDED")]
+    return interpreter, needed
+
+
+def _in_tree(root: Path, path: str) -> Path | None:
+    """A file of the extracted packages by its guest path, symlinks followed inside the tree.
+
+    Merged-/usr packages ship `/lib/...` files under `/usr/lib/...`, so both are looked at.
+    """
+    for candidate in (path.lstrip("/"), "usr/" + path.lstrip("/")):
+        current = root / candidate
+        for _ in range(16):
+            if not current.is_symlink():
+                break
+            target = os.readlink(current)
+            current = root / target.lstrip("/") if target.startswith("/") else current.parent / target
+        if not current.is_symlink() and current.is_file():
+            return current
+    return None
+
+
+def program_closure(root: Path, program: str, arch: str) -> dict[str, bytes]:
+    """A dynamically linked program with its loader and every shared library it loads, by guest path.
+
+    The loader also answers to its soname (libc.so.6 needs ld-linux-aarch64.so.1): it is taken
+    once, where PT_INTERP names it.
+    """
+    library_dirs = (f"usr/lib/{_MULTIARCH[arch]}", f"lib/{_MULTIARCH[arch]}", "usr/lib", "lib")
+    files: dict[str, bytes] = {}
+    by_soname: dict[str, str] = {}
+    pending = [(program.lstrip("/"), "the recipe")]
+    while pending:
+        guest_path, wanted_by = pending.pop()
+        found = _in_tree(root, guest_path)
+        if found is None:
+            raise SetupError(f"/{guest_path} (wanted by {wanted_by}) is in none of the image's packages")
+        files[guest_path] = found.read_bytes()
+        interpreter, needed = _elf_links(files[guest_path])
+        if interpreter is not None and Path(interpreter).name not in by_soname:
+            by_soname[Path(interpreter).name] = interpreter.lstrip("/")
+            pending.append((interpreter.lstrip("/"), f"/{guest_path}"))
+        for soname in needed:
+            if soname in by_soname:
+                continue
+            where = next((d for d in library_dirs if _in_tree(root, f"{d}/{soname}")), None)
+            if where is None:
+                raise SetupError(f"{soname} (needed by /{guest_path}) is in none of the image's packages: "
+                                 "add the package that holds it to the recipe's extra_packages")
+            by_soname[soname] = f"{where}/{soname}"
+            pending.append((by_soname[soname], f"/{guest_path}"))
+    return files
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def dropbear_ed25519_key(key: Ed25519PrivateKey) -> bytes:
+    """The key in dropbear's own file format: string "ssh-ed25519", then string(seed || public key).
+
+    dropbearkey cannot run on the build host (it is an arm64 binary), so the image's host key is
+    generated here and written the way dropbear reads it.
+    """
+    raw = serialization.Encoding.Raw
+    seed = key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    public = key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+    return _ssh_string(b"ssh-ed25519") + _ssh_string(seed + public)
+
+
+def _openssh_public(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def _parent_directories(paths: list[str], known: set[str]) -> list[str]:
+    """Directories the archive still lacks for `paths`, parents first."""
+    wanted = {str(parent) for path in paths for parent in Path(path).parents if str(parent) != "."}
+    return sorted(wanted - known, key=lambda d: (d.count("/"), d))
+
+
+def _ssh_server(root: Path, recipe: ImageRecipe, out: Path) -> tuple[list[initramfs.Entry], dict[str, Any]]:
+    """Dropbear with its libraries, a fresh host key, root's authorized client key (private half to `out`)."""
+    host_key, client_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    descriptor = os.open(out / CLIENT_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as stream:
+        stream.write(client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))
+    programs = program_closure(root, DROPBEAR, recipe.arch)
+    files: dict[str, tuple[bytes, int]] = {path: (data, 0o755) for path, data in programs.items()}
+    files |= {
+        "etc/passwd": (f"{SSH_USER}:x:0:0:{SSH_USER}:/root:/bin/sh\n".encode(), 0o644),
+        "etc/group": (b"root:x:0:\n", 0o644),
+        "etc/shells": (b"/bin/sh\n", 0o644),
+        DROPBEAR_HOST_KEY: (dropbear_ed25519_key(host_key), 0o600),
+        "root/.ssh/authorized_keys": (f"{_openssh_public(client_key)} lab\n".encode(), 0o600),
+    }
+    private = ["root", "root/.ssh"]
+    known = {*BASE_DIRECTORIES, *private}
+    entries = [initramfs.directory(d, 0o700) for d in private]
+    entries += [initramfs.directory(d) for d in _parent_directories(sorted(files), known)]
+    entries += [initramfs.regular_file(path, data, perm) for path, (data, perm) in sorted(files.items())]
+    manifest = {"server": recipe.ssh_server, "user": SSH_USER, "host_key": _openssh_public(host_key),
+                "client_key": CLIENT_KEY, "files": sorted(programs)}
+    return entries, manifest
+
+
 def collect_modules(modules_root: Path, wanted: tuple[str, ...]) -> list[tuple[str, bytes]]:
     """Named modules and their dependencies, decompressed, dependencies first."""
     ordered: list[tuple[str, bytes]] = []
@@ -265,7 +408,26 @@ class ImageStore:
             name, version = images[0]
         binaries = [(n, v) for n, v in parts if not n.startswith("linux-image-")]
         kernel = [apt.resolve(n, recipe.arch, v) for n, v in binaries] or [apt.resolve(name, recipe.arch, version)]
-        return [*kernel, apt.resolve(recipe.userland_package, recipe.arch)]
+        return [*kernel, *self.userland(apt, recipe)]
+
+    def userland(self, apt: PrivateApt, recipe: ImageRecipe) -> list[PackageVersion]:
+        """The userland package, then each extra package with everything it depends on, transitively.
+
+        All of them are inputs of the image (and of its cache key), even those whose files the
+        initramfs ends up not needing: the build takes from them what the ELF files load.
+        """
+        found = [apt.resolve(recipe.userland_package, recipe.arch)]
+        pending: list[tuple[str, str | None]] = [(name, None) for name in recipe.extra_packages]
+        seen: set[str] = set()
+        while pending:
+            name, version = pending.pop(0)
+            name = name.split(":")[0]
+            if name in seen:
+                continue
+            seen.add(name)
+            found.append(apt.resolve(name, recipe.arch, version))
+            pending += apt.depends(name, recipe.arch, version)
+        return found
 
     def build(
         self, recipe: ImageRecipe, refresh: bool = False, log: Callable[[str], None] = print,
@@ -279,7 +441,7 @@ class ImageStore:
         if kernel_debs:
             apt.update(force=refresh)
             local = [(_local_package(deb, recipe.arch), deb) for deb in kernel_debs]
-            packages = [p for p, _ in local] + [apt.resolve(recipe.userland_package, recipe.arch)]
+            packages = [p for p, _ in local] + self.userland(apt, recipe)
             recipe = dataclasses.replace(recipe, kernel_package=local[0][0].name, kernel_version=local[0][0].version)
         else:
             local = []
@@ -330,8 +492,8 @@ class ImageStore:
             if config is not None:
                 shutil.copyfile(config, out / "config")
             modules = collect_modules(modules_root, recipe.modules)
-            entries = [initramfs.directory(d) for d in
-                       ("bin", "dev", "etc", "etc/lab", "lib", "lib/modules", "proc", "run", "sys", "tmp")]
+            ssh_entries, ssh = _ssh_server(root, recipe, out) if recipe.ssh_server else ([], None)
+            entries = [initramfs.directory(d) for d in BASE_DIRECTORIES]
             entries += [
                 initramfs.char_device("dev/console", 5, 1),
                 initramfs.regular_file("bin/busybox", busybox.read_bytes(), 0o755),
@@ -339,10 +501,11 @@ class ImageStore:
                 initramfs.regular_file("etc/lab/modules", "".join(f"{n}\n" for n, _ in modules).encode()),
             ]
             entries += [initramfs.regular_file(f"lib/modules/{n}.ko", data) for n, data in modules]
+            entries += ssh_entries
             initramfs.write_newc_file(out / "initramfs.cpio", entries)
         with (out / "swap.raw").open("wb") as swap:
             swap.truncate(recipe.swap_size_mib << 20)
-        outputs = ["vmlinuz", "initramfs.cpio", *(["config"] if (out / "config").exists() else [])]
+        outputs = ["vmlinuz", "initramfs.cpio", *(name for name in ("config", CLIENT_KEY) if (out / name).exists())]
         return {
             "format": IMAGE_FORMAT,
             "name": recipe.name,
@@ -354,6 +517,7 @@ class ImageStore:
             "kernel_append": recipe.kernel_append,
             "swap_size_mib": recipe.swap_size_mib,
             "modules": [name for name, _ in modules],
+            "ssh": ssh,
             "inputs": [
                 {"package": p.name, "arch": p.arch, "version": p.version, "sha256": p.sha256} for p, _ in debs
             ] + [{"file": "images/init", "sha256": sha256_file(recipe.init_script)}],
