@@ -14,6 +14,7 @@ import json
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +29,14 @@ from lab.disk_lock import DiskLock
 from lab.errors import MachineError, SetupError, WaitTimeout
 
 PR_SET_PDEATHSIG = 1
+GUEST_SSH_PORT = 22
+
+
+def free_local_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 right now (another process may take it before QEMU does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class MachineSpec:
     cpus: int = 2
     qemu: Path | None = None
     gdbstub: bool = False
+    ssh_port: int | None = None
+    """Host port on 127.0.0.1 forwarded to the guest's port 22 over user-mode networking; None: no network."""
 
     @property
     def qemu_binary(self) -> str:
@@ -90,6 +101,11 @@ class MachineSpec:
             ]
         if self.gdbstub:
             args += ["-gdb", f"unix:{sockets / 'gdb.sock'},server=on,wait=off"]
+        if self.ssh_port is not None:
+            args += [
+                "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:{GUEST_SSH_PORT}",
+                "-device", "virtio-net-pci,netdev=net0,romfile=",
+            ]
         return args
 
 

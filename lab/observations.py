@@ -77,6 +77,8 @@ class CheckRequest:
 
 @dataclass
 class CommandObservation:
+    """A `run` step's command, what it returned, and the channel it went over (serial or ssh)."""
+
     step_line: int
     boot: str
     command: str
@@ -84,6 +86,7 @@ class CommandObservation:
     output: str
     expect_status: int
     output_contains: str | None
+    channel: str = "serial"
 
 
 @dataclass

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from lab import hibernation_header
-from lab.channels.shell import GuestShell
-from lab.errors import LabError, SetupError
+from lab.channels.shell import CommandResult, GuestShell
+from lab.channels.ssh import SshChannel
+from lab.deadline import Deadline
+from lab.errors import LabError, MachineError, SetupError
 from lab.events import EventLog
 from lab.image import GuestImage
-from lab.machine import Disk, Machine, MachineSpec
+from lab.machine import Disk, Machine, MachineSpec, free_local_port
 from lab.observations import (
     BootObservation,
     CheckRequest,
@@ -36,6 +38,7 @@ from lab.scenario import Scenario, Step
 
 DEFAULT_TIMEOUTS = {"boot": 120.0, "hibernate": 180.0, "poweroff": 60.0, "crash": 60.0, "run": 60.0}
 READY = re.compile(r"lab-init: ready|PM: hibernation: hibernation exit|Kernel panic")
+PORT_ATTEMPTS = 3
 
 
 class StepError(LabError):
@@ -66,6 +69,7 @@ class RunContext:
     observations: Observations = field(default_factory=Observations)
     machine: Machine | None = None
     shell: GuestShell | None = None
+    ssh: SshChannel | None = None
     psci_session: Any = None
     evidence: Evidence | None = None
     pending_hibernate: tuple[str, str] | None = None
@@ -91,12 +95,12 @@ class RunContext:
         if done.returncode != 0:
             raise SetupError(f"cannot create the run's swap disk: {done.stderr.strip()}")
 
-    def spec(self) -> MachineSpec:
+    def spec(self, ssh_port: int | None = None) -> MachineSpec:
         append = f"{self.image.kernel_append} lab.swap=vda"
         return MachineSpec(
             arch=self.image.qemu_arch, kernel=self.image.kernel, initrd=self.image.initramfs, append=append,
             disks=(self.swap,), accel=self.accel, memory_mib=self.scenario.memory_mib,
-            cpus=self.scenario.cpus, qemu=self.qemu, gdbstub=self.psci is not None,
+            cpus=self.scenario.cpus, qemu=self.qemu, gdbstub=self.psci is not None, ssh_port=ssh_port,
         )
 
     def require_shell(self, step: Step) -> GuestShell:
@@ -104,9 +108,33 @@ class RunContext:
             raise StepError(f"line {step.line}: `{step.kind}` needs a running guest; add a boot step before it")
         return self.shell
 
+    def require_ssh(self, step: Step, timeout: float, outcome: dict[str, Any]) -> SshChannel:
+        """The SSH channel to the running guest, connected on first use after each boot.
+
+        Every boot is a new QEMU with a new port forward, so a channel never outlives its machine.
+        """
+        self.require_shell(step)
+        assert self.machine is not None
+        login, port = self.image.ssh, self.machine.spec.ssh_port
+        if login is None or port is None:
+            raise StepError(f"line {step.line}: `over: ssh` needs an image with an SSH server; {self.image.name} "
+                            "has none (built before SSH, or booted with a user's initramfs)")
+        if self.ssh is None:
+            channel = SshChannel.from_files(port, login.user, login.host_key, login.client_key)
+            channel.connect(timeout)
+            self.ssh = channel
+            outcome["ssh_connected"] = f"127.0.0.1:{port}"
+        return self.ssh
+
+    def close_ssh(self) -> None:
+        if self.ssh is not None:
+            self.ssh.close()
+            self.ssh = None
+
     def close_machine(self) -> None:
-        """QEMU first (its exit ends the PSCI layer's gdbstub session), then the layer."""
+        """SSH first, QEMU next (its exit ends the PSCI layer's gdbstub session), then the layer."""
         try:
+            self.close_ssh()
             if self.machine is not None:
                 self.machine.close()
         finally:
@@ -120,14 +148,36 @@ class RunContext:
         return "\n".join(line for _, line in self.machine.console.lines)
 
 
+def _launch_once(ctx: RunContext, name: str) -> Machine:
+    ssh_port = free_local_port() if ctx.image.ssh is not None else None
+    ctx.machine = Machine(ctx.spec(ssh_port), ctx.run_dir, name, ctx.events.started)
+    ctx.machine.launch()
+    return ctx.machine
+
+
+def _launch(ctx: RunContext, name: str) -> Machine:
+    """Launch QEMU paused; images with an SSH server get a free port on 127.0.0.1 forwarded to the guest's.
+
+    The port is free when chosen, but another process may bind it before QEMU does: QEMU then
+    fails to start, and the launch is retried with another port.
+    """
+    for _ in range(PORT_ATTEMPTS - 1):
+        try:
+            return _launch_once(ctx, name)
+        except MachineError as error:
+            if "host forwarding" not in error.output:
+                raise
+            ctx.events.emit("ssh-port-taken", boot=name, detail=error.output.strip())
+            ctx.close_machine()
+    return _launch_once(ctx, name)
+
+
 def _boot(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     if ctx.machine is not None:
         raise StepError(f"line {step.line}: boot while a guest is still running; power it off first")
     ctx.boot_count += 1
     name = f"boot{ctx.boot_count}"
-    machine = Machine(ctx.spec(), ctx.run_dir, name, ctx.events.started)
-    ctx.machine = machine
-    machine.launch()
+    machine = _launch(ctx, name)
     ctx.events.emit("qemu-launched", boot=name, accel=ctx.accel)
     if ctx.psci is not None:
         ctx.psci_session = ctx.psci.attach(machine, ctx.run_dir / f"psci-{name}.jsonl")
@@ -181,6 +231,7 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any], intent: str
     machine = ctx.machine
     assert machine is not None
     timeout = step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind])
+    ctx.close_ssh()
     if intent == "hibernate" and "mode" in step.params:
         shell.succeed(f"echo {step.params['mode']} > /sys/power/disk")
     token = shell.start(command)
@@ -283,12 +334,19 @@ def _check(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 
 
 def _run(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
-    shell = ctx.require_shell(step)
-    result = shell.run(step.params["command"], step.params.get("timeout", DEFAULT_TIMEOUTS["run"]))
+    timeout = step.params.get("timeout", DEFAULT_TIMEOUTS["run"])
+    over = step.params.get("over", "serial")
+    result: CommandResult
+    if over == "ssh":
+        deadline = Deadline(timeout)
+        channel = ctx.require_ssh(step, timeout, outcome)
+        result = channel.run(step.params["command"], max(deadline.remaining, 1.0))
+    else:
+        result = ctx.require_shell(step).run(step.params["command"], timeout)
     assert ctx.machine is not None
     ctx.observations.commands.append(CommandObservation(
         step.line, ctx.machine.name, result.command, result.status, result.output,
-        step.params.get("expect_status", 0), step.params.get("output_contains"),
+        step.params.get("expect_status", 0), step.params.get("output_contains"), channel=over,
     ))
     outcome.update(status=result.status)
 
