@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -43,6 +42,7 @@ from lab.paths import cache_root
 from lab.report import TerminalReport
 from lab.run import ARCHES, RunOptions, run_scenario
 from lab.scenario import Scenario, find_scenario
+from lab.yaml_file import read_yaml, schema_message
 
 _SCHEMA = json.loads((Path(__file__).parent / "schemas/matrix.json").read_text())
 DEFAULT_KERNEL = "default"
@@ -106,42 +106,6 @@ class Matrix:
         return [cell for scenario in self.scenarios for cell in self.dimensions.cells(scenario)]
 
 
-def _node_lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """The line of every mapping key and sequence item, by its path in the document."""
-    lines = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            lines |= _node_lines(value, (*path, key.value))
-            lines[(*path, key.value)] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines |= _node_lines(item, (*path, index))
-    return lines
-
-
-def _field_error(path: Path, lines: dict[tuple[Any, ...], int], where: list[Any], message: str) -> UsageError:
-    """`FILE:LINE: FIELD: message`, the line being the deepest part of the field the file has."""
-    prefixes = (tuple(where[:depth]) for depth in range(len(where), -1, -1))
-    line = next((lines[prefix] for prefix in prefixes if prefix in lines), 1)
-    location = "/".join(str(part) for part in where) or "(top level)"
-    return UsageError(f"{path}:{line}: {location}: {message}")
-
-
-def _schema_error_path(error: jsonschema.ValidationError) -> list[Any]:
-    """The field at fault; for a key the schema does not know, that key rather than its mapping."""
-    where = list(error.absolute_path)
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        where += unknown[:1]
-    return where
-
-
-def _message(name: str, error: jsonschema.ValidationError) -> str:
-    """The schema's message, or for a pattern what the field wants in words rather than a regex."""
-    hint = _PATTERN_HINTS.get(name) if error.validator == "pattern" else None
-    return f"{error.instance!r} {hint}" if hint else error.message
-
-
 def _scenario_reference(entry: str, base: Path) -> str:
     """Scenario files in a matrix are relative to the matrix file; bare names are shipped scenarios."""
     if Path(entry).suffix in (".yaml", ".yml") or "/" in entry:
@@ -151,34 +115,21 @@ def _scenario_reference(entry: str, base: Path) -> str:
 
 def load_matrix(path: Path) -> Matrix:
     """Read and validate a matrix file; every error names the file, the line and the field."""
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise UsageError(f"cannot read matrix {path}: {error.strerror}") from error
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UsageError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from error
-    lines = _node_lines(node) if node is not None else {}
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(data))
-    if error is not None:
-        where = _schema_error_path(error)
-        raise _field_error(path, lines, where, _message(str(where[0]) if where else "", error))
+    file = read_yaml(path, "matrix")
+    file.validate(_SCHEMA, _PATTERN_HINTS)
+    data = file.data
     arch = data.get("arch", "arm64")
     scenarios: list[Scenario] = []
     for index, entry in enumerate(data["scenarios"]):
         try:
             scenario = find_scenario(_scenario_reference(entry, path.parent))
         except UsageError as problem:
-            raise _field_error(path, lines, ["scenarios", index], str(problem)) from None
+            raise file.error(("scenarios", index), str(problem)) from None
         if any(known.name == scenario.name for known in scenarios):
-            raise _field_error(path, lines, ["scenarios", index], f"scenario {scenario.name} is listed twice")
+            raise file.error(("scenarios", index), f"scenario {scenario.name} is listed twice")
         if scenario.arches and ARCHES[arch] not in {ARCHES[known] for known in scenario.arches}:
-            raise _field_error(path, lines, ["scenarios", index],
-                               f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only, not {arch}")
+            raise file.error(("scenarios", index),
+                             f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only, not {arch}")
         scenarios.append(scenario)
     return Matrix(
         name=data.get("name", path.stem),
@@ -199,7 +150,7 @@ def check_dimension(name: str, value: Any, given_as: str) -> None:
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(_SCHEMA["properties"][name]).iter_errors(value))
     if error is not None:
-        raise UsageError(f"{given_as}: {_message(name, error)}")
+        raise UsageError(f"{given_as}: {schema_message(error, name, _PATTERN_HINTS)}")
 
 
 def image_name(scenario: Scenario, arch: str) -> str:

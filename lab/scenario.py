@@ -11,40 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import yaml
-
 from lab.errors import UsageError
 from lab.paths import SCENARIOS_DIR
+from lab.yaml_file import YamlFile, read_yaml
 
 _SCHEMA = json.loads((Path(__file__).parent / "schemas/scenario.json").read_text())
 DEFAULT_PERSONALITY = "kvm"
-
-
-class _Lined(dict):
-    line = 0
-
-
-class _LinedList(list):
-    line = 0
-
-
-class _LineLoader(yaml.SafeLoader):
-    """A safe loader whose mappings and sequences remember the line they start on."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Lined:
-        mapping = _Lined(super().construct_mapping(node, deep=True))
-        mapping.line = node.start_mark.line + 1
-        return mapping
-
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> _LinedList:
-        sequence = _LinedList(super().construct_sequence(node, deep=True))
-        sequence.line = node.start_mark.line + 1
-        return sequence
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _LineLoader.construct_sequence)
 
 
 @dataclass(frozen=True)
@@ -76,68 +48,45 @@ class Scenario:
 
 
 def _normalise(steps: list[Any]) -> None:
-    """Allow `- mark` as shorthand for `- mark: {}`, keeping line numbers."""
+    """Allow `- mark` as shorthand for `- mark: {}` (and `- mark:` with nothing after it)."""
     for index, item in enumerate(steps):
         if isinstance(item, str):
-            replacement = _Lined({item: _Lined()})
-            replacement.line = getattr(steps, "line", 0)
-            steps[index] = replacement
+            steps[index] = {item: {}}
         elif isinstance(item, dict):
-            for kind, params in list(item.items()):
+            for kind, params in item.items():
                 if params is None:
-                    item[kind] = _Lined()
-                    item[kind].line = getattr(item, "line", 0)
+                    item[kind] = {}
                 elif kind == "repeat" and isinstance(params, dict) and isinstance(params.get("steps"), list):
                     _normalise(params["steps"])
 
 
-def _line_of(data: Any, path: list[Any]) -> int:
-    line = getattr(data, "line", 0)
-    node = data
-    for part in path:
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            break
-        line = getattr(node, "line", line) or line
-    return line
-
-
-def _steps(items: list[dict[str, Any]]) -> tuple[Step, ...]:
+def _steps(file: YamlFile, items: list[dict[str, Any]], at: tuple[Any, ...]) -> tuple[Step, ...]:
     built = []
-    for item in items:
+    for index, item in enumerate(items):
         ((kind, params),) = item.items()
-        children = _steps(params["steps"]) if kind == "repeat" else ()
-        built.append(Step(kind, dict(params), getattr(item, "line", 0), children))
+        where = (*at, index)
+        children = _steps(file, params["steps"], (*where, kind, "steps")) if kind == "repeat" else ()
+        built.append(Step(kind, dict(params), file.line(where), children))
     return tuple(built)
 
 
 def load_scenario(path: Path) -> Scenario:
-    try:
-        data = yaml.load(path.read_text(), Loader=_LineLoader)
-    except OSError as error:
-        raise UsageError(f"cannot read scenario {path}: {error.strerror}") from error
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UsageError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from error
+    file = read_yaml(path, "scenario")
+    data = file.data
     if isinstance(data, dict) and isinstance(data.get("steps"), list):
         _normalise(data["steps"])
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(data))
-    if error is not None:
-        location = "/".join(str(part) for part in error.absolute_path) or "(top level)"
-        raise UsageError(f"{path}:{_line_of(data, list(error.absolute_path))}: {location}: {error.message}")
+    file.validate(_SCHEMA)
     return Scenario(
         name=data["name"],
         description=" ".join(data["description"].split()),
         path=path,
-        steps=_steps(data["steps"]),
+        steps=_steps(file, data["steps"], ("steps",)),
         psci=data.get("psci", DEFAULT_PERSONALITY),
         image=data.get("image"),
         memory_mib=data.get("memory_mib", 1024),
         cpus=data.get("cpus", 2),
         arches=tuple(data.get("arches", ())),
-        source=json.loads(json.dumps(data)),
+        source=data,
     )
 
 

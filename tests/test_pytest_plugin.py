@@ -77,7 +77,7 @@ def test_bad_options_and_files_are_one_line_errors(project):
     (project.path / "scenarios/typo.yaml").write_text("name: typo\ndescription: x\nsteps:\n  - hibernat: {}\n")
     scenario = project.runpytest("--collect-only", "scenarios", "--lab-kernel", "default")
     assert scenario.ret == pytest.ExitCode.INTERRUPTED
-    scenario.stdout.fnmatch_lines(["*scenarios/typo.yaml:4: steps/0: *'hibernat' was unexpected*"])
+    scenario.stdout.fnmatch_lines(["*scenarios/typo.yaml:4: steps/0/hibernat: *'hibernat' was unexpected*"])
     assert "Traceback" not in scenario.stdout.str()
 
 
