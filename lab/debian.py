@@ -46,6 +46,14 @@ SUITES = ("unstable", "testing", "trixie", "bookworm")
 """Suites the lab can fetch from: a bug report's kernel may come from any of them."""
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A resolved package and its direct `Depends:` as (name, exact version if pinned with `=`)."""
+
+    package: PackageVersion
+    depends: list[tuple[str, str | None]]
+
+
 class PrivateApt:
     """apt-get and apt-cache against the lab's own sources list and state under `root`.
 
@@ -68,6 +76,8 @@ class PrivateApt:
             "Dir::State": state,
             "Dir::State::status": state / "status",
             "Dir::Cache": cache,
+            "Dir::Cache::pkgcache": cache / "pkgcache.bin",
+            "Dir::Cache::srcpkgcache": cache / "srcpkgcache.bin",
             "APT::Architecture": self.architecture,
             "APT::Architectures::": self.architecture,
             "APT::Default-Release": self.default_release,
@@ -130,30 +140,37 @@ class PrivateApt:
             versions = ", ".join(line.split("|")[1].strip() for line in known.splitlines()) or "none"
             raise SetupError(f"no {spec} in Debian {'/'.join(SUITES)} (versions there: {versions})") from None
 
-    def resolve(self, name: str, arch: str, version: str | None = None) -> PackageVersion:
-        """The candidate (or the pinned `version`) of `name:arch` in the private lists."""
-        stanza = self._stanza(name, arch, version)
-        return PackageVersion(
+    def show(self, wanted: list[tuple[str, str | None]], arch: str) -> list[Candidate]:
+        """Several packages (candidate or pinned version) in one apt-cache call: each call loads
+        the whole package cache, so resolving an image level by level stays fast."""
+        specs = [f"{name}:{arch}" + (f"={version}" if version else "") for name, version in wanted]
+        try:
+            output = self._run("apt-cache", "show", "--no-all-versions", *specs)
+        except SetupError:
+            stanzas = [self._stanza(name, arch, version) for name, version in wanted]
+        else:
+            stanzas = [stanza for stanza in output.split("\n\n") if stanza.strip()]
+        return [self._candidate(stanza, arch) for stanza in stanzas]
+
+    def _candidate(self, stanza: str, arch: str) -> Candidate:
+        package = PackageVersion(
             name=self._field(stanza, "Package"),
             arch=arch,
             version=self._field(stanza, "Version"),
             sha256=self._field(stanza, "SHA256"),
             filename=Path(self._field(stanza, "Filename")).name,
         )
-
-    def depends(self, name: str, arch: str, version: str | None = None) -> list[tuple[str, str | None]]:
-        """Direct `Depends:` of a package as (name, exact version if pinned with `=`); alternatives dropped."""
         try:
-            field = self._field(self._stanza(name, arch, version), "Depends")
+            field = self._field(stanza, "Depends")
         except SetupError:
-            return []
-        found = []
+            return Candidate(package, [])
+        depends = []
         for alternative in field.split(","):
             first = alternative.split("|")[0].strip()
-            package, _, constraint = first.partition("(")
+            name, _, constraint = first.partition("(")
             pinned = constraint.rstrip(")").strip()
-            found.append((package.strip(), pinned[1:].strip() if pinned.startswith("=") else None))
-        return found
+            depends.append((name.strip().split(":")[0], pinned[1:].strip() if pinned.startswith("=") else None))
+        return Candidate(package, depends)
 
     def download(self, package: PackageVersion) -> Path:
         """The package's .deb, fetched once and verified against the archive's sha256."""

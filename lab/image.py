@@ -10,6 +10,7 @@ half in the manifest, so the lab can pin it) and the private half of the client 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -18,7 +19,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ from lab.errors import SetupError, UsageError
 from lab.paths import IMAGES_DIR, cache_root
 
 IMAGE_FORMAT = 1
+KERNEL_PACKAGE_PREFIXES = ("linux-image-", "linux-binary-", "linux-modules-")
 DEFAULT_IMAGE = {"arm64": "debian-arm64", "amd64": "debian-amd64"}
 _SCHEMA = json.loads((Path(__file__).parent / "schemas/image-recipe.json").read_text())
 _QEMU_ARCH = {"arm64": "aarch64", "amd64": "x86_64"}
@@ -398,17 +401,16 @@ class ImageStore:
         """
         apt = self.apt_for(recipe)
         apt.update(force=refresh)
-        name, version = recipe.kernel_package, recipe.kernel_version
+        (kernel,) = apt.show([(recipe.kernel_package, recipe.kernel_version)], recipe.arch)
         for _ in range(3):
-            parts = [(n, v) for n, v in apt.depends(name, recipe.arch, version)
-                     if n.startswith(("linux-image-", "linux-binary-", "linux-modules-"))]
-            images = [(n, v) for n, v in parts if n.startswith("linux-image-")]
+            parts = [(n, v) for n, v in kernel.depends if n.startswith(KERNEL_PACKAGE_PREFIXES)]
+            images = [part for part in parts if part[0].startswith("linux-image-")]
             if not images:
                 break
-            name, version = images[0]
-        binaries = [(n, v) for n, v in parts if not n.startswith("linux-image-")]
-        kernel = [apt.resolve(n, recipe.arch, v) for n, v in binaries] or [apt.resolve(name, recipe.arch, version)]
-        return [*kernel, *self.userland(apt, recipe)]
+            (kernel,) = apt.show(images[:1], recipe.arch)
+        binaries = [part for part in parts if not part[0].startswith("linux-image-")]
+        kernel_packages = [c.package for c in apt.show(binaries, recipe.arch)] if binaries else [kernel.package]
+        return [*kernel_packages, *self.userland(apt, recipe)]
 
     def userland(self, apt: PrivateApt, recipe: ImageRecipe) -> list[PackageVersion]:
         """The userland package, then each extra package with everything it depends on, transitively.
@@ -416,17 +418,17 @@ class ImageStore:
         All of them are inputs of the image (and of its cache key), even those whose files the
         initramfs ends up not needing: the build takes from them what the ELF files load.
         """
-        found = [apt.resolve(recipe.userland_package, recipe.arch)]
-        pending: list[tuple[str, str | None]] = [(name, None) for name in recipe.extra_packages]
+        found = [c.package for c in apt.show([(recipe.userland_package, None)], recipe.arch)]
         seen: set[str] = set()
-        while pending:
-            name, version = pending.pop(0)
-            name = name.split(":")[0]
-            if name in seen:
-                continue
-            seen.add(name)
-            found.append(apt.resolve(name, recipe.arch, version))
-            pending += apt.depends(name, recipe.arch, version)
+        level: list[tuple[str, str | None]] = [(name, None) for name in recipe.extra_packages]
+        while level:
+            fresh = list({name: version for name, version in level if name not in seen}.items())
+            if not fresh:
+                break
+            seen.update(name for name, _ in fresh)
+            candidates = apt.show(fresh, recipe.arch)
+            found += [c.package for c in candidates]
+            level = [dependency for c in candidates for dependency in c.depends]
         return found
 
     def build(
@@ -437,6 +439,20 @@ class ImageStore:
 
         `kernel_debs` are the user's own kernel package files, used instead of the recipe's kernel.
         """
+        with self._build_lock():
+            return self._build(recipe, refresh, log, kernel_debs)
+
+    @contextmanager
+    def _build_lock(self) -> Iterator[None]:
+        """Concurrent builders (pytest-xdist workers, matrices, two `lab` commands) take turns."""
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with (self.cache / "image-build.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _build(
+        self, recipe: ImageRecipe, refresh: bool, log: Callable[[str], None], kernel_debs: tuple[Path, ...]
+    ) -> tuple[GuestImage, bool]:
         apt = self.apt_for(recipe)
         if kernel_debs:
             apt.update(force=refresh)

@@ -9,7 +9,6 @@ starts, so that workers never race to build the same image.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import itertools
 import json
 import multiprocessing
@@ -20,8 +19,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
@@ -38,7 +36,6 @@ from lab.errors import LabError, SetupError, UsageError
 from lab.html_report import write_matrix_report
 from lab.image import DEFAULT_IMAGE, GuestImage, ImageRecipe, ImageStore
 from lab.junit import write_matrix_junit
-from lab.paths import cache_root
 from lab.report import TerminalReport
 from lab.run import ARCHES, RunOptions, run_scenario
 from lab.scenario import Scenario, find_scenario
@@ -158,26 +155,15 @@ def image_name(scenario: Scenario, arch: str) -> str:
     return scenario.image or DEFAULT_IMAGE[ARCHES[arch]]
 
 
-@contextmanager
-def _image_build_lock() -> Iterator[None]:
-    """Concurrent processes (pytest-xdist workers, two matrices) take turns at the image cache."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / "image-build.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def prepare_image(name: str, kernel: str, log: Callable[[str], None]) -> GuestImage:
     """The built image for a recipe and kernel: the cached default build, or one with the kernel pinned."""
-    with _image_build_lock():
-        if kernel == DEFAULT_KERNEL:
-            image = ImageStore().latest(name)
-            if image is None:
-                raise SetupError(f"image {name} is not built: run `lab images build {name}`")
-            return image
-        image, _ = ImageStore().build(ImageRecipe.named(name).pinned(kernel), log=log)
+    if kernel == DEFAULT_KERNEL:
+        image = ImageStore().latest(name)
+        if image is None:
+            raise SetupError(f"image {name} is not built: run `lab images build {name}`")
         return image
+    image, _ = ImageStore().build(ImageRecipe.named(name).pinned(kernel), log=log)
+    return image
 
 
 @dataclass
