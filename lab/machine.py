@@ -26,7 +26,7 @@ from lab.channels.qmp import QmpChannel
 from lab.channels.serial import SerialConsole
 from lab.deadline import Deadline
 from lab.disk_lock import DiskLock
-from lab.errors import MachineError, SetupError, WaitTimeout
+from lab.errors import ChannelError, MachineError, SetupError, WaitTimeout
 
 PR_SET_PDEATHSIG = 1
 GUEST_SSH_PORT = 22
@@ -189,16 +189,16 @@ class Machine:
             )
         self.record.launched_at = time.monotonic() - self.run_started
         deadline = Deadline(timeout)
+        process = self._process
         try:
-            self.qmp.connect(deadline.remaining)
+            self.qmp.connect(deadline.remaining, peer_gone=lambda: process.poll() is not None)
             self.console.connect(deadline.remaining)
-        except WaitTimeout as error:
-            if self._process.poll() is not None:
-                raise MachineError(
-                    f"QEMU exited with status {self._process.returncode} at start",
-                    self.record.command, self._output(),
-                ) from error
-            raise
+        except (WaitTimeout, ChannelError) as error:
+            if process.poll() is None:
+                raise
+            raise MachineError(
+                f"QEMU exited with status {process.returncode} at start", self.record.command, self._output()
+            ) from error
 
     def resume(self) -> None:
         self.qmp.execute("cont")

@@ -51,11 +51,14 @@ class QmpChannel:
         future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coroutine, timeout), self._loop)
         return future.result(timeout + 1)
 
-    def connect(self, timeout: float) -> None:
+    def connect(self, timeout: float, peer_gone: Callable[[], bool] = lambda: False) -> None:
+        """Connect, retrying until QEMU listens; stop at once when `peer_gone()` says QEMU has exited."""
         self._thread.start()
         self._client.register_listener(self._listener)
 
         def attempt() -> bool | None:
+            if peer_gone():
+                raise ChannelError(f"QEMU exited before QMP on {self.socket_path} answered")
             try:
                 self._call(self._client.connect(str(self.socket_path)), 2)
             except (OSError, QMPError, TimeoutError):
