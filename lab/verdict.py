@@ -186,7 +186,8 @@ def _command_checks(observations: Observations) -> list[Check]:
             ok = ok and command.output_contains in command.output
             detail += f"; output {'contains' if command.output_contains in command.output else 'lacks'}"
             detail += f" {command.output_contains!r}"
-        checks.append(Check(f"`{command.command}` in {command.boot}", ok, detail, command.step_line))
+        checks.append(Check(f"`{command.command}` in {command.boot} over {command.channel}", ok, detail,
+                            command.step_line))
     return checks
 
 

@@ -7,6 +7,7 @@ call log, QMP events, the disk), not only the lab's own verdict.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,20 @@ def _guest_saw_psci_1_1(run_dir: Path) -> None:
     assert "psci: PSCIv1.1 detected in firmware." in _console(run_dir, "boot1")
 
 
+def _both_commands_went_over_ssh_through_new_forwards(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "result.json").read_text())
+    commands = summary["observations"]["commands"]
+    assert [(c["boot"], c["channel"], c["status"]) for c in commands] == [("boot1", "ssh", 0), ("boot2", "ssh", 0)]
+    planted = next(p for p in summary["phases"] if p["step"] == "mark")["outcome"]
+    assert planted["boot_id"] in commands[0]["output"]
+    assert planted["token"] in commands[1]["output"], "the resumed guest answered over SSH with its RAM intact"
+    ports = {boot: re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22", (run_dir / f"qemu-{boot}.cmdline").read_text())
+             for boot in ("boot1", "boot2")}
+    assert all(ports.values()), "port 22 forwarded from 127.0.0.1 only"
+
+
 GUEST_FACTS = {
+    "ssh-hibernate-resume": _both_commands_went_over_ssh_through_new_forwards,
     "hibernate-resume": _guest_saw_psci_1_3,
     "psci-reject-zero-type": _guest_was_refused_then_fell_back,
     "psci-none": _guest_saw_psci_1_1,
@@ -121,7 +135,7 @@ def test_negative_control_hibernation_is_not_taken_for_a_poweroff(tmp_path, defa
 
 
 def test_negative_control_a_stale_image_left_armed_is_resumed_and_fails(tmp_path, default_image) -> None:
-    rearm = {"run": {"command": "printf S1SUSPEND | dd of=/dev/vda bs=1 seek=4086 conv=notrunc 2>/dev/null"}}
+    rearm = {"run": {"command": "swapoff /dev/vda && printf S1SUSPEND | dd of=/dev/vda bs=1 seek=4086 conv=notrunc"}}
 
     def leave_image_armed(steps: list) -> list:
         crash = next(i for i, s in enumerate(steps) if "crash" in s)
