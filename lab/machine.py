@@ -61,6 +61,8 @@ class MachineSpec:
     gdbstub: bool = False
     ssh_port: int | None = None
     """Host port on 127.0.0.1 forwarded to the guest's port 22 over user-mode networking; None: no network."""
+    keep_after_shutdown: bool = False
+    """Stay alive (stopped) after the guest powers off, so its RAM can still be read over QMP."""
 
     @property
     def qemu_binary(self) -> str:
@@ -93,6 +95,8 @@ class MachineSpec:
         ]
         if self.initrd is not None:
             args += ["-initrd", str(self.initrd)]
+        if self.keep_after_shutdown:
+            args.append("-no-shutdown")
         for index, disk in enumerate(self.disks):
             args += [
                 "-blockdev", f"driver=file,filename={disk.path},node-name=file{index}",

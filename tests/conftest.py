@@ -27,15 +27,6 @@ def default_x86_image() -> GuestImage:
     return image
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _guest_paths_for_layer_tests() -> None:
-    """Tests of the PSCI layer boot the default image's kernel and initramfs when it is built."""
-    image = ImageStore().latest(DEFAULT_IMAGE["arm64"])
-    if image is not None:
-        os.environ.setdefault("LAB_TEST_KERNEL", str(image.kernel))
-        os.environ.setdefault("LAB_TEST_INITRD", str(image.initramfs))
-
-
 @pytest.fixture(autouse=True)
 def _no_orphan_qemu():
     """Every test must leave no QEMU child behind: the lab's promise, checked after each test."""

@@ -7,22 +7,20 @@ that RAM over QMP. So the answers checked are the ones the guest saw, not what P
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import socket
 import struct
-import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from lab.deadline import Deadline, wait_until
+from lab.deadline import wait_until
 from lab.kernel_symbols import INSN_HVC_0, ConduitSites
+from lab.machine import Machine, MachineSpec
 from lab.psci import (
     HIBERNATE_OFF,
     INTERNAL_FAILURE,
@@ -140,67 +138,17 @@ def test_encoders() -> None:
     assert image_header(0x100)[0x38:0x3C] == b"ARM\x64"
 
 
-class Qmp:
-    """A synchronous QMP client: enough to read guest RAM and to see SHUTDOWN."""
-
-    def __init__(self, path: Path) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        wait_until(lambda: self._try_connect(path), 10, "the QMP socket")
-        self._reader = self._sock.makefile("r")
-        self._reader.readline()
-        self.command("qmp_capabilities")
-
-    def _try_connect(self, path: Path) -> bool | None:
-        try:
-            self._sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            return None
-        return True
-
-    def _next(self, deadline: Deadline) -> dict[str, Any]:
-        self._sock.settimeout(max(deadline.remaining, 0.01))
-        line = self._reader.readline()
-        if not line:
-            raise ConnectionError("QMP closed")
-        message: dict[str, Any] = json.loads(line)
-        if "event" in message:
-            self.events.append(message)
-        return message
-
-    def command(self, name: str, **arguments: Any) -> Any:
-        self._sock.sendall(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
-        deadline = Deadline(10)
-        while True:
-            message = self._next(deadline)
-            if "return" in message:
-                return message["return"]
-            if "error" in message:
-                raise RuntimeError(f"QMP {name}: {message['error']}")
-
-    def wait_event(self, name: str, timeout: float) -> dict[str, Any]:
-        deadline = Deadline(timeout)
-        while True:
-            for event in self.events:
-                if event["event"] == name:
-                    return event
-            self._next(deadline)
-
-    def read_u64s(self, address: int, count: int) -> list[int]:
-        dump = self.command("human-monitor-command", **{"command-line": f"xp /{count}gx 0x{address:x}"})
-        return [int(value, 16) for value in re.findall(r"0x([0-9a-f]{16})", dump)]
-
-    def close(self) -> None:
-        self._sock.close()
-
-
 @dataclass
 class BareMetalRun:
-    qmp: Qmp
+    machine: Machine
     layer: PsciLayer
 
     def results(self, count: int) -> list[int]:
-        return self.qmp.read_u64s(RESULTS_ADDRESS, count + 1)
+        """`count` results and the done marker, read from guest RAM through the monitor."""
+        dump = self.machine.qmp.execute(
+            "human-monitor-command", {"command-line": f"xp /{count + 1}gx 0x{RESULTS_ADDRESS:x}"}
+        )
+        return [int(value, 16) for value in re.findall(r"0x([0-9a-f]{16})", dump)]
 
     def wait_done(self, count: int) -> list[int]:
         wait_until(lambda: self.results(count)[count] == DONE_MAGIC or None, 30, "the program's done marker")
@@ -209,39 +157,29 @@ class BareMetalRun:
 
 @contextmanager
 def bare_metal(tmp_path: Path, calls: list[Call], personality: PsciPersonality) -> Iterator[BareMetalRun]:
-    """QEMU paused with the program loaded; -no-shutdown keeps its RAM readable after a power-off."""
+    """The program in the lab's Machine, paused, kept alive after power-off so its RAM stays readable."""
     image = tmp_path / "selftest.img"
     image.write_bytes(program(calls))
-    gdb_socket, qmp_socket = tmp_path / "gdb.sock", tmp_path / "qmp.sock"
-    command = [
-        "qemu-system-aarch64", "-M", "virt", "-cpu", "max", "-accel", "tcg", "-m", "256",
-        "-nodefaults", "-display", "none", "-no-shutdown", "-kernel", str(image),
-        "-gdb", f"unix:{gdb_socket},server=on,wait=off", "-qmp", f"unix:{qmp_socket},server=on,wait=off",
-        "-S",
-    ]  # fmt: skip
-    qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    spec = MachineSpec(arch="aarch64", kernel=image, initrd=None, append="", memory_mib=256, cpus=1,
+                       gdbstub=True, keep_after_shutdown=True)
     sites = ConduitSites(kernel_sha256="", hvc=LOAD_ADDRESS + CONDUIT_OFFSET, smc=None)
-    layer = PsciLayer(gdb_socket, sites, personality, tmp_path / "calls.jsonl")
-    qmp: Qmp | None = None
-    try:
-        qmp = Qmp(qmp_socket)
-        layer.attach(timeout=10)
-        layer.resume()
-        yield BareMetalRun(qmp, layer)
-        assert layer.error is None
-    finally:
-        layer.close()
-        if qmp is not None:
-            qmp.close()
-        qemu.kill()
-        qemu.wait(10)
+    with Machine(spec, tmp_path, "selftest", time.monotonic()) as machine:
+        machine.launch()
+        layer = PsciLayer(machine.gdb_socket, sites, personality, tmp_path / "calls.jsonl")
+        try:
+            layer.attach(timeout=10)
+            layer.resume()
+            yield BareMetalRun(machine, layer)
+            assert layer.error is None
+        finally:
+            layer.close()
 
 
 @pytest.mark.parametrize("off_type", [HIBERNATE_OFF, 0])
 def test_kvm_answers_the_selftest_and_powers_off(tmp_path: Path, off_type: int) -> None:
     calls = [*SELFTEST_PREAMBLE, (PSCI_SYSTEM_OFF2_64, off_type, 0)]
     with bare_metal(tmp_path, calls, PsciPersonality.KVM) as run:
-        shutdown = run.qmp.wait_event("SHUTDOWN", 30)
+        shutdown = run.machine.qmp.wait_event("SHUTDOWN", 30)
         assert shutdown["data"] == {"guest": True, "reason": "guest-shutdown"}
         results = [to_signed(value) for value in run.results(len(calls))]
         version, features32, features64, invalid_type1, invalid_type0, after_off2, done = results
@@ -267,7 +205,7 @@ def test_return_to_guest_resumes_with_internal_failure(tmp_path: Path) -> None:
         assert results[1] & HIBERNATE_OFF and results[2] & HIBERNATE_OFF
         assert results[3:5] == [INVALID_PARAMS, INVALID_PARAMS]
         assert results[5:] == [INTERNAL_FAILURE] * 3
-        assert all(event["event"] != "SHUTDOWN" for event in run.qmp.events)
+        assert not run.machine.qmp.seen("SHUTDOWN")
         assert [call.response for call in run.layer.calls] == results
 
 
