@@ -37,7 +37,7 @@ from lab.html_report import write_matrix_report
 from lab.image import DEFAULT_IMAGE, GuestImage, ImageRecipe, ImageStore
 from lab.junit import write_matrix_junit
 from lab.report import TerminalReport
-from lab.run import ARCHES, RunOptions, run_scenario
+from lab.run import ARCHES, RunOptions, run_scenario, timestamp, unique_dir
 from lab.scenario import Scenario, find_scenario
 from lab.yaml_file import read_yaml, schema_message
 
@@ -359,19 +359,6 @@ def _run_cells(outcomes: list[CellOutcome], options: Callable[[CellOutcome], Run
             raise
 
 
-def fresh_dir(root: Path, name: str) -> Path:
-    """A new directory `NAME-TIME` under root, never one another run already uses."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    for attempt in range(100):
-        candidate = root / (f"{name}-{stamp}" + (f"-{attempt}" if attempt else ""))
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            continue
-    raise SetupError(f"cannot create a directory for {name} under {root}")
-
-
 def _write_results(result: MatrixResult, matrix: Matrix, workers: int, started: datetime, clock: float) -> None:
     counts = Counter(outcome.status for outcome in result.outcomes)
     summary = {"matrix": matrix.name, "file": str(matrix.path), "arch": matrix.arch, "workers": workers,
@@ -393,7 +380,7 @@ def run_matrix(matrix: Matrix, runs_root: Path, workers: int, console: Console) 
         if key not in images:
             console.print(escape(f"image {key[0]} with kernel {key[1]}"))
             images[key] = prepare_image(*key, log=lambda line: console.print(escape(f"  {line}")))
-    result = MatrixResult(fresh_dir(runs_root, matrix.name))
+    result = MatrixResult(unique_dir(runs_root, f"{matrix.name}-{timestamp()}"))
     result.outcomes = [CellOutcome(cell, result.directory / cell.dir_name) for cell in cells]
     workers = min(workers, len(cells))
     console.print(f"[bold]{matrix.name}[/]: {len(cells)} cells, {workers} at a time, in "

@@ -174,10 +174,10 @@ class ScenarioItem(pytest.Item):
         self.cell = cell
 
     def _run_dir(self, settings: LabSettings) -> Path:
-        from lab.matrix import fresh_dir
+        from lab.run import timestamp, unique_dir
 
         if settings.runs_dir is not None:
-            return fresh_dir(settings.runs_dir, self.cell.dir_name)
+            return unique_dir(settings.runs_dir, f"{self.cell.dir_name}-{timestamp()}")
         return self.config._tmp_path_factory.mktemp(self.cell.dir_name, numbered=True)
 
     def runtest(self) -> None:

@@ -106,16 +106,20 @@ def psci_for(scenario: Scenario, options: RunOptions, image: GuestImage, accel: 
     return psci_attacher(options.psci or scenario.psci, image, options.system_map)
 
 
-def new_run_dir(root: Path, scenario: Scenario) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+def timestamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+
+
+def unique_dir(root: Path, stem: str) -> Path:
+    """A new directory `root/stem` (or `stem-N`), never one another run already uses."""
     for attempt in range(100):
-        candidate = root / (f"{stamp}-{scenario.name}" + (f"-{attempt}" if attempt else ""))
+        candidate = root / (stem + (f"-{attempt}" if attempt else ""))
         try:
             candidate.mkdir(parents=True)
             return candidate
         except FileExistsError:
             continue
-    raise SetupError(f"cannot create a run directory under {root}")
+    raise SetupError(f"cannot create a directory {stem} under {root}")
 
 
 def write_artifacts(run_dir: Path) -> None:
@@ -136,7 +140,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     image = find_image(scenario, options)
     contract = default_contract(image.qemu_arch, options.off2_contract)
     accel = choose_accel(image.qemu_arch, options.accel)
-    run_dir = options.run_dir or new_run_dir(options.runs_root, scenario)
+    run_dir = options.run_dir or unique_dir(options.runs_root, f"{timestamp()}-{scenario.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
     events = EventLog(run_dir / "events.jsonl", started)
     events.listeners.extend(listeners)
