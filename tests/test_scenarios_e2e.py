@@ -135,7 +135,8 @@ def test_negative_control_hibernation_is_not_taken_for_a_poweroff(tmp_path, defa
 
 
 def test_negative_control_a_stale_image_left_armed_is_resumed_and_fails(tmp_path, default_image) -> None:
-    rearm = {"run": {"command": "swapoff /dev/vda && printf S1SUSPEND | dd of=/dev/vda bs=1 seek=4086 conv=notrunc"}}
+    rearm = {"run": {"command": "swapoff /dev/vda && printf 'S1SUSPEND\\000' | "
+                                "dd of=/dev/vda bs=1 seek=4086 conv=notrunc,fsync"}}
 
     def leave_image_armed(steps: list) -> list:
         crash = next(i for i, s in enumerate(steps) if "crash" in s)
