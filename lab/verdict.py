@@ -211,9 +211,10 @@ def judge(observations: Observations, boot_consoles: dict[str, list[str]], error
               + _console_health(observations, boot_consoles))
     failed = [c for c in checks if not c.passed]
     if error is not None:
-        sick = next((c for c in failed if c.name.endswith("console healthy")), None)
-        reason = f"{sick.name.removesuffix(' console healthy')}: kernel trouble ({sick.detail}); {error}" if sick else error
-        return RunVerdict(False, reason, power_offs, checks)
+        sick = next((c for c in failed if c.name.endswith(" console healthy")), None)
+        if sick is not None:
+            error = f"{sick.name.removesuffix(' console healthy')}: kernel trouble ({sick.detail}); {error}"
+        return RunVerdict(False, error, power_offs, checks)
     if failed:
         first = failed[0]
         where = f" (line {first.line})" if first.line else ""

@@ -171,5 +171,7 @@ def test_an_aborted_run_fails_with_its_reason():
 def test_an_aborted_run_leads_with_the_kernel_trouble_that_explains_it():
     consoles = {"boot2": ["[ 5.1] Internal error: Oops: 0000000096000006 [#1] SMP"]}
     verdict = judge(Observations(), consoles, "timed out after 120.0s waiting for boot2 to become ready")
-    assert verdict.reason == ("boot2: kernel trouble (found: '[ 5.1] Internal error: Oops: 0000000096000006 [#1] SMP'); "
-                              "timed out after 120.0s waiting for boot2 to become ready")
+    assert verdict.reason == (
+        "boot2: kernel trouble (found: '[ 5.1] Internal error: Oops: 0000000096000006 [#1] SMP'); "
+        "timed out after 120.0s waiting for boot2 to become ready"
+    )
