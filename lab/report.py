@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from lab.events import EventLog
 from lab.observations import Observations
@@ -49,8 +50,8 @@ class TerminalReport:
         kind = record["kind"]
         if kind == "run-start":
             psci = f", PSCI layer {record['psci']}" if record.get("psci") else ""
-            self.console.print(f"[bold]{record['scenario']}[/] on {record['image']} "
-                               f"({record['accel']}: {record['accel_reason']}{psci})")
+            self.console.print(f"[bold]{escape(record['scenario'])}[/] on {escape(record['image'])} "
+                               f"({escape(record['accel'])}: {escape(record['accel_reason'])}{escape(psci)})")
         elif kind == "repeat-round":
             self.console.print(f"  round {record['round']}/{record['of']}")
         elif kind == "step-end":
@@ -60,12 +61,14 @@ class TerminalReport:
                 f"{key}={outcome[key]}" for key in SHOWN_OUTCOME if key in outcome
             )
             shown = record["params"].get("params", record["step"])
-            self.console.print(f"  {mark} {shown:<36} {record['seconds']:7.1f}s  {detail}")
+            self.console.print(f"  {mark} {escape(shown):<36} {record['seconds']:7.1f}s  {escape(detail)}")
 
     def verdict(self, verdict: RunVerdict, run_dir: Path, seconds: float) -> None:
         for power_off in verdict.power_offs:
             self.console.print(f"  {power_off.boot}: power-off classified [bold]{power_off.kind}[/]")
+            for note in power_off.notes:
+                self.console.print(f"    [yellow]note:[/] {escape(note)}")
             for disagreement in power_off.disagreements:
-                self.console.print(f"    [yellow]disagreement:[/] {disagreement}")
+                self.console.print(f"    [yellow]disagreement:[/] {escape(disagreement)}")
         status = "[bold green]PASS[/]" if verdict.passed else "[bold red]FAIL[/]"
-        self.console.print(f"{status} {verdict.reason}  [{seconds:.1f}s, {run_dir}]")
+        self.console.print(f"{status} {escape(verdict.reason)}  {escape(f'[{seconds:.1f}s, {run_dir}]')}")
