@@ -25,6 +25,7 @@ from lab.html_report import write_html_report
 from lab.image import DEFAULT_IMAGE, GuestImage, ImageRecipe, ImageStore
 from lab.junit import write_junit
 from lab.off2_contract import default_contract
+from lab.psci_attach import psci_attacher
 from lab.report import write_result
 from lab.reproduce import write_reproducer
 from lab.scenario import Scenario
@@ -101,8 +102,6 @@ def psci_for(scenario: Scenario, options: RunOptions, image: GuestImage, accel: 
     """The PSCI v1.3 layer runs for arm64 guests on TCG, where QEMU's own PSCI is v1.1."""
     if image.qemu_arch != "aarch64" or accel != "tcg":
         return None
-    from lab.psci_attach import psci_attacher
-
     return psci_attacher(options.psci or scenario.psci, image, options.system_map)
 
 
