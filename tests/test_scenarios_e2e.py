@@ -148,7 +148,7 @@ def test_negative_control_a_stale_image_left_armed_is_resumed_and_fails(tmp_path
     assert "PM: hibernation: hibernation exit" in _console(result.run_dir, "boot3")
 
 
-@pytest.mark.parametrize("name", ["hibernate-resume", "hibernate-coldboot-altered-signature"])
+@pytest.mark.parametrize("name", ["hibernate-resume", "hibernate-coldboot-altered-signature", "ssh-hibernate-resume"])
 def test_x86_64_acpi_s4_is_the_counterpart_of_off2(name, tmp_path, default_x86_image) -> None:
     result = run_scenario(load_scenario(Path(f"scenarios/{name}.yaml")),
                           RunOptions(arch="x86_64", run_dir=tmp_path / "run"), [])
@@ -158,3 +158,5 @@ def test_x86_64_acpi_s4_is_the_counterpart_of_off2(name, tmp_path, default_x86_i
     assert "ACPI: PM: Preparing to enter system sleep state S4" in _console(result.run_dir, "boot1")
     assert not (result.run_dir / "psci-boot1.jsonl").exists(), "no PSCI layer on x86"
     assert result.verdict.power_offs[0].kind == "hibernate-off2"
+    if name == "ssh-hibernate-resume":
+        _both_commands_went_over_ssh_through_new_forwards(result.run_dir)
