@@ -43,16 +43,16 @@ def kvm_status(guest_arch: str) -> tuple[bool, str]:
         os.close(fd)
     if version != KVM_API_VERSION:
         return False, f"/dev/kvm reports API version {version}, expected {KVM_API_VERSION}"
-    return _probe_kvm(guest_arch)
-
-
-@functools.cache
-def _probe_kvm(guest_arch: str) -> tuple[bool, str]:
-    """Start the lab's own machine model paused under KVM: /dev/kvm can answer ioctls and still
-    refuse a vCPU (seen here: x86 guests abort on MSR writes without nested virtualisation)."""
     binary = shutil.which(f"qemu-system-{guest_arch}")
     if binary is None:
         return False, f"qemu-system-{guest_arch} not found"
+    return _probe_kvm(binary, guest_arch)
+
+
+@functools.cache
+def _probe_kvm(binary: str, guest_arch: str) -> tuple[bool, str]:
+    """Start the lab's own machine model paused under KVM: /dev/kvm can answer ioctls and still
+    refuse a vCPU (seen here: x86 guests abort on MSR writes without nested virtualisation)."""
     machine = {"aarch64": "virt", "x86_64": "q35"}[guest_arch]
     command = [binary, "-accel", "kvm", "-machine", machine, "-cpu", "host", "-display", "none", "-nodefaults",
                "-no-user-config", "-S", "-monitor", "none", "-serial", "none"]

@@ -10,21 +10,22 @@ import pytest
 from lab.image import DEFAULT_IMAGE, GuestImage, ImageStore
 
 
+def _built_default(arch: str) -> GuestImage:
+    """A default image; ./bootstrap builds them, and the README's test command runs bootstrap."""
+    image = ImageStore().latest(DEFAULT_IMAGE[arch])
+    if image is None:
+        pytest.fail(f"the default {arch} image is not built: run ./bootstrap (the README's test command does)")
+    return image
+
+
 @pytest.fixture(scope="session")
 def default_image() -> GuestImage:
-    """The default arm64 image; ./bootstrap builds it, the README's test command runs bootstrap."""
-    image = ImageStore().latest(DEFAULT_IMAGE["arm64"])
-    if image is None:
-        pytest.fail("the default image is not built: run ./bootstrap (the README's test command does)")
-    return image
+    return _built_default("arm64")
 
 
 @pytest.fixture(scope="session")
 def default_x86_image() -> GuestImage:
-    image = ImageStore().latest(DEFAULT_IMAGE["amd64"])
-    if image is None:
-        pytest.fail("the default x86_64 image is not built: run ./bootstrap (the README's test command does)")
-    return image
+    return _built_default("amd64")
 
 
 @pytest.fixture(autouse=True)
