@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from lab.witnesses import SYSTEM_OFF2_IDS
+from lab.witnesses import SYSTEM_OFF2_IDS, read_console
 
 CONSOLE_MILESTONES = (
     (re.compile(r"PM: hibernation: hibernation entry"), "hibernation entry"),
@@ -196,7 +196,7 @@ def _console_items(run_dir: Path, boots: dict[str, dict[str, Any]]) -> list[Item
         if boot not in boots:
             continue
         kernel_seconds = 0.0
-        for line in path.read_text(errors="replace").replace("\r", "").splitlines():
+        for line in read_console(path):
             stamp = KERNEL_TIME.match(line)
             if stamp:
                 kernel_seconds = float(stamp.group(1))

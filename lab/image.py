@@ -214,15 +214,12 @@ def _extract(deb: Path, into: Path) -> None:
 
 def _module_depends(module: bytes) -> list[str]:
     """The `depends=` list from a module's .modinfo section."""
-    with tempfile.TemporaryFile() as stream:
-        stream.write(module)
-        stream.seek(0)
-        section = ELFFile(stream).get_section_by_name(".modinfo")
-        if section is None:
-            return []
-        for field in section.data().split(b"\0"):
-            if field.startswith(b"depends="):
-                return [name.decode() for name in field[len(b"depends="):].split(b",") if name]
+    section = ELFFile(io.BytesIO(module)).get_section_by_name(".modinfo")
+    if section is None:
+        return []
+    for field in section.data().split(b"\0"):
+        if field.startswith(b"depends="):
+            return [name.decode() for name in field[len(b"depends="):].split(b",") if name]
     return []
 
 

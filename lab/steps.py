@@ -203,6 +203,11 @@ def _boot(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     outcome.update(boot=name, outcome=observation.outcome)
 
 
+def _key_values(output: str) -> dict[str, str]:
+    """`key=value` lines the guest printed, as the evidence commands write them."""
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
 def _mark(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     shell = ctx.require_shell(step)
     token = secrets.token_hex(16)
@@ -214,7 +219,7 @@ def _mark(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
         'echo "marker=$!"\n'
         'echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"\n'
     )
-    fields = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    fields = _key_values(output)
     ctx.evidence = Evidence(token, int(fields["marker"]), seconds, fields["boot_id"])
     outcome.update(token=token, marker_pid=ctx.evidence.marker_pid, boot_id=ctx.evidence.boot_id)
 
@@ -297,7 +302,7 @@ def _evidence(ctx: RunContext, shell: GuestShell, step: Step) -> EvidenceObserva
         f"echo \"marker=$(tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null)\"\n"
         'echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"\n'
     )
-    fields = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    fields = _key_values(output)
     assert ctx.machine is not None
     return EvidenceObservation(
         step_line=step.line, boot=ctx.machine.name,
