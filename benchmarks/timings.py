@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.image import DEFAULT_IMAGE, ImageStore
-from lab.machine import Disk, Machine, MachineSpec
-from lab.psci_attach import psci_attacher
-from lab.run import RunOptions, run_scenario
-from lab.scenario import find_scenario
+from lab.image.store import DEFAULT_IMAGE, ImageStore
+from lab.machine.process import Disk, Machine, MachineSpec
+from lab.psci.attach import psci_attacher
+from lab.scenario.model import find_scenario
+from lab.scenario.run import RunOptions, run_scenario
 
 KERNEL_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from rich.console import Console
 
 from lab.errors import LabError, UsageError
-from lab.image import ImageRecipe, ImageStore
-from lab.report import TerminalReport
-from lab.run import RunOptions, run_scenario
-from lab.scenario import find_scenario, load_scenario, shipped_scenarios
+from lab.image.store import ImageRecipe, ImageStore
+from lab.report.terminal import TerminalReport
+from lab.scenario.model import find_scenario, load_scenario, shipped_scenarios
+from lab.scenario.run import RunOptions, run_scenario
 
 
 def _images_build(args: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def _images_list(args: argparse.Namespace) -> int:
 
 
 def _image_inspect(args: argparse.Namespace) -> int:
-    from lab.hibernation_header import read_header
+    from lab.disk.header import read_header
 
     header = read_header(Path(args.disk))
     print(json.dumps(header.to_json(), indent=2) if args.json else header.describe())
@@ -46,7 +46,7 @@ def _image_inspect(args: argparse.Namespace) -> int:
 
 
 def _image_set_signature(args: argparse.Namespace) -> int:
-    from lab.hibernation_header import parse_signature_value, set_signature
+    from lab.disk.header import parse_signature_value, set_signature
 
     before, after = set_signature(Path(args.disk), parse_signature_value(args.value))
     print(f"hw_sig 0x{before.hw_sig:08x} -> 0x{after.hw_sig:08x}; flags {', '.join(after.flag_names) or 'none'}")
@@ -79,7 +79,7 @@ def _scenario(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lab.matrix import load_matrix, run_matrix
+    from lab.fleet.matrix import load_matrix, run_matrix
 
     matrix = load_matrix(Path(args.matrix))
     result = run_matrix(matrix, Path(args.runs_dir), args.workers or matrix.workers,

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lab.accel import _HOST_TO_QEMU_ARCH, kvm_status
 from lab.errors import LabError
-from lab.image import DEFAULT_IMAGE, GuestImage, ImageStore
-from lab.off2_contract import default_contract
+from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageStore
+from lab.judge.off2_contract import default_contract
+from lab.machine.accel import _HOST_TO_QEMU_ARCH, kvm_status
 
 Status = Literal["ok", "warn", "missing"]
 AREAS = ("host", "qemu", "accel", "system-off2", "gdbstub", "images", "python")
@@ -213,7 +213,7 @@ def _accel_finding(guest: str) -> Finding:
     kvm_allowed, kvm_reason = kvm_status(guest)
     lab_pick = "kvm" if kvm_allowed else "tcg"
     if path is None:
-        detail = f"{guest} guests: not probed, {binary} not found (lab.accel would pick {lab_pick}: {kvm_reason})"
+        detail = f"{guest} guests: not probed, {binary} not found (the lab would pick {lab_pick}: {kvm_reason})"
         return Finding("accel", "missing" if guest == "aarch64" else "warn", detail, _install_fix(binary))
     tcg = _probe_accel(path, "tcg")
     tcg_text = "TCG works" if tcg.works else f"TCG fails ({tcg.error})"
@@ -226,7 +226,7 @@ def _accel_finding(guest: str) -> Finding:
 
 
 def _off2_finding() -> Finding:
-    """The OFF2 contract runs will use (lab.off2_contract), so doctor and verdicts never disagree."""
+    """The OFF2 contract runs will use (lab.judge.off2_contract), so doctor and verdicts never disagree."""
     contract = default_contract("aarch64", None)
     if contract.observable:
         return Finding("system-off2", "ok",

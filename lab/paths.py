@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO_ROOT / "images"
@@ -16,3 +18,11 @@ def cache_root() -> Path:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg) / "hibernation-lab"
+
+
+SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """One of the JSON schemas that scenario, matrix and image recipe files are validated against."""
+    return json.loads((SCHEMAS_DIR / f"{name}.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.image import DEFAULT_IMAGE, GuestImage, ImageStore
+from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageStore
 
 
 def _built_default(arch: str) -> GuestImage:

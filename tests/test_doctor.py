@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.accel import kvm_status
 from lab.doctor import AREAS, OFF2_AWARE_VARIABLE, Finding, diagnose, render
+from lab.machine.accel import kvm_status
 
 FAKE_OLD_QEMU = """#!/bin/sh
 case " $* " in

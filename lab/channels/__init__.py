@@ -1,1 +1,0 @@
-"""Channels to a running guest: serial console, QMP, gdbstub, SSH."""

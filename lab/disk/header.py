@@ -1,0 +1,411 @@
+"""Read and edit the hibernation image header at the start of a guest's swap disk.
+
+The header is the page Linux writes over the swap signature when it hibernates
+(kernel/power/swap.c). Editing it from the host is how the lab makes a hibernated guest
+cold-boot on purpose: with HW_SIG set and a hardware signature the resuming kernel does not
+expect, the kernel refuses the image and boots cleanly. Every disk access goes through QEMU's
+own tools (qemu-img, qemu-io), so raw and qcow2 work alike and QEMU's image locking keeps
+the lab from writing to a disk a VM has open; the lab's own DiskLock covers the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.disk.lock import DiskBusy, DiskLock
+from lab.errors import LabError, SetupError, UsageError, WaitTimeout
+
+PAGE_SIZES = (4096, 65536)
+HEADER_SPAN = max(PAGE_SIZES)
+IMAGE_SIGNATURE = "S1SUSPEND"
+SWAP_SIGNATURES = ("SWAPSPACE2", "SWAP-SPACE")
+U32_MAX = 0xFFFF_FFFF
+
+FLAG_PLATFORM_MODE = 1
+FLAG_NOCOMPRESS = 2
+FLAG_CRC32 = 4
+FLAG_HW_SIG = 8
+FLAG_LZ4 = 16
+FLAG_NAMES = {
+    FLAG_PLATFORM_MODE: "PLATFORM_MODE",
+    FLAG_NOCOMPRESS: "NOCOMPRESS",
+    FLAG_CRC32: "CRC32",
+    FLAG_HW_SIG: "HW_SIG",
+    FLAG_LZ4: "LZ4",
+}
+
+# The header's tail, at the end of the first page: hw_sig, crc32, image, flags, orig_sig, sig.
+_TAIL = struct.Struct("<IIQI10s10s")
+_HW_SIG_AT = 0
+_FLAGS_AT = 16
+_ORIG_SIG_AT = 20
+_SIG_AT = 30
+# mkswap's version-1 block: version, last_page, nr_badpages, uuid, volume label.
+_SWAP_INFO = struct.Struct("<III16s16s")
+_SWAP_INFO_OFFSET = 0x400
+
+_QEMU_TIMEOUT = 60.0
+_LOCK_FAILURE = re.compile(r'Failed to get (?:shared )?"\w+" lock|Is another process using the image')
+_HEXDUMP_LINE = re.compile(r"^([0-9a-f]{8}):\s")
+
+
+class HeaderError(LabError):
+    """The disk holds no recognisable swap or hibernation header, or one that is inconsistent."""
+
+
+class NoImageError(LabError):
+    """The disk holds a plain swap area: there is no hibernation image to edit."""
+
+
+class DiskAccessError(LabError):
+    """qemu-img or qemu-io could not read or write the disk for a reason other than a lock."""
+
+
+@dataclass(frozen=True)
+class SwapInfo:
+    """The version-1 swap header mkswap writes at 0x400; last_page says how big the area is."""
+
+    version: int
+    last_page: int
+    bad_pages: int
+    uuid: str
+    label: str
+
+
+@dataclass(frozen=True)
+class HibernationHeader:
+    """The first page of a swap disk as the kernel sees it, plus the disk's size for sanity checks.
+
+    When no image is present, flags/hw_sig/image_offset/crc32 are whatever an earlier
+    hibernation left behind (or zero after mkswap); the kernel ignores them then.
+    """
+
+    page_size: int
+    signature: str
+    original_signature: str
+    flags: int
+    hw_sig: int
+    image_offset: int
+    crc32: int
+    disk_size: int
+    swap: SwapInfo | None
+
+    @property
+    def image_present(self) -> bool:
+        return self.signature == IMAGE_SIGNATURE
+
+    @property
+    def flag_names(self) -> tuple[str, ...]:
+        names = [name for bit, name in FLAG_NAMES.items() if self.flags & bit]
+        unknown = self.flags & ~sum(FLAG_NAMES)
+        names += [f"0x{1 << bit:x}" for bit in range(32) if unknown & (1 << bit)]
+        return tuple(names)
+
+    @property
+    def swap_pages(self) -> int:
+        """Pages the image may live in: the smaller of what mkswap recorded and what the disk holds."""
+        disk_pages = self.disk_size // self.page_size
+        return min(disk_pages, self.swap.last_page + 1) if self.swap else disk_pages
+
+    @property
+    def signature_problems(self) -> tuple[str, ...]:
+        """Why the signature the kernel would restore on resume cannot be trusted."""
+        if not self.image_present or self.original_signature in SWAP_SIGNATURES:
+            return ()
+        expected = " or ".join(SWAP_SIGNATURES)
+        return (f"original signature {self.original_signature!r} is not a swap signature ({expected})",)
+
+    @property
+    def offset_problems(self) -> tuple[str, ...]:
+        """Why the image offset cannot point at an image the kernel could load."""
+        if not self.image_present:
+            return ()
+        if self.image_offset == 0:
+            return ("image offset 0 points at the header page itself",)
+        if self.image_offset >= self.swap_pages:
+            return (f"image offset {self.image_offset} is beyond the swap area's {self.swap_pages} pages",)
+        return ()
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why an image-present header cannot be trusted; empty when it looks sound."""
+        return self.signature_problems + self.offset_problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "page_size": self.page_size,
+            "signature": self.signature,
+            "original_signature": self.original_signature,
+            "image_present": self.image_present,
+            "flags": self.flags,
+            "flag_names": list(self.flag_names),
+            "hw_sig": self.hw_sig,
+            "image_offset": self.image_offset,
+            "crc32": self.crc32,
+            "disk_size": self.disk_size,
+            "swap": None
+            if self.swap is None
+            else {
+                "version": self.swap.version,
+                "last_page": self.swap.last_page,
+                "bad_pages": self.swap.bad_pages,
+                "uuid": self.swap.uuid,
+                "label": self.swap.label,
+            },
+            "problems": list(self.problems),
+        }
+
+    def describe(self) -> str:
+        state = "hibernation image present" if self.image_present else "no hibernation image"
+        flag_text = " ".join(self.flag_names) or "none"
+        rows = [
+            ("page size", f"{self.page_size} bytes ({self.page_size // 1024} KiB pages)"),
+            ("signature", f"{self.signature} ({state})"),
+            ("orig. signature", self.original_signature or "(empty)"),
+            ("flags", f"0x{self.flags:08x} {flag_text}"),
+            ("hw_sig", f"0x{self.hw_sig:08x}"),
+            ("image offset", f"page {self.image_offset} (byte 0x{self.image_offset * self.page_size:x})"),
+            ("crc32", f"0x{self.crc32:08x}"),
+            ("disk size", f"{_mebibytes(self.disk_size)} ({self.disk_size} bytes)"),
+        ]
+        if self.swap is not None:
+            swap_bytes = (self.swap.last_page + 1) * self.page_size
+            rows += [
+                ("swap header", f"version {self.swap.version}, last page {self.swap.last_page} "
+                 f"({_mebibytes(swap_bytes)} of swap), {self.swap.bad_pages} bad pages"),
+                ("swap uuid", self.swap.uuid),
+                ("swap label", self.swap.label or "(none)"),
+            ]
+        if not self.image_present:
+            rows.append(("note", "flags, hw_sig, image offset and crc32 are unused without an image"))
+        rows += [("problem", problem) for problem in self.problems]
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _mebibytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def _signature_text(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("ascii", errors="backslashreplace")
+
+
+def _has_known_signature(data: bytes, page_size: int) -> bool:
+    signature = _signature_text(data[page_size - 10 : page_size])
+    return len(data) >= page_size and signature in (IMAGE_SIGNATURE, *SWAP_SIGNATURES)
+
+
+def _swap_info(page: bytes, swap_signature: str) -> SwapInfo | None:
+    if swap_signature != "SWAPSPACE2":
+        return None
+    version, last_page, bad_pages, raw_uuid, raw_label = _SWAP_INFO.unpack_from(page, _SWAP_INFO_OFFSET)
+    if version != 1:
+        return None
+    label = raw_label.split(b"\0", 1)[0].decode("utf-8", errors="backslashreplace")
+    return SwapInfo(version, last_page, bad_pages, str(uuid.UUID(bytes=raw_uuid)), label)
+
+
+def parse_header(data: bytes, disk_size: int, source: str) -> HibernationHeader:
+    """Decode the header from the start of a disk; `source` names the disk in errors.
+
+    The page size is where a known signature sits: 0xFF6 (4 KiB pages) is tried first,
+    since a 64 KiB-page mkswap zeroes that spot.
+    """
+    page_size = next((size for size in PAGE_SIZES if _has_known_signature(data, size)), None)
+    if page_size is None:
+        found = " and ".join(
+            repr(_signature_text(data[size - 10 : size])) for size in PAGE_SIZES if len(data) >= size
+        )
+        raise HeaderError(
+            f"{source}: no swap or hibernation signature at 0xFF6/0xFFF6 (4/64 KiB pages); found {found}"
+        )
+    page = data[:page_size]
+    hw_sig, crc32, image_offset, flags, raw_orig, raw_sig = _TAIL.unpack_from(page, page_size - _TAIL.size)
+    signature = _signature_text(raw_sig)
+    original = _signature_text(raw_orig)
+    return HibernationHeader(
+        page_size=page_size,
+        signature=signature,
+        original_signature=original,
+        flags=flags,
+        hw_sig=hw_sig,
+        image_offset=image_offset,
+        crc32=crc32,
+        disk_size=disk_size,
+        swap=_swap_info(page, original if signature == IMAGE_SIGNATURE else signature),
+    )
+
+
+def parse_signature_value(text: str) -> int:
+    """A hardware signature from the command line: decimal or 0x-hex, within u32."""
+    cleaned = text.strip()
+    try:
+        if re.fullmatch(r"0[xX][0-9a-fA-F]+", cleaned):
+            value = int(cleaned, 16)
+        elif re.fullmatch(r"[0-9]+", cleaned):
+            value = int(cleaned, 10)
+        else:
+            raise ValueError(cleaned)
+    except ValueError:
+        raise UsageError(f"signature value {text!r} is not a decimal or 0x-hex number") from None
+    _require_u32(value)
+    return value
+
+
+def _require_u32(value: int) -> None:
+    if not 0 <= value <= U32_MAX:
+        raise UsageError(f"signature value {value} is outside 0..0x{U32_MAX:X} (hw_sig is a u32)")
+
+
+@dataclass(frozen=True)
+class _Disk:
+    path: Path
+    format: str
+    size: int
+
+
+def _run_qemu_tool(args: list[str], disk: Path, cwd: Path | None = None) -> str:
+    """Run qemu-img/qemu-io; turn its failures into lab errors, a lock conflict into DiskBusy."""
+    try:
+        result = subprocess.run(
+            args, capture_output=True, text=True, timeout=_QEMU_TIMEOUT, cwd=cwd, check=False
+        )
+    except FileNotFoundError:
+        raise SetupError(f"{args[0]} not found; install QEMU's tools (Debian package qemu-utils)") from None
+    except subprocess.TimeoutExpired as timeout:
+        raise WaitTimeout(f"{args[0]} on {disk}", _QEMU_TIMEOUT) from timeout
+    output = result.stderr + result.stdout
+    if result.returncode != 0:
+        lock_failure = _LOCK_FAILURE.search(output)
+        if lock_failure:
+            reason = f"QEMU refused its image lock ({lock_failure.group(0)}): is a VM running on it?"
+            raise DiskBusy(disk, reason)
+        last_line = output.strip().splitlines()[-1] if output.strip() else f"exit status {result.returncode}"
+        raise DiskAccessError(f"{args[0]} failed on {disk}: {last_line}")
+    return result.stdout
+
+
+def _open_disk(disk: Path) -> _Disk:
+    """Find the disk's format and virtual size; -U so a disk a VM holds can still be inspected."""
+    if not disk.exists():
+        raise UsageError(f"no such disk image: {disk}")
+    path = disk.resolve()
+    info = json.loads(_run_qemu_tool(["qemu-img", "info", "-U", "--output=json", str(path)], disk))
+    return _Disk(path, info["format"], int(info["virtual-size"]))
+
+
+def _read_start(disk: _Disk, for_update: bool) -> bytes:
+    """Read up to the first 64 KiB through qemu-io's hexdump.
+
+    For an update the disk is opened read-write, which takes QEMU's write lock: a running VM
+    makes this fail (DiskBusy) before anything is changed. Inspection shares the image (-r -U).
+    """
+    if disk.size < min(PAGE_SIZES):
+        raise HeaderError(f"{disk.path}: {disk.size} bytes is too small to hold a swap header")
+    length = min(HEADER_SPAN, disk.size - disk.size % 16)
+    share = [] if for_update else ["-r", "-U"]
+    stdout = _run_qemu_tool(
+        ["qemu-io", *share, "-f", disk.format, "-c", f"read -v 0 {length}", str(disk.path)], disk.path
+    )
+    data = bytearray()
+    for line in stdout.splitlines():
+        match = _HEXDUMP_LINE.match(line)
+        if not match:
+            continue
+        if int(match.group(1), 16) != len(data):
+            raise DiskAccessError(f"qemu-io's hexdump of {disk.path} skips to offset 0x{match.group(1)}")
+        data += bytes.fromhex("".join(line[match.end() :].split()[:16]))
+    if len(data) != length:
+        raise DiskAccessError(f"qemu-io dumped {len(data)} of {length} bytes from {disk.path}")
+    return bytes(data)
+
+
+def _write_start(disk: _Disk, page: bytes) -> None:
+    """Write the header page back with qemu-io (taking QEMU's write lock) from a pattern file."""
+    with tempfile.TemporaryDirectory(prefix="lab-header-") as scratch:
+        # Relative to qemu-io's cwd: qemu-io splits its command on spaces, so no path goes in it.
+        pattern_name = "header-page.bin"
+        (Path(scratch) / pattern_name).write_bytes(page)
+        stdout = _run_qemu_tool(
+            ["qemu-io", "-f", disk.format, "-c", f"write -s {pattern_name} 0 {len(page)}", str(disk.path)],
+            disk.path,
+            cwd=Path(scratch),
+        )
+    if f"wrote {len(page)}/{len(page)} bytes at offset 0" not in stdout:
+        raise DiskAccessError(f"qemu-io did not confirm writing the header of {disk.path}: {stdout.strip()}")
+
+
+def read_header(disk: Path) -> HibernationHeader:
+    """Inspect a disk's header without locking it, so a disk in use can be looked at too."""
+    opened = _open_disk(disk)
+    return parse_header(_read_start(opened, for_update=False), opened.size, str(disk))
+
+
+def _edit_image_header(
+    disk: Path,
+    action: str,
+    edit: Callable[[HibernationHeader, bytearray], None],
+    blocking_problems: Callable[[HibernationHeader], tuple[str, ...]],
+) -> tuple[HibernationHeader, HibernationHeader]:
+    """Read-modify-write the header page under both locks; returns the header before and after.
+
+    The lab lock is held throughout, so no lab VM can start between the read and the write;
+    the read and the write both open the disk read-write, so QEMU refuses them while a VM has it.
+    """
+    opened = _open_disk(disk)
+    with DiskLock(opened.path, description=f"lab image: {action}"):
+        data = _read_start(opened, for_update=True)
+        before = parse_header(data, opened.size, str(disk))
+        if not before.image_present:
+            raise NoImageError(
+                f"{disk}: no hibernation image (signature {before.signature}, not {IMAGE_SIGNATURE}); "
+                f"refusing to {action}"
+            )
+        problems = blocking_problems(before)
+        if problems:
+            raise HeaderError(
+                f"{disk}: hibernation header looks corrupt ({'; '.join(problems)}); refusing to {action}"
+            )
+        page = bytearray(data[: before.page_size])
+        edit(before, page)
+        _write_start(opened, bytes(page))
+        after = parse_header(_read_start(opened, for_update=False), opened.size, str(disk))
+    return before, after
+
+
+def set_signature(disk: Path, value: int) -> tuple[HibernationHeader, HibernationHeader]:
+    """Set HW_SIG and hw_sig = value, so a kernel whose running signature differs refuses the image."""
+    _require_u32(value)
+
+    def set_hw_sig(header: HibernationHeader, page: bytearray) -> None:
+        tail = header.page_size - _TAIL.size
+        struct.pack_into("<I", page, tail + _HW_SIG_AT, value)
+        struct.pack_into("<I", page, tail + _FLAGS_AT, header.flags | FLAG_HW_SIG)
+
+    action = f"set the hardware signature to 0x{value:08x}"
+    return _edit_image_header(disk, action, set_hw_sig, lambda header: header.problems)
+
+
+def discard_image(disk: Path) -> tuple[HibernationHeader, HibernationHeader]:
+    """Put the original swap signature back, as the kernel does on resume: the next boot is cold.
+
+    Only the original signature has to be sound; a bad image offset is no reason to keep an image.
+    """
+
+    def restore_signature(header: HibernationHeader, page: bytearray) -> None:
+        tail = header.page_size - _TAIL.size
+        page[tail + _SIG_AT : tail + _SIG_AT + 10] = page[tail + _ORIG_SIG_AT : tail + _ORIG_SIG_AT + 10]
+
+    return _edit_image_header(
+        disk, "discard the hibernation image", restore_signature, lambda header: header.signature_problems
+    )

@@ -1,0 +1,122 @@
+"""What the steps saw, as plain records: the only input the witnesses and the verdict get.
+
+Steps launch QEMU and talk to the guest; they record observations and never judge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lab.machine.process import BootRecord
+
+
+@dataclass
+class BootObservation:
+    """How a boot came up: fresh (init reached `ready`) or resumed (kernel logged hibernation exit)."""
+
+    boot: str
+    outcome: str
+    expect: str
+    step_line: int
+    hibernate_command_status: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class PowerOffObservation:
+    """Everything the VMM, the console and the disk said about one power-off."""
+
+    boot: str
+    intent: str
+    expect: str | None
+    step_line: int
+    record: BootRecord
+    timed_out: bool
+    psci_active: bool
+    psci_personality: str | None
+    psci_calls: list[dict[str, Any]] = field(default_factory=list)
+    disk_header: dict[str, Any] | None = None
+    disk_error: str | None = None
+    off2_contract: str = "none"
+
+
+@dataclass
+class Evidence:
+    """What `mark` planted in guest RAM."""
+
+    token: str
+    marker_pid: int
+    marker_seconds: int
+    boot_id: str
+
+
+@dataclass
+class EvidenceObservation:
+    """What a `check` step found in the guest, next to what was planted."""
+
+    step_line: int
+    boot: str
+    token_found: bool
+    marker_alive: bool
+    boot_id: str
+    planted: Evidence | None
+
+
+@dataclass
+class CheckRequest:
+    """The expectations a `check` step wrote down, with what the guest and disk showed then."""
+
+    step_line: int
+    boot: str
+    expectations: dict[str, Any]
+    evidence: EvidenceObservation | None
+    swap_signature: str | None
+    console_text: str
+
+
+@dataclass
+class CommandObservation:
+    """A `run` step's command, what it returned, and the channel it went over (serial or ssh)."""
+
+    step_line: int
+    boot: str
+    command: str
+    status: int
+    output: str
+    expect_status: int
+    output_contains: str | None
+    channel: str = "serial"
+
+
+@dataclass
+class DiskOperation:
+    """A host-side change to the swap disk between boots, with the header before and after."""
+
+    step_line: int
+    operation: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+@dataclass
+class Observations:
+    boots: list[BootObservation] = field(default_factory=list)
+    power_offs: list[PowerOffObservation] = field(default_factory=list)
+    checks: list[CheckRequest] = field(default_factory=list)
+    commands: list[CommandObservation] = field(default_factory=list)
+    disk_operations: list[DiskOperation] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        def plain(item: Any) -> dict[str, Any]:
+            data = asdict(item)
+            if isinstance(item, PowerOffObservation):
+                data["record"] = item.record.to_json()
+            return data
+
+        return {
+            "boots": [asdict(b) for b in self.boots],
+            "commands": [asdict(c) for c in self.commands],
+            "disk_operations": [asdict(d) for d in self.disk_operations],
+            "power_offs": [plain(p) for p in self.power_offs],
+        }

@@ -1,0 +1,223 @@
+"""The verdict: classify each power-off from its witnesses, then hold the run to its expectations.
+
+Classification follows what can least be faked: a VMM that never saw a shutdown is a hang;
+a panic or reset is a crash; an image written (disk or console) is a hibernation, with
+SYSTEM_OFF2 only when a VMM-side witness saw it; anything else is a plain power-off.
+Witnesses inconsistent with the class are reported as disagreements.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.judge.observations import Observations, PowerOffObservation
+from lab.judge.off2_contract import Off2Contract
+from lab.judge.witnesses import Witness, collect_witnesses
+
+FORBIDDEN_EVERYWHERE = ("Kernel panic", "Oops", "BUG:", "Call trace")
+NOT_OBSERVABLE = ("OFF2 not observable with this QEMU: it reports SYSTEM_OFF2 like SYSTEM_OFF and no PSCI layer "
+                  "ran; the hibernation itself is judged from the console and the disk")
+
+
+@dataclass
+class PowerOffVerdict:
+    boot: str
+    intent: str
+    kind: str
+    witnesses: list[Witness]
+    disagreements: list[str]
+    off2_observable: bool
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "boot": self.boot, "intent": self.intent, "class": self.kind,
+            "off2_observable": self.off2_observable,
+            "notes": self.notes,
+            "disagreements": self.disagreements,
+            "witnesses": [w.to_json() for w in self.witnesses],
+        }
+
+
+@dataclass
+class Check:
+    """One expectation and whether the run met it."""
+
+    name: str
+    passed: bool
+    detail: str
+    line: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail, "line": self.line}
+
+
+@dataclass
+class RunVerdict:
+    passed: bool
+    reason: str
+    power_offs: list[PowerOffVerdict] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": "PASS" if self.passed else "FAIL",
+            "reason": self.reason,
+            "power_offs": [p.to_json() for p in self.power_offs],
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+
+def _by_name(witnesses: list[Witness]) -> dict[str, Witness]:
+    return {w.name: w for w in witnesses}
+
+
+def classify(observation: PowerOffObservation) -> PowerOffVerdict:
+    witnesses = collect_witnesses(observation)
+    seen = _by_name(witnesses)
+    qmp, psci, console, disk = seen["vmm-qmp"], seen["vmm-psci"], seen["guest-console"], seen["disk"]
+    qmp_saw_off2 = qmp.consistent_with == ("hibernate-off2",)
+    psci_saw_off2 = psci.opinion and psci.consistent_with == ("hibernate-off2",)
+    off2_observable = psci.opinion or Off2Contract.parse(observation.off2_contract).observable
+    if qmp.consistent_with == ("hang",):
+        kind = "hang"
+    elif qmp.consistent_with == ("crash",) or console.facts["panic"]:
+        kind = "crash"
+    elif disk.facts.get("image_present") or console.facts["image_saved"]:
+        if qmp_saw_off2 or psci_saw_off2:
+            kind = "hibernate-off2"
+        else:
+            kind = "hibernate-off" if off2_observable else "hibernate"
+    else:
+        kind = "poweroff"
+    disagreements = [
+        f"{w.name} is not consistent with {kind}: {w.explanation}"
+        for w in witnesses if w.opinion and kind not in w.consistent_with
+    ]
+    notes = [] if off2_observable else [NOT_OBSERVABLE]
+    return PowerOffVerdict(observation.boot, observation.intent, kind, witnesses, disagreements,
+                           off2_observable, notes)
+
+
+IMPLICIT_EXPECTATIONS = {
+    "hibernate": ("hibernate-off2", "hibernate-off", "hibernate"),
+    "poweroff": ("poweroff",),
+    "crash": ("crash",),
+}
+"""What a power-off step without `expect:` is held to: the class its intent obviously implies."""
+
+
+def _power_off_checks(verdicts: list[PowerOffVerdict], observations: Observations) -> list[Check]:
+    checks = []
+    for verdict, observation in zip(verdicts, observations.power_offs, strict=True):
+        allowed = (observation.expect,) if observation.expect else IMPLICIT_EXPECTATIONS[observation.intent]
+        detail = f"{observation.intent} ended as {verdict.kind}, expected {' or '.join(allowed)}"
+        if verdict.notes:
+            detail += "; " + "; ".join(verdict.notes)
+        if verdict.disagreements:
+            detail += "; witnesses disagree: " + "; ".join(verdict.disagreements)
+        checks.append(Check(f"{verdict.boot} power-off", verdict.kind in allowed, detail, observation.step_line))
+    return checks
+
+
+def _boot_checks(observations: Observations) -> list[Check]:
+    checks = []
+    for boot in observations.boots:
+        if boot.expect != "any":
+            checks.append(Check(f"{boot.boot} came up {boot.expect}", boot.outcome == boot.expect,
+                                f"{boot.boot} came up {boot.outcome}, expected {boot.expect}", boot.step_line))
+        if boot.outcome == "resumed":
+            status = boot.hibernate_command_status
+            checks.append(Check(
+                f"{boot.boot} resumed userspace", status == 0,
+                "the shell that hibernated completed `echo disk` after resume with status "
+                f"{status}" if status is not None else "no hibernate command was pending",
+                boot.step_line,
+            ))
+    return checks
+
+
+def _evidence_checks(observations: Observations) -> list[Check]:
+    checks = []
+    for request in observations.checks:
+        wants, found = request.expectations, request.evidence
+        line = request.step_line
+        if "evidence" in wants and found is not None:
+            present = wants["evidence"] == "present"
+            ok = found.token_found == present and found.marker_alive == present
+            checks.append(Check(
+                f"evidence {wants['evidence']} in {request.boot}", ok and found.planted is not None,
+                f"token {'found' if found.token_found else 'absent'}, marker process "
+                f"{'alive' if found.marker_alive else 'gone'}"
+                + ("" if found.planted else " (nothing was planted: add a mark step)"), line,
+            ))
+        if "boot_id" in wants and found is not None:
+            planted = found.planted.boot_id if found.planted else None
+            same = found.boot_id == planted
+            checks.append(Check(
+                f"boot_id {wants['boot_id']} in {request.boot}", same == (wants["boot_id"] == "same"),
+                f"boot_id {found.boot_id}, planted under {planted}", line,
+            ))
+        if "swap_signature" in wants:
+            checks.append(Check(
+                f"swap signature {wants['swap_signature']} in {request.boot}",
+                request.swap_signature == wants["swap_signature"],
+                f"the guest sees {request.swap_signature}", line,
+            ))
+        for pattern in wants.get("console_required", []):
+            hit = re.search(pattern, request.console_text)
+            checks.append(Check(f"console shows /{pattern}/ in {request.boot}", hit is not None,
+                                f"found: {hit.group(0)!r}" if hit else "not on the console", line))
+        for pattern in wants.get("console_forbidden", []):
+            hit = re.search(pattern, request.console_text)
+            checks.append(Check(f"console never shows /{pattern}/ in {request.boot}", hit is None,
+                                f"found: {hit.group(0)!r}" if hit else "absent", line))
+    return checks
+
+
+def _command_checks(observations: Observations) -> list[Check]:
+    checks = []
+    for command in observations.commands:
+        ok = command.status == command.expect_status
+        detail = f"exit {command.status}, expected {command.expect_status}"
+        if command.output_contains is not None:
+            ok = ok and command.output_contains in command.output
+            detail += f"; output {'contains' if command.output_contains in command.output else 'lacks'}"
+            detail += f" {command.output_contains!r}"
+        checks.append(Check(f"`{command.command}` in {command.boot} over {command.channel}", ok, detail,
+                            command.step_line))
+    return checks
+
+
+def _console_health(observations: Observations, boot_consoles: dict[str, list[str]]) -> list[Check]:
+    crashed = {p.boot for p in observations.power_offs if p.intent == "crash"}
+    checks = []
+    for boot, lines in boot_consoles.items():
+        if boot in crashed:
+            continue
+        bad = [line.strip() for line in lines if any(word in line for word in FORBIDDEN_EVERYWHERE)]
+        checks.append(Check(f"{boot} console healthy", not bad,
+                            f"found: {bad[0]!r}" if bad else "no panic, Oops, BUG: or Call trace"))
+    return checks
+
+
+def judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None) -> RunVerdict:
+    """The run's verdict; `error` is why the run stopped early, if it did."""
+    power_offs = [classify(p) for p in observations.power_offs]
+    checks = (_power_off_checks(power_offs, observations) + _boot_checks(observations)
+              + _evidence_checks(observations) + _command_checks(observations)
+              + _console_health(observations, boot_consoles))
+    failed = [c for c in checks if not c.passed]
+    if error is not None:
+        sick = next((c for c in failed if c.name.endswith(" console healthy")), None)
+        if sick is not None:
+            error = f"{sick.name.removesuffix(' console healthy')}: kernel trouble ({sick.detail}); {error}"
+        return RunVerdict(False, error, power_offs, checks)
+    if failed:
+        first = failed[0]
+        where = f" (line {first.line})" if first.line else ""
+        return RunVerdict(False, f"{first.name}: {first.detail}{where}", power_offs, checks)
+    summary = ", ".join(f"{p.boot} {p.kind}" for p in power_offs) or "no power-offs"
+    return RunVerdict(True, f"{len(checks)} checks passed ({summary})", power_offs, checks)

@@ -1,0 +1,183 @@
+"""Independent witnesses of one power-off: the VMM (QMP, PSCI calls), the guest console, the disk.
+
+Each witness says what it saw (facts, with the evidence quoted) and which power-off classes
+that is consistent with. None of them decides; the verdict weighs them, and where they
+disagree the disagreement is reported as a finding.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.judge.observations import PowerOffObservation
+from lab.judge.off2_contract import Off2Contract
+
+CLASSES = ("hibernate-off2", "hibernate-off", "hibernate", "poweroff", "crash", "hang")
+"""`hibernate`: an image was written, but no witness could see whether the power-off was SYSTEM_OFF2."""
+HIBERNATED = ("hibernate-off2", "hibernate-off", "hibernate")
+POWER_EVENTS = {"SHUTDOWN", "SUSPEND_DISK", "GUEST_PANICKED", "RESET", "POWERDOWN"}
+"""QMP events that speak to how the guest went away (STOP/RESUME pairs from gdbstub traps do not)."""
+SYSTEM_OFF2_IDS = {0x84000015, 0xC4000015}
+SYSTEM_OFF_ID = 0x84000008
+SYSTEM_RESET_IDS = {0x84000009, 0x84000012, 0xC4000012}
+
+CONSOLE_MARKS = {
+    "hibernation_entry": re.compile(r"PM: hibernation: hibernation entry"),
+    "image_saved": re.compile(r"PM: Image saving done|PM: hibernation: Wrote \d+ kbytes"),
+    "power_down": re.compile(r"reboot: Power down|ACPI: PM: Preparing to enter system sleep state S[45]"),
+    "restarting": re.compile(r"reboot: Restarting system"),
+    "panic": re.compile(r"Kernel panic"),
+    "oops": re.compile(r"Internal error: Oops|\bOops\b|BUG:"),
+}
+
+
+@dataclass
+class Witness:
+    """One source's account: facts, quoted evidence, and the classes it is consistent with."""
+
+    name: str
+    facts: dict[str, Any]
+    evidence: list[str]
+    consistent_with: tuple[str, ...]
+    opinion: bool = True
+    explanation: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "facts": self.facts, "evidence": self.evidence,
+            "consistent_with": list(self.consistent_with) if self.opinion else None,
+            "explanation": self.explanation,
+        }
+
+
+def read_console(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").replace("\r", "").splitlines()
+    except OSError:
+        return []
+
+
+def _function_id(call: dict[str, Any]) -> int:
+    value = call.get("function_id", 0)
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def qmp_witness(observation: PowerOffObservation) -> Witness:
+    """What QEMU itself reported over QMP, and how the process ended."""
+    record = observation.record
+    events = record.qmp_events
+    shutdowns = [e for e in events if e["event"] == "SHUTDOWN"]
+    suspend_disk = [e for e in events if e["event"] == "SUSPEND_DISK"]
+    panicked = [e for e in events if e["event"] == "GUEST_PANICKED"]
+    facts = {
+        "shutdown": [e.get("data", {}) for e in shutdowns],
+        "suspend_disk": bool(suspend_disk),
+        "guest_panicked": bool(panicked),
+        "exit_code": record.exit_code,
+        "killed_by_lab": record.killed_by_lab,
+        "timed_out": observation.timed_out,
+    }
+    evidence = [f"{e['event']} {e.get('data', {})} at +{e['lab_seconds']:.3f}s"
+                for e in events if e["event"] in POWER_EVENTS]
+    reasons = {e.get("data", {}).get("reason") for e in shutdowns}
+    if not shutdowns and not panicked:
+        return Witness("vmm-qmp", facts, evidence, ("hang",),
+                       explanation="QEMU reported no shutdown before the lab stopped waiting")
+    if panicked or reasons & {"guest-reset", "guest-panic"}:
+        return Witness("vmm-qmp", facts, evidence, ("crash",), explanation="the guest reset or panicked")
+    contract = Off2Contract.parse(observation.off2_contract)
+    facts["off2_contract"] = str(contract)
+    if (signal := contract.seen(events)) is not None:
+        return Witness("vmm-qmp", facts, evidence, ("hibernate-off2",),
+                       explanation=f"{signal['event']} reported a hibernate power-off (contract {contract})")
+    if not contract.observable:
+        return Witness("vmm-qmp", facts, evidence, ("hibernate-off2", "hibernate-off", "hibernate", "poweroff"),
+                       explanation="a guest-requested power-off; this QEMU reports SYSTEM_OFF2 like SYSTEM_OFF")
+    return Witness("vmm-qmp", facts, evidence, ("hibernate-off", "poweroff"),
+                   explanation=f"a plain guest power-off: nothing reported OFF2 under contract {contract}")
+
+
+def psci_witness(observation: PowerOffObservation) -> Witness:
+    """The PSCI layer's call log: which power-off call the guest made, and what it was told."""
+    if not observation.psci_active:
+        return Witness("vmm-psci", {"active": False}, [], CLASSES, opinion=False,
+                       explanation="the PSCI layer was not attached (KVM or another VMM answered PSCI)")
+    calls = observation.psci_calls
+    off2 = [c for c in calls if _function_id(c) in SYSTEM_OFF2_IDS]
+    off2_accepted = [c for c in off2 if c.get("action") == "power-off"]
+    off2_refused = [c for c in off2 if c.get("action") != "power-off"]
+    plain_off = [c for c in calls if _function_id(c) == SYSTEM_OFF_ID]
+    resets = [c for c in calls if _function_id(c) in SYSTEM_RESET_IDS]
+    facts = {
+        "active": True,
+        "personality": observation.psci_personality,
+        "system_off2_calls": off2,
+        "system_off2_accepted": len(off2_accepted),
+        "system_off2_refused": len(off2_refused),
+        "system_off_calls": len(plain_off),
+        "system_reset_calls": len(resets),
+    }
+    evidence = [
+        f"{c.get('name', hex(_function_id(c)))}({', '.join(str(a) for a in c.get('args', []))})"
+        f" on vCPU {c.get('vcpu')} -> {c.get('action')} {c.get('response', '')}".rstrip()
+        for c in calls if _function_id(c) in SYSTEM_OFF2_IDS | {SYSTEM_OFF_ID} | SYSTEM_RESET_IDS
+    ]
+    if off2_accepted:
+        return Witness("vmm-psci", facts, evidence, ("hibernate-off2",),
+                       explanation="the guest called SYSTEM_OFF2 and the VM powered off")
+    if resets:
+        return Witness("vmm-psci", facts, evidence, ("crash",), explanation="the guest asked for a reset")
+    if plain_off:
+        fallback = " after SYSTEM_OFF2 was refused" if off2_refused else ""
+        return Witness("vmm-psci", facts, evidence, ("hibernate-off", "poweroff"),
+                       explanation=f"the guest powered off with plain SYSTEM_OFF{fallback}")
+    return Witness("vmm-psci", facts, evidence, ("crash", "hang"),
+                   explanation="no PSCI power-off or reset call reached the VMM")
+
+
+def console_witness(observation: PowerOffObservation) -> Witness:
+    """What the guest printed during this boot, read from QEMU's own console log (complete even
+    where the lab's reader was not listening)."""
+    lines = read_console(observation.record.console_log)
+    facts: dict[str, Any] = {}
+    evidence: list[str] = []
+    for mark, pattern in CONSOLE_MARKS.items():
+        hits = [line.strip() for line in lines if pattern.search(line)]
+        facts[mark] = bool(hits)
+        evidence += hits[:2]
+    if facts["panic"] or facts["oops"]:
+        return Witness("guest-console", facts, evidence, ("crash",), explanation="the kernel panicked or oopsed")
+    if facts["image_saved"] and facts["power_down"]:
+        return Witness("guest-console", facts, evidence, HIBERNATED,
+                       explanation="the kernel saved a hibernation image and powered down")
+    if facts["power_down"]:
+        return Witness("guest-console", facts, evidence, ("poweroff",),
+                       explanation="the kernel powered down without saving an image")
+    if facts["restarting"]:
+        return Witness("guest-console", facts, evidence, ("crash",), explanation="the kernel restarted")
+    return Witness("guest-console", facts, evidence, ("hang", "crash"),
+                   explanation="the console never said the kernel powered down")
+
+
+def disk_witness(observation: PowerOffObservation) -> Witness:
+    """The swap area's header, read on the host after QEMU exited."""
+    header = observation.disk_header
+    if header is None:
+        return Witness("disk", {"readable": False, "error": observation.disk_error}, [], CLASSES,
+                       opinion=False, explanation=f"the swap header could not be read: {observation.disk_error}")
+    facts = {"readable": True, **{k: header.get(k) for k in
+             ("signature", "image_present", "flags", "flag_names", "hw_sig", "image_offset", "page_size")}}
+    evidence = [f"signature {header.get('signature')!r} at page size {header.get('page_size')}"]
+    if header.get("image_present"):
+        return Witness("disk", facts, evidence, HIBERNATED,
+                       explanation="the swap area holds a hibernation image (S1SUSPEND)")
+    return Witness("disk", facts, evidence, ("poweroff", "crash", "hang"),
+                   explanation="no hibernation image on the swap area")
+
+
+def collect_witnesses(observation: PowerOffObservation) -> list[Witness]:
+    return [qmp_witness(observation), psci_witness(observation),
+            console_witness(observation), disk_witness(observation)]

@@ -1,0 +1,7 @@
+"""One QEMU process and the channels to its guest.
+
+Owns the typed machine spec (the only source of a QEMU command line), the process lifecycle,
+accelerator choice and, in `channels/`, the serial console, QMP, the gdbstub client, guest
+shell commands and SSH. May import: lab.errors, lab.deadline, lab.vocabulary, lab.rundir,
+lab.disk. Never imports the scenario, judge or report packages.
+"""

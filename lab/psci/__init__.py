@@ -1,0 +1,7 @@
+"""The PSCI v1.3 layer for TCG guests: firmware decisions, conduit sites, gdbstub trapping.
+
+`firmware` is pure logic (what a PSCI v1.3 firmware of each personality answers); `symbols`
+finds the kernel's conduit instructions; `layer` serves traps through QEMU's gdbstub; `attach`
+wires a layer to a machine. May import: lab.errors, lab.deadline, lab.vocabulary, lab.paths,
+lab.image, lab.machine.
+"""

@@ -1,0 +1,53 @@
+"""Attaching the PSCI v1.3 layer to a TCG arm64 machine: conduit sites from the kernel, then trap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lab.errors import SetupError, UsageError
+from lab.image.store import GuestImage
+from lab.machine.process import Machine
+from lab.paths import cache_root
+from lab.psci.firmware import PsciPersonality
+from lab.psci.layer import PsciLayer
+from lab.psci.symbols import find_conduit_sites
+from lab.scenario.steps import GuestPsci
+
+
+class PsciSession:
+    """The layer serving one boot; `calls` are the JSON records the PSCI witness reads."""
+
+    def __init__(self, layer: PsciLayer) -> None:
+        self.layer = layer
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        records = [call.as_record() for call in self.layer.calls]
+        if self.layer.error is not None:
+            records.append({"function_id": "0x0", "name": "layer-error", "args": [],
+                            "action": "error", "response": str(self.layer.error)})
+        return records
+
+    def close(self) -> None:
+        self.layer.close()
+
+
+def psci_attacher(personality: str, image: GuestImage, system_map: Path | None = None) -> GuestPsci:
+    """The layer for `image`'s kernel; symbols come from its kallsyms, or from a System.map the user gives."""
+    try:
+        chosen = PsciPersonality(personality)
+    except ValueError:
+        known = ", ".join(p.value for p in PsciPersonality)
+        raise UsageError(f"unknown PSCI personality {personality!r} (known: {known})") from None
+    if "nokaslr" not in image.kernel_append.split():
+        raise SetupError(f"image {image.name} boots without nokaslr: the PSCI layer needs fixed kernel addresses")
+    sites = find_conduit_sites(image.kernel, cache_dir=cache_root() / "symbols", system_map=system_map)
+
+    def attach(machine: Machine, call_log: Path) -> PsciSession:
+        layer = PsciLayer(machine.gdb_socket, sites, chosen, call_log)
+        layer.attach()
+        layer.resume()
+        return PsciSession(layer)
+
+    return GuestPsci(chosen.value, attach)

@@ -1,0 +1,107 @@
+"""Scenario files: ordered steps with parameters and expectations, validated against a schema.
+
+Errors name the file, the line and the field, so that someone who never read the lab's
+code can fix their scenario from the message alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.errors import UsageError
+from lab.paths import SCENARIOS_DIR, load_schema
+from lab.scenario.yaml_file import YamlFile, read_yaml
+
+_SCHEMA = load_schema("scenario")
+DEFAULT_PERSONALITY = "kvm"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: its kind ("boot", "hibernate", …), parameters, and the line it is written on."""
+
+    kind: str
+    params: dict[str, Any]
+    line: int
+    children: tuple[Step, ...] = ()
+
+    def describe(self) -> str:
+        shown = {k: v for k, v in self.params.items() if k != "steps"}
+        return self.kind + (" " + " ".join(f"{k}={v}" for k, v in shown.items()) if shown else "")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    path: Path
+    steps: tuple[Step, ...]
+    psci: str = DEFAULT_PERSONALITY
+    image: str | None = None
+    memory_mib: int = 1024
+    cpus: int = 2
+    arches: tuple[str, ...] = ()
+    source: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def _normalise(steps: list[Any]) -> None:
+    """Allow `- mark` as shorthand for `- mark: {}` (and `- mark:` with nothing after it)."""
+    for index, item in enumerate(steps):
+        if isinstance(item, str):
+            steps[index] = {item: {}}
+        elif isinstance(item, dict):
+            for kind, params in item.items():
+                if params is None:
+                    item[kind] = {}
+                elif kind == "repeat" and isinstance(params, dict) and isinstance(params.get("steps"), list):
+                    _normalise(params["steps"])
+
+
+def _steps(file: YamlFile, items: list[dict[str, Any]], at: tuple[Any, ...]) -> tuple[Step, ...]:
+    built = []
+    for index, item in enumerate(items):
+        ((kind, params),) = item.items()
+        where = (*at, index)
+        children = _steps(file, params["steps"], (*where, kind, "steps")) if kind == "repeat" else ()
+        built.append(Step(kind, dict(params), file.line(where), children))
+    return tuple(built)
+
+
+def load_scenario(path: Path) -> Scenario:
+    file = read_yaml(path, "scenario")
+    data = file.data
+    if isinstance(data, dict) and isinstance(data.get("steps"), list):
+        _normalise(data["steps"])
+    file.validate(_SCHEMA)
+    return Scenario(
+        name=data["name"],
+        description=" ".join(data["description"].split()),
+        path=path,
+        steps=_steps(file, data["steps"], ("steps",)),
+        psci=data.get("psci", DEFAULT_PERSONALITY),
+        image=data.get("image"),
+        memory_mib=data.get("memory_mib", 1024),
+        cpus=data.get("cpus", 2),
+        arches=tuple(data.get("arches", ())),
+        source=data,
+    )
+
+
+def shipped_scenarios() -> list[Path]:
+    return sorted(SCENARIOS_DIR.glob("*.yaml"))
+
+
+def find_scenario(name_or_path: str) -> Scenario:
+    """A shipped scenario by name, or any scenario file by path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        if not candidate.exists():
+            raise UsageError(f"no scenario file {candidate}")
+        return load_scenario(candidate)
+    path = SCENARIOS_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(p.stem for p in shipped_scenarios())
+        raise UsageError(f"no scenario named {name_or_path!r} (known: {known})")
+    return load_scenario(path)

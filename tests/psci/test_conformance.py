@@ -1,0 +1,217 @@
+"""The KVM selftest's SYSTEM_OFF2 cases, issued by a bare-metal guest through the real gdbstub path.
+
+A tiny aarch64 program (encoded here, booted by QEMU as a Linux-style Image at EL1) makes each PSCI
+call through one `hvc #0` that the layer traps, and stores every x0 it gets back in RAM; the test reads
+that RAM over QMP. So the answers checked are the ones the guest saw, not what PsciFirmware returned.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab.deadline import wait_until
+from lab.machine.process import Machine, MachineSpec
+from lab.psci.firmware import (
+    HIBERNATE_OFF,
+    INTERNAL_FAILURE,
+    INVALID_PARAMS,
+    PSCI_FEATURES,
+    PSCI_SYSTEM_OFF2,
+    PSCI_SYSTEM_OFF2_64,
+    PSCI_VERSION,
+    VERSION_1_3,
+    PsciAction,
+    PsciPersonality,
+    to_signed,
+)
+from lab.psci.layer import PsciLayer
+from lab.psci.symbols import INSN_HVC_0, ConduitSites
+
+pytestmark = [
+    pytest.mark.guest,
+    pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None, reason="needs qemu-system-aarch64"),
+]
+
+RAM_BASE = 0x4000_0000
+TEXT_OFFSET = 0x8_0000
+LOAD_ADDRESS = RAM_BASE + TEXT_OFFSET
+RESULTS_ADDRESS = RAM_BASE + 0x10_0000
+DONE_MAGIC = 0x600D_F00D
+HEADER_BYTES = 0x40
+CONDUIT_OFFSET = HEADER_BYTES
+"""The one `hvc #0` every call goes through sits right after the Image header."""
+
+RESULTS_REGISTER = 19
+LINK_REGISTER = 30
+
+Call = tuple[int, int, int]
+
+SELFTEST_PREAMBLE: list[Call] = [
+    (PSCI_VERSION, 0, 0),
+    (PSCI_FEATURES, PSCI_SYSTEM_OFF2, 0),
+    (PSCI_FEATURES, PSCI_SYSTEM_OFF2_64, 0),
+    (PSCI_SYSTEM_OFF2_64, HIBERNATE_OFF, 1),
+    (PSCI_SYSTEM_OFF2_64, 0, 1),
+]
+
+
+def movz(rd: int, imm16: int, shift: int) -> int:
+    return 0xD2800000 | (shift // 16) << 21 | imm16 << 5 | rd
+
+
+def movk(rd: int, imm16: int, shift: int) -> int:
+    return 0xF2800000 | (shift // 16) << 21 | imm16 << 5 | rd
+
+
+def mov_imm64(rd: int, value: int) -> list[int]:
+    """movz for the lowest 16 bits, movk for each further non-zero 16-bit chunk."""
+    words = [movz(rd, value & 0xFFFF, 0)]
+    for shift in (16, 32, 48):
+        chunk = (value >> shift) & 0xFFFF
+        if chunk:
+            words.append(movk(rd, chunk, shift))
+    return words
+
+
+def str_imm(rt: int, rn: int, byte_offset: int) -> int:
+    """str Xt, [Xn, #byte_offset] (unsigned, 8-byte scaled offset)."""
+    return 0xF9000000 | (byte_offset // 8) << 10 | rn << 5 | rt
+
+
+def branch(from_offset: int, to_offset: int, link: bool = False) -> int:
+    return (0x94000000 if link else 0x14000000) | ((to_offset - from_offset) // 4) & 0x3FFFFFF
+
+
+RET = 0xD65F0000 | LINK_REGISTER << 5
+
+
+def image_header(image_size: int) -> bytes:
+    """arm64 Linux Image header, so QEMU loads us at RAM + text_offset and enters at EL1 like a kernel."""
+    return struct.pack(
+        "<IIQQQQQQII",
+        branch(0, HEADER_BYTES + 8),
+        0,
+        TEXT_OFFSET,
+        image_size,
+        0,
+        0,
+        0,
+        0,
+        0x644D5241,
+        0,
+    )
+
+
+def program(calls: list[Call]) -> bytes:
+    """x0..x2 per call, `bl` to the conduit, store x0 to results[i]; then the done marker; then spin."""
+    body = [INSN_HVC_0, RET]
+    body += mov_imm64(RESULTS_REGISTER, RESULTS_ADDRESS)
+    for index, (function_id, x1, x2) in enumerate(calls):
+        for register, value in enumerate((function_id, x1, x2, 0)):
+            body += mov_imm64(register, value)
+        body.append(branch(HEADER_BYTES + 4 * len(body), CONDUIT_OFFSET, link=True))
+        body.append(str_imm(0, RESULTS_REGISTER, 8 * index))
+    body += mov_imm64(0, DONE_MAGIC)
+    body.append(str_imm(0, RESULTS_REGISTER, 8 * len(calls)))
+    body.append(branch(0, 0))
+    code = struct.pack(f"<{len(body)}I", *body)
+    return image_header(HEADER_BYTES + len(code)) + code
+
+
+def test_encoders() -> None:
+    assert movz(0, 0x15, 0) == 0xD28002A0
+    assert movk(0, 0xC400, 16) == 0xF2B88000
+    assert mov_imm64(1, 0) == [0xD2800001]
+    assert str_imm(0, 19, 8) == 0xF9000660
+    assert branch(0x48, 0x40, link=True) == 0x97FFFFFE
+    assert branch(0, 0) == 0x14000000
+    assert RET == 0xD65F03C0
+    assert image_header(0x100)[0x38:0x3C] == b"ARM\x64"
+
+
+@dataclass
+class BareMetalRun:
+    machine: Machine
+    layer: PsciLayer
+
+    def results(self, count: int) -> list[int]:
+        """`count` results and the done marker, read from guest RAM through the monitor."""
+        dump = self.machine.qmp.execute(
+            "human-monitor-command", {"command-line": f"xp /{count + 1}gx 0x{RESULTS_ADDRESS:x}"}
+        )
+        return [int(value, 16) for value in re.findall(r"0x([0-9a-f]{16})", dump)]
+
+    def wait_done(self, count: int) -> list[int]:
+        wait_until(lambda: self.results(count)[count] == DONE_MAGIC or None, 30, "the program's done marker")
+        return [to_signed(value) for value in self.results(count)[:count]]
+
+
+@contextmanager
+def bare_metal(tmp_path: Path, calls: list[Call], personality: PsciPersonality) -> Iterator[BareMetalRun]:
+    """The program in the lab's Machine, paused, kept alive after power-off so its RAM stays readable."""
+    image = tmp_path / "selftest.img"
+    image.write_bytes(program(calls))
+    spec = MachineSpec(arch="aarch64", kernel=image, initrd=None, append="", memory_mib=256, cpus=1,
+                       gdbstub=True, keep_after_shutdown=True)
+    sites = ConduitSites(kernel_sha256="", hvc=LOAD_ADDRESS + CONDUIT_OFFSET, smc=None)
+    with Machine(spec, tmp_path, "selftest", time.monotonic()) as machine:
+        machine.launch()
+        layer = PsciLayer(machine.gdb_socket, sites, personality, tmp_path / "calls.jsonl")
+        try:
+            layer.attach(timeout=10)
+            layer.resume()
+            yield BareMetalRun(machine, layer)
+            assert layer.error is None
+        finally:
+            layer.close()
+
+
+@pytest.mark.parametrize("off_type", [HIBERNATE_OFF, 0])
+def test_kvm_answers_the_selftest_and_powers_off(tmp_path: Path, off_type: int) -> None:
+    calls = [*SELFTEST_PREAMBLE, (PSCI_SYSTEM_OFF2_64, off_type, 0)]
+    with bare_metal(tmp_path, calls, PsciPersonality.KVM) as run:
+        shutdown = run.machine.qmp.wait_event("SHUTDOWN", 30)
+        assert shutdown["data"] == {"guest": True, "reason": "guest-shutdown"}
+        results = [to_signed(value) for value in run.results(len(calls))]
+        version, features32, features64, invalid_type1, invalid_type0, after_off2, done = results
+        assert version >= VERSION_1_3
+        assert features32 & HIBERNATE_OFF and features64 & HIBERNATE_OFF
+        assert (invalid_type1, invalid_type0) == (INVALID_PARAMS, INVALID_PARAMS)
+        assert (after_off2, done) == (0, 0), "the guest ran on after an accepted SYSTEM_OFF2"
+        assert [call.action for call in run.layer.calls] == [PsciAction.RETURN] * 5 + [PsciAction.POWER_OFF]
+        assert run.layer.calls[-1].vcpu == 0
+
+
+def test_return_to_guest_resumes_with_internal_failure(tmp_path: Path) -> None:
+    narrowed = (PSCI_SYSTEM_OFF2, (1 << 32) | HIBERNATE_OFF, 1 << 32)
+    calls = [
+        *SELFTEST_PREAMBLE,
+        (PSCI_SYSTEM_OFF2_64, HIBERNATE_OFF, 0),
+        (PSCI_SYSTEM_OFF2_64, 0, 0),
+        narrowed,
+    ]
+    with bare_metal(tmp_path, calls, PsciPersonality.RETURN_TO_GUEST) as run:
+        results = run.wait_done(len(calls))
+        assert results[0] >= VERSION_1_3
+        assert results[1] & HIBERNATE_OFF and results[2] & HIBERNATE_OFF
+        assert results[3:5] == [INVALID_PARAMS, INVALID_PARAMS]
+        assert results[5:] == [INTERNAL_FAILURE] * 3
+        assert not run.machine.qmp.seen("SHUTDOWN")
+        assert [call.response for call in run.layer.calls] == results
+
+
+def test_without_the_layer_answering_qemu_says_psci_1_1(tmp_path: Path) -> None:
+    calls = [(PSCI_VERSION, 0, 0), (PSCI_FEATURES, PSCI_SYSTEM_OFF2_64, 0), (PSCI_SYSTEM_OFF2_64, 0, 0)]
+    with bare_metal(tmp_path, calls, PsciPersonality.NONE) as run:
+        assert run.wait_done(len(calls)) == [0x10001, -1, -1]
+        assert {call.action for call in run.layer.calls} == {PsciAction.PASS_THROUGH}
+        assert [call.response for call in run.layer.calls] == [0x10001, -1, -1]

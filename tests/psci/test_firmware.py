@@ -1,0 +1,171 @@
+"""PsciFirmware against the cases of Linux's KVM selftest (arm64/psci_test.c) and each personality."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.psci.firmware import (
+    HIBERNATE_OFF,
+    INTERNAL_FAILURE,
+    INVALID_PARAMS,
+    PASS_THROUGH,
+    POWER_OFF,
+    PSCI_CPU_ON_64,
+    PSCI_FEATURES,
+    PSCI_SYSTEM_OFF,
+    PSCI_SYSTEM_OFF2,
+    PSCI_SYSTEM_OFF2_64,
+    PSCI_VERSION,
+    VERSION_1_3,
+    PsciAction,
+    PsciFirmware,
+    PsciPersonality,
+    PsciResponse,
+    function_name,
+    is_psci,
+    to_register,
+    to_signed,
+)
+
+OFF2_IDS = [PSCI_SYSTEM_OFF2, PSCI_SYSTEM_OFF2_64]
+KVM_LIKE = [PsciPersonality.KVM, PsciPersonality.RETURN_TO_GUEST]
+
+
+def returned(value: int) -> PsciResponse:
+    return PsciResponse(PsciAction.RETURN, value)
+
+
+# The selftest's cases, in its order, for the personalities that claim to behave like KVM.
+
+
+@pytest.mark.parametrize("personality", KVM_LIKE)
+def test_selftest_version_is_at_least_1_3(personality: PsciPersonality) -> None:
+    response = PsciFirmware(personality).handle(PSCI_VERSION)
+    assert response.action is PsciAction.RETURN
+    assert response.value is not None and response.value >= VERSION_1_3
+
+
+@pytest.mark.parametrize("personality", KVM_LIKE)
+@pytest.mark.parametrize("off2_id", OFF2_IDS)
+def test_selftest_both_ids_report_hibernate_off(personality: PsciPersonality, off2_id: int) -> None:
+    response = PsciFirmware(personality).handle(PSCI_FEATURES, off2_id)
+    assert response.action is PsciAction.RETURN
+    assert response.value is not None and response.value & HIBERNATE_OFF
+
+
+@pytest.mark.parametrize("personality", KVM_LIKE)
+@pytest.mark.parametrize("off_type", [HIBERNATE_OFF, 0])
+def test_selftest_nonzero_second_argument_is_invalid(personality: PsciPersonality, off_type: int) -> None:
+    assert PsciFirmware(personality).handle(PSCI_SYSTEM_OFF2_64, off_type, 1) == returned(INVALID_PARAMS)
+
+
+@pytest.mark.parametrize("off_type", [HIBERNATE_OFF, 0])
+def test_selftest_accepted_call_powers_off(off_type: int) -> None:
+    assert PsciFirmware(PsciPersonality.KVM).handle(PSCI_SYSTEM_OFF2_64, off_type, 0) == POWER_OFF
+
+
+@pytest.mark.parametrize("off_type", [HIBERNATE_OFF, 0])
+def test_selftest_resumed_vcpu_reads_internal_failure(off_type: int) -> None:
+    firmware = PsciFirmware(PsciPersonality.RETURN_TO_GUEST)
+    assert firmware.handle(PSCI_SYSTEM_OFF2_64, off_type, 0) == returned(INTERNAL_FAILURE)
+
+
+# Beyond the selftest: KVM's other rules.
+
+
+def test_kvm_rejects_unknown_types() -> None:
+    firmware = PsciFirmware()
+    assert firmware.personality is PsciPersonality.KVM
+    assert firmware.handle(PSCI_SYSTEM_OFF2_64, 2, 0) == returned(INVALID_PARAMS)
+    assert firmware.handle(PSCI_SYSTEM_OFF2_64, 1 << 32, 0) == returned(INVALID_PARAMS)
+
+
+def test_smc32_arguments_are_narrowed_to_32_bits() -> None:
+    firmware = PsciFirmware()
+    assert firmware.handle(PSCI_SYSTEM_OFF2, 1 << 32, 0xFFFF_FFFF_0000_0000) == POWER_OFF
+    assert firmware.handle(PSCI_SYSTEM_OFF2, 0xFFFF_FFFF_0000_0001, 0) == POWER_OFF
+    assert firmware.handle(PSCI_SYSTEM_OFF2, 0, 1 << 31) == returned(INVALID_PARAMS)
+    assert firmware.handle(PSCI_FEATURES, 0xFFFF_FFFF_0000_0000 | PSCI_SYSTEM_OFF2_64) == returned(HIBERNATE_OFF)
+
+
+def test_smc64_arguments_are_not_narrowed() -> None:
+    assert PsciFirmware().handle(PSCI_SYSTEM_OFF2_64, 0, 1 << 32) == returned(INVALID_PARAMS)
+
+
+@pytest.mark.parametrize("personality", [p for p in PsciPersonality if p is not PsciPersonality.NONE])
+def test_everything_else_passes_through_to_qemu(personality: PsciPersonality) -> None:
+    firmware = PsciFirmware(personality)
+    assert firmware.handle(PSCI_CPU_ON_64, 1, 0x40080000, 0) == PASS_THROUGH
+    assert firmware.handle(PSCI_SYSTEM_OFF) == PASS_THROUGH
+    assert firmware.handle(PSCI_FEATURES, PSCI_CPU_ON_64) == PASS_THROUGH
+    assert firmware.handle(0x80000000) == PASS_THROUGH
+
+
+# Each personality's distinctive answers.
+
+
+@pytest.mark.parametrize(
+    ("function_id", "x1", "x2"),
+    [
+        (PSCI_VERSION, 0, 0),
+        (PSCI_FEATURES, PSCI_SYSTEM_OFF2_64, 0),
+        (PSCI_SYSTEM_OFF2_64, 0, 0),
+        (PSCI_SYSTEM_OFF2, HIBERNATE_OFF, 0),
+    ],
+)
+def test_none_answers_nothing(function_id: int, x1: int, x2: int) -> None:
+    assert PsciFirmware(PsciPersonality.NONE).handle(function_id, x1, x2) == PASS_THROUGH
+
+
+def test_reject_explicit_type_accepts_only_type_zero() -> None:
+    firmware = PsciFirmware(PsciPersonality.REJECT_EXPLICIT_TYPE)
+    assert firmware.handle(PSCI_FEATURES, PSCI_SYSTEM_OFF2_64) == returned(HIBERNATE_OFF)
+    assert firmware.handle(PSCI_SYSTEM_OFF2_64, 0, 0) == POWER_OFF
+    assert firmware.handle(PSCI_SYSTEM_OFF2_64, HIBERNATE_OFF, 0) == returned(INVALID_PARAMS)
+
+
+def test_reject_zero_type_accepts_only_hibernate_off() -> None:
+    firmware = PsciFirmware(PsciPersonality.REJECT_ZERO_TYPE)
+    assert firmware.handle(PSCI_FEATURES, PSCI_SYSTEM_OFF2_64) == returned(HIBERNATE_OFF)
+    assert firmware.handle(PSCI_SYSTEM_OFF2_64, HIBERNATE_OFF, 0) == POWER_OFF
+    assert firmware.handle(PSCI_SYSTEM_OFF2_64, 0, 0) == returned(INVALID_PARAMS)
+
+
+@pytest.mark.parametrize("off2_id", OFF2_IDS)
+def test_alpha_spec_reports_no_type_bitmask(off2_id: int) -> None:
+    firmware = PsciFirmware(PsciPersonality.ALPHA_SPEC)
+    assert firmware.handle(PSCI_VERSION) == returned(VERSION_1_3)
+    assert firmware.handle(PSCI_FEATURES, off2_id) == returned(0)
+    assert firmware.handle(off2_id, 0, 0) == POWER_OFF
+    assert firmware.handle(off2_id, HIBERNATE_OFF, 0) == returned(INVALID_PARAMS)
+
+
+def test_return_to_guest_still_validates_like_kvm() -> None:
+    firmware = PsciFirmware(PsciPersonality.RETURN_TO_GUEST)
+    assert firmware.handle(PSCI_SYSTEM_OFF2, 2, 0) == returned(INVALID_PARAMS)
+    assert firmware.handle(PSCI_SYSTEM_OFF2, 0, 0) == returned(INTERNAL_FAILURE)
+
+
+def test_personalities_parse_from_their_names() -> None:
+    assert [str(p) for p in PsciPersonality] == [
+        "kvm",
+        "none",
+        "reject-explicit-type",
+        "reject-zero-type",
+        "alpha-spec",
+        "return-to-guest",
+    ]
+    assert PsciPersonality("alpha-spec") is PsciPersonality.ALPHA_SPEC
+
+
+def test_register_conversions() -> None:
+    assert to_register(INVALID_PARAMS) == 0xFFFF_FFFF_FFFF_FFFE
+    assert to_signed(0xFFFF_FFFF_FFFF_FFFA) == INTERNAL_FAILURE
+    assert to_signed(VERSION_1_3) == 0x10003
+
+
+def test_names() -> None:
+    assert function_name(PSCI_SYSTEM_OFF2_64) == "SYSTEM_OFF2_64"
+    assert function_name(0x84000099) == "0x84000099"
+    assert is_psci(PSCI_SYSTEM_OFF2) and is_psci(PSCI_SYSTEM_OFF2_64)
+    assert not is_psci(0x80000000)

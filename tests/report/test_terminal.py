@@ -1,0 +1,27 @@
+"""What the terminal shows: guest text (Oops lines, console brackets) is printed verbatim."""
+
+from io import StringIO
+from pathlib import Path
+
+from rich.console import Console
+
+from lab.judge.observations import Observations
+from lab.judge.verdict import judge
+from lab.report.terminal import TerminalReport
+
+
+def test_terminal_report_prints_guest_text_verbatim():
+    out = StringIO()
+    report = TerminalReport(Console(file=out, highlight=False, soft_wrap=True, color_system=None))
+    reason = "boot2: kernel trouble (found: '[ 4.8] Internal error: Oops: 0000000096000006 [#1] SMP')"
+    report.verdict(judge(Observations(), {}, reason), Path("/runs/x"), 1.0)
+    assert "[#1] SMP" in out.getvalue()
+    assert "[1.0s, /runs/x]" in out.getvalue()
+
+
+def test_phase_lines_show_the_step_outcome():
+    out = StringIO()
+    report = TerminalReport(Console(file=out, highlight=False, soft_wrap=True, color_system=None))
+    report({"kind": "step-end", "step": "boot", "params": {"line": 3, "params": "boot expect=fresh"},
+            "status": "done", "seconds": 4.2, "outcome": {"outcome": "fresh", "boot": "boot1"}})
+    assert out.getvalue().split() == ["✓", "boot", "expect=fresh", "4.2s", "outcome=fresh"]

@@ -1,0 +1,162 @@
+"""Every shipped scenario, end to end on the default image under TCG, plus negative controls.
+
+Assertions read what the guest and QEMU left in the run directory (console logs, the PSCI
+call log, QMP events, the disk), not only the lab's own verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lab.scenario.model import Scenario, load_scenario, shipped_scenarios
+from lab.scenario.run import RunOptions, RunResult, run_scenario
+
+pytestmark = pytest.mark.guest
+
+
+def _run(scenario: Scenario, tmp_path: Path) -> RunResult:
+    return run_scenario(scenario, RunOptions(run_dir=tmp_path / "run"), [])
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _off2_calls(run_dir: Path, boot: str) -> list[dict]:
+    calls = _jsonl(run_dir / f"psci-{boot}.jsonl")
+    return [c for c in calls if c["name"].startswith("SYSTEM_OFF2")]
+
+
+def _console(run_dir: Path, boot: str) -> str:
+    return (run_dir / f"console-{boot}.log").read_text(errors="replace")
+
+
+@pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda p: p.stem)
+def test_shipped_scenario_passes(path: Path, tmp_path: Path, default_image) -> None:
+    result = _run(load_scenario(path), tmp_path)
+    assert result.verdict.passed, result.verdict.reason
+    run_dir = result.run_dir
+    summary = json.loads((run_dir / "result.json").read_text())
+    assert summary["verdict"]["status"] == "PASS"
+    for power_off in summary["verdict"]["power_offs"]:
+        boot, kind = power_off["boot"], power_off["class"]
+        assert power_off["disagreements"] == [], "every witness agrees on a shipped scenario"
+        shutdowns = [e for e in _jsonl(run_dir / f"qmp-{boot}.jsonl") if e["event"] == "SHUTDOWN"]
+        assert shutdowns and shutdowns[0]["data"]["guest"] is True
+        accepted = [c for c in _off2_calls(run_dir, boot) if c["action"] == "power-off"]
+        if kind == "hibernate-off2":
+            assert [c["args"][:2] for c in accepted] == [["0x0", "0x0"]], "the guest called SYSTEM_OFF2(0, 0)"
+        else:
+            assert accepted == []
+        if kind.startswith("hibernate"):
+            assert "PM: Image saving done" in _console(run_dir, boot)
+    for boot in summary["observations"]["boots"]:
+        resumed = "PM: hibernation: hibernation exit" in _console(run_dir, boot["boot"])
+        assert resumed == (boot["outcome"] == "resumed")
+    GUEST_FACTS.get(path.stem, lambda run_dir: None)(run_dir)
+
+
+def _guest_saw_psci_1_3(run_dir: Path) -> None:
+    assert "psci: PSCIv1.3 detected in firmware." in _console(run_dir, "boot1")
+
+
+def _guest_was_refused_then_fell_back(run_dir: Path) -> None:
+    calls = _jsonl(run_dir / "psci-boot1.jsonl")
+    refused = [c for c in calls if c["name"].startswith("SYSTEM_OFF2") and c["response"] == -2]
+    assert refused, "the guest's SYSTEM_OFF2(0, 0) was answered INVALID_PARAMS"
+    assert calls.index(refused[0]) < max(i for i, c in enumerate(calls) if c["name"] == "SYSTEM_OFF")
+
+
+def _guest_saw_psci_1_1(run_dir: Path) -> None:
+    assert "psci: PSCIv1.1 detected in firmware." in _console(run_dir, "boot1")
+
+
+def _both_commands_went_over_ssh_through_new_forwards(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "result.json").read_text())
+    commands = summary["observations"]["commands"]
+    assert [(c["boot"], c["channel"], c["status"]) for c in commands] == [("boot1", "ssh", 0), ("boot2", "ssh", 0)]
+    planted = next(p for p in summary["phases"] if p["step"] == "mark")["outcome"]
+    assert planted["boot_id"] in commands[0]["output"]
+    assert planted["token"] in commands[1]["output"], "the resumed guest answered over SSH with its RAM intact"
+    ports = {boot: re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22", (run_dir / f"qemu-{boot}.cmdline").read_text())
+             for boot in ("boot1", "boot2")}
+    assert all(ports.values()), "port 22 forwarded from 127.0.0.1 only"
+
+
+GUEST_FACTS = {
+    "ssh-hibernate-resume": _both_commands_went_over_ssh_through_new_forwards,
+    "hibernate-resume": _guest_saw_psci_1_3,
+    "psci-reject-zero-type": _guest_was_refused_then_fell_back,
+    "psci-none": _guest_saw_psci_1_1,
+}
+"""What the guest itself must show in particular scenarios, beyond what every scenario shows."""
+
+
+def _with_steps(path: str, tmp_path: Path, edit) -> Scenario:
+    """A copy of a shipped scenario with its steps edited: a broken guarantee must fail."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    data["steps"] = edit(data["steps"])
+    copy = tmp_path / Path(path).name
+    copy.write_text(yaml.safe_dump(data))
+    return load_scenario(copy)
+
+
+def test_negative_control_discarded_image_loses_the_evidence(tmp_path, default_image) -> None:
+    scenario = _with_steps("scenarios/hibernate-resume.yaml", tmp_path,
+                           lambda steps: [*steps[:3], {"discard-image": {}}, *steps[3:]])
+    result = _run(scenario, tmp_path)
+    assert not result.verdict.passed
+    evidence = [c for c in result.verdict.checks if c.name.startswith("evidence present")]
+    assert evidence and "token absent" in evidence[0].detail
+    assert "PM: hibernation: hibernation exit" not in _console(result.run_dir, "boot2")
+
+
+def test_negative_control_coldboot_without_new_signature_fails_because_it_resumed(tmp_path, default_image) -> None:
+    scenario = _with_steps("scenarios/hibernate-coldboot-altered-signature.yaml", tmp_path,
+                           lambda steps: [s for s in steps if "alter-signature" not in s])
+    result = _run(scenario, tmp_path)
+    assert not result.verdict.passed
+    assert "came up resumed, expected fresh" in result.verdict.reason
+
+
+def test_negative_control_hibernation_is_not_taken_for_a_poweroff(tmp_path, default_image) -> None:
+    scenario = _with_steps("scenarios/poweroff-baseline.yaml", tmp_path,
+                           lambda steps: [{"hibernate": {"expect": "poweroff"}} if "poweroff" in s else s
+                                          for s in steps])
+    result = _run(scenario, tmp_path)
+    assert not result.verdict.passed
+    assert "hibernate ended as hibernate-off2, expected poweroff" in result.verdict.reason
+
+
+def test_negative_control_a_stale_image_left_armed_is_resumed_and_fails(tmp_path, default_image) -> None:
+    rearm = {"run": {"command": "swapoff /dev/vda && printf 'S1SUSPEND\\000' | "
+                                "dd of=/dev/vda bs=1 seek=4086 conv=notrunc,fsync"}}
+
+    def leave_image_armed(steps: list) -> list:
+        crash = next(i for i, s in enumerate(steps) if "crash" in s)
+        return [*steps[:crash], rearm, *steps[crash:]]
+
+    result = _run(_with_steps("scenarios/no-stale-resume.yaml", tmp_path, leave_image_armed), tmp_path)
+    assert not result.verdict.passed
+    assert "boot3 came up resumed, expected fresh" in result.verdict.reason
+    assert "PM: hibernation: hibernation exit" in _console(result.run_dir, "boot3")
+
+
+@pytest.mark.parametrize("name", ["hibernate-resume", "hibernate-coldboot-altered-signature", "ssh-hibernate-resume"])
+def test_x86_64_acpi_s4_is_the_counterpart_of_off2(name, tmp_path, default_x86_image) -> None:
+    result = run_scenario(load_scenario(Path(f"scenarios/{name}.yaml")),
+                          RunOptions(arch="x86_64", run_dir=tmp_path / "run"), [])
+    assert result.verdict.passed, result.verdict.reason
+    events = [e["event"] for e in _jsonl(result.run_dir / "qmp-boot1.jsonl") if e["event"] not in ("STOP", "RESUME")]
+    assert events[-2:] == ["SUSPEND_DISK", "SHUTDOWN"], "QEMU reported ACPI S4 before the power-off"
+    assert "ACPI: PM: Preparing to enter system sleep state S4" in _console(result.run_dir, "boot1")
+    assert not (result.run_dir / "psci-boot1.jsonl").exists(), "no PSCI layer on x86"
+    assert result.verdict.power_offs[0].kind == "hibernate-off2"
+    if name == "ssh-hibernate-resume":
+        _both_commands_went_over_ssh_through_new_forwards(result.run_dir)
