@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
 import statistics
 import subprocess
@@ -18,12 +17,13 @@ import time
 from pathlib import Path
 
 from lab.image.store import DEFAULT_IMAGE, ImageStore
-from lab.machine.process import Disk, Machine, MachineSpec
+from lab.machine.process import Machine
+from lab.machine.spec import Disk, MachineSpec
 from lab.psci.attach import psci_attacher
+from lab.rundir import RunDirectory
 from lab.scenario.model import find_scenario
 from lab.scenario.run import RunOptions, run_scenario
-
-KERNEL_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
+from lab.vocabulary import CONSOLE_PATTERNS, KERNEL_TIMESTAMP, ConsoleMark
 
 
 def boot_to_ready(image, with_layer: bool) -> float:
@@ -36,13 +36,13 @@ def boot_to_ready(image, with_layer: bool) -> float:
                            append=image.kernel_append, disks=(Disk(disk),), gdbstub=with_layer)
         started = time.monotonic()
         session = None
-        with Machine(spec, work, "bench", started) as machine:
+        with Machine(spec, RunDirectory(work).boot("bench"), started) as machine:
             machine.launch()
             if with_layer:
                 session = psci_attacher("kvm", image).attach(machine, work / "psci.jsonl")
             else:
                 machine.resume()
-            machine.console.expect("lab-init: ready", 120, "ready")
+            machine.console.expect(CONSOLE_PATTERNS[ConsoleMark.READY].pattern, 120, "ready")
             seconds = time.monotonic() - started
         if session is not None:
             session.close()
@@ -53,7 +53,7 @@ def guest_seconds(console_log: Path, start: str, end: str) -> float | None:
     """Kernel-timestamp seconds between two console lines of one boot."""
     times = {}
     for line in console_log.read_text(errors="replace").splitlines():
-        match = KERNEL_TIME.match(line)
+        match = KERNEL_TIMESTAMP.match(line)
         for name, text in (("start", start), ("end", end)):
             if text in line and match and name not in times:
                 times[name] = float(match.group(1))
@@ -80,7 +80,7 @@ def main() -> None:
         run_dir = result.run_dir
         print(f"\nhibernate-resume: {result.verdict.reason}, {result.seconds:.1f}s wall")
         for phase in json.loads((run_dir / "result.json").read_text())["phases"]:
-            print(f"  {phase['params']['params'][:40]:<40} {phase['seconds']:6.2f}s")
+            print(f"  {phase['label'][:40]:<40} {phase['seconds']:6.2f}s")
         hibernate = guest_seconds(run_dir / "console-boot1.log", "PM: hibernation: hibernation entry",
                                   "reboot: Power down")
         resume = guest_seconds(run_dir / "console-boot2.log", "Booting Linux", "PM: hibernation: hibernation exit")

@@ -30,11 +30,13 @@ from typing import Literal
 from lab.errors import LabError
 from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageStore
 from lab.judge.off2_contract import default_contract
-from lab.machine.accel import _HOST_TO_QEMU_ARCH, kvm_status
+from lab.machine.accel import kvm_status
+from lab.vocabulary import GUEST_ARCHES as ALL_GUEST_ARCHES
+from lab.vocabulary import host_arch
 
 Status = Literal["ok", "warn", "missing"]
 AREAS = ("host", "qemu", "accel", "system-off2", "gdbstub", "images", "python")
-GUEST_ARCHES = ("aarch64", "x86_64")
+GUEST_ARCHES = tuple(arch.qemu for arch in ALL_GUEST_ARCHES)
 OFF2_AWARE_VARIABLE = "LAB_QEMU_OFF2_AWARE"
 MIN_QEMU_MAJOR = 10
 VERSION_TIMEOUT = 10.0
@@ -100,11 +102,6 @@ def render(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def _host_arch() -> str:
-    machine = platform.machine()
-    return _HOST_TO_QEMU_ARCH.get(machine, machine)
-
-
 def _os_release() -> dict[str, str]:
     try:
         return platform.freedesktop_os_release()
@@ -113,7 +110,7 @@ def _os_release() -> dict[str, str]:
 
 
 def _host_finding() -> Finding:
-    host = _host_arch()
+    host = host_arch()
     system = _os_release().get("PRETTY_NAME", "unknown OS")
     kvm_node = "present" if Path("/dev/kvm").exists() else "absent"
     pairs = "; ".join(

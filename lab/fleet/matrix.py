@@ -8,7 +8,6 @@ starts, so that workers never race to build the same image.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import multiprocessing
@@ -33,21 +32,23 @@ from rich.markup import escape
 from rich.table import Table
 
 from lab.errors import LabError, SetupError, UsageError
+from lab.events import StepEnded, StepStarted
 from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageRecipe, ImageStore
+from lab.machine.process import set_parent_death_signal
 from lab.paths import load_schema
 from lab.report.html import write_matrix_report
 from lab.report.junit import write_matrix_junit
 from lab.report.terminal import TerminalReport
+from lab.rundir import RunDirectory, timestamp, unique_dir
 from lab.scenario.model import Scenario, find_scenario
-from lab.scenario.run import ARCHES, RunOptions, run_scenario, timestamp, unique_dir
+from lab.scenario.run import RunOptions, run_scenario
 from lab.scenario.yaml_file import read_yaml, schema_message
+from lab.vocabulary import guest_arch
 
 _SCHEMA = load_schema("matrix")
 DEFAULT_KERNEL = "default"
-OUTPUT_LOG = "output.log"
 INTERRUPTED_EXIT = 130
 STOP_GRACE_SECONDS = 60.0
-PR_SET_PDEATHSIG = 1
 _STOPPED_BY_SIGNAL = {-signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL}
 _PATTERN_HINTS = {"kernels": "is neither `default` nor a Debian kernel as linux-image-…=VERSION",
                   "name": "is not a name of lower-case letters, digits and dashes"}
@@ -125,7 +126,7 @@ def load_matrix(path: Path) -> Matrix:
             raise file.error(("scenarios", index), str(problem)) from None
         if any(known.name == scenario.name for known in scenarios):
             raise file.error(("scenarios", index), f"scenario {scenario.name} is listed twice")
-        if scenario.arches and ARCHES[arch] not in {ARCHES[known] for known in scenario.arches}:
+        if scenario.arches and guest_arch(arch) not in {guest_arch(known) for known in scenario.arches}:
             raise file.error(("scenarios", index),
                              f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only, not {arch}")
         scenarios.append(scenario)
@@ -153,7 +154,7 @@ def check_dimension(name: str, value: Any, given_as: str) -> None:
 
 def image_name(scenario: Scenario, arch: str) -> str:
     """The image recipe a cell boots; its kernel dimension replaces that image's kernel."""
-    return scenario.image or DEFAULT_IMAGE[ARCHES[arch]]
+    return scenario.image or DEFAULT_IMAGE[guest_arch(arch).debian]
 
 
 def prepare_image(name: str, kernel: str, log: Callable[[str], None]) -> GuestImage:
@@ -211,11 +212,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _run_cell(cell: Cell, options: RunOptions, parent: int) -> None:
     """A worker process: one cell's run; what `lab scenario` would print goes to the run's output.log."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    set_parent_death_signal(signal.SIGTERM)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     assert options.run_dir is not None
-    with (options.run_dir / OUTPUT_LOG).open("a") as log:
+    with RunDirectory(options.run_dir).output_log.open("a") as log:
         os.dup2(log.fileno(), sys.stdout.fileno())
         os.dup2(log.fileno(), sys.stderr.fileno())
     sys.stdout.reconfigure(line_buffering=True)
@@ -234,13 +235,6 @@ def _run_cell(cell: Cell, options: RunOptions, parent: int) -> None:
         sys.exit(INTERRUPTED_EXIT)
 
 
-def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _last_line(path: Path) -> str:
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -252,32 +246,24 @@ def _last_line(path: Path) -> str:
 def _settle(outcome: CellOutcome, exit_code: int | None) -> None:
     """Status and reason from the run's result.json, or from the worker's last words when it has none."""
     outcome.seconds = time.monotonic() - outcome.started
-    result = _load_json(outcome.run_dir / "result.json")
+    result = RunDirectory(outcome.run_dir).read_result()
     if exit_code == INTERRUPTED_EXIT or exit_code in _STOPPED_BY_SIGNAL:
         outcome.status, outcome.reason = "INTERRUPTED", "interrupted"
     elif result is not None and exit_code in (0, 1):
         outcome.status, outcome.reason = result["verdict"]["status"], result["verdict"]["reason"]
     else:
         outcome.status = "ERROR"
-        outcome.reason = (_last_line(outcome.run_dir / OUTPUT_LOG).removeprefix("lab: error: ")
+        outcome.reason = (_last_line(RunDirectory(outcome.run_dir).output_log).removeprefix("lab: error: ")
                           or f"worker exited with status {exit_code}")
 
 
 def _current_step(run_dir: Path) -> str:
     """The step a running cell is in, from the event stream its run writes."""
-    try:
-        lines = (run_dir / "events.jsonl").read_text().splitlines()
-    except OSError:
-        return "starting"
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record["kind"] == "step-start":
-            return record.get("params", {}).get("params") or record["step"]
-        if record["kind"] == "step-end":
-            return f"after {record['step']}"
+    for event in reversed(RunDirectory(run_dir).read_events()):
+        if isinstance(event, StepStarted):
+            return event.label
+        if isinstance(event, StepEnded):
+            return f"after {event.step}"
     return "starting"
 
 
@@ -367,7 +353,7 @@ def _write_results(result: MatrixResult, matrix: Matrix, workers: int, started: 
                "counts": dict(counts), "passed": result.passed,
                "cells": [outcome.to_json(clock) for outcome in result.outcomes]}
     (result.directory / "matrix.json").write_text(json.dumps(summary, indent=2) + "\n")
-    run_dirs = [outcome.run_dir for outcome in result.outcomes if outcome.run_dir.exists()]
+    run_dirs = [RunDirectory(outcome.run_dir) for outcome in result.outcomes if outcome.run_dir.exists()]
     write_matrix_junit(run_dirs, result.directory / "junit.xml")
     write_matrix_report(run_dirs, result.directory / "report.html")
 

@@ -94,7 +94,7 @@ def _settings(config: pytest.Config) -> LabSettings | None:
 def pytest_configure(config: pytest.Config) -> None:
     from lab.errors import LabError
     from lab.image.store import DEFAULT_IMAGE
-    from lab.scenario.run import ARCHES
+    from lab.vocabulary import guest_arch
 
     try:
         settings = _settings(config)
@@ -105,7 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if workerinput is not None:
             settings.images.update(workerinput[IMAGES_WORKERINPUT])
         elif not config.option.collectonly:
-            name = DEFAULT_IMAGE[ARCHES[settings.arch]]
+            name = DEFAULT_IMAGE[guest_arch(settings.arch).debian]
             for kernel in settings.dimensions.kernels:
                 print(f"lab: image {name} with kernel {kernel}")
                 settings.image_dir(name, kernel)
@@ -149,7 +149,7 @@ class ScenarioFile(pytest.File):
 
     def collect(self) -> list[ScenarioItem]:
         from lab.scenario.model import load_scenario
-        from lab.scenario.run import ARCHES
+        from lab.vocabulary import guest_arch
 
         settings = self.config.stash[_SETTINGS]
         scenario = load_scenario(self.path)
@@ -157,7 +157,7 @@ class ScenarioFile(pytest.File):
             return []
         cells = settings.dimensions.cells(scenario)
         items = [ScenarioItem.from_parent(self, name=cell.id, cell=cell) for cell in cells]
-        if scenario.arches and ARCHES[settings.arch] not in {ARCHES[arch] for arch in scenario.arches}:
+        if scenario.arches and guest_arch(settings.arch) not in {guest_arch(arch) for arch in scenario.arches}:
             for item in items:
                 item.add_marker(pytest.mark.skip(reason=f"{scenario.name} is for {', '.join(scenario.arches)} only"))
         return items
@@ -174,7 +174,7 @@ class ScenarioItem(pytest.Item):
         self.cell = cell
 
     def _run_dir(self, settings: LabSettings) -> Path:
-        from lab.scenario.run import timestamp, unique_dir
+        from lab.rundir import timestamp, unique_dir
 
         if settings.runs_dir is not None:
             return unique_dir(settings.runs_dir, f"{self.cell.dir_name}-{timestamp()}")

@@ -36,13 +36,12 @@ from lab.errors import SetupError, UsageError
 from lab.image import initramfs
 from lab.image.debian import PackageVersion, PrivateApt, sha256_file
 from lab.paths import IMAGES_DIR, cache_root, load_schema
+from lab.vocabulary import GUEST_ARCHES, guest_arch
 
 IMAGE_FORMAT = 1
 KERNEL_PACKAGE_PREFIXES = ("linux-image-", "linux-binary-", "linux-modules-")
-DEFAULT_IMAGE = {"arm64": "debian-arm64", "amd64": "debian-amd64"}
+DEFAULT_IMAGE = {arch.debian: f"debian-{arch.debian}" for arch in GUEST_ARCHES}
 _SCHEMA = load_schema("image-recipe")
-_QEMU_ARCH = {"arm64": "aarch64", "amd64": "x86_64"}
-_MULTIARCH = {"arm64": "aarch64-linux-gnu", "amd64": "x86_64-linux-gnu"}
 DROPBEAR = "usr/sbin/dropbear"
 DROPBEAR_HOST_KEY = "etc/dropbear/dropbear_ed25519_host_key"
 CLIENT_KEY = "ssh-client-key"
@@ -99,7 +98,7 @@ class ImageRecipe:
 
     @property
     def qemu_arch(self) -> str:
-        return _QEMU_ARCH[self.arch]
+        return guest_arch(self.arch).qemu
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ class GuestImage:
 
     @property
     def qemu_arch(self) -> str:
-        return _QEMU_ARCH[self.arch]
+        return guest_arch(self.arch).qemu
 
     @property
     def kernel(self) -> Path:
@@ -270,7 +269,8 @@ def program_closure(root: Path, program: str, arch: str) -> dict[str, bytes]:
     The loader also answers to its soname (libc.so.6 needs ld-linux-aarch64.so.1): it is taken
     once, where PT_INTERP names it.
     """
-    library_dirs = (f"usr/lib/{_MULTIARCH[arch]}", f"lib/{_MULTIARCH[arch]}", "usr/lib", "lib")
+    multiarch = guest_arch(arch).multiarch
+    library_dirs = (f"usr/lib/{multiarch}", f"lib/{multiarch}", "usr/lib", "lib")
     files: dict[str, bytes] = {}
     by_soname: dict[str, str] = {}
     pending = [(program.lstrip("/"), "the recipe")]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lab.machine.process import BootRecord
+from lab.rundir import BootRecord
 
 
 @dataclass
@@ -106,6 +106,16 @@ class Observations:
     checks: list[CheckRequest] = field(default_factory=list)
     commands: list[CommandObservation] = field(default_factory=list)
     disk_operations: list[DiskOperation] = field(default_factory=list)
+
+    def _lists(self) -> tuple[list[Any], ...]:
+        return self.boots, self.power_offs, self.checks, self.commands, self.disk_operations
+
+    def mark(self) -> tuple[int, ...]:
+        """Where the record stands now; `since(mark)` is what was observed after."""
+        return tuple(len(items) for items in self._lists())
+
+    def since(self, mark: tuple[int, ...]) -> Observations:
+        return Observations(*(items[count:] for items, count in zip(self._lists(), mark, strict=True)))
 
     def to_json(self) -> dict[str, Any]:
         def plain(item: Any) -> dict[str, Any]:

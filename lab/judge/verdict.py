@@ -15,8 +15,8 @@ from typing import Any
 from lab.judge.observations import Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
 from lab.judge.witnesses import Witness, collect_witnesses
+from lab.vocabulary import HIBERNATED, KERNEL_TROUBLE, PowerOffClass
 
-FORBIDDEN_EVERYWHERE = ("Kernel panic", "Oops", "BUG:", "Call trace")
 NOT_OBSERVABLE = ("OFF2 not observable with this QEMU: it reports SYSTEM_OFF2 like SYSTEM_OFF and no PSCI layer "
                   "ran; the hibernation itself is judged from the console and the disk")
 
@@ -78,20 +78,20 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
     witnesses = collect_witnesses(observation)
     seen = _by_name(witnesses)
     qmp, psci, console, disk = seen["vmm-qmp"], seen["vmm-psci"], seen["guest-console"], seen["disk"]
-    qmp_saw_off2 = qmp.consistent_with == ("hibernate-off2",)
-    psci_saw_off2 = psci.opinion and psci.consistent_with == ("hibernate-off2",)
+    qmp_saw_off2 = qmp.consistent_with == (PowerOffClass.HIBERNATE_OFF2,)
+    psci_saw_off2 = psci.opinion and psci.consistent_with == (PowerOffClass.HIBERNATE_OFF2,)
     off2_observable = psci.opinion or Off2Contract.parse(observation.off2_contract).observable
-    if qmp.consistent_with == ("hang",):
-        kind = "hang"
-    elif qmp.consistent_with == ("crash",) or console.facts["panic"]:
-        kind = "crash"
+    if qmp.consistent_with == (PowerOffClass.HANG,):
+        kind = PowerOffClass.HANG
+    elif qmp.consistent_with == (PowerOffClass.CRASH,) or console.facts["panic"]:
+        kind = PowerOffClass.CRASH
     elif disk.facts.get("image_present") or console.facts["image_saved"]:
         if qmp_saw_off2 or psci_saw_off2:
-            kind = "hibernate-off2"
+            kind = PowerOffClass.HIBERNATE_OFF2
         else:
-            kind = "hibernate-off" if off2_observable else "hibernate"
+            kind = PowerOffClass.HIBERNATE_OFF if off2_observable else PowerOffClass.HIBERNATE
     else:
-        kind = "poweroff"
+        kind = PowerOffClass.POWEROFF
     disagreements = [
         f"{w.name} is not consistent with {kind}: {w.explanation}"
         for w in witnesses if w.opinion and kind not in w.consistent_with
@@ -102,9 +102,9 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
 
 
 IMPLICIT_EXPECTATIONS = {
-    "hibernate": ("hibernate-off2", "hibernate-off", "hibernate"),
-    "poweroff": ("poweroff",),
-    "crash": ("crash",),
+    "hibernate": HIBERNATED,
+    "poweroff": (PowerOffClass.POWEROFF,),
+    "crash": (PowerOffClass.CRASH,),
 }
 """What a power-off step without `expect:` is held to: the class its intent obviously implies."""
 
@@ -197,18 +197,30 @@ def _console_health(observations: Observations, boot_consoles: dict[str, list[st
     for boot, lines in boot_consoles.items():
         if boot in crashed:
             continue
-        bad = [line.strip() for line in lines if any(word in line for word in FORBIDDEN_EVERYWHERE)]
+        bad = [line.strip() for line in lines if KERNEL_TROUBLE.search(line)]
         checks.append(Check(f"{boot} console healthy", not bad,
                             f"found: {bad[0]!r}" if bad else "no panic, Oops, BUG: or Call trace"))
     return checks
 
 
+def _expectation_checks(power_offs: list[PowerOffVerdict], observations: Observations) -> list[Check]:
+    return (_power_off_checks(power_offs, observations) + _boot_checks(observations)
+            + _evidence_checks(observations) + _command_checks(observations))
+
+
+def step_expectations(observations: Observations) -> list[Check]:
+    """The expectations of what one step observed, judged as the verdict will judge them.
+
+    The terminal marks a step ✗ from these while the run goes on, so its step lines and the
+    verdict never disagree.
+    """
+    return _expectation_checks([classify(p) for p in observations.power_offs], observations)
+
+
 def judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None) -> RunVerdict:
     """The run's verdict; `error` is why the run stopped early, if it did."""
     power_offs = [classify(p) for p in observations.power_offs]
-    checks = (_power_off_checks(power_offs, observations) + _boot_checks(observations)
-              + _evidence_checks(observations) + _command_checks(observations)
-              + _console_health(observations, boot_consoles))
+    checks = _expectation_checks(power_offs, observations) + _console_health(observations, boot_consoles)
     failed = [c for c in checks if not c.passed]
     if error is not None:
         sick = next((c for c in failed if c.name.endswith(" console healthy")), None)

@@ -7,31 +7,27 @@ disagree the disagreement is reported as a finding.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lab.judge.observations import PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
+from lab.rundir import read_console_file
+from lab.vocabulary import (
+    CONSOLE_PATTERNS,
+    HIBERNATED,
+    PSCI_SYSTEM_OFF,
+    SYSTEM_OFF2_IDS,
+    SYSTEM_RESET_IDS,
+    ConsoleMark,
+    PowerOffClass,
+)
 
-CLASSES = ("hibernate-off2", "hibernate-off", "hibernate", "poweroff", "crash", "hang")
-"""`hibernate`: an image was written, but no witness could see whether the power-off was SYSTEM_OFF2."""
-HIBERNATED = ("hibernate-off2", "hibernate-off", "hibernate")
+CLASSES = tuple(PowerOffClass)
 POWER_EVENTS = {"SHUTDOWN", "SUSPEND_DISK", "GUEST_PANICKED", "RESET", "POWERDOWN"}
 """QMP events that speak to how the guest went away (STOP/RESUME pairs from gdbstub traps do not)."""
-SYSTEM_OFF2_IDS = {0x84000015, 0xC4000015}
-SYSTEM_OFF_ID = 0x84000008
-SYSTEM_RESET_IDS = {0x84000009, 0x84000012, 0xC4000012}
-
-CONSOLE_MARKS = {
-    "hibernation_entry": re.compile(r"PM: hibernation: hibernation entry"),
-    "image_saved": re.compile(r"PM: Image saving done|PM: hibernation: Wrote \d+ kbytes"),
-    "power_down": re.compile(r"reboot: Power down|ACPI: PM: Preparing to enter system sleep state S[45]"),
-    "restarting": re.compile(r"reboot: Restarting system"),
-    "panic": re.compile(r"Kernel panic"),
-    "oops": re.compile(r"Internal error: Oops|\bOops\b|BUG:"),
-}
+CONSOLE_WITNESS_MARKS = (ConsoleMark.HIBERNATION_ENTRY, ConsoleMark.IMAGE_SAVED, ConsoleMark.POWER_DOWN,
+                         ConsoleMark.RESTARTING, ConsoleMark.PANIC, ConsoleMark.OOPS)
 
 
 @dataclass
@@ -51,13 +47,6 @@ class Witness:
             "consistent_with": list(self.consistent_with) if self.opinion else None,
             "explanation": self.explanation,
         }
-
-
-def read_console(path: Path) -> list[str]:
-    try:
-        return path.read_text(errors="replace").replace("\r", "").splitlines()
-    except OSError:
-        return []
 
 
 def _function_id(call: dict[str, Any]) -> int:
@@ -84,19 +73,19 @@ def qmp_witness(observation: PowerOffObservation) -> Witness:
                 for e in events if e["event"] in POWER_EVENTS]
     reasons = {e.get("data", {}).get("reason") for e in shutdowns}
     if not shutdowns and not panicked:
-        return Witness("vmm-qmp", facts, evidence, ("hang",),
+        return Witness("vmm-qmp", facts, evidence, (PowerOffClass.HANG,),
                        explanation="QEMU reported no shutdown before the lab stopped waiting")
     if panicked or reasons & {"guest-reset", "guest-panic"}:
-        return Witness("vmm-qmp", facts, evidence, ("crash",), explanation="the guest reset or panicked")
+        return Witness("vmm-qmp", facts, evidence, (PowerOffClass.CRASH,), explanation="the guest reset or panicked")
     contract = Off2Contract.parse(observation.off2_contract)
     facts["off2_contract"] = str(contract)
     if (signal := contract.seen(events)) is not None:
-        return Witness("vmm-qmp", facts, evidence, ("hibernate-off2",),
+        return Witness("vmm-qmp", facts, evidence, (PowerOffClass.HIBERNATE_OFF2,),
                        explanation=f"{signal['event']} reported a hibernate power-off (contract {contract})")
     if not contract.observable:
-        return Witness("vmm-qmp", facts, evidence, ("hibernate-off2", "hibernate-off", "hibernate", "poweroff"),
+        return Witness("vmm-qmp", facts, evidence, (*HIBERNATED, PowerOffClass.POWEROFF),
                        explanation="a guest-requested power-off; this QEMU reports SYSTEM_OFF2 like SYSTEM_OFF")
-    return Witness("vmm-qmp", facts, evidence, ("hibernate-off", "poweroff"),
+    return Witness("vmm-qmp", facts, evidence, (PowerOffClass.HIBERNATE_OFF, PowerOffClass.POWEROFF),
                    explanation=f"a plain guest power-off: nothing reported OFF2 under contract {contract}")
 
 
@@ -109,7 +98,7 @@ def psci_witness(observation: PowerOffObservation) -> Witness:
     off2 = [c for c in calls if _function_id(c) in SYSTEM_OFF2_IDS]
     off2_accepted = [c for c in off2 if c.get("action") == "power-off"]
     off2_refused = [c for c in off2 if c.get("action") != "power-off"]
-    plain_off = [c for c in calls if _function_id(c) == SYSTEM_OFF_ID]
+    plain_off = [c for c in calls if _function_id(c) == PSCI_SYSTEM_OFF]
     resets = [c for c in calls if _function_id(c) in SYSTEM_RESET_IDS]
     facts = {
         "active": True,
@@ -123,42 +112,43 @@ def psci_witness(observation: PowerOffObservation) -> Witness:
     evidence = [
         f"{c.get('name', hex(_function_id(c)))}({', '.join(str(a) for a in c.get('args', []))})"
         f" on vCPU {c.get('vcpu')} -> {c.get('action')} {c.get('response', '')}".rstrip()
-        for c in calls if _function_id(c) in SYSTEM_OFF2_IDS | {SYSTEM_OFF_ID} | SYSTEM_RESET_IDS
+        for c in calls if _function_id(c) in SYSTEM_OFF2_IDS | {PSCI_SYSTEM_OFF} | SYSTEM_RESET_IDS
     ]
     if off2_accepted:
-        return Witness("vmm-psci", facts, evidence, ("hibernate-off2",),
+        return Witness("vmm-psci", facts, evidence, (PowerOffClass.HIBERNATE_OFF2,),
                        explanation="the guest called SYSTEM_OFF2 and the VM powered off")
     if resets:
-        return Witness("vmm-psci", facts, evidence, ("crash",), explanation="the guest asked for a reset")
+        return Witness("vmm-psci", facts, evidence, (PowerOffClass.CRASH,), explanation="the guest asked for a reset")
     if plain_off:
         fallback = " after SYSTEM_OFF2 was refused" if off2_refused else ""
-        return Witness("vmm-psci", facts, evidence, ("hibernate-off", "poweroff"),
+        return Witness("vmm-psci", facts, evidence, (PowerOffClass.HIBERNATE_OFF, PowerOffClass.POWEROFF),
                        explanation=f"the guest powered off with plain SYSTEM_OFF{fallback}")
-    return Witness("vmm-psci", facts, evidence, ("crash", "hang"),
+    return Witness("vmm-psci", facts, evidence, (PowerOffClass.CRASH, PowerOffClass.HANG),
                    explanation="no PSCI power-off or reset call reached the VMM")
 
 
 def console_witness(observation: PowerOffObservation) -> Witness:
     """What the guest printed during this boot, read from QEMU's own console log (complete even
     where the lab's reader was not listening)."""
-    lines = read_console(observation.record.console_log)
+    lines = read_console_file(observation.record.console_log)
     facts: dict[str, Any] = {}
     evidence: list[str] = []
-    for mark, pattern in CONSOLE_MARKS.items():
-        hits = [line.strip() for line in lines if pattern.search(line)]
+    for mark in CONSOLE_WITNESS_MARKS:
+        hits = [line.strip() for line in lines if CONSOLE_PATTERNS[mark].search(line)]
         facts[mark] = bool(hits)
         evidence += hits[:2]
     if facts["panic"] or facts["oops"]:
-        return Witness("guest-console", facts, evidence, ("crash",), explanation="the kernel panicked or oopsed")
+        return Witness("guest-console", facts, evidence, (PowerOffClass.CRASH,),
+                       explanation="the kernel panicked or oopsed")
     if facts["image_saved"] and facts["power_down"]:
         return Witness("guest-console", facts, evidence, HIBERNATED,
                        explanation="the kernel saved a hibernation image and powered down")
     if facts["power_down"]:
-        return Witness("guest-console", facts, evidence, ("poweroff",),
+        return Witness("guest-console", facts, evidence, (PowerOffClass.POWEROFF,),
                        explanation="the kernel powered down without saving an image")
     if facts["restarting"]:
-        return Witness("guest-console", facts, evidence, ("crash",), explanation="the kernel restarted")
-    return Witness("guest-console", facts, evidence, ("hang", "crash"),
+        return Witness("guest-console", facts, evidence, (PowerOffClass.CRASH,), explanation="the kernel restarted")
+    return Witness("guest-console", facts, evidence, (PowerOffClass.HANG, PowerOffClass.CRASH),
                    explanation="the console never said the kernel powered down")
 
 
@@ -174,7 +164,7 @@ def disk_witness(observation: PowerOffObservation) -> Witness:
     if header.get("image_present"):
         return Witness("disk", facts, evidence, HIBERNATED,
                        explanation="the swap area holds a hibernation image (S1SUSPEND)")
-    return Witness("disk", facts, evidence, ("poweroff", "crash", "hang"),
+    return Witness("disk", facts, evidence, (PowerOffClass.POWEROFF, PowerOffClass.CRASH, PowerOffClass.HANG),
                    explanation="no hibernation image on the swap area")
 
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
-import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
 
 from lab.errors import UsageError
+from lab.vocabulary import host_arch
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 PROBE_SECONDS = 2.0
-_HOST_TO_QEMU_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class AccelChoice:
 
 def kvm_status(guest_arch: str) -> tuple[bool, str]:
     """Whether KVM can run `guest_arch` guests on this host, with the reason when it cannot."""
-    host = _HOST_TO_QEMU_ARCH.get(platform.machine(), platform.machine())
+    host = host_arch()
     if host != guest_arch:
         return False, f"host is {host}, guest is {guest_arch}: KVM needs the same arch"
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,14 @@ from lab.paths import cache_root
 from lab.psci.firmware import PsciPersonality
 from lab.psci.layer import PsciLayer
 from lab.psci.symbols import find_conduit_sites
-from lab.scenario.steps import GuestPsci
+
+
+@dataclass(frozen=True)
+class GuestPsci:
+    """How the PSCI v1.3 layer is attached to each boot of a TCG arm64 guest."""
+
+    personality: str
+    attach: Callable[[Machine, Path], PsciSession]
 
 
 class PsciSession:

@@ -19,16 +19,9 @@ from typing import Any
 
 from lab.errors import ChannelError, WaitTimeout
 from lab.machine.channels.gdbstub import AARCH64_PC, GdbError, GdbPeerClosed, GdbRemote, StopKind, StopReply
-from lab.psci.firmware import (
-    POWER_OFF_FUNCTION,
-    PsciAction,
-    PsciFirmware,
-    PsciPersonality,
-    function_name,
-    to_register,
-    to_signed,
-)
+from lab.psci.firmware import POWER_OFF_FUNCTION, PsciAction, PsciFirmware, PsciPersonality, to_register, to_signed
 from lab.psci.symbols import ConduitSites
+from lab.vocabulary import psci_function_name
 
 SIGTRAP = 5
 INSTRUCTION_BYTES = 4
@@ -52,7 +45,7 @@ class PsciCall:
 
     @property
     def name(self) -> str:
-        return function_name(self.function_id)
+        return psci_function_name(self.function_id)
 
     def as_record(self) -> dict[str, Any]:
         return {

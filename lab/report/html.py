@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from html import escape
@@ -18,18 +17,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from lab.judge.witnesses import SYSTEM_OFF2_IDS, read_console
+from lab.events import Event, QemuLaunched, StepEnded
+from lab.report.terminal import step_line
+from lab.rundir import RunDirectory
+from lab.vocabulary import CONSOLE_LABELS, KERNEL_TIMESTAMP, SYSTEM_OFF2_IDS, console_marks
 
-CONSOLE_MILESTONES = (
-    (re.compile(r"PM: hibernation: hibernation entry"), "hibernation entry"),
-    (re.compile(r"PM: Image saving done"), "image saved"),
-    (re.compile(r"reboot: Power down"), "Power down"),
-    (re.compile(r"PM: hibernation: hibernation exit"), "hibernation exit"),
-    (re.compile(r"hardware signature mismatch"), "hw signature mismatch"),
-    (re.compile(r"Kernel panic"), "Kernel panic"),
-    (re.compile(r"lab-init: ready"), "lab-init ready"),
-)
-KERNEL_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
 QUIET_QMP_EVENTS = {"STOP", "RESUME"}
 """Every gdbstub trap of the PSCI layer stops and resumes the VM; those pairs would bury the rest."""
 PSCI_POWER_PREFIXES = ("SYSTEM_OFF", "SYSTEM_RESET")
@@ -84,53 +76,25 @@ class Item:
     failed: bool = False
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a line cut short by a killed run is skipped, not fatal."""
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
-
-
-def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _boot_of(path: Path, prefix: str) -> str:
-    return path.stem.removeprefix(prefix)
-
-
-def _boot_starts(run_dir: Path, events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _boot_starts(run_dir: RunDirectory, events: list[Event]) -> dict[str, dict[str, Any]]:
     """Each boot's launch and exit in run seconds; `boot-*.json` is exact, the launch event a fallback."""
-    boots = {e["boot"]: {"launched_at": e["t"]} for e in events if e.get("kind") == "qemu-launched"}
-    for path in sorted(run_dir.glob("boot-*.json")):
-        record = _load_json(path)
+    boots = {e.boot: {"launched_at": e.t} for e in events if isinstance(e, QemuLaunched)}
+    for files in run_dir.boots():
+        record = files.read_record()
         if record is not None:
-            boots[_boot_of(path, "boot-")] = record
+            boots[files.name] = record
     return boots
 
 
-def _step_items(events: list[dict[str, Any]]) -> list[Item]:
-    starts: dict[tuple[str, str], float] = {}
+def _step_items(events: list[Event]) -> list[Item]:
     items = []
     for event in events:
-        label = event.get("params", {}).get("params") or event.get("step", "")
-        if event.get("kind") == "step-start":
-            starts[(event["step"], label)] = event["t"]
-        elif event.get("kind") == "step-end":
-            start = starts.pop((event["step"], label), event["t"] - event.get("seconds", 0))
-            status = event.get("status", "")
-            detail = f"{label}: {status} in {event.get('seconds', 0):.2f}s"
-            if event.get("error"):
-                detail += f" ({event['error']})"
-            color = ERROR_COLOR if status == "error" else STEP_COLORS.get(event["step"], LANE_COLORS["steps"])
-            items.append(Item("steps", start, event["t"], event["step"], detail, color=color, failed=status == "error"))
+        if isinstance(event, StepEnded):
+            met, shown = step_line(event)
+            detail = f"{event.label}: {'met its expectations' if met else 'missed: ' + shown} in {event.seconds:.2f}s"
+            color = ERROR_COLOR if not met else STEP_COLORS.get(event.step, LANE_COLORS["steps"])
+            items.append(Item("steps", event.t - event.seconds, event.t, event.step, detail, color=color,
+                              failed=not met))
     return items
 
 
@@ -145,18 +109,17 @@ def _qemu_items(boots: dict[str, dict[str, Any]], run_end: float) -> list[Item]:
     return items
 
 
-def _qmp_items(run_dir: Path) -> list[Item]:
+def _qmp_items(run_dir: RunDirectory) -> list[Item]:
     items = []
-    for path in sorted(run_dir.glob("qmp-*.jsonl")):
-        boot = _boot_of(path, "qmp-")
-        for record in _jsonl(path):
+    for files in run_dir.boots():
+        for record in files.read_qmp():
             event = record.get("event")
             if event in QUIET_QMP_EVENTS or "lab_seconds" not in record:
                 continue
             reason = (record.get("data") or {}).get("reason")
             label = f"{event} {reason}" if reason else str(event)
-            detail = f"{boot}: QMP {event} {json.dumps(record.get('data', {}))} at {record['lab_seconds']:.3f}s"
-            items.append(Item("QMP", record["lab_seconds"], None, label, detail, boot))
+            detail = f"{files.name}: QMP {event} {json.dumps(record.get('data', {}))} at {record['lab_seconds']:.3f}s"
+            items.append(Item("QMP", record["lab_seconds"], None, label, detail, files.name))
     return items
 
 
@@ -172,38 +135,36 @@ def _psci_label(call: dict[str, Any]) -> str | None:
     return None
 
 
-def _psci_items(run_dir: Path, boots: dict[str, dict[str, Any]]) -> list[Item]:
+def _psci_items(run_dir: RunDirectory, boots: dict[str, dict[str, Any]]) -> list[Item]:
     items = []
-    for path in sorted(run_dir.glob("psci-*.jsonl")):
-        boot = _boot_of(path, "psci-")
-        if boot not in boots:
+    for files in run_dir.boots():
+        if files.name not in boots:
             continue
-        for call in _jsonl(path):
+        for call in files.read_psci():
             label = _psci_label(call)
             if label is not None:
-                detail = (f"{boot}: {call.get('name')}({', '.join(call.get('args', []))}) on vCPU {call.get('vcpu')} "
-                          f"at guest +{call.get('seconds', 0):.3f}s: {call.get('action')} {call.get('response')}")
-                items.append(Item("PSCI", boots[boot]["launched_at"] + call.get("seconds", 0), None, label, detail,
-                                  boot))
+                detail = (f"{files.name}: {call.get('name')}({', '.join(call.get('args', []))}) on vCPU "
+                          f"{call.get('vcpu')} at guest +{call.get('seconds', 0):.3f}s: {call.get('action')} "
+                          f"{call.get('response')}")
+                items.append(Item("PSCI", boots[files.name]["launched_at"] + call.get("seconds", 0), None, label,
+                                  detail, files.name))
     return items
 
 
-def _console_items(run_dir: Path, boots: dict[str, dict[str, Any]]) -> list[Item]:
+def _console_items(run_dir: RunDirectory, boots: dict[str, dict[str, Any]]) -> list[Item]:
     """Milestones at launch + kernel time; a line without a timestamp takes the last one seen before it."""
     items = []
-    for path in sorted(run_dir.glob("console-*.log")):
-        boot = _boot_of(path, "console-")
-        if boot not in boots:
+    for files in run_dir.boots():
+        if files.name not in boots:
             continue
         kernel_seconds = 0.0
-        for line in read_console(path):
-            stamp = KERNEL_TIME.match(line)
+        for line in files.read_console():
+            stamp = KERNEL_TIMESTAMP.match(line)
             if stamp:
                 kernel_seconds = float(stamp.group(1))
-            for pattern, label in CONSOLE_MILESTONES:
-                if pattern.search(line):
-                    items.append(Item("console ≈", boots[boot]["launched_at"] + kernel_seconds, None, label,
-                                      f"{boot}: {line.strip()}", boot))
+            for mark in console_marks(line):
+                items.append(Item("console ≈", boots[files.name]["launched_at"] + kernel_seconds, None,
+                                  CONSOLE_LABELS[mark], f"{files.name}: {line.strip()}", files.name))
     return items
 
 
@@ -302,9 +263,9 @@ def _value(value: Any) -> str:
     return f"<code>{escape(text)}</code>"
 
 
-def _header(result: dict[str, Any] | None, run_dir: Path) -> str:
+def _header(result: dict[str, Any] | None, run_dir: RunDirectory) -> str:
     if result is None:
-        return (f"<header><h1>{escape(run_dir.name)}</h1><span class='badge INCOMPLETE'>INCOMPLETE</span>"
+        return (f"<header><h1>{escape(run_dir.path.name)}</h1><span class='badge INCOMPLETE'>INCOMPLETE</span>"
                 "<p class='reason'>no result.json: the run did not finish, so there is no verdict</p></header>")
     scenario, verdict = result["scenario"], result["verdict"]
     return (f"<header><h1>{escape(scenario['name'])} <span class='badge {escape(verdict['status'])}'>"
@@ -313,7 +274,7 @@ def _header(result: dict[str, Any] | None, run_dir: Path) -> str:
             f"<p class='muted'>{escape(scenario.get('description', ''))}</p>"
             f"<p class='small muted'>{result.get('seconds', 0):.1f}s · scenario file "
             f"<span class='mono'>{escape(scenario.get('path', ''))}</span> · run directory "
-            f"<span class='mono'>{escape(str(run_dir.resolve()))}</span></p></header>")
+            f"<span class='mono'>{escape(str(run_dir.path.resolve()))}</span></p></header>")
 
 
 def _environment(environment: dict[str, Any]) -> str:
@@ -335,10 +296,10 @@ def _environment(environment: dict[str, Any]) -> str:
     return f"<section><h2>Environment</h2>{_key_values(pairs)}</section>"
 
 
-def _timeline(run_dir: Path, result: dict[str, Any] | None) -> str:
-    events = _jsonl(run_dir / "events.jsonl") if (run_dir / "events.jsonl").exists() else []
+def _timeline(run_dir: RunDirectory, result: dict[str, Any] | None) -> str:
+    events = run_dir.read_events()
     boots = _boot_starts(run_dir, events)
-    run_end = max([float((result or {}).get("seconds", 0)), *(e.get("t", 0) for e in events)])
+    run_end = max([float((result or {}).get("seconds", 0)), *(e.t for e in events)])
     items = (_step_items(events) + _qemu_items(boots, run_end) + _qmp_items(run_dir) + _psci_items(run_dir, boots)
              + _console_items(run_dir, boots))
     span = max([run_end, 1.0, *(i.end or i.start for i in items)])
@@ -410,10 +371,10 @@ def _size(nbytes: int) -> str:
     return f"{size:.1f} GiB"
 
 
-def _files(run_dir: Path) -> str:
+def _files(run_dir: RunDirectory) -> str:
     rows = [(f"<a href='{escape(quote(path.name))}'>{escape(path.name)}</a>", _size(path.stat().st_size))
-            for path in sorted(run_dir.iterdir())
-            if path.is_file() and path.name != "report.html" and not path.name.endswith(".lab-lock")]
+            for path in sorted(run_dir.path.iterdir())
+            if path.is_file() and path != run_dir.html and not path.name.endswith(".lab-lock")]
     return f"<section><h2>Files</h2>{_table(('file', 'size'), rows)}</section>"
 
 
@@ -423,9 +384,9 @@ def _page(title: str, body: str) -> str:
             f"<body><main>{body}</main></body></html>\n")
 
 
-def write_html_report(run_dir: Path) -> Path:
+def write_html_report(run_dir: RunDirectory) -> Path:
     """Write `report.html` into the run directory; works on unfinished runs too (no verdict then)."""
-    result = _load_json(run_dir / "result.json")
+    result = run_dir.read_result()
     sections = [_header(result, run_dir)]
     if result is not None:
         sections.append(_environment(result.get("environment", {})))
@@ -433,22 +394,22 @@ def write_html_report(run_dir: Path) -> Path:
     if result is not None:
         sections += [_power_offs(result["verdict"]), _checks(result["verdict"])]
     sections.append(_files(run_dir))
-    title = f"{result['scenario']['name']}: {result['verdict']['status']}" if result else run_dir.name
-    path = run_dir / "report.html"
+    title = f"{result['scenario']['name']}: {result['verdict']['status']}" if result else run_dir.path.name
+    path = run_dir.html
     path.write_text(_page(title, "".join(sections)))
     return path
 
 
-def write_matrix_report(run_dirs: list[Path], out: Path) -> Path:
+def write_matrix_report(run_dirs: list[RunDirectory], out: Path) -> Path:
     """Write one summary page over several runs, linking each run's own report.html."""
     rows = []
     passed = 0
     for run_dir in run_dirs:
-        result = _load_json(run_dir / "result.json")
-        link = f"<a href='{escape(quote(os.path.relpath(run_dir / 'report.html', out.parent)))}'>report</a>"
-        scenario = (result or {}).get("scenario") or _load_json(run_dir / "scenario.json") or {}
+        result = run_dir.read_result()
+        link = f"<a href='{escape(quote(os.path.relpath(run_dir.html, out.parent)))}'>report</a>"
+        scenario = (result or {}).get("scenario") or run_dir.read_scenario() or {}
         named = (f"<b>{escape(scenario.get('name', '?'))}</b><br>"
-                 f"<span class='small muted mono'>{escape(run_dir.name)}</span>")
+                 f"<span class='small muted mono'>{escape(run_dir.path.name)}</span>")
         if result is None:
             rows.append((named, "", "", "", "<span class='badge INCOMPLETE'>INCOMPLETE</span>",
                          "no result.json: the run did not finish", "", link))

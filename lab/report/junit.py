@@ -7,28 +7,19 @@ even when the few checks it got to all passed.
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from lab.rundir import RunDirectory
+
 RUN_TESTCASE = "run verdict"
 
 
-def _load_result(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "result.json").read_text())
-    except FileNotFoundError:
-        return None
-
-
-def _scenario_name(run_dir: Path, result: dict[str, Any] | None) -> str:
+def _scenario_name(run_dir: RunDirectory, result: dict[str, Any] | None) -> str:
     if result is not None:
         return result["scenario"]["name"]
-    try:
-        return json.loads((run_dir / "scenario.json").read_text())["name"]
-    except (OSError, ValueError, KeyError):
-        return run_dir.name
+    return (run_dir.read_scenario() or {}).get("name", run_dir.path.name)
 
 
 def _testcase(suite: ET.Element, classname: str, name: str, seconds: float, failure: str | None) -> None:
@@ -50,9 +41,9 @@ def _properties(suite: ET.Element, environment: dict[str, Any]) -> None:
             ET.SubElement(properties, "property", name=name, value=str(value))
 
 
-def run_suite(run_dir: Path) -> ET.Element:
+def run_suite(run_dir: RunDirectory) -> ET.Element:
     """One `testsuite` element for one run directory, with or without a `result.json`."""
-    result = _load_result(run_dir)
+    result = run_dir.read_result()
     scenario = _scenario_name(run_dir, result)
     suite = ET.Element("testsuite", name=scenario)
     if result is None:
@@ -71,7 +62,7 @@ def run_suite(run_dir: Path) -> ET.Element:
     suite.set("errors", "0")
     suite.set("skipped", "0")
     suite.set("time", f"{seconds:.3f}")
-    ET.SubElement(suite, "system-out").text = f"run directory: {run_dir.resolve()}"
+    ET.SubElement(suite, "system-out").text = f"run directory: {run_dir.path.resolve()}"
     return suite
 
 
@@ -81,12 +72,12 @@ def _write(root: ET.Element, out: Path) -> Path:
     return out
 
 
-def write_junit(run_dir: Path) -> Path:
+def write_junit(run_dir: RunDirectory) -> Path:
     """Write `junit.xml` into the run directory: one test suite, one test case per check plus the run's."""
-    return _write(run_suite(run_dir), run_dir / "junit.xml")
+    return _write(run_suite(run_dir), run_dir.junit)
 
 
-def write_matrix_junit(run_dirs: list[Path], out: Path) -> Path:
+def write_matrix_junit(run_dirs: list[RunDirectory], out: Path) -> Path:
     """Write one `testsuites` document with a test suite per run, for a matrix of runs in one CI job."""
     root = ET.Element("testsuites", name="hibernation lab")
     suites = [run_suite(run_dir) for run_dir in run_dirs]

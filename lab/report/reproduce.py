@@ -1,26 +1,27 @@
 """`reproduce.sh`: a run's QEMU invocations as a shell script anyone can replay by hand.
 
-The script replays QEMU exactly as the lab launched it, on the same kernel and initramfs
-(checked by sha256) and on a blank swap disk like the one the run started with; what it
-cannot replay (the lab's typed commands, the PSCI layer's gdbstub answers) it says so.
+Each boot's command is rebuilt from the machine spec the lab launched it from
+(`machine-NAME.json`), with its sockets and swap disk moved into a fresh directory and the
+serial console on the terminal. It runs the same kernel and initramfs (checked by sha256) on a
+blank swap disk like the one the run started with; what it cannot replay (the lab's typed
+commands, the PSCI layer's gdbstub answers) it says so.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import re
+import dataclasses
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.errors import SetupError
+from lab.events import QemuLaunched, StepEnded, StepStarted
+from lab.machine.spec import Disk, MachineSpec
+from lab.rundir import BootFiles, RunDirectory
 
-SOCKET_DIR = re.compile(r"[^,=:\s]*/lab-sock-\w+")
-"""The private socket directory `Machine` makes with mkdtemp, wherever the temp dir was."""
-WORK = "\0"
-"""Stands for the replay's temporary directory until the word is quoted for the shell."""
+WORK = Path("/\0work")
+"""Stands for the replay's temporary directory until the words are quoted for the shell."""
 DRY_RUN_ENV = "LAB_REPRODUCE_DRY_RUN"
 
 
@@ -29,104 +30,72 @@ class Boot:
     """One recorded QEMU launch and what the lab did with it."""
 
     name: str
-    argv: list[str]
+    spec: MachineSpec
     steps: list[str]
     ending: str
 
 
-def _boot_number(path: Path) -> int:
-    digits = re.search(r"(\d+)$", path.stem)
-    return int(digits.group(1)) if digits else 0
-
-
-def _steps_per_boot(run_dir: Path) -> dict[str, list[str]]:
+def _steps_per_boot(run_dir: RunDirectory) -> dict[str, list[str]]:
     """Steps the lab ran from each QEMU launch until the next one (the boot step itself included)."""
     groups: dict[str, list[str]] = {"": []}
     current: list[str] = groups[""]
     open_step: str | None = None
-    events = run_dir / "events.jsonl"
-    lines = events.read_text().splitlines() if events.exists() else []
-    for record in map(json.loads, lines):
-        if record["kind"] == "step-start":
-            open_step = record.get("params", {}).get("params") or record["step"]
+    for event in run_dir.read_events():
+        if isinstance(event, StepStarted):
+            open_step = event.label
             current.append(open_step)
-        elif record["kind"] == "step-end":
+        elif isinstance(event, StepEnded):
             open_step = None
-        elif record["kind"] == "qemu-launched":
+        elif isinstance(event, QemuLaunched):
             launching = [current.pop()] if open_step is not None and current and current[-1] == open_step else []
-            current = groups.setdefault(record["boot"], launching)
+            current = groups.setdefault(event.boot, launching)
     return groups
 
 
-def _ending(run_dir: Path, name: str) -> str:
-    try:
-        record = json.loads((run_dir / f"boot-{name}.json").read_text())
-    except (OSError, ValueError):
+def _ending(files: BootFiles) -> str:
+    record = files.read_record()
+    if record is None:
         return "unknown"
     if record.get("killed_by_lab"):
         return "was stopped by the lab"
     return f"exited with status {record.get('exit_code', 'unknown')}"
 
 
-def _boots(run_dir: Path) -> list[Boot]:
+def _boots(run_dir: RunDirectory) -> list[Boot]:
     steps = _steps_per_boot(run_dir)
     boots = []
-    for cmdline in sorted(run_dir.glob("qemu-*.cmdline"), key=_boot_number):
-        name = cmdline.stem.removeprefix("qemu-")
-        boots.append(Boot(name, shlex.split(cmdline.read_text()), steps.get(name, []), _ending(run_dir, name)))
+    for files in run_dir.boots():
+        saved = files.read_machine()
+        if saved is not None:
+            boots.append(Boot(files.name, MachineSpec.from_json(saved), steps.get(files.name, []), _ending(files)))
     return boots
 
 
-def _option_values(argv: list[str], option: str) -> list[str]:
-    return [value for flag, value in itertools.pairwise(argv) if flag == option]
-
-
-def _disk_paths(argv: list[str]) -> list[str]:
-    paths = []
-    for value in _option_values(argv, "-blockdev"):
-        fields = dict(field.split("=", 1) for field in value.split(",") if "=" in field)
-        if fields.get("driver") == "file" and "filename" in fields:
-            paths.append(fields["filename"])
-    return paths
-
-
-def _disk_size(run_dir: Path, recorded: str, image_dir: str | None) -> int:
+def _disk_size(run_dir: RunDirectory, disk: Disk, image_dir: str | None) -> int:
     """The run's disk keeps its size whatever the lab wrote into it (also where the run first had it);
     the image's blank template has that size too."""
-    name = Path(recorded).name
-    candidates = [run_dir / name, Path(recorded), *([Path(image_dir) / name] if image_dir else [])]
+    name = disk.path.name
+    candidates = [run_dir.path / name, disk.path, *([Path(image_dir) / name] if image_dir else [])]
     for candidate in candidates:
         if candidate.exists():
             return candidate.stat().st_size
     raise SetupError(f"cannot tell the size of disk {name}: none of {', '.join(map(str, candidates))} exists")
 
 
-def _shell_word(arg: str, disks: dict[str, str]) -> str:
-    """Quote one argument for bash, with the socket directory and the disks moved into "$work"."""
-    moved = SOCKET_DIR.sub(WORK, arg)
-    for recorded, name in disks.items():
-        moved = moved.replace(recorded, f"{WORK}/{name}")
-    return '"$work"'.join(shlex.quote(piece) if piece else "" for piece in moved.split(WORK))
+def _replay_spec(spec: MachineSpec) -> MachineSpec:
+    """The spec with its disks moved into the replay directory."""
+    return dataclasses.replace(spec, disks=tuple(Disk(WORK / d.path.name, d.format) for d in spec.disks))
 
 
-def _replay_words(argv: list[str], disks: dict[str, str]) -> list[str]:
-    """The argv as bash words: `-S` becomes optional, the serial console moves to the terminal."""
-    serial_ids = {value.removeprefix("chardev:") for value in _option_values(argv, "-serial")}
-    words: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg == "-S":
-            words.append('"${pause[@]}"')
-        elif arg == "-chardev":
-            value = next(args)
-            if not serial_ids.intersection(field.removeprefix("id=") for field in value.split(",")[1:]):
-                words += ["-chardev", _shell_word(value, disks)]
-        elif arg == "-serial":
-            next(args)
-            words += ["-serial", "mon:stdio"]
-        else:
-            words.append(_shell_word(arg, disks))
-    return words
+def _shell_word(arg: str) -> str:
+    """Quote one argument for bash, with the replay directory as "$work"."""
+    return '"$work"'.join(shlex.quote(piece) if piece else "" for piece in arg.split(str(WORK)))
+
+
+def _replay_words(spec: MachineSpec) -> list[str]:
+    """The replay's argv as bash words: the serial console on the terminal, `-S` only with --paused."""
+    argv = _replay_spec(spec).command(WORK, console_log=None, paused=False)
+    return [_shell_word(argv[0]), '"${pause[@]}"', *(_shell_word(arg) for arg in argv[1:])]
 
 
 def _option_lines(words: list[str]) -> list[str]:
@@ -149,7 +118,7 @@ def _rerun_command(result: dict[str, Any], boots: list[Boot]) -> str:
     if environment.get("psci_personality"):
         words += ["--psci", environment["psci_personality"]]
     if boots:
-        words += ["--qemu", boots[0].argv[0]]
+        words += ["--qemu", boots[0].spec.qemu_binary]
     return shlex.join(words)
 
 
@@ -221,12 +190,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _script(run_dir: Path, result: dict[str, Any], boots: list[Boot]) -> str:
+def _script(run_dir: RunDirectory, result: dict[str, Any], boots: list[Boot]) -> str:
     environment = result.get("environment", {})
     image = environment.get("image", {})
     verdict = result.get("verdict", {})
     described = {
-        "run": str(run_dir.resolve()), "scenario": result.get("scenario", {}).get("name", "unknown"),
+        "run": str(run_dir.path.resolve()), "scenario": result.get("scenario", {}).get("name", "unknown"),
         "image": f"{image.get('name', 'unknown')} ({image.get('kernel_release', 'unknown release')})",
         "accel": environment.get("accel", "unknown"), "psci": environment.get("psci_personality") or "none",
         "verdict": f"{verdict.get('status', 'unknown')}: {verdict.get('reason', 'no result.json')}",
@@ -234,15 +203,14 @@ def _script(run_dir: Path, result: dict[str, Any], boots: list[Boot]) -> str:
     }
     lines = [HEADER.format(dry_run=DRY_RUN_ENV, **{key: _one_line(value) for key, value in described.items()})]
     outputs = image.get("outputs", {})
-    inputs = dict.fromkeys(path for boot in boots for option in ("-kernel", "-initrd")
-                           for path in _option_values(boot.argv, option))
+    inputs = dict.fromkeys(str(path) for boot in boots for path in (boot.spec.kernel, boot.spec.initrd) if path)
     lines += [f"check_input {shlex.quote(path)} {shlex.quote(outputs.get(Path(path).name, ''))}" for path in inputs]
-    disks = {path: Path(path).name for boot in boots for path in _disk_paths(boot.argv)}
+    disks = {disk.path.name: disk for boot in boots for disk in boot.spec.disks}
     lines += ['', 'work=$(mktemp -d "${TMPDIR:-/tmp}/lab-reproduce.XXXXXX")',
               f'if [[ "${{{DRY_RUN_ENV}:-0}}" == 1 ]]; then trap \'rm -rf "$work"\' EXIT; fi',
               'echo "reproduce.sh: replaying in $work (QMP socket: $work/qmp.sock)" >&2']
-    for recorded, name in disks.items():
-        size = _disk_size(run_dir, recorded, image.get("path"))
+    for name, disk in disks.items():
+        size = _disk_size(run_dir, disk, image.get("path"))
         lines.append(f'run truncate -s {size} "$work"/{shlex.quote(name)}')
     if not boots:
         lines.append('echo "reproduce.sh: the run launched no QEMU; nothing to replay" >&2')
@@ -250,15 +218,13 @@ def _script(run_dir: Path, result: dict[str, Any], boots: list[Boot]) -> str:
         steps = _one_line("; ".join(boot.steps) or "nothing")
         lines += ["", f"# {boot.name}: in the run, the lab then ran: {steps}", f"# and QEMU {boot.ending}.",
                   "printf '%s\\n' " + shlex.quote(f"reproduce.sh: {boot.name} (the lab ran: {steps})") + " >&2",
-                  "run " + " \\\n    ".join(_option_lines(_replay_words(boot.argv, disks)))]
+                  "run " + " \\\n    ".join(_option_lines(_replay_words(boot.spec)))]
     return "\n".join(lines) + "\n"
 
 
-def write_reproducer(run_dir: Path) -> Path:
+def write_reproducer(run_dir: RunDirectory) -> Path:
     """Write an executable `reproduce.sh` into the run directory that replays the run's QEMU boots."""
-    result_path = run_dir / "result.json"
-    result = json.loads(result_path.read_text()) if result_path.exists() else {}
-    path = run_dir / "reproduce.sh"
-    path.write_text(_script(run_dir, result, _boots(run_dir)))
+    path = run_dir.reproducer
+    path.write_text(_script(run_dir, run_dir.read_result() or {}, _boots(run_dir)))
     path.chmod(0o755)
     return path

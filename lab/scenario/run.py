@@ -1,39 +1,37 @@
-"""One scenario run, start to finish: run directory, steps, verdict, report.
+"""One scenario run, start to finish: run directory, guest, steps, verdict, artifacts.
 
-This is the only place where the side that drives QEMU (steps) and the side that judges
-(witnesses, verdict) meet, and they meet through recorded observations only.
+Driving (the guest and its steps) and judging (witnesses, verdict) meet through recorded
+observations only: the verdict never sees a machine or a channel, just what they left.
 """
 
 from __future__ import annotations
 
-import json
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lab import __version__
 from lab.errors import LabError, SetupError, UsageError
-from lab.events import EventLog, Listener
+from lab.events import EventLog, Listener, RunEnded, RunStarted
 from lab.image.debian import sha256_file
 from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageRecipe, ImageStore
 from lab.judge.off2_contract import default_contract
 from lab.judge.verdict import RunVerdict, judge
-from lab.judge.witnesses import read_console
 from lab.machine.accel import choose_accel
-from lab.psci.attach import psci_attacher
+from lab.machine.qemu import qemu_version
+from lab.psci.attach import GuestPsci, psci_attacher
 from lab.report.html import write_html_report
 from lab.report.junit import write_junit
 from lab.report.reproduce import write_reproducer
-from lab.report.terminal import write_result
+from lab.report.result import write_result
+from lab.rundir import RunDirectory, timestamp
+from lab.scenario.guest import Guest
 from lab.scenario.model import Scenario
-from lab.scenario.steps import GuestPsci, RunContext, run_steps
-
-ARCHES = {"arm64": "arm64", "aarch64": "arm64", "x86_64": "amd64", "amd64": "amd64"}
+from lab.scenario.steps import RunContext, run_steps
+from lab.vocabulary import guest_arch
 
 
 @dataclass(frozen=True)
@@ -63,22 +61,9 @@ class RunResult:
     seconds: float
 
 
-def qemu_version(binary: str) -> str:
-    try:
-        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
-    except OSError:
-        return "unknown"
-    return done.stdout.splitlines()[0] if done.stdout else "unknown"
-
-
 def find_image(scenario: Scenario, options: RunOptions, log: Callable[[str], None] = print) -> GuestImage:
     """The image to boot: the default (or named) one, one with a bug report's kernel, plus overrides."""
-    arch = ARCHES.get(options.arch)
-    if arch is None:
-        raise SetupError(f"unknown arch {options.arch!r} (use arm64 or x86_64)")
-    name = options.image or scenario.image or DEFAULT_IMAGE.get(arch)
-    if name is None:
-        raise SetupError(f"no default image for {arch} yet")
+    name = options.image or scenario.image or DEFAULT_IMAGE[guest_arch(options.arch).debian]
     kernel_is_deb = options.kernel is not None and options.kernel.suffix == ".deb"
     if "/" in name:
         if not Path(name).is_dir():
@@ -105,66 +90,52 @@ def psci_for(scenario: Scenario, options: RunOptions, image: GuestImage, accel: 
     return psci_attacher(options.psci or scenario.psci, image, options.system_map)
 
 
-def timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-
-
-def unique_dir(root: Path, stem: str) -> Path:
-    """A new directory `root/stem` (or `stem-N`), never one another run already uses."""
-    for attempt in range(100):
-        candidate = root / (stem + (f"-{attempt}" if attempt else ""))
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            continue
-    raise SetupError(f"cannot create a directory {stem} under {root}")
-
-
-def write_artifacts(run_dir: Path) -> None:
+def write_artifacts(run_dir: RunDirectory) -> None:
     """JUnit, the HTML report and reproduce.sh, from what the run directory holds."""
     write_junit(run_dir)
     write_html_report(run_dir)
     try:
         write_reproducer(run_dir)
     except SetupError as error:
-        (run_dir / "reproduce.missing").write_text(f"no reproduce.sh: {error}\n")
+        run_dir.reproducer_missing.write_text(f"no reproduce.sh: {error}\n")
 
 
 def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
     started = time.monotonic()
-    guest_arch = ARCHES.get(options.arch)
-    if scenario.arches and guest_arch is not None and guest_arch not in {ARCHES[a] for a in scenario.arches}:
+    arch = guest_arch(options.arch)
+    if scenario.arches and arch not in {guest_arch(a) for a in scenario.arches}:
         raise UsageError(f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only")
     image = find_image(scenario, options)
     contract = default_contract(image.qemu_arch, options.off2_contract)
     accel = choose_accel(image.qemu_arch, options.accel)
-    run_dir = options.run_dir or unique_dir(options.runs_root, f"{timestamp()}-{scenario.name}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    events = EventLog(run_dir / "events.jsonl", started)
+    run_dir = RunDirectory(options.run_dir) if options.run_dir else RunDirectory.create(
+        options.runs_root, f"{timestamp()}-{scenario.name}")
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    events = EventLog(run_dir.events, started)
     events.listeners.extend(listeners)
-    (run_dir / "scenario.json").write_text(json.dumps(scenario.source, indent=2) + "\n")
+    run_dir.write_scenario(scenario.source)
     psci = psci_for(scenario, options, image, accel.name)
-    ctx = RunContext(scenario=scenario, image=image, run_dir=run_dir, events=events,
-                     accel=accel.name, qemu=options.qemu, psci=psci, off2_contract=str(contract))
-    events.emit("run-start", scenario=scenario.name, image=image.name, accel=accel.name,
+    guest = Guest(image, run_dir, events, accel.name, options.qemu, psci, scenario.memory_mib, scenario.cpus)
+    ctx = RunContext(scenario=scenario, guest=guest, events=events, off2_contract=str(contract))
+    events.emit(RunStarted, scenario=scenario.name, image=image.name, accel=accel.name,
                 accel_reason=accel.reason, psci=psci.personality if psci else None)
     error: str | None = None
     try:
-        ctx.prepare_disk(options.disk)
+        guest.prepare_disk(options.disk)
         run_steps(ctx, scenario.steps)
     except LabError as failure:
         error = str(failure)
     except KeyboardInterrupt:
         error = "interrupted"
     finally:
-        ctx.close_machine()
-    consoles = {p.stem.removeprefix("console-"): read_console(p) for p in sorted(run_dir.glob("console-*.log"))}
+        guest.close()
+    consoles = {boot.name: boot.read_console() for boot in run_dir.boots()}
     verdict = judge(ctx.observations, consoles, error)
     seconds = time.monotonic() - started
+    spec = guest.spec()
     environment: dict[str, Any] = {
         "lab": __version__,
-        "qemu": qemu_version(ctx.spec().qemu_binary),
+        "qemu": qemu_version(spec.qemu_binary),
         "host": f"{platform.system()} {platform.machine()} {platform.release()}",
         "accel": accel.name,
         "accel_reason": accel.reason,
@@ -175,11 +146,12 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
                   "inputs": image.manifest.get("inputs", []), "outputs": image.manifest.get("outputs", {})},
         "boot_inputs": image.boot_inputs(),
         "disk_input": {"path": str(options.disk), "sha256": sha256_file(options.disk)} if options.disk else None,
-        "kernel_append": ctx.spec().append,
+        "kernel_append": spec.append,
     }
-    write_result(run_dir, scenario, verdict, ctx.observations, events, environment, seconds)
-    events.emit("run-end", status="PASS" if verdict.passed else "FAIL", reason=verdict.reason)
+    described = {"name": scenario.name, "path": str(scenario.path), "description": scenario.description}
+    write_result(run_dir, described, verdict, ctx.observations, events.steps_ended(), environment, seconds)
+    events.emit(RunEnded, status="PASS" if verdict.passed else "FAIL", reason=verdict.reason)
     write_artifacts(run_dir)
     if error == "interrupted":
         raise KeyboardInterrupt
-    return RunResult(run_dir, verdict, seconds)
+    return RunResult(run_dir.path, verdict, seconds)

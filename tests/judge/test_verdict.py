@@ -10,7 +10,7 @@ from lab.errors import UsageError
 from lab.judge.observations import BootObservation, Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
 from lab.judge.verdict import classify, judge
-from lab.machine.process import BootRecord
+from lab.rundir import BootRecord
 
 HIBERNATE_CONSOLE = """\
 [    4.09] PM: hibernation: hibernation entry

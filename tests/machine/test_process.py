@@ -10,7 +10,9 @@ import pytest
 
 from lab.disk.lock import DiskBusy, DiskLock
 from lab.errors import MachineError
-from lab.machine.process import Disk, Machine, MachineSpec
+from lab.machine.process import Machine
+from lab.machine.spec import Disk, MachineSpec
+from lab.rundir import RunDirectory
 
 
 def _spec(tmp_path: Path, **changes) -> MachineSpec:
@@ -36,7 +38,7 @@ def test_command_line_is_a_list_built_from_settings(tmp_path):
 
 def test_qemu_that_fails_to_start_raises_with_its_output(tmp_path):
     spec = _spec(tmp_path, memory_mib=10**9)
-    machine = Machine(spec, tmp_path, "boot1", time.monotonic())
+    machine = Machine(spec, RunDirectory(tmp_path).boot("boot1"), time.monotonic())
     with pytest.raises(MachineError) as caught, machine:
         machine.launch(timeout=15)
     assert "QEMU exited with status 1 at start" in str(caught.value)
@@ -49,7 +51,7 @@ def test_close_reaps_a_running_qemu_and_releases_the_disk(tmp_path, default_imag
     disk.write_bytes(b"\0" * (1 << 20))
     spec = MachineSpec(arch="aarch64", kernel=default_image.kernel, initrd=default_image.initramfs,
                        append=default_image.kernel_append, disks=(Disk(disk),))
-    with Machine(spec, tmp_path, "boot1", time.monotonic()) as machine:
+    with Machine(spec, RunDirectory(tmp_path).boot("boot1"), time.monotonic()) as machine:
         machine.launch()
         pid = machine._process.pid
         assert machine.qmp.execute("query-status")["status"] == "prelaunch"

@@ -19,22 +19,13 @@ from pathlib import Path
 import pytest
 
 from lab.deadline import wait_until
-from lab.machine.process import Machine, MachineSpec
-from lab.psci.firmware import (
-    HIBERNATE_OFF,
-    INTERNAL_FAILURE,
-    INVALID_PARAMS,
-    PSCI_FEATURES,
-    PSCI_SYSTEM_OFF2,
-    PSCI_SYSTEM_OFF2_64,
-    PSCI_VERSION,
-    VERSION_1_3,
-    PsciAction,
-    PsciPersonality,
-    to_signed,
-)
+from lab.machine.process import Machine
+from lab.machine.spec import MachineSpec
+from lab.psci.firmware import INTERNAL_FAILURE, INVALID_PARAMS, VERSION_1_3, PsciAction, PsciPersonality, to_signed
 from lab.psci.layer import PsciLayer
 from lab.psci.symbols import INSN_HVC_0, ConduitSites
+from lab.rundir import RunDirectory
+from lab.vocabulary import HIBERNATE_OFF, PSCI_FEATURES, PSCI_SYSTEM_OFF2, PSCI_SYSTEM_OFF2_64, PSCI_VERSION
 
 pytestmark = [
     pytest.mark.guest,
@@ -163,7 +154,7 @@ def bare_metal(tmp_path: Path, calls: list[Call], personality: PsciPersonality) 
     spec = MachineSpec(arch="aarch64", kernel=image, initrd=None, append="", memory_mib=256, cpus=1,
                        gdbstub=True, keep_after_shutdown=True)
     sites = ConduitSites(kernel_sha256="", hvc=LOAD_ADDRESS + CONDUIT_OFFSET, smc=None)
-    with Machine(spec, tmp_path, "selftest", time.monotonic()) as machine:
+    with Machine(spec, RunDirectory(tmp_path).boot("selftest"), time.monotonic()) as machine:
         machine.launch()
         layer = PsciLayer(machine.gdb_socket, sites, personality, tmp_path / "calls.jsonl")
         try:

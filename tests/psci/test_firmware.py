@@ -5,26 +5,27 @@ from __future__ import annotations
 import pytest
 
 from lab.psci.firmware import (
-    HIBERNATE_OFF,
     INTERNAL_FAILURE,
     INVALID_PARAMS,
     PASS_THROUGH,
     POWER_OFF,
+    VERSION_1_3,
+    PsciAction,
+    PsciFirmware,
+    PsciPersonality,
+    PsciResponse,
+    to_register,
+    to_signed,
+)
+from lab.vocabulary import (
+    HIBERNATE_OFF,
     PSCI_CPU_ON_64,
     PSCI_FEATURES,
     PSCI_SYSTEM_OFF,
     PSCI_SYSTEM_OFF2,
     PSCI_SYSTEM_OFF2_64,
     PSCI_VERSION,
-    VERSION_1_3,
-    PsciAction,
-    PsciFirmware,
-    PsciPersonality,
-    PsciResponse,
-    function_name,
-    is_psci,
-    to_register,
-    to_signed,
+    psci_function_name,
 )
 
 OFF2_IDS = [PSCI_SYSTEM_OFF2, PSCI_SYSTEM_OFF2_64]
@@ -165,7 +166,5 @@ def test_register_conversions() -> None:
 
 
 def test_names() -> None:
-    assert function_name(PSCI_SYSTEM_OFF2_64) == "SYSTEM_OFF2_64"
-    assert function_name(0x84000099) == "0x84000099"
-    assert is_psci(PSCI_SYSTEM_OFF2) and is_psci(PSCI_SYSTEM_OFF2_64)
-    assert not is_psci(0x80000000)
+    assert psci_function_name(PSCI_SYSTEM_OFF2_64) == "SYSTEM_OFF2_64"
+    assert psci_function_name(0x84000099) == "0x84000099"

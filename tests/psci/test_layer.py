@@ -18,10 +18,13 @@ import pytest
 
 from lab.image.store import GuestImage
 from lab.machine.channels.shell import GuestShell
-from lab.machine.process import Disk, Machine, MachineSpec
-from lab.psci.firmware import PSCI_SYSTEM_OFF, PSCI_VERSION, SYSTEM_OFF2_IDS, PsciAction, PsciPersonality
+from lab.machine.process import Machine
+from lab.machine.spec import Disk, MachineSpec
+from lab.psci.firmware import PsciAction, PsciPersonality
 from lab.psci.layer import PsciLayer
 from lab.psci.symbols import ConduitSites, find_conduit_sites
+from lab.rundir import RunDirectory
+from lab.vocabulary import PSCI_SYSTEM_OFF, PSCI_VERSION, SYSTEM_OFF2_IDS
 
 pytestmark = pytest.mark.guest
 
@@ -53,7 +56,7 @@ def booted(tmp_path: Path, image: GuestImage, sites: ConduitSites, personality: 
     spec = MachineSpec(arch="aarch64", kernel=image.kernel, initrd=image.initramfs, append=image.kernel_append,
                        disks=(Disk(swap),), gdbstub=True)
     call_log = tmp_path / "calls.jsonl"
-    with Machine(spec, tmp_path, "boot1", time.monotonic()) as machine:
+    with Machine(spec, RunDirectory(tmp_path).boot("boot1"), time.monotonic()) as machine:
         machine.launch()
         layer = PsciLayer(machine.gdb_socket, sites, personality, call_log)
         try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.report.html import write_html_report, write_matrix_report
+from lab.rundir import RunDirectory
 
 RECORDED_RUN = Path(__file__).parent / "data" / "run-no-stale-resume"
 
@@ -61,7 +62,7 @@ def _parse(path: Path) -> Page:
 
 
 def test_timeline_shows_the_witnesses_of_the_power_offs(run_dir: Path) -> None:
-    page = _parse(write_html_report(run_dir))
+    page = _parse(write_html_report(RunDirectory(run_dir)))
     marks = " | ".join(page.svg_texts)
     assert "SYSTEM_OFF2_64 → power-off" in marks
     assert "SHUTDOWN guest-shutdown" in marks
@@ -76,7 +77,7 @@ def test_timeline_shows_the_witnesses_of_the_power_offs(run_dir: Path) -> None:
 
 
 def test_links_resolve_to_every_log_and_nothing_is_external(run_dir: Path) -> None:
-    page = _parse(write_html_report(run_dir))
+    page = _parse(write_html_report(RunDirectory(run_dir)))
     assert page.links
     assert all((run_dir / link).is_file() for link in page.links)
     logs = {"console-boot2.log", "qmp-boot1.jsonl", "psci-boot3.jsonl", "events.jsonl", "qemu-boot3.stderr"}
@@ -90,14 +91,14 @@ def test_everything_from_the_run_is_escaped(run_dir: Path) -> None:
     result["verdict"]["status"] = "FAIL"
     result["verdict"]["reason"] = "<script>alert(1)</script> & more"
     (run_dir / "result.json").write_text(json.dumps(result))
-    html = write_html_report(run_dir).read_text()
+    html = write_html_report(RunDirectory(run_dir)).read_text()
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in html
 
 
 def test_unfinished_run_still_gets_a_page(run_dir: Path) -> None:
     (run_dir / "result.json").unlink()
-    page = _parse(write_html_report(run_dir))
+    page = _parse(write_html_report(RunDirectory(run_dir)))
     assert "INCOMPLETE" in page.texts
     assert "SYSTEM_OFF2_64 → power-off" in page.svg_texts
 
@@ -106,8 +107,8 @@ def test_matrix_links_each_runs_report(run_dir: Path, tmp_path: Path) -> None:
     other = Path(shutil.copytree(RECORDED_RUN, tmp_path / "other"))
     (other / "result.json").unlink()
     for each in (run_dir, other):
-        write_html_report(each)
-    out = write_matrix_report([run_dir, other], tmp_path / "matrix.html")
+        write_html_report(RunDirectory(each))
+    out = write_matrix_report([RunDirectory(run_dir), RunDirectory(other)], tmp_path / "matrix.html")
     page = _parse(out)
     assert page.links == ["run/report.html", "other/report.html"]
     assert all((out.parent / link).is_file() for link in page.links)
@@ -126,7 +127,7 @@ def test_renders_in_a_headless_browser(run_dir: Path, tmp_path: Path) -> None:
     chromium = _chromium()
     if chromium is None:
         pytest.skip("chromium is not installed and `apt-get install -y chromium` did not install it")
-    report = write_html_report(run_dir)
+    report = write_html_report(RunDirectory(run_dir))
     screenshot = tmp_path / "report.png"
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab.report.junit import RUN_TESTCASE, write_junit, write_matrix_junit
+from lab.rundir import RunDirectory
 
 RECORDED_RUN = Path(__file__).parent / "data" / "run-no-stale-resume"
 
@@ -32,7 +33,7 @@ def _failed_copy(run_dir: Path, reason: str, failing_check: str | None) -> Path:
 
 
 def test_passing_run_has_one_testcase_per_check_plus_the_run(run_dir: Path) -> None:
-    suite = ET.parse(write_junit(run_dir)).getroot()
+    suite = ET.parse(write_junit(RunDirectory(run_dir))).getroot()
     cases = suite.findall("testcase")
     assert suite.tag == "testsuite"
     assert suite.get("name") == "no-stale-resume"
@@ -49,7 +50,7 @@ def test_passing_run_has_one_testcase_per_check_plus_the_run(run_dir: Path) -> N
 
 def test_failed_check_and_verdict_become_failures(run_dir: Path) -> None:
     reason = "boot1 power-off: hibernate ended as hibernate-off, expected hibernate-off2 (line 9)"
-    suite = ET.parse(write_junit(_failed_copy(run_dir, reason, "boot1 power-off"))).getroot()
+    suite = ET.parse(write_junit(RunDirectory(_failed_copy(run_dir, reason, "boot1 power-off")))).getroot()
     failed = {case.get("name"): case.find("failure") for case in suite.findall("testcase")
               if case.find("failure") is not None}
     assert suite.get("failures") == "2"
@@ -59,7 +60,8 @@ def test_failed_check_and_verdict_become_failures(run_dir: Path) -> None:
 
 
 def test_aborted_run_fails_on_its_verdict_even_when_its_checks_pass(run_dir: Path) -> None:
-    suite = ET.parse(write_junit(_failed_copy(run_dir, "timed out after 60.0s waiting for boot", None))).getroot()
+    aborted = _failed_copy(run_dir, "timed out after 60.0s waiting for boot", None)
+    suite = ET.parse(write_junit(RunDirectory(aborted))).getroot()
     failures = suite.findall(".//failure")
     assert len(failures) == 1
     assert failures[0].text == "timed out after 60.0s waiting for boot"
@@ -69,14 +71,15 @@ def test_run_without_result_still_reports_a_failure(tmp_path: Path) -> None:
     run_dir = tmp_path / "unfinished"
     run_dir.mkdir()
     (run_dir / "scenario.json").write_text(json.dumps({"name": "poweroff-baseline"}))
-    suite = ET.parse(write_junit(run_dir)).getroot()
+    suite = ET.parse(write_junit(RunDirectory(run_dir))).getroot()
     assert suite.get("name") == "poweroff-baseline"
     assert "did not finish" in suite.find("testcase/failure").text
 
 
 def test_matrix_combines_runs_into_testsuites(run_dir: Path, tmp_path: Path) -> None:
     failed = _failed_copy(Path(shutil.copytree(RECORDED_RUN, tmp_path / "failed")), "interrupted", None)
-    root = ET.parse(write_matrix_junit([run_dir, failed], tmp_path / "matrix.xml")).getroot()
+    runs = [RunDirectory(run_dir), RunDirectory(failed)]
+    root = ET.parse(write_matrix_junit(runs, tmp_path / "matrix.xml")).getroot()
     assert root.tag == "testsuites"
     assert len(root.findall("testsuite")) == 2
     assert root.get("tests") == "28"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lab.report.reproduce import DRY_RUN_ENV, write_reproducer
+from lab.rundir import RunDirectory
 
 RECORDED_RUN = Path(__file__).parent / "data" / "run-no-stale-resume"
 SWAP_SIZE = 512 << 20
@@ -36,8 +37,8 @@ def run_dir(tmp_path: Path) -> Path:
         result["environment"]["image"]["outputs"][name] = hashlib.sha256((image / name).read_bytes()).hexdigest()
     (run_dir / "result.json").write_text(json.dumps(result))
     original_image = result["environment"]["image"]["path"]
-    for cmdline in run_dir.glob("qemu-*.cmdline"):
-        cmdline.write_text(cmdline.read_text().replace(original_image, str(image)))
+    for recorded in [*run_dir.glob("qemu-*.cmdline"), *run_dir.glob("machine-*.json")]:
+        recorded.write_text(recorded.read_text().replace(original_image, str(image)))
     return run_dir
 
 
@@ -66,7 +67,7 @@ def _expected_argv(recorded: list[str], work: str) -> list[str]:
 
 
 def test_script_is_executable_bash(run_dir: Path) -> None:
-    script = write_reproducer(run_dir)
+    script = write_reproducer(RunDirectory(run_dir))
     assert script == run_dir / "reproduce.sh"
     assert os.access(script, os.X_OK)
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True, timeout=30).returncode == 0
@@ -77,7 +78,7 @@ def test_script_is_executable_bash(run_dir: Path) -> None:
 
 
 def test_dry_run_prints_each_boot_with_sockets_moved_and_running_guest(run_dir: Path) -> None:
-    done = _dry_run(write_reproducer(run_dir))
+    done = _dry_run(write_reproducer(RunDirectory(run_dir)))
     assert done.returncode == 0, done.stderr
     work = re.search(r"replaying in (\S+)", done.stderr).group(1)
     commands = [shlex.split(line) for line in done.stdout.splitlines()]
@@ -89,7 +90,7 @@ def test_dry_run_prints_each_boot_with_sockets_moved_and_running_guest(run_dir: 
 
 
 def test_paused_keeps_the_guest_stopped(run_dir: Path) -> None:
-    done = _dry_run(write_reproducer(run_dir), "--paused")
+    done = _dry_run(write_reproducer(RunDirectory(run_dir)), "--paused")
     assert done.returncode == 0, done.stderr
     qemu_commands = [shlex.split(line) for line in done.stdout.splitlines()][1:]
     assert len(qemu_commands) == 3
@@ -97,7 +98,7 @@ def test_paused_keeps_the_guest_stopped(run_dir: Path) -> None:
 
 
 def test_refuses_a_changed_kernel(run_dir: Path) -> None:
-    script = write_reproducer(run_dir)
+    script = write_reproducer(RunDirectory(run_dir))
     kernel = Path(re.search(r"-kernel (\S+)", (run_dir / "qemu-boot1.cmdline").read_text()).group(1))
     kernel.write_bytes(b"a different kernel")
     done = _dry_run(script)
@@ -108,7 +109,7 @@ def test_refuses_a_changed_kernel(run_dir: Path) -> None:
 
 
 def test_refuses_a_missing_initramfs(run_dir: Path) -> None:
-    script = write_reproducer(run_dir)
+    script = write_reproducer(RunDirectory(run_dir))
     initrd = Path(re.search(r"-initrd (\S+)", (run_dir / "qemu-boot1.cmdline").read_text()).group(1))
     initrd.unlink()
     done = _dry_run(script)
@@ -119,5 +120,6 @@ def test_refuses_a_missing_initramfs(run_dir: Path) -> None:
 def test_shellcheck_finds_nothing(run_dir: Path) -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    done = subprocess.run(["shellcheck", str(write_reproducer(run_dir))], capture_output=True, text=True, timeout=60)
+    script = write_reproducer(RunDirectory(run_dir))
+    done = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout

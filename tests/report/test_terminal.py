@@ -5,6 +5,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from lab.events import StepEnded
 from lab.judge.observations import Observations
 from lab.judge.verdict import judge
 from lab.report.terminal import TerminalReport
@@ -22,6 +23,19 @@ def test_terminal_report_prints_guest_text_verbatim():
 def test_phase_lines_show_the_step_outcome():
     out = StringIO()
     report = TerminalReport(Console(file=out, highlight=False, soft_wrap=True, color_system=None))
-    report({"kind": "step-end", "step": "boot", "params": {"line": 3, "params": "boot expect=fresh"},
-            "status": "done", "seconds": 4.2, "outcome": {"outcome": "fresh", "boot": "boot1"}})
+    report(StepEnded(t=4.2, step="boot", line=3, label="boot expect=fresh", status="done", seconds=4.2,
+                     outcome={"outcome": "fresh", "boot": "boot1"},
+                     expectations=[{"name": "boot1 came up fresh", "passed": True, "detail": "", "line": 3}]))
     assert out.getvalue().split() == ["✓", "boot", "expect=fresh", "4.2s", "outcome=fresh"]
+
+
+def test_a_step_that_missed_its_expectation_is_marked_failed():
+    out = StringIO()
+    report = TerminalReport(Console(file=out, highlight=False, soft_wrap=True, color_system=None))
+    missed = {"name": "boot1 power-off", "passed": False, "line": 10,
+              "detail": "hibernate ended as hibernate-off, expected hibernate-off2"}
+    report(StepEnded(t=9.0, step="hibernate", line=10, label="hibernate expect=hibernate-off2", status="done",
+                     seconds=4.1, outcome={"image_on_disk": True}, expectations=[missed]))
+    line = out.getvalue()
+    assert line.split()[0] == "✗"
+    assert "hibernate ended as hibernate-off, expected hibernate-off2" in line

@@ -46,6 +46,7 @@ class QmpChannel:
         self._client = QMPClient("lab")
         self._listener = EventListener()
         self._pump: asyncio.Future[None] | None = None
+        self.connected = False
 
     def _call(self, coroutine, timeout: float):
         future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coroutine, timeout), self._loop)
@@ -66,6 +67,7 @@ class QmpChannel:
             return True
 
         wait_until(attempt, timeout, f"QMP on {self.socket_path}")
+        self.connected = True
         self._pump = asyncio.run_coroutine_threadsafe(self._record_events(), self._loop)
 
     async def _record_events(self) -> None:
@@ -101,7 +103,9 @@ class QmpChannel:
 
     def close(self) -> None:
         """Stop reading; safe to call twice and after QEMU has gone (disconnect re-raises its EOF)."""
+        self.connected = False
         if not self._thread.is_alive():
+            self._loop.close()
             return
         if self._pump is not None:
             self._pump.cancel()

@@ -12,7 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lab.errors import ChannelError, WaitTimeout
 from lab.machine.channels.ssh import SshChannel, parse_public_key
-from lab.machine.process import Disk, Machine, MachineSpec, free_local_port
+from lab.machine.process import Machine
+from lab.machine.spec import Disk, MachineSpec, free_local_port
+from lab.rundir import RunDirectory
 
 
 def _openssh_line(key: Ed25519PrivateKey) -> str:
@@ -93,7 +95,7 @@ def test_commands_over_ssh_to_the_default_image_with_its_host_key_pinned(tmp_pat
     spec = MachineSpec(arch="aarch64", kernel=default_image.kernel, initrd=default_image.initramfs,
                        append=f"{default_image.kernel_append} lab.swap=vda", disks=(Disk(disk),), ssh_port=port)
     stranger_host_key, stranger_client_key = _stranger_keys(tmp_path)
-    with Machine(spec, tmp_path, "boot1", time.monotonic()) as machine:
+    with Machine(spec, RunDirectory(tmp_path).boot("boot1"), time.monotonic()) as machine:
         machine.launch()
         machine.resume()
         ready = machine.console.expect(r"lab-init: ready boot_id=(\S+)", 120, "the guest to become ready")

@@ -1,0 +1,128 @@
+"""The typed settings of one QEMU machine: the only thing a QEMU command line is built from.
+
+A spec is saved beside every boot (`machine-NAME.json`), so reproduce.sh rebuilds the exact
+command from the same settings instead of re-parsing a command line. Nothing here starts a process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.errors import SetupError
+
+GUEST_SSH_PORT = 22
+
+
+def free_local_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 right now (another process may take it before QEMU does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: Path
+    format: str = "raw"
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything that decides a QEMU command line; nothing else does."""
+
+    arch: str
+    kernel: Path
+    initrd: Path | None
+    append: str
+    disks: tuple[Disk, ...] = ()
+    accel: str = "tcg"
+    memory_mib: int = 1024
+    cpus: int = 2
+    qemu: Path | None = None
+    gdbstub: bool = False
+    ssh_port: int | None = None
+    """Host port on 127.0.0.1 forwarded to the guest's port 22 over user-mode networking; None: no network."""
+    keep_after_shutdown: bool = False
+    """Stay alive (stopped) after the guest powers off, so its RAM can still be read over QMP."""
+
+    @property
+    def qemu_binary(self) -> str:
+        if self.qemu is not None:
+            return str(self.qemu)
+        found = shutil.which(f"qemu-system-{self.arch}")
+        if found is None:
+            raise SetupError(f"qemu-system-{self.arch} not found: run ./bootstrap (installs QEMU >= 10)")
+        return found
+
+    def resolved(self) -> MachineSpec:
+        """The same spec with the QEMU binary it will run written down, as it is saved for replay."""
+        return dataclasses.replace(self, qemu=Path(self.qemu_binary))
+
+    def _machine_args(self) -> list[str]:
+        if self.arch == "aarch64":
+            cpu = "host" if self.accel == "kvm" else "max,pauth-impdef=on"
+            return ["-machine", "virt", "-cpu", cpu]
+        if self.arch == "x86_64":
+            return ["-machine", "q35", "-cpu", "host" if self.accel == "kvm" else "max"]
+        raise SetupError(f"no machine model for guest arch {self.arch}")
+
+    def _serial_args(self, sockets: Path, console_log: Path | None) -> list[str]:
+        if console_log is None:
+            return ["-serial", "mon:stdio"]
+        return ["-chardev", f"socket,id=console,path={sockets / 'console.sock'},server=on,wait=off,"
+                            f"logfile={console_log},logappend=off",
+                "-serial", "chardev:console"]
+
+    def command(self, sockets: Path, console_log: Path | None, paused: bool = True) -> list[str]:
+        """QEMU's argv; channels are unix sockets in `sockets`. With no `console_log` the serial
+        console is the terminal (a replay); `paused` starts the guest only on QMP `cont`."""
+        args = [
+            self.qemu_binary, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            *(["-S"] if paused else []),
+            *self._machine_args(),
+            "-accel", self.accel, "-smp", str(self.cpus), "-m", str(self.memory_mib),
+            "-kernel", str(self.kernel), "-append", self.append,
+            *self._serial_args(sockets, console_log),
+            "-chardev", f"socket,id=qmp,path={sockets / 'qmp.sock'},server=on,wait=off",
+            "-mon", "chardev=qmp,mode=control",
+        ]
+        if self.initrd is not None:
+            args += ["-initrd", str(self.initrd)]
+        if self.keep_after_shutdown:
+            args.append("-no-shutdown")
+        for index, disk in enumerate(self.disks):
+            args += [
+                "-blockdev", f"driver=file,filename={disk.path},node-name=file{index}",
+                "-blockdev", f"driver={disk.format},file=file{index},node-name=disk{index}",
+                "-device", f"virtio-blk-pci,drive=disk{index},romfile=",
+            ]
+        if self.gdbstub:
+            args += ["-gdb", f"unix:{sockets / 'gdb.sock'},server=on,wait=off"]
+        if self.ssh_port is not None:
+            args += [
+                "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:{GUEST_SSH_PORT}",
+                "-device", "virtio-net-pci,netdev=net0,romfile=",
+            ]
+        return args
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["disks"] = [{"path": str(d.path), "format": d.format} for d in self.disks]
+        for name in ("kernel", "initrd", "qemu"):
+            data[name] = None if data[name] is None else str(data[name])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MachineSpec:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        for name in ("kernel", "initrd", "qemu"):
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
+        values["disks"] = tuple(Disk(Path(d["path"]), d.get("format", "raw")) for d in values.get("disks", ()))
+        return cls(**values)

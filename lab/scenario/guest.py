@@ -1,0 +1,246 @@
+"""One guest across its boots: the machine, its channels and its PSCI session, in named states.
+
+A scenario's guest outlives any QEMU process: it hibernates in one and resumes in the next, on
+the same swap disk. `Guest` owns whatever is alive now and names the state the guest is in, so
+a step asks for a state instead of checking which of a dozen fields happen to be set:
+
+    OFF --boot--> RUNNING --poweroff, crash--> OFF
+                   |   ^
+          hibernate|   |boot (resumes the image)
+                   v   |
+                HIBERNATED
+
+Leaving any state through `close()` stops QEMU (softly first) and ends the PSCI session.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError, MachineError, SetupError
+from lab.events import EventLog, QemuLaunched, SshPortTaken
+from lab.image.store import GuestImage
+from lab.machine.channels.shell import GuestShell
+from lab.machine.channels.ssh import SshChannel
+from lab.machine.process import Machine
+from lab.machine.spec import Disk, MachineSpec, free_local_port
+from lab.psci.attach import GuestPsci, PsciSession
+from lab.rundir import BootRecord, RunDirectory
+from lab.vocabulary import CONSOLE_PATTERNS, ConsoleMark
+
+PORT_ATTEMPTS = 3
+BOOT_ENDINGS = (ConsoleMark.READY, ConsoleMark.RESUMED, ConsoleMark.PANIC)
+"""What ends a boot's wait: init is ready, the kernel resumed an image, or the kernel panicked."""
+_BOOT_ENDED = "|".join(f"(?P<{mark}>{CONSOLE_PATTERNS[mark].pattern})" for mark in BOOT_ENDINGS)
+_BOOT_OUTCOMES = {ConsoleMark.READY: "fresh", ConsoleMark.RESUMED: "resumed", ConsoleMark.PANIC: "panicked"}
+
+
+class GuestState(StrEnum):
+    OFF = "off"
+    """No QEMU runs; the disk holds no image the lab put the guest up to writing."""
+    RUNNING = "running"
+    """QEMU runs and the guest's shell answered (or its kernel panicked while booting)."""
+    HIBERNATED = "hibernated"
+    """No QEMU runs; the guest wrote an image, and the shell command that hibernated it waits for the resume."""
+
+
+class GuestStateError(LabError):
+    """A step asked the guest for something its state does not allow (a scenario mistake)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class BootOutcome:
+    name: str
+    outcome: str
+    """fresh, resumed or panicked."""
+    hibernate_command_status: int | None = None
+    """After a resume: the exit status of the `echo disk` that hibernated the guest."""
+
+
+@dataclass(frozen=True)
+class PowerOff:
+    """What one power-off left: the boot's record, whether the lab stopped waiting, the PSCI calls."""
+
+    record: BootRecord
+    timed_out: bool
+    wait_error: str | None
+    psci_active: bool
+    psci_calls: list[dict[str, Any]]
+
+
+class Guest:
+    """The guest of one run; see the module docstring for its states."""
+
+    def __init__(self, image: GuestImage, run_dir: RunDirectory, events: EventLog, accel: str,
+                 qemu: Path | None = None, psci: GuestPsci | None = None, memory_mib: int = 1024,
+                 cpus: int = 2) -> None:
+        self.image = image
+        self.run_dir = run_dir
+        self.events = events
+        self.accel = accel
+        self.qemu = qemu
+        self.psci = psci
+        self.memory_mib = memory_mib
+        self.cpus = cpus
+        self.state = GuestState.OFF
+        self.disk = Disk(run_dir.swap("raw"))
+        self.machine: Machine | None = None
+        self.shell: GuestShell | None = None
+        self.psci_session: PsciSession | None = None
+        self.boot_count = 0
+        self._ssh: SshChannel | None = None
+        self._pending: tuple[str, str] | None = None
+
+    def prepare_disk(self, source: Path | None = None) -> None:
+        """The run's own swap disk: a copy of the user's disk (format kept) or of the image's blank one."""
+        origin = source or self.image.swap_template
+        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(origin)], capture_output=True,
+                              text=True, timeout=60)
+        if info.returncode != 0:
+            raise SetupError(f"cannot read disk {origin}: {info.stderr.strip()}")
+        disk_format = json.loads(info.stdout)["format"]
+        self.disk = Disk(self.run_dir.swap(disk_format), disk_format)
+        done = subprocess.run(
+            ["qemu-img", "convert", "-O", disk_format, "-S", "4k", str(origin), str(self.disk.path)],
+            capture_output=True, text=True, timeout=600,
+        )
+        if done.returncode != 0:
+            raise SetupError(f"cannot create the run's swap disk: {done.stderr.strip()}")
+
+    @property
+    def boot_name(self) -> str:
+        """The name of the current (or last) boot: `boot1`, `boot2`, …"""
+        return f"boot{self.boot_count}"
+
+    def spec(self, ssh_port: int | None = None) -> MachineSpec:
+        return MachineSpec(
+            arch=self.image.qemu_arch, kernel=self.image.kernel, initrd=self.image.initramfs,
+            append=f"{self.image.kernel_append} lab.swap=vda", disks=(self.disk,), accel=self.accel,
+            memory_mib=self.memory_mib, cpus=self.cpus, qemu=self.qemu, gdbstub=self.psci is not None,
+            ssh_port=ssh_port,
+        )
+
+    def require(self, *states: GuestState, doing: str) -> None:
+        if self.state not in states:
+            wanted = " or ".join(states)
+            raise GuestStateError(f"`{doing}` needs the guest {wanted}, but it is {self.state}")
+
+    def running_shell(self, doing: str) -> GuestShell:
+        self.require(GuestState.RUNNING, doing=doing)
+        assert self.shell is not None
+        return self.shell
+
+    def boot(self, timeout: float) -> BootOutcome:
+        """Launch QEMU on the run's disk and wait until the guest is up, fresh or resumed."""
+        self.require(GuestState.OFF, GuestState.HIBERNATED, doing="boot")
+        self.boot_count += 1
+        name = self.boot_name
+        machine = self._launch(name)
+        self.events.emit(QemuLaunched, boot=name, accel=self.accel)
+        if self.psci is not None:
+            self.psci_session = self.psci.attach(machine, self.run_dir.boot(name).psci)
+        else:
+            machine.resume()
+        self.shell = shell = GuestShell(machine.console)
+        self.state = GuestState.RUNNING
+        match = machine.console.expect(_BOOT_ENDED, timeout, f"{name} to become ready")
+        outcome = _BOOT_OUTCOMES[ConsoleMark(match.lastgroup)]
+        status = None
+        if outcome == "resumed" and self._pending is not None:
+            token, command = self._pending
+            status = shell.wait(token, command, timeout).status
+        self._pending = None
+        if outcome != "panicked":
+            shell.wait_responsive(timeout)
+        return BootOutcome(name, outcome, status)
+
+    def _launch(self, name: str) -> Machine:
+        """Launch QEMU paused; images with an SSH server get a free port on 127.0.0.1 forwarded to the guest's.
+
+        The port is free when chosen, but another process may bind it before QEMU does: QEMU then
+        fails to start, and the launch is retried with another port.
+        """
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._launch_once(name)
+            except MachineError as error:
+                if "host forwarding" not in error.output:
+                    raise
+                self.events.emit(SshPortTaken, boot=name, detail=error.output.strip())
+        return self._launch_once(name)
+
+    def _launch_once(self, name: str) -> Machine:
+        port = free_local_port() if self.image.ssh is not None else None
+        machine = Machine(self.spec(port), self.run_dir.boot(name), self.events.started)
+        machine.launch()
+        self.machine = machine
+        return machine
+
+    def ssh(self, timeout: float) -> tuple[SshChannel, bool]:
+        """The SSH channel to the running guest, and whether it was connected just now.
+
+        Every boot is a new QEMU with a new port forward, so a channel never outlives its machine.
+        """
+        self.require(GuestState.RUNNING, doing="run over ssh")
+        assert self.machine is not None
+        login, port = self.image.ssh, self.machine.spec.ssh_port
+        if login is None or port is None:
+            raise GuestStateError(f"`over: ssh` needs an image with an SSH server; {self.image.name} has none "
+                                  "(built before SSH, or booted with a user's initramfs)")
+        if self._ssh is not None:
+            return self._ssh, False
+        channel = SshChannel.from_files(port, login.user, login.host_key, login.client_key)
+        channel.connect(timeout)
+        self._ssh = channel
+        return channel, True
+
+    def power_off(self, command: str, intent: str, timeout: float, mode: str | None = None) -> PowerOff:
+        """Have the guest run `command` (hibernate, poweroff, crash) and wait for QEMU to exit."""
+        shell = self.running_shell(intent)
+        machine = self.machine
+        assert machine is not None
+        self._close_ssh()
+        if mode is not None:
+            shell.succeed(f"echo {mode} > /sys/power/disk")
+        token = shell.start(command)
+        wait_error = None
+        try:
+            machine.wait_exit(timeout, f"the guest to power off after `{command}`")
+        except LabError as error:
+            wait_error = str(error)
+        session = self.psci_session
+        self.close()
+        if intent == "hibernate":
+            self._pending = (token, command)
+            self.state = GuestState.HIBERNATED
+        return PowerOff(machine.record, wait_error is not None, wait_error, session is not None,
+                        list(session.calls) if session is not None else [])
+
+    def console_text(self) -> str:
+        if self.machine is None:
+            return ""
+        return "\n".join(line for _, line in self.machine.console.lines)
+
+    def _close_ssh(self) -> None:
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+
+    def close(self) -> None:
+        """SSH first, QEMU next (its exit ends the PSCI layer's gdbstub session), then the layer."""
+        try:
+            self._close_ssh()
+            if self.machine is not None:
+                self.machine.close()
+        finally:
+            if self.psci_session is not None:
+                self.psci_session.close()
+            self.machine = self.shell = self.psci_session = None
+            self.state = GuestState.OFF

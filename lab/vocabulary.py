@@ -1,0 +1,168 @@
+"""The lab's shared words: guest arches, console marks, PSCI function IDs and power-off classes.
+
+Each is defined here once. Steps, witnesses, the verdict, the HTML report, the benchmarks and
+the JSON schemas' enums all refer to these (tests/test_vocabulary.py checks the schemas), so
+that, say, "the image was saved" means the same console line to every reader. Pure data.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from lab.errors import UsageError
+
+
+@dataclass(frozen=True)
+class GuestArch:
+    """One guest architecture under each of the names the lab meets it by."""
+
+    debian: str
+    """Debian's name (arm64, amd64): image recipes and packages."""
+    qemu: str
+    """QEMU's and the kernel's name (aarch64, x86_64): `qemu-system-*`, `uname -m`."""
+    multiarch: str
+    """Debian's multiarch triplet: where shared libraries live in packages."""
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return self.debian, self.qemu
+
+
+ARM64 = GuestArch("arm64", "aarch64", "aarch64-linux-gnu")
+AMD64 = GuestArch("amd64", "x86_64", "x86_64-linux-gnu")
+GUEST_ARCHES = (ARM64, AMD64)
+
+
+def guest_arch(name: str) -> GuestArch:
+    """An arch by any of its names (arm64 or aarch64, amd64 or x86_64)."""
+    for arch in GUEST_ARCHES:
+        if name in arch.names:
+            return arch
+    known = ", ".join(n for arch in GUEST_ARCHES for n in arch.names)
+    raise UsageError(f"unknown arch {name!r} (use one of {known})")
+
+
+def host_arch() -> str:
+    """This host's arch in QEMU's naming (what KVM can run natively)."""
+    machine = platform.machine()
+    return next((arch.qemu for arch in GUEST_ARCHES if machine in arch.names), machine)
+
+
+class ConsoleMark(StrEnum):
+    """Console lines that mean something to the lab, named once for every reader."""
+
+    READY = "ready"
+    HIBERNATION_ENTRY = "hibernation_entry"
+    IMAGE_SAVED = "image_saved"
+    POWER_DOWN = "power_down"
+    RESUMED = "resumed"
+    SIGNATURE_MISMATCH = "signature_mismatch"
+    RESTARTING = "restarting"
+    PANIC = "panic"
+    OOPS = "oops"
+
+
+CONSOLE_PATTERNS: dict[ConsoleMark, re.Pattern[str]] = {
+    ConsoleMark.READY: re.compile(r"lab-init: ready"),
+    ConsoleMark.HIBERNATION_ENTRY: re.compile(r"PM: hibernation: hibernation entry"),
+    ConsoleMark.IMAGE_SAVED: re.compile(r"PM: Image saving done|PM: hibernation: Wrote \d+ kbytes"),
+    ConsoleMark.POWER_DOWN: re.compile(r"reboot: Power down|ACPI: PM: Preparing to enter system sleep state S[45]"),
+    ConsoleMark.RESUMED: re.compile(r"PM: hibernation: hibernation exit"),
+    ConsoleMark.SIGNATURE_MISMATCH: re.compile(r"hardware signature mismatch"),
+    ConsoleMark.RESTARTING: re.compile(r"reboot: Restarting system"),
+    ConsoleMark.PANIC: re.compile(r"Kernel panic"),
+    ConsoleMark.OOPS: re.compile(r"Internal error: Oops|\bOops\b|BUG:"),
+}
+CONSOLE_LABELS: dict[ConsoleMark, str] = {
+    ConsoleMark.READY: "lab-init ready",
+    ConsoleMark.HIBERNATION_ENTRY: "hibernation entry",
+    ConsoleMark.IMAGE_SAVED: "image saved",
+    ConsoleMark.POWER_DOWN: "Power down",
+    ConsoleMark.RESUMED: "hibernation exit",
+    ConsoleMark.SIGNATURE_MISMATCH: "hw signature mismatch",
+    ConsoleMark.RESTARTING: "restarting",
+    ConsoleMark.PANIC: "Kernel panic",
+    ConsoleMark.OOPS: "Oops/BUG",
+}
+KERNEL_TROUBLE = re.compile(r"Kernel panic|\bOops\b|BUG:|Call trace")
+"""What no healthy boot prints: the verdict's console health check and the fail-fast wait use it."""
+KERNEL_TIMESTAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
+"""The kernel's own `[   1.234567]` prefix: seconds since the kernel started."""
+
+
+def console_marks(line: str) -> list[ConsoleMark]:
+    return [mark for mark, pattern in CONSOLE_PATTERNS.items() if pattern.search(line)]
+
+
+PSCI_VERSION = 0x84000000
+PSCI_CPU_SUSPEND = 0x84000001
+PSCI_CPU_SUSPEND_64 = 0xC4000001
+PSCI_CPU_OFF = 0x84000002
+PSCI_CPU_ON = 0x84000003
+PSCI_CPU_ON_64 = 0xC4000003
+PSCI_AFFINITY_INFO = 0x84000004
+PSCI_AFFINITY_INFO_64 = 0xC4000004
+PSCI_MIGRATE_INFO_TYPE = 0x84000006
+PSCI_SYSTEM_OFF = 0x84000008
+PSCI_SYSTEM_RESET = 0x84000009
+PSCI_FEATURES = 0x8400000A
+PSCI_SYSTEM_SUSPEND = 0x8400000E
+PSCI_SYSTEM_SUSPEND_64 = 0xC400000E
+PSCI_SYSTEM_RESET2 = 0x84000012
+PSCI_SYSTEM_RESET2_64 = 0xC4000012
+PSCI_SYSTEM_OFF2 = 0x84000015
+PSCI_SYSTEM_OFF2_64 = 0xC4000015
+SMCCC_VERSION = 0x80000000
+SMCCC_ARCH_FEATURES = 0x80000001
+
+SYSTEM_OFF2_IDS = frozenset({PSCI_SYSTEM_OFF2, PSCI_SYSTEM_OFF2_64})
+SYSTEM_RESET_IDS = frozenset({PSCI_SYSTEM_RESET, PSCI_SYSTEM_RESET2, PSCI_SYSTEM_RESET2_64})
+HIBERNATE_OFF = 1 << 0
+"""PSCI_1_3_OFF_TYPE_HIBERNATE_OFF: the SYSTEM_OFF2 type, and the bit PSCI_FEATURES(SYSTEM_OFF2) sets."""
+
+PSCI_FUNCTION_NAMES: dict[int, str] = {
+    PSCI_VERSION: "PSCI_VERSION",
+    PSCI_CPU_SUSPEND: "CPU_SUSPEND",
+    PSCI_CPU_SUSPEND_64: "CPU_SUSPEND64",
+    PSCI_CPU_OFF: "CPU_OFF",
+    PSCI_CPU_ON: "CPU_ON",
+    PSCI_CPU_ON_64: "CPU_ON64",
+    PSCI_AFFINITY_INFO: "AFFINITY_INFO",
+    PSCI_AFFINITY_INFO_64: "AFFINITY_INFO64",
+    PSCI_MIGRATE_INFO_TYPE: "MIGRATE_INFO_TYPE",
+    PSCI_SYSTEM_OFF: "SYSTEM_OFF",
+    PSCI_SYSTEM_RESET: "SYSTEM_RESET",
+    PSCI_FEATURES: "PSCI_FEATURES",
+    PSCI_SYSTEM_SUSPEND: "SYSTEM_SUSPEND",
+    PSCI_SYSTEM_SUSPEND_64: "SYSTEM_SUSPEND64",
+    PSCI_SYSTEM_RESET2: "SYSTEM_RESET2",
+    PSCI_SYSTEM_RESET2_64: "SYSTEM_RESET2_64",
+    PSCI_SYSTEM_OFF2: "SYSTEM_OFF2",
+    PSCI_SYSTEM_OFF2_64: "SYSTEM_OFF2_64",
+    SMCCC_VERSION: "SMCCC_VERSION",
+    SMCCC_ARCH_FEATURES: "SMCCC_ARCH_FEATURES",
+}
+
+
+def psci_function_name(function_id: int) -> str:
+    return PSCI_FUNCTION_NAMES.get(function_id, f"0x{function_id:08x}")
+
+
+class PowerOffClass(StrEnum):
+    """How a guest went away, as the verdict classifies it."""
+
+    HIBERNATE_OFF2 = "hibernate-off2"
+    """An image was written and a VMM-side witness saw SYSTEM_OFF2 (or ACPI S4)."""
+    HIBERNATE_OFF = "hibernate-off"
+    """An image was written and the VMM saw a plain power-off, though it could have seen OFF2."""
+    HIBERNATE = "hibernate"
+    """An image was written, but no witness could tell whether the power-off was SYSTEM_OFF2."""
+    POWEROFF = "poweroff"
+    CRASH = "crash"
+    HANG = "hang"
+
+
+HIBERNATED = (PowerOffClass.HIBERNATE_OFF2, PowerOffClass.HIBERNATE_OFF, PowerOffClass.HIBERNATE)
