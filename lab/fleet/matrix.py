@@ -31,9 +31,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from lab.errors import LabError, SetupError, UsageError
+from lab.errors import LabError, UsageError
 from lab.events import StepEnded, StepStarted
-from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageRecipe, ImageStore
+from lab.image.store import DEFAULT_IMAGE, DEFAULT_KERNEL, GuestImage, find_image
 from lab.machine.process import set_parent_death_signal
 from lab.paths import load_schema
 from lab.report.html import write_matrix_report
@@ -46,7 +46,6 @@ from lab.scenario.yaml_file import read_yaml, schema_message
 from lab.vocabulary import guest_arch
 
 _SCHEMA = load_schema("matrix")
-DEFAULT_KERNEL = "default"
 INTERRUPTED_EXIT = 130
 STOP_GRACE_SECONDS = 60.0
 _STOPPED_BY_SIGNAL = {-signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL}
@@ -155,17 +154,6 @@ def check_dimension(name: str, value: Any, given_as: str) -> None:
 def image_name(scenario: Scenario, arch: str) -> str:
     """The image recipe a cell boots; its kernel dimension replaces that image's kernel."""
     return scenario.image or DEFAULT_IMAGE[guest_arch(arch).debian]
-
-
-def prepare_image(name: str, kernel: str, log: Callable[[str], None]) -> GuestImage:
-    """The built image for a recipe and kernel: the cached default build, or one with the kernel pinned."""
-    if kernel == DEFAULT_KERNEL:
-        image = ImageStore().latest(name)
-        if image is None:
-            raise SetupError(f"image {name} is not built: run `lab images build {name}`")
-        return image
-    image, _ = ImageStore().build(ImageRecipe.named(name).pinned(kernel), log=log)
-    return image
 
 
 @dataclass
@@ -366,7 +354,7 @@ def run_matrix(matrix: Matrix, runs_root: Path, workers: int, console: Console) 
         key = (image_name(cell.scenario, matrix.arch), cell.kernel)
         if key not in images:
             console.print(escape(f"image {key[0]} with kernel {key[1]}"))
-            images[key] = prepare_image(*key, log=lambda line: console.print(escape(f"  {line}")))
+            images[key] = find_image(*key, log=lambda line: console.print(escape(f"  {line}")))
     result = MatrixResult(unique_dir(runs_root, f"{matrix.name}-{timestamp()}"))
     result.outcomes = [CellOutcome(cell, result.directory / cell.dir_name) for cell in cells]
     workers = min(workers, len(cells))

@@ -37,11 +37,11 @@ class LabSettings:
 
     def image_dir(self, name: str, kernel: str) -> str:
         """The built image for a recipe and kernel; prepared here only if the controller did not."""
-        from lab.fleet.matrix import prepare_image
+        from lab.image.store import find_image
 
         key = f"{name} {kernel}"
         if key not in self.images:
-            self.images[key] = str(prepare_image(name, kernel, log=lambda line: print(f"lab:   {line}")).path)
+            self.images[key] = str(find_image(name, kernel, log=lambda line: print(f"lab:   {line}")).path)
         return self.images[key]
 
 

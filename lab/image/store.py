@@ -40,6 +40,8 @@ from lab.vocabulary import GUEST_ARCHES, guest_arch
 
 IMAGE_FORMAT = 1
 KERNEL_PACKAGE_PREFIXES = ("linux-image-", "linux-binary-", "linux-modules-")
+DEFAULT_KERNEL = "default"
+"""The kernel an image recipe names itself, as opposed to one pinned by version."""
 DEFAULT_IMAGE = {arch.debian: f"debian-{arch.debian}" for arch in GUEST_ARCHES}
 _SCHEMA = load_schema("image-recipe")
 DROPBEAR = "usr/sbin/dropbear"
@@ -536,3 +538,28 @@ class ImageStore:
             ] + [{"file": "images/init", "sha256": sha256_file(recipe.init_script)}],
             "outputs": {name: sha256_file(out / name) for name in outputs},
         }
+
+
+def find_image(name: str, kernel: str = DEFAULT_KERNEL, kernel_debs: tuple[Path, ...] = (),
+               log: Callable[[str], None] = print) -> GuestImage:
+    """The one way the lab finds the image to boot, for single runs, matrices and the pytest plugin.
+
+    `name` is a recipe name or a built image directory. A recipe comes from the cache with its
+    own kernel, or is built (or found built) with a Debian kernel pinned as `linux-image-…=VERSION`,
+    or with the user's own kernel package files.
+    """
+    if "/" in name:
+        if not Path(name).is_dir():
+            raise UsageError(f"no image directory {name}")
+        return GuestImage.open(Path(name))
+    if kernel != DEFAULT_KERNEL or kernel_debs:
+        recipe = ImageRecipe.named(name)
+        if kernel != DEFAULT_KERNEL:
+            recipe = recipe.pinned(kernel)
+        image, _ = ImageStore().build(recipe, log=log, kernel_debs=kernel_debs)
+        return image
+    found = ImageStore().latest(name)
+    if found is None:
+        raise SetupError(f"image {name} is not built: run `lab images build {name}`")
+    return found
+

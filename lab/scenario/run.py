@@ -17,7 +17,7 @@ from lab import __version__
 from lab.errors import LabError, SetupError, UsageError
 from lab.events import EventLog, Listener, RunEnded, RunStarted
 from lab.image.debian import sha256_file
-from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageRecipe, ImageStore
+from lab.image.store import DEFAULT_IMAGE, DEFAULT_KERNEL, GuestImage, find_image
 from lab.judge.off2_contract import default_contract
 from lab.judge.verdict import RunVerdict, judge
 from lab.machine.accel import choose_accel
@@ -61,25 +61,12 @@ class RunResult:
     seconds: float
 
 
-def find_image(scenario: Scenario, options: RunOptions, log: Callable[[str], None] = print) -> GuestImage:
+def image_for(scenario: Scenario, options: RunOptions, log: Callable[[str], None] = print) -> GuestImage:
     """The image to boot: the default (or named) one, one with a bug report's kernel, plus overrides."""
     name = options.image or scenario.image or DEFAULT_IMAGE[guest_arch(options.arch).debian]
     kernel_is_deb = options.kernel is not None and options.kernel.suffix == ".deb"
-    if "/" in name:
-        if not Path(name).is_dir():
-            raise UsageError(f"no image directory {name}")
-        image = GuestImage.open(Path(name))
-    elif options.kernel_deb or kernel_is_deb:
-        recipe = ImageRecipe.named(name)
-        if options.kernel_deb:
-            recipe = recipe.pinned(options.kernel_deb)
-        debs = (options.kernel,) if kernel_is_deb and options.kernel else ()
-        image, _ = ImageStore().build(recipe, log=log, kernel_debs=debs)
-    else:
-        found = ImageStore().latest(name)
-        if found is None:
-            raise SetupError(f"image {name} is not built: run `lab images build {name}`")
-        image = found
+    debs = (options.kernel,) if kernel_is_deb and options.kernel else ()
+    image = find_image(name, options.kernel_deb or DEFAULT_KERNEL, debs, log)
     return image.with_overrides(None if kernel_is_deb else options.kernel, options.initrd, options.append)
 
 
@@ -105,7 +92,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     arch = guest_arch(options.arch)
     if scenario.arches and arch not in {guest_arch(a) for a in scenario.arches}:
         raise UsageError(f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only")
-    image = find_image(scenario, options)
+    image = image_for(scenario, options)
     contract = default_contract(image.qemu_arch, options.off2_contract)
     accel = choose_accel(image.qemu_arch, options.accel)
     run_dir = RunDirectory(options.run_dir) if options.run_dir else RunDirectory.create(
