@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,19 @@ QUIET_QMP_EVENTS = {"STOP", "RESUME"}
 """Every gdbstub trap of the PSCI layer stops and resumes the VM; those pairs would bury the rest."""
 PSCI_POWER_PREFIXES = ("SYSTEM_OFF", "SYSTEM_RESET")
 
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+"""Characters an HTML5 parser rejects both as they are and as character references (and XML, which the
+inline SVG must also be, rejects the C0 controls and surrogates): escaping cannot carry them."""
+
+
+def _printable(value: Any) -> Any:
+    """Text as a page can hold it: C0 controls become their pictures (␛ for a guest's ANSI colours), the
+    other unprintable characters become �. Markup from the templates' own macros passes untouched."""
+    if not isinstance(value, str) or hasattr(value, "__html__"):
+        return value
+    return _UNPRINTABLE.sub(lambda m: chr(0x2400 + ord(m[0])) if m[0] < " " else "\N{REPLACEMENT CHARACTER}", value)
+
+
 _TEMPLATES = Environment(
     loader=PackageLoader("lab.report"),
     autoescape=True,
@@ -39,6 +53,7 @@ _TEMPLATES = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=True,
+    finalize=_printable,
 )
 
 

@@ -107,11 +107,27 @@ def test_everything_from_the_run_is_escaped(run_dir: Path) -> None:
     result = json.loads((run_dir / "result.json").read_text())
     result["verdict"]["status"] = "FAIL"
     result["verdict"]["reason"] = "<script>alert(1)</script> & more"
+    result["scenario"]["description"] = "half a surrogate pair: \ud83d"
     (run_dir / "result.json").write_text(json.dumps(result))
     report = write_html_report(RunDirectory(run_dir))
     html = report.read_text(encoding="utf-8")
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in html
+    assert "half a surrogate pair: \ufffd" in html
+    _assert_well_formed(report)
+
+
+def test_guest_console_text_is_escaped_even_when_it_is_not_utf8(run_dir: Path) -> None:
+    guest = b'[   17.100000] reboot: Power down <script>alert("x")</script> & \'q\' \xff\xfe \x1b[0m\x00</svg>\n'
+    with (run_dir / "console-boot1.log").open("ab") as console:
+        console.write(guest)
+    report = write_html_report(RunDirectory(run_dir))
+    html = report.read_text(encoding="utf-8")
+    assert "<script>" not in html
+    assert html.count("</svg>") == 1, "the guest's </svg> must not close the timeline"
+    shown = ("reboot: Power down &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#39;q&#39; \ufffd\ufffd "
+             "\u241b[0m\u2400&lt;/svg&gt;")
+    assert html.count(shown) == 2, "in the timeline's hover text and in the witness events table"
     _assert_well_formed(report)
 
 
