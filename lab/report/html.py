@@ -4,21 +4,28 @@ It puts what each witness saw on one timeline next to the lab's own steps, so a 
 *when* QEMU, the PSCI layer and the guest console each noticed a power-off, then read the
 witnesses' accounts, the checks and the raw logs. Inline CSS and SVG only: it opens anywhere,
 offline, without JavaScript, and can be attached to a bug report as is.
+
+This module gathers what the page shows from the run directory into plain values;
+`lab.report.timeline` places the timeline's items, and the Jinja templates beside this module
+(`templates/`) lay out the page. Everything on the page is guest- or run-supplied text at some
+point, so the templates escape every value (autoescape) and nothing here builds markup.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+import re
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
 from lab.events import Event, QemuLaunched, StepEnded
 from lab.report.terminal import step_line
+from lab.report.timeline import ERROR_COLOR, LANE_COLORS, STEP_COLORS, Item, lay_out
 from lab.rundir import RunDirectory
 from lab.vocabulary import CONSOLE_LABELS, KERNEL_TIMESTAMP, SYSTEM_OFF2_IDS, console_marks
 
@@ -26,54 +33,101 @@ QUIET_QMP_EVENTS = {"STOP", "RESUME"}
 """Every gdbstub trap of the PSCI layer stops and resumes the VM; those pairs would bury the rest."""
 PSCI_POWER_PREFIXES = ("SYSTEM_OFF", "SYSTEM_RESET")
 
-LANES = ("steps", "QEMU", "QMP", "PSCI", "console ≈")
-LANE_COLORS = {"steps": "#4263eb", "QEMU": "#868e96", "QMP": "#e8590c", "PSCI": "#7048e8", "console ≈": "#2b8a3e"}
-STEP_COLORS = {"boot": "#4263eb", "mark": "#1098ad", "hibernate": "#7048e8", "poweroff": "#495057",
-               "crash": "#f76707", "check": "#37b24d", "run": "#1098ad"}
-"""Neighbouring steps touch; a colour per kind keeps them apart."""
-ERROR_COLOR = "#e03131"
-WIDTH, LEFT, RIGHT, TOP = 1240, 100, 24, 10
-BAR, ROW, CHAR = 12, 15, 6.3
-"""Pixel sizes; CHAR is a generous average glyph width of the 11px label font, to keep labels apart."""
-MAX_LABEL = 44
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+"""Characters an HTML5 parser rejects both as they are and as character references (and XML, which the
+inline SVG must also be, rejects the C0 controls and surrogates): escaping cannot carry them."""
 
-CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #212529; background: #f8f9fa;
-       margin: 0; }
-main { max-width: 1280px; margin: 0 auto; padding: 20px 24px 40px; }
-h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 10px; border-bottom: 1px solid #dee2e6;
-padding-bottom: 4px; } h3 { font-size: 15px; margin: 18px 0 6px; }
-section > h2:first-child { margin-top: 0; }
-section, header { background: #fff; border: 1px solid #dee2e6; border-radius: 6px; padding: 14px 18px; margin: 14px 0; }
-.badge { display: inline-block; padding: 2px 10px; border-radius: 4px; color: #fff; font-weight: 700; }
-.PASS { background: #2f9e44; } .FAIL { background: #e03131; } .INCOMPLETE { background: #868e96; }
-.reason { font-size: 16px; margin: 8px 0; } .muted { color: #6c757d; } .small { font-size: 12px; }
-table { border-collapse: collapse; width: 100%; font-size: 13px; }
-th, td { text-align: left; vertical-align: top; padding: 4px 8px; border-bottom: 1px solid #e9ecef; }
-th { background: #f1f3f5; font-weight: 600; } tr:nth-child(even) td { background: #fcfcfd; }
-table.kv th { width: 180px; background: none; color: #495057; }
-code, pre, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12px; }
-pre { margin: 0; white-space: pre-wrap; word-break: break-word; }
-.ok, .bad { font-weight: 700; white-space: nowrap; } .ok { color: #2f9e44; } .bad { color: #e03131; }
-.disagree, .error { color: #c92a2a; } ul { margin: 4px 0; padding-left: 20px; }
-svg { width: 100%; height: auto; display: block; } .legend { font-size: 12px; color: #495057; margin-top: 8px; }
-.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin: 0 4px 0 12px; }
-a { color: #1c7ed6; }
-"""
+
+def _printable(value: Any) -> Any:
+    """Text as a page can hold it: C0 controls become their pictures (␛ for a guest's ANSI colours), the
+    other unprintable characters become �. Markup from the templates' own macros passes untouched."""
+    if not isinstance(value, str) or hasattr(value, "__html__"):
+        return value
+    return _UNPRINTABLE.sub(lambda m: chr(0x2400 + ord(m[0])) if m[0] < " " else "\N{REPLACEMENT CHARACTER}", value)
+
+
+_TEMPLATES = Environment(
+    loader=PackageLoader("lab.report"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    finalize=_printable,
+)
 
 
 @dataclass(frozen=True)
-class Item:
-    """One thing on the timeline: a bar (with an end) or a mark, with a short label and a full detail."""
+class Header:
+    scenario: str
+    status: str
+    reason: str
+    description: str
+    scenario_path: str
+    seconds: float
 
-    lane: str
-    start: float
-    end: float | None
-    label: str
+
+@dataclass(frozen=True)
+class RunEnvironment:
+    """What the run ran on, as shown: the image and its packages and digests, the accelerator, the PSCI layer."""
+
+    image: str
+    image_path: str
+    packages: str
+    outputs: list[tuple[str, str]]
+    """Each output file of the image with its sha256."""
+    accel: str
+    psci: str
+    qemu: str
+    host: str
+    lab: str
+
+
+@dataclass(frozen=True)
+class Witness:
+    name: str
+    consistent_with: str | None
+    """The classes the witness's account fits, comma-separated; None when it holds no opinion."""
+    facts: list[tuple[str, str]]
+    evidence: str
+    explanation: str
+
+
+@dataclass(frozen=True)
+class PowerOff:
+    boot: str
+    intent: str
+    kind: str
+    disagreements: list[str]
+    witnesses: list[Witness]
+
+
+@dataclass(frozen=True)
+class Check:
+    passed: bool
+    name: str
     detail: str
-    boot: str = ""
-    color: str = ""
-    failed: bool = False
+    line: str
+
+
+@dataclass(frozen=True)
+class File:
+    name: str
+    href: str
+    size: str
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    scenario: str
+    run: str
+    image: str
+    psci: str
+    accel: str
+    status: str
+    reason: str
+    seconds: float | None
+    href: str
 
 
 def _boot_starts(run_dir: RunDirectory, events: list[Event]) -> dict[str, dict[str, Any]]:
@@ -168,196 +222,63 @@ def _console_items(run_dir: RunDirectory, boots: dict[str, dict[str, Any]]) -> l
     return items
 
 
-def _label_rows(items: list[Item], x_of: Callable[[float], float]) -> list[tuple[Item, int, float, str]]:
-    """Stack labels into rows so none overlaps: (item, row, text x, text anchor)."""
-    free_from: list[float] = []
-    placed = []
-    for item in sorted(items, key=lambda i: i.start):
-        width = min(len(item.label), MAX_LABEL) * CHAR
-        x = x_of(item.start) + 4
-        anchor = "start"
-        low = x
-        if x + width > WIDTH - RIGHT:
-            x, anchor, low = x_of(item.end if item.end is not None else item.start) - 4, "end", x - 8 - width
-        row = next((r for r, edge in enumerate(free_from) if edge <= low), len(free_from))
-        if row == len(free_from):
-            free_from.append(0.0)
-        free_from[row] = low + width + 10
-        placed.append((item, row, x, anchor))
-    return placed
-
-
-def _short(label: str) -> str:
-    return label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 1] + "…"
-
-
-def _tick_step(span: float) -> float:
-    return next((step for step in (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600) if span / step <= 14), 1200)
-
-
-def _timeline_svg(items: list[Item], boots: dict[str, dict[str, Any]], span: float) -> str:
-    plot = WIDTH - LEFT - RIGHT
-
-    def x_of(seconds: float) -> float:
-        return LEFT + max(seconds, 0.0) / span * plot
-
-    body: list[str] = []
-    y = TOP
-    for index, lane in enumerate(LANES):
-        placed = _label_rows([i for i in items if i.lane == lane], x_of)
-        rows = max((row for _, row, _, _ in placed), default=-1) + 1
-        height = BAR + 10 + max(rows, 1) * ROW
-        shade = "#f8f9fa" if index % 2 else "#fff"
-        body.append(f'<rect x="0" y="{y}" width="{WIDTH}" height="{height}" fill="{shade}"/>'
-                    f'<text x="8" y="{y + BAR + 3}" font-size="12" font-weight="600" fill="#495057">'
-                    f"{escape(lane)}</text>")
-        for item, row, text_x, anchor in placed:
-            color = item.color or LANE_COLORS[lane]
-            start = x_of(item.start)
-            if item.end is not None:
-                shape = (f'<rect x="{start:.1f}" y="{y + 4}" width="{max(x_of(item.end) - start, 2):.1f}" '
-                         f'height="{BAR}" rx="2" fill="{color}" stroke="#fff" stroke-width="1"/>')
-            else:
-                shape = (f'<line x1="{start:.1f}" y1="{y + 3}" x2="{start:.1f}" y2="{y + height - 3}" '
-                         f'stroke="{color}" stroke-width="1.5"/>'
-                         f'<circle cx="{start:.1f}" cy="{y + 4 + BAR / 2}" r="4.5" fill="{color}"/>')
-            text_y = y + BAR + 8 + (row + 1) * ROW - 4
-            body.append(f"<g><title>{escape(item.detail)}</title>{shape}"
-                        f'<text x="{text_x:.1f}" y="{text_y}" font-size="11" text-anchor="{anchor}" fill="#212529" '
-                        f'stroke="{shade}" stroke-width="3" paint-order="stroke">'
-                        f"{escape(_short(item.label))}</text></g>")
-        y += height
-    step = _tick_step(span)
-    axis = [f'<line x1="{LEFT}" y1="{y}" x2="{WIDTH - RIGHT}" y2="{y}" stroke="#adb5bd"/>']
-    tick = 0.0
-    while tick <= span + 1e-9:
-        x = x_of(tick)
-        axis.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{y + 4}" stroke="#dee2e6" stroke-dasharray="2 3"/>'
-                    f'<text x="{x:.1f}" y="{y + 16}" font-size="11" text-anchor="middle" fill="#495057">'
-                    f'{tick:g}s</text>')
-        tick += step
-    launches = [f'<line x1="{x_of(b["launched_at"]):.1f}" y1="{TOP}" x2="{x_of(b["launched_at"]):.1f}" y2="{y}" '
-                f'stroke="#868e96" stroke-dasharray="6 3"><title>{escape(name)} launched</title></line>'
-                for name, b in boots.items()]
-    height = y + 24
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" role="img" '
-            f'aria-label="timeline of the run" font-family="system-ui, sans-serif">'
-            + "".join(body) + "".join(axis) + "".join(launches) + "</svg>")
-
-
-def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], css_class: str = "") -> str:
-    """A table from already escaped cells."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _key_values(pairs: Iterable[tuple[str, str]]) -> str:
-    """A two-column table from already escaped values."""
-    rows = "".join(f"<tr><th>{escape(key)}</th><td>{value}</td></tr>" for key, value in pairs)
-    return f'<table class="kv">{rows}</table>'
-
-
-def _value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return f"<code>{escape(text)}</code>"
-
-
-def _header(result: dict[str, Any] | None, run_dir: RunDirectory) -> str:
-    if result is None:
-        return (f"<header><h1>{escape(run_dir.path.name)}</h1><span class='badge INCOMPLETE'>INCOMPLETE</span>"
-                "<p class='reason'>no result.json: the run did not finish, so there is no verdict</p></header>")
-    scenario, verdict = result["scenario"], result["verdict"]
-    return (f"<header><h1>{escape(scenario['name'])} <span class='badge {escape(verdict['status'])}'>"
-            f"{escape(verdict['status'])}</span></h1>"
-            f"<p class='reason'>{escape(verdict['reason'])}</p>"
-            f"<p class='muted'>{escape(scenario.get('description', ''))}</p>"
-            f"<p class='small muted'>{result.get('seconds', 0):.1f}s · scenario file "
-            f"<span class='mono'>{escape(scenario.get('path', ''))}</span> · run directory "
-            f"<span class='mono'>{escape(str(run_dir.path.resolve()))}</span></p></header>")
-
-
-def _environment(environment: dict[str, Any]) -> str:
-    image = environment.get("image") or {}
-    packages = ", ".join(f"{i['package']} {i['version']}" for i in image.get("inputs", []) if "package" in i)
-    digests = "<br>".join(f"<span class='mono'>{escape(name)}</span> <span class='mono muted'>{escape(digest)}</span>"
-                          for name, digest in image.get("outputs", {}).items())
-    pairs = [
-        ("image", escape(f"{image.get('name', '?')} ({image.get('kernel_release', '?')})")),
-        ("image directory", f"<span class='mono'>{escape(image.get('path', '?'))}</span>"),
-        ("image packages", escape(packages)),
-        ("image outputs (sha256)", digests),
-        ("accelerator", escape(f"{environment.get('accel', '?')}: {environment.get('accel_reason', '')}")),
-        ("PSCI layer personality", escape(environment.get("psci_personality") or "none (QEMU's own PSCI)")),
-        ("QEMU", escape(environment.get("qemu", "?"))),
-        ("host", escape(environment.get("host", "?"))),
-        ("lab", escape(environment.get("lab", "?"))),
-    ]
-    return f"<section><h2>Environment</h2>{_key_values(pairs)}</section>"
-
-
-def _timeline(run_dir: RunDirectory, result: dict[str, Any] | None) -> str:
+def _timeline(run_dir: RunDirectory, result: dict[str, Any] | None) -> dict[str, Any]:
+    """The timeline, its legend, and the same items as tables: steps, and what the witnesses saw."""
     events = run_dir.read_events()
     boots = _boot_starts(run_dir, events)
     run_end = max([float((result or {}).get("seconds", 0)), *(e.t for e in events)])
     items = (_step_items(events) + _qemu_items(boots, run_end) + _qmp_items(run_dir) + _psci_items(run_dir, boots)
              + _console_items(run_dir, boots))
-    span = max([run_end, 1.0, *(i.end or i.start for i in items)])
-    swatches = "".join(f"<span class='swatch' style='background:{color}'></span>{escape(lane)}"
-                       for lane, color in LANE_COLORS.items() if lane != "steps")
-    legend = (f"<p class='legend'>{swatches}<span class='swatch' style='background:{ERROR_COLOR}'></span>"
-              "step that failed (other steps are coloured by kind)"
-              "<br>Steps and QEMU processes come from the lab's own clock (seconds since the run started). "
-              "QMP events sit where the lab received them (exact); STOP/RESUME pairs from gdbstub traps are left out. "
-              "PSCI calls sit at the boot's QEMU launch plus the PSCI layer's guest-relative seconds (close). "
-              "<b>Console milestones (≈) are approximate</b>: they sit at the QEMU launch plus the kernel's own "
-              "timestamp, which starts after QEMU does and drifts from wall time under TCG, often by seconds; a line "
-              "without a timestamp takes the previous one. Dashed lines mark QEMU launches; hover for details.</p>")
-    witness_rows = [
-        (f"{item.start:.2f}s", escape(item.lane), escape(item.boot), escape(item.label),
-         f"<code>{escape(item.detail)}</code>")
-        for item in sorted(items, key=lambda i: i.start) if item.lane not in ("steps", "QEMU")
-    ]
-    step_rows = [(f"{item.start:.2f}s", f"{(item.end or item.start) - item.start:.2f}s", escape(item.label),
-                  f"<span class='{'error' if item.failed else 'muted'}'>{escape(item.detail)}</span>")
-                 for item in items if item.lane == "steps"]
-    return (f"<section><h2>Timeline</h2>{_timeline_svg(items, boots, span)}{legend}"
-            f"<h3>Steps</h3>{_table(('start', 'took', 'step', 'what happened'), step_rows)}"
-            f"<h3>Witness events on the timeline</h3>"
-            f"{_table(('at', 'source', 'boot', 'event', 'detail'), witness_rows)}</section>")
+    return {
+        "timeline": lay_out(items, {name: boot["launched_at"] for name, boot in boots.items()}, run_end),
+        "legend": [(lane, color) for lane, color in LANE_COLORS.items() if lane != "steps"],
+        "error_color": ERROR_COLOR,
+        "steps": [item for item in items if item.lane == "steps"],
+        "witnessed": sorted((item for item in items if item.lane not in ("steps", "QEMU")), key=lambda i: i.start),
+    }
 
 
-def _power_offs(verdict: dict[str, Any]) -> str:
-    if not verdict.get("power_offs"):
-        return "<section><h2>Power-offs</h2><p class='muted'>no power-off was judged in this run</p></section>"
-    parts = ["<section><h2>Power-offs</h2>"]
-    for power_off in verdict["power_offs"]:
-        parts.append(f"<h3>{escape(power_off['boot'])}: {escape(power_off['intent'])} → "
-                     f"<span class='mono'>{escape(power_off['class'])}</span></h3>")
-        if power_off["disagreements"]:
-            items = "".join(f"<li class='disagree'>{escape(d)}</li>" for d in power_off["disagreements"])
-            parts.append(f"<p>Disagreements:</p><ul>{items}</ul>")
-        else:
-            parts.append("<p class='muted'>the witnesses agree with this class</p>")
-        rows = []
-        for witness in power_off["witnesses"]:
-            facts = "<br>".join(f"{escape(key)}: {_value(value)}" for key, value in witness["facts"].items())
-            evidence = "<pre>" + escape("\n".join(witness["evidence"])) + "</pre>" if witness["evidence"] else ""
-            consistent = witness.get("consistent_with")
-            opinion = escape(", ".join(consistent)) if consistent is not None else "<span class='muted'>none</span>"
-            rows.append((f"<b>{escape(witness['name'])}</b>", opinion, facts, evidence,
-                         escape(witness.get("explanation", ""))))
-        parts.append(_table(("witness", "consistent with", "facts", "evidence", "explanation"), rows))
-    return "".join(parts) + "</section>"
+def _header(result: dict[str, Any]) -> Header:
+    scenario, verdict = result["scenario"], result["verdict"]
+    return Header(scenario["name"], verdict["status"], verdict["reason"], scenario.get("description", ""),
+                  scenario.get("path", ""), result.get("seconds", 0))
 
 
-def _checks(verdict: dict[str, Any]) -> str:
-    rows = [("<span class='ok'>✓ pass</span>" if check["passed"] else "<span class='bad'>✗ FAIL</span>",
-             escape(check["name"]), escape(check["detail"]), escape(str(check.get("line") or "")))
+def _environment(environment: dict[str, Any]) -> RunEnvironment:
+    image = environment.get("image") or {}
+    return RunEnvironment(
+        image=f"{image.get('name', '?')} ({image.get('kernel_release', '?')})",
+        image_path=image.get("path", "?"),
+        packages=", ".join(f"{i['package']} {i['version']}" for i in image.get("inputs", []) if "package" in i),
+        outputs=list(image.get("outputs", {}).items()),
+        accel=f"{environment.get('accel', '?')}: {environment.get('accel_reason', '')}",
+        psci=environment.get("psci_personality") or "none (QEMU's own PSCI)",
+        qemu=environment.get("qemu", "?"),
+        host=environment.get("host", "?"),
+        lab=environment.get("lab", "?"),
+    )
+
+
+def _fact(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _witness(witness: dict[str, Any]) -> Witness:
+    consistent = witness.get("consistent_with")
+    return Witness(witness["name"], None if consistent is None else ", ".join(consistent),
+                   [(key, _fact(value)) for key, value in witness["facts"].items()], "\n".join(witness["evidence"]),
+                   witness.get("explanation", ""))
+
+
+def _power_offs(verdict: dict[str, Any]) -> list[PowerOff]:
+    return [PowerOff(power_off["boot"], power_off["intent"], power_off["class"], power_off["disagreements"],
+                     [_witness(witness) for witness in power_off["witnesses"]])
+            for power_off in verdict.get("power_offs") or []]
+
+
+def _checks(verdict: dict[str, Any]) -> list[Check]:
+    return [Check(check["passed"], check["name"], check["detail"], str(check.get("line") or ""))
             for check in verdict["checks"]]
-    failed = sum(not check["passed"] for check in verdict["checks"])
-    table = _table(("", "check", "detail", "line"), rows)
-    return f"<section><h2>Checks</h2><p class='muted'>{len(rows)} checks, {failed} failed</p>{table}</section>"
 
 
 def _size(nbytes: int) -> str:
@@ -371,60 +292,49 @@ def _size(nbytes: int) -> str:
     return f"{size:.1f} GiB"
 
 
-def _files(run_dir: RunDirectory) -> str:
-    rows = [(f"<a href='{escape(quote(path.name))}'>{escape(path.name)}</a>", _size(path.stat().st_size))
+def _files(run_dir: RunDirectory) -> list[File]:
+    return [File(path.name, quote(path.name), _size(path.stat().st_size))
             for path in sorted(run_dir.path.iterdir())
             if path.is_file() and path != run_dir.html and not path.name.endswith(".lab-lock")]
-    return f"<section><h2>Files</h2>{_table(('file', 'size'), rows)}</section>"
 
 
-def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
-            f"<body><main>{body}</main></body></html>\n")
+def _render(template: str, path: Path, **context: Any) -> Path:
+    path.write_text(_TEMPLATES.get_template(template).render(**context), encoding="utf-8")
+    return path
 
 
 def write_html_report(run_dir: RunDirectory) -> Path:
     """Write `report.html` into the run directory; works on unfinished runs too (no verdict then)."""
     result = run_dir.read_result()
-    sections = [_header(result, run_dir)]
-    if result is not None:
-        sections.append(_environment(result.get("environment", {})))
-    sections.append(_timeline(run_dir, result))
-    if result is not None:
-        sections += [_power_offs(result["verdict"]), _checks(result["verdict"])]
-    sections.append(_files(run_dir))
-    title = f"{result['scenario']['name']}: {result['verdict']['status']}" if result else run_dir.path.name
-    path = run_dir.html
-    path.write_text(_page(title, "".join(sections)))
-    return path
+    if result is None:
+        judged: dict[str, Any] = {"title": run_dir.path.name, "header": None, "environment": None,
+                                  "power_offs": None, "checks": None}
+    else:
+        verdict = result["verdict"]
+        judged = {"title": f"{result['scenario']['name']}: {verdict['status']}", "header": _header(result),
+                  "environment": _environment(result.get("environment", {})), "power_offs": _power_offs(verdict),
+                  "checks": _checks(verdict)}
+    return _render("run.html.j2", run_dir.html, run_name=run_dir.path.name, run_path=str(run_dir.path.resolve()),
+                   files=_files(run_dir), **judged, **_timeline(run_dir, result))
+
+
+def _matrix_row(run_dir: RunDirectory, out: Path) -> MatrixRow:
+    result = run_dir.read_result()
+    href = quote(os.path.relpath(run_dir.html, out.parent))
+    scenario = ((result or {}).get("scenario") or run_dir.read_scenario() or {}).get("name", "?")
+    if result is None:
+        return MatrixRow(scenario, run_dir.path.name, "", "", "", "INCOMPLETE",
+                         "no result.json: the run did not finish", None, href)
+    environment, verdict = result.get("environment", {}), result["verdict"]
+    image = environment.get("image") or {}
+    return MatrixRow(scenario, run_dir.path.name, f"{image.get('name', '?')} ({image.get('kernel_release', '?')})",
+                     environment.get("psci_personality") or "none", environment.get("accel", "?"), verdict["status"],
+                     verdict["reason"], result.get("seconds", 0), href)
 
 
 def write_matrix_report(run_dirs: list[RunDirectory], out: Path) -> Path:
     """Write one summary page over several runs, linking each run's own report.html."""
-    rows = []
-    passed = 0
-    for run_dir in run_dirs:
-        result = run_dir.read_result()
-        link = f"<a href='{escape(quote(os.path.relpath(run_dir.html, out.parent)))}'>report</a>"
-        scenario = (result or {}).get("scenario") or run_dir.read_scenario() or {}
-        named = (f"<b>{escape(scenario.get('name', '?'))}</b><br>"
-                 f"<span class='small muted mono'>{escape(run_dir.path.name)}</span>")
-        if result is None:
-            rows.append((named, "", "", "", "<span class='badge INCOMPLETE'>INCOMPLETE</span>",
-                         "no result.json: the run did not finish", "", link))
-            continue
-        environment, verdict = result.get("environment", {}), result["verdict"]
-        image = environment.get("image") or {}
-        passed += verdict["status"] == "PASS"
-        rows.append((named,
-                     escape(f"{image.get('name', '?')} ({image.get('kernel_release', '?')})"),
-                     escape(environment.get("psci_personality") or "none"), escape(environment.get("accel", "?")),
-                     f"<span class='badge {escape(verdict['status'])}'>{escape(verdict['status'])}</span>",
-                     escape(verdict["reason"]), f"{result.get('seconds', 0):.1f}s", link))
-    table = _table(("scenario", "image / kernel", "PSCI", "accel", "status", "reason", "seconds", ""), rows)
-    body = (f"<header><h1>Hibernation lab: {len(run_dirs)} runs</h1>"
-            f"<p class='reason'>{passed} passed, {len(run_dirs) - passed} did not</p></header>"
-            f"<section>{table}</section>")
-    out.write_text(_page(f"hibernation lab: {passed}/{len(run_dirs)} passed", body))
-    return out
+    rows = [_matrix_row(run_dir, out) for run_dir in run_dirs]
+    passed = sum(row.status == "PASS" for row in rows)
+    return _render("matrix.html.j2", out, title=f"hibernation lab: {passed}/{len(rows)} passed", rows=rows,
+                   passed=passed)
