@@ -68,7 +68,7 @@ def _scenario(args: argparse.Namespace) -> int:
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
-    options = RunOptions(arch=args.arch, image=args.image, accel=args.accel, qemu=path(args.qemu), psci=args.psci,
+    options = RunOptions(arch=args.arch, image=args.image, accel=args.accel, qemu=args.qemu, psci=args.psci,
                          runs_root=Path(args.runs_dir), kernel=path(args.kernel), kernel_deb=args.kernel_deb,
                          initrd=path(args.initrd), append=args.append, disk=path(args.disk),
                          off2_contract=args.off2_contract, system_map=path(args.system_map))
@@ -132,11 +132,13 @@ def parser() -> argparse.ArgumentParser:
     scenario.add_argument("--arch", default="arm64")
     scenario.add_argument("--image", help="image recipe name or built image directory")
     scenario.add_argument("--accel", choices=["kvm", "tcg"], help="force an accelerator")
-    scenario.add_argument("--qemu", help="QEMU binary to use (e.g. one with the SYSTEM_OFF2 patch)")
-    scenario.add_argument("--psci", help="PSCI personality for the TCG layer (overrides the scenario)")
+    scenario.add_argument("--qemu", metavar="BUILD", help="QEMU build: debian (default), patched (from `lab qemu "
+                          "build`), or the path of a qemu-system binary")
+    scenario.add_argument("--psci", help="PSCI personality for the TCG layer (overrides the scenario); "
+                          "`qemu`: no layer, QEMU's own PSCI answers")
     scenario.add_argument("--off2-contract", metavar="CONTRACT",
-                          help="how this QEMU reports SYSTEM_OFF2 over QMP: none, suspend-disk, event:NAME, "
-                               "shutdown-reason:REASON (default: suspend-disk for x86, none for arm64)")
+                          help="how this QEMU reports SYSTEM_OFF2 over QMP: none, unsupported, suspend-disk, "
+                               "event:NAME, shutdown-reason:REASON (default: asked of the QEMU build itself)")
     scenario.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
     guest = scenario.add_argument_group("bring your own guest")
     guest.add_argument("--kernel", help="a kernel Image file, or a Debian kernel .deb holding kernel and modules")

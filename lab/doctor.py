@@ -3,9 +3,9 @@
 Accelerators are *tried*, not guessed from /dev/kvm: each probe starts a paused, device-less
 QEMU, and counts it as working when it is still up after a second (it is then stopped and reaped).
 
-Whether a QEMU reports SYSTEM_OFF2 cannot be proven without booting a guest. A QEMU built with
-the SYSTEM_OFF2 patch is declared with `LAB_QEMU_OFF2_AWARE=1`: per the lab's contract it emits
-QMP `SUSPEND_DISK` before `SHUTDOWN` for a SYSTEM_OFF2 power-off.
+Every QEMU build the lab knows (Debian's, the lab's own patched ones) is listed with what it
+reports about SYSTEM_OFF2, asked of the build itself over QMP, and the OFF2 contract that arm64
+runs on it get under TCG and KVM.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from typing import Literal
 
 from lab.errors import LabError
 from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageStore
-from lab.judge.off2_contract import default_contract
+from lab.judge.off2_contract import contract_for
 from lab.machine.accel import kvm_status
+from lab.qemu.builds import known_builds
 from lab.vocabulary import GUEST_ARCHES as ALL_GUEST_ARCHES
 from lab.vocabulary import host_arch
 
 Status = Literal["ok", "warn", "missing"]
 AREAS = ("host", "qemu", "accel", "system-off2", "gdbstub", "images", "python")
 GUEST_ARCHES = tuple(arch.qemu for arch in ALL_GUEST_ARCHES)
-OFF2_AWARE_VARIABLE = "LAB_QEMU_OFF2_AWARE"
 MIN_QEMU_MAJOR = 10
 VERSION_TIMEOUT = 10.0
 PROBE_SETTLE_SECONDS = 1.0
@@ -80,7 +80,7 @@ def diagnose() -> list[Finding]:
     findings = [_host_finding()]
     findings += [_binary_finding(name) for name in _PACKAGE_OF]
     findings += [_accel_finding(arch) for arch in GUEST_ARCHES]
-    findings.append(_off2_finding())
+    findings += _off2_findings()
     findings.append(_gdbstub_finding())
     findings += _image_findings()
     findings.append(_python_finding())
@@ -222,20 +222,23 @@ def _accel_finding(guest: str) -> Finding:
     return Finding("accel", status, detail, _install_fix(binary))
 
 
-def _off2_finding() -> Finding:
-    """The OFF2 contract runs will use (lab.judge.off2_contract), so doctor and verdicts never disagree."""
-    contract = default_contract("aarch64", None)
-    if contract.observable:
-        return Finding("system-off2", "ok",
-                       f"QEMU declared OFF2-aware: contract {contract} (arm64 on KVM); x86 S4 reports SUSPEND_DISK")
-    detail = ("stock QEMU (contract none): SYSTEM_OFF2 not observable over QMP on KVM; the lab's PSCI layer "
-              "observes it on TCG; x86 ACPI S4 shows as SUSPEND_DISK")
-    kvm_allowed, _ = kvm_status("aarch64")
-    if not kvm_allowed:
-        return Finding("system-off2", "ok", detail)
-    return Finding("system-off2", "warn", detail,
-                   f"use a QEMU with the SYSTEM_OFF2 patch (`lab scenario NAME --qemu PATH --off2-contract "
-                   f"suspend-disk`, or {OFF2_AWARE_VARIABLE}=1) or pass --accel tcg")
+def _off2_findings() -> list[Finding]:
+    """Each known QEMU build and the contracts runs on it get (lab.judge.off2_contract), as runs pick them."""
+    findings = []
+    builds = known_builds("aarch64")
+    for build in builds:
+        tcg = contract_for("aarch64", "tcg", not build.reports_off2, build.off2_reporting)
+        kvm = contract_for("aarch64", "kvm", False, build.off2_reporting)
+        layer = "QEMU's own PSCI v1.3" if build.reports_off2 else "the lab's PSCI layer"
+        findings.append(Finding("system-off2", "ok", f"{build.describe()}; arm64 guests: TCG with {layer}, "
+                                                     f"contract {tcg}; KVM contract {kvm}"))
+    if not any(build.reports_off2 for build in builds):
+        kvm_allowed, _ = kvm_status("aarch64")
+        findings.append(Finding(
+            "system-off2", "warn" if kvm_allowed else "ok",
+            "no QEMU here reports SYSTEM_OFF2 itself: on KVM an OFF2 power-off looks like a plain one",
+            "lab qemu build (then --qemu patched)"))
+    return findings
 
 
 def _gdb_answers(sock_path: Path, process: subprocess.Popen[str]) -> str | None:

@@ -34,6 +34,7 @@ class RunStarted(Event):
     accel: str
     accel_reason: str
     psci: str | None
+    qemu: str
 
 
 @dataclass(frozen=True)

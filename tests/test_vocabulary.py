@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lab.paths import load_schema
+from lab.psci.attach import NO_LAYER
 from lab.psci.firmware import PsciPersonality
 from lab.vocabulary import CONSOLE_LABELS, CONSOLE_PATTERNS, GUEST_ARCHES, ConsoleMark, PowerOffClass, guest_arch
 
@@ -16,7 +17,7 @@ def test_power_off_classes_in_scenarios_are_the_verdicts_classes():
 
 
 def test_personalities_in_schemas_are_the_firmwares():
-    personalities = [str(p) for p in PsciPersonality]
+    personalities = [*(str(p) for p in PsciPersonality), NO_LAYER]
     assert SCENARIO["$defs"]["personality"]["enum"] == personalities
     assert MATRIX["properties"]["personalities"]["items"]["enum"] == personalities
 

@@ -1,19 +1,19 @@
-"""How a VMM tells the lab that a guest powered off with SYSTEM_OFF2 (or ACPI S4).
+"""How a VMM tells the lab that a guest powered off with SYSTEM_OFF2 (or ACPI S4): its OFF2 contract.
 
-Stock QEMU reports SYSTEM_OFF2 exactly like SYSTEM_OFF on KVM, so over QMP it is not
-observable at all. The contract the lab documents for an OFF2-aware QEMU is QEMU's own
-x86 S4 behaviour: `SUSPEND_DISK`, then `SHUTDOWN`. Labs whose patch reports it differently
-name their contract:
+| contract                 | the QMP witness sees OFF2 when…                     | which VMM                          |
+|--------------------------|-----------------------------------------------------|------------------------------------|
+| `none`                   | never: OFF2 is reported like a plain power-off      | stock QEMU on arm64 KVM; any QEMU  |
+|                          |                                                     | behind the lab's PSCI layer        |
+| `unsupported`            | never, and rightly: the VMM's PSCI refuses OFF2, so | stock QEMU's own TCG PSCI (v1.1)   |
+|                          | every power-off it sees is a plain one              |                                    |
+| `suspend-disk`           | a `SUSPEND_DISK` event comes before `SHUTDOWN`      | x86 ACPI S4 in any QEMU            |
+| `event:NAME`             | a `NAME` event comes before `SHUTDOWN`              | a lab's own VMM patch              |
+| `shutdown-reason:REASON` | the `SHUTDOWN` event's `reason` is `REASON`         | the lab's series: `guest-hibernate`|
 
-| contract                 | OFF2 is seen when                                   |
-|--------------------------|-----------------------------------------------------|
-| `none`                   | never (stock QEMU on arm64 KVM)                     |
-| `suspend-disk`           | a `SUSPEND_DISK` event comes before `SHUTDOWN`      |
-| `event:NAME`             | a `NAME` event comes before `SHUTDOWN`              |
-| `shutdown-reason:REASON` | the `SHUTDOWN` event's `reason` is `REASON`         |
-
-Chosen with `--off2-contract`, or `LAB_QEMU_OFF2_CONTRACT`; `LAB_QEMU_OFF2_AWARE=1` means
-`suspend-disk`. x86 guests default to `suspend-disk` (ACPI S4 is what QEMU reports natively).
+The lab picks the contract itself (`contract_for`) from the guest's arch, the accelerator, whether
+the PSCI layer answers PSCI, and what the QEMU build reports (asked of QEMU, see lab.qemu.builds).
+A lab running a VMM of its own names the contract with `--off2-contract` or
+`LAB_QEMU_OFF2_CONTRACT`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from typing import Any
 
 from lab.errors import UsageError
 
+CONTRACT_VARIABLE = "LAB_QEMU_OFF2_CONTRACT"
+_PLAIN_KINDS = ("none", "unsupported", "suspend-disk")
+_VALUED_KINDS = ("event", "shutdown-reason")
+
 
 @dataclass(frozen=True)
 class Off2Contract:
@@ -33,15 +37,17 @@ class Off2Contract:
     @classmethod
     def parse(cls, text: str) -> Off2Contract:
         kind, _, value = text.partition(":")
-        if (kind in ("none", "suspend-disk") and not value) or (kind in ("event", "shutdown-reason") and value):
+        if (kind in _PLAIN_KINDS and not value) or (kind in _VALUED_KINDS and value):
             return cls(kind, value)
-        raise UsageError(f"unknown OFF2 contract {text!r} (none, suspend-disk, event:NAME, shutdown-reason:REASON)")
+        raise UsageError(f"unknown OFF2 contract {text!r} "
+                         "(none, unsupported, suspend-disk, event:NAME, shutdown-reason:REASON)")
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.value}" if self.value else self.kind
 
     @property
     def observable(self) -> bool:
+        """Whether the QMP witness alone can tell a SYSTEM_OFF2 power-off from a plain one."""
         return self.kind != "none"
 
     def seen(self, events: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -56,11 +62,22 @@ class Off2Contract:
         return None
 
 
-def default_contract(guest_arch: str, given: str | None) -> Off2Contract:
-    """The user's contract, else the environment's, else what this arch's stock QEMU does."""
-    text = given or os.environ.get("LAB_QEMU_OFF2_CONTRACT")
+def contract_for(guest_arch: str, accel: str, psci_layer: bool, build_reporting: str | None,
+                 given: str | None = None) -> Off2Contract:
+    """The contract of one run: the user's, else the environment's, else what this setup does.
+
+    `build_reporting` is the contract a QEMU build speaks when it reports OFF2 itself (None for a
+    stock build); the PSCI layer then hands accepted OFF2 calls on to it. Behind the layer a stock
+    QEMU only ever sees the plain SYSTEM_OFF the layer turns OFF2 into, so its QMP events cannot
+    tell them apart: the layer's own call log does.
+    """
+    text = given or os.environ.get(CONTRACT_VARIABLE)
     if text:
         return Off2Contract.parse(text)
-    if guest_arch == "x86_64" or os.environ.get("LAB_QEMU_OFF2_AWARE") == "1":
+    if guest_arch == "x86_64":
         return Off2Contract("suspend-disk")
-    return Off2Contract("none")
+    if build_reporting is not None:
+        return Off2Contract.parse(build_reporting)
+    if psci_layer:
+        return Off2Contract("none")
+    return Off2Contract("unsupported" if accel == "tcg" else "none")

@@ -85,8 +85,10 @@ def qmp_witness(observation: PowerOffObservation) -> Witness:
     if not contract.observable:
         return Witness("vmm-qmp", facts, evidence, (*HIBERNATED, PowerOffClass.POWEROFF),
                        explanation="a guest-requested power-off; this QEMU reports SYSTEM_OFF2 like SYSTEM_OFF")
+    why = ("this QEMU's own PSCI refuses SYSTEM_OFF2" if contract.kind == "unsupported"
+           else f"nothing reported OFF2 under contract {contract}")
     return Witness("vmm-qmp", facts, evidence, (PowerOffClass.HIBERNATE_OFF, PowerOffClass.POWEROFF),
-                   explanation=f"a plain guest power-off: nothing reported OFF2 under contract {contract}")
+                   explanation=f"a plain guest power-off: {why}")
 
 
 def psci_witness(observation: PowerOffObservation) -> Witness:

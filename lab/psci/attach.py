@@ -1,4 +1,8 @@
-"""Attaching the PSCI v1.3 layer to a TCG arm64 machine: conduit sites from the kernel, then trap."""
+"""Attaching the PSCI v1.3 layer to a TCG arm64 machine: conduit sites from the kernel, then trap.
+
+The personality `qemu` attaches nothing: QEMU's own PSCI answers (v1.1 in a stock build, v1.3 with
+SYSTEM_OFF2 in the lab's patched one), and the run sees PSCI only through what QEMU reports.
+"""
 
 from __future__ import annotations
 
@@ -42,19 +46,30 @@ class PsciSession:
         self.layer.close()
 
 
-def psci_attacher(personality: str, image: GuestImage, system_map: Path | None = None) -> GuestPsci:
-    """The layer for `image`'s kernel; symbols come from its kallsyms, or from a System.map the user gives."""
+NO_LAYER = "qemu"
+"""The personality that attaches no layer."""
+
+
+def parse_personality(personality: str) -> PsciPersonality | None:
+    """A layer personality, or None for `qemu` (no layer)."""
+    if personality == NO_LAYER:
+        return None
     try:
-        chosen = PsciPersonality(personality)
+        return PsciPersonality(personality)
     except ValueError:
-        known = ", ".join(p.value for p in PsciPersonality)
+        known = ", ".join([*(p.value for p in PsciPersonality), NO_LAYER])
         raise UsageError(f"unknown PSCI personality {personality!r} (known: {known})") from None
+
+
+def psci_attacher(chosen: PsciPersonality, image: GuestImage, system_map: Path | None = None,
+                  qemu_reports_off2: bool = False) -> GuestPsci:
+    """The layer for `image`'s kernel; symbols come from its kallsyms, or from a System.map the user gives."""
     if "nokaslr" not in image.kernel_append.split():
         raise SetupError(f"image {image.name} boots without nokaslr: the PSCI layer needs fixed kernel addresses")
     sites = find_conduit_sites(image.kernel, cache_dir=cache_root() / "symbols", system_map=system_map)
 
     def attach(machine: Machine, call_log: Path) -> PsciSession:
-        layer = PsciLayer(machine.gdb_socket, sites, chosen, call_log)
+        layer = PsciLayer(machine.gdb_socket, sites, chosen, call_log, qemu_reports_off2=qemu_reports_off2)
         layer.attach()
         layer.resume()
         return PsciSession(layer)

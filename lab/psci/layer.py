@@ -3,7 +3,8 @@
 QEMU's TCG PSCI is v1.1, so a Linux guest never issues SYSTEM_OFF2 there. `PsciLayer` puts a breakpoint
 on the kernel's `hvc #0` / `smc #0`, and for each trap asks `PsciFirmware` what to do: answer (write x0,
 move pc past the instruction), power off (rewrite x0 to SYSTEM_OFF and let QEMU execute it, so QEMU
-reports an ordinary guest shutdown), or pass the call through to QEMU untouched (step over it). Every
+reports an ordinary guest shutdown; a QEMU that reports SYSTEM_OFF2 itself gets the call as it is), or
+pass the call through to QEMU untouched (step over it). Every
 trapped call is logged as one JSON line, so a run can later be judged from what the guest asked for.
 """
 
@@ -79,6 +80,7 @@ class PsciLayer:
         personality: PsciPersonality = PsciPersonality.KVM,
         call_log: Path | None = None,
         request_timeout: float = 5.0,
+        qemu_reports_off2: bool = False,
     ) -> None:
         if not sites.addresses:
             raise ValueError("PsciLayer needs at least one conduit site")
@@ -87,6 +89,8 @@ class PsciLayer:
         self.firmware = PsciFirmware(personality)
         self.call_log = call_log
         self.request_timeout = request_timeout
+        self.qemu_reports_off2 = qemu_reports_off2
+        """An accepted SYSTEM_OFF2 goes on to QEMU as it is (QEMU then reports it); else as SYSTEM_OFF."""
         self._remote: GdbRemote | None = None
         self._thread: threading.Thread | None = None
         self._stop_requested = threading.Event()
@@ -209,7 +213,8 @@ class PsciLayer:
             remote.resume()
             return
         if response.action is PsciAction.POWER_OFF:
-            remote.write_register(0, POWER_OFF_FUNCTION)
+            if not self.qemu_reports_off2:
+                remote.write_register(0, POWER_OFF_FUNCTION)
             record(None)
             if self._step(remote, stop):
                 remote.resume()

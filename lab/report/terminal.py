@@ -39,7 +39,8 @@ class TerminalReport:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             psci = f", PSCI layer {event.psci}" if event.psci else ""
-            self.console.print(f"[bold]{escape(event.scenario)}[/] on {escape(event.image)} "
+            qemu = f" with QEMU {event.qemu}" if event.qemu != "debian" else ""
+            self.console.print(f"[bold]{escape(event.scenario)}[/] on {escape(event.image)}{escape(qemu)} "
                                f"({escape(event.accel)}: {escape(event.accel_reason)}{escape(psci)})")
         elif isinstance(event, RepeatRound):
             self.console.print(f"  round {event.round}/{event.of}")

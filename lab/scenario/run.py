@@ -18,11 +18,12 @@ from lab.errors import LabError, SetupError, UsageError
 from lab.events import EventLog, Listener, RunEnded, RunStarted
 from lab.image.debian import sha256_file
 from lab.image.store import DEFAULT_IMAGE, DEFAULT_KERNEL, GuestImage, find_image
-from lab.judge.off2_contract import default_contract
+from lab.judge.off2_contract import contract_for
 from lab.judge.verdict import RunVerdict, judge
 from lab.machine.accel import choose_accel
-from lab.machine.qemu import qemu_version
-from lab.psci.attach import GuestPsci, psci_attacher
+from lab.psci.attach import GuestPsci, parse_personality, psci_attacher
+from lab.psci.firmware import PsciPersonality
+from lab.qemu.builds import QemuBuild, build_json, describe_build
 from lab.report.html import write_html_report
 from lab.report.junit import write_junit
 from lab.report.reproduce import write_reproducer
@@ -41,7 +42,8 @@ class RunOptions:
     arch: str = "arm64"
     image: str | None = None
     accel: str | None = None
-    qemu: Path | None = None
+    qemu: str | None = None
+    """A QEMU build by name (debian, patched) or a binary's path; None: Debian's."""
     psci: str | None = None
     runs_root: Path = Path("runs")
     run_dir: Path | None = None
@@ -70,11 +72,16 @@ def image_for(scenario: Scenario, options: RunOptions, log: Callable[[str], None
     return image.with_overrides(None if kernel_is_deb else options.kernel, options.initrd, options.append)
 
 
-def psci_for(scenario: Scenario, options: RunOptions, image: GuestImage, accel: str) -> GuestPsci | None:
-    """The PSCI v1.3 layer runs for arm64 guests on TCG, where QEMU's own PSCI is v1.1."""
-    if image.qemu_arch != "aarch64" or accel != "tcg":
+def psci_for(scenario: Scenario, options: RunOptions, image: GuestImage, accel: str,
+             build: QemuBuild) -> GuestPsci | None:
+    """The PSCI v1.3 layer runs for arm64 guests on TCG where QEMU's own PSCI will not do: a stock
+    QEMU's is v1.1, and a patched QEMU's is KVM's own, so only other personalities need the layer."""
+    personality = parse_personality(options.psci or scenario.psci)
+    if image.qemu_arch != "aarch64" or accel != "tcg" or personality is None:
         return None
-    return psci_attacher(options.psci or scenario.psci, image, options.system_map)
+    if build.reports_off2 and personality is PsciPersonality.KVM:
+        return None
+    return psci_attacher(personality, image, options.system_map, build.reports_off2)
 
 
 def write_artifacts(run_dir: RunDirectory) -> None:
@@ -93,7 +100,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     if scenario.arches and arch not in {guest_arch(a) for a in scenario.arches}:
         raise UsageError(f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only")
     image = image_for(scenario, options)
-    contract = default_contract(image.qemu_arch, options.off2_contract)
+    build = describe_build(options.qemu, image.qemu_arch)
     accel = choose_accel(image.qemu_arch, options.accel)
     run_dir = RunDirectory(options.run_dir) if options.run_dir else RunDirectory.create(
         options.runs_root, f"{timestamp()}-{scenario.name}")
@@ -101,11 +108,13 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     events = EventLog(run_dir.events, started)
     events.listeners.extend(listeners)
     run_dir.write_scenario(scenario.source)
-    psci = psci_for(scenario, options, image, accel.name)
-    guest = Guest(image, run_dir, events, accel.name, options.qemu, psci, scenario.memory_mib, scenario.cpus)
+    psci = psci_for(scenario, options, image, accel.name, build)
+    contract = contract_for(image.qemu_arch, accel.name, psci is not None, build.off2_reporting,
+                            options.off2_contract)
+    guest = Guest(image, run_dir, events, accel.name, build.path, psci, scenario.memory_mib, scenario.cpus)
     ctx = RunContext(scenario=scenario, guest=guest, events=events, off2_contract=str(contract))
     events.emit(RunStarted, scenario=scenario.name, image=image.name, accel=accel.name,
-                accel_reason=accel.reason, psci=psci.personality if psci else None)
+                accel_reason=accel.reason, psci=psci.personality if psci else None, qemu=build.name)
     error: str | None = None
     try:
         guest.prepare_disk(options.disk)
@@ -119,10 +128,11 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     consoles = {boot.name: boot.read_console() for boot in run_dir.boots()}
     verdict = judge(ctx.observations, consoles, error)
     seconds = time.monotonic() - started
-    spec = guest.spec()
+    append = guest.spec().append
     environment: dict[str, Any] = {
         "lab": __version__,
-        "qemu": qemu_version(spec.qemu_binary),
+        "qemu": f"{build.name} {build.version}",
+        "qemu_build": build_json(build),
         "host": f"{platform.system()} {platform.machine()} {platform.release()}",
         "accel": accel.name,
         "accel_reason": accel.reason,
@@ -133,7 +143,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
                   "inputs": image.manifest.get("inputs", []), "outputs": image.manifest.get("outputs", {})},
         "boot_inputs": image.boot_inputs(),
         "disk_input": {"path": str(options.disk), "sha256": sha256_file(options.disk)} if options.disk else None,
-        "kernel_append": spec.append,
+        "kernel_append": append,
     }
     described = {"name": scenario.name, "path": str(scenario.path), "description": scenario.description}
     write_result(run_dir, described, verdict, ctx.observations, events.steps_ended(), environment, seconds)
