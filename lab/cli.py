@@ -79,7 +79,8 @@ def _scenario(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lab.fleet.matrix import load_matrix, run_matrix
+    from lab.fleet.matrix import load_matrix
+    from lab.fleet.run import run_matrix
 
     matrix = load_matrix(Path(args.matrix))
     result = run_matrix(matrix, Path(args.runs_dir), args.workers or matrix.workers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from lab.fleet.matrix import Cell, Dimensions, load_matrix
 from lab.machine.accel import kvm_status
 from lab.paths import REPO_ROOT, SCENARIOS_DIR
 from lab.scenario.model import find_scenario
+from lab.vocabulary import guest_arch
 
 LAB = [sys.executable, "-m", "lab.cli"]
 PINNED_KERNEL = "linux-image-cloud-arm64=6.12.117-1"
@@ -31,21 +33,50 @@ def _lab_run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     return subprocess.run([*LAB, "run", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_every_shipped_matrix_is_valid():
-    matrices = sorted((REPO_ROOT / "matrices").glob("*.yaml"))
-    assert matrices
-    for path in matrices:
-        cells = load_matrix(path).cells()
-        assert len({cell.dir_name for cell in cells}) == len(cells), path
+SHIPPED = sorted((REPO_ROOT / "matrices").glob("*.yaml"))
 
 
-def test_nightly_is_kernels_times_scenarios():
-    matrix = load_matrix(REPO_ROOT / "matrices/nightly.yaml")
-    assert (matrix.name, matrix.workers, matrix.arch) == ("nightly", 2, "arm64")
-    ids = [cell.id for cell in matrix.cells()]
-    assert len(ids) == 6
-    assert "hibernate-resume[kernel=default,accel=tcg]" in ids
-    assert f"psci-none[kernel={PINNED_KERNEL},accel=tcg]" in ids
+def test_matrices_are_shipped():
+    assert SHIPPED
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_every_shipped_matrix_expands_into_cells_that_can_run(path):
+    matrix = load_matrix(path)
+    cells = matrix.cells()
+    dimensions = matrix.dimensions
+    assert len(cells) == (len(matrix.scenarios) * len(dimensions.kernels) * len(dimensions.personalities)
+                          * len(dimensions.accelerators))
+    assert len({cell.dir_name for cell in cells}) == len(cells)
+    for cell in cells:
+        assert cell.scenario.path.is_file(), cell.id
+        arches = {guest_arch(arch) for arch in cell.scenario.arches}
+        assert not arches or guest_arch(matrix.arch) in arches, cell.id
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_a_bad_field_in_a_shipped_matrix_is_one_line_naming_file_line_and_field(tmp_path, path):
+    lines = path.read_text().splitlines()
+    (line,) = [number for number, text in enumerate(lines, 1) if text.startswith("kernels: [")]
+    lines[line - 1] = "kernels: [default, linux-image-cloud-arm64]"
+    broken = _matrix(tmp_path, "\n".join(lines) + "\n", name=path.name)
+    with pytest.raises(UsageError) as caught:
+        load_matrix(broken)
+    assert str(caught.value) == (f"{broken}:{line}: kernels/1: 'linux-image-cloud-arm64' "
+                                 "is neither `default` nor a Debian kernel as linux-image-…=VERSION")
+
+
+def test_cells_are_every_scenario_on_every_kernel_and_accelerator_and_named_by_the_file(tmp_path):
+    matrix = load_matrix(_matrix(tmp_path, f'kernels: [default, "{PINNED_KERNEL}"]\n'
+                                           "scenarios: [hibernate-resume, psci-none]\naccelerators: [tcg]\n"
+                                           "workers: 2\n", name="nightly-ish.yaml"))
+    assert (matrix.name, matrix.workers, matrix.arch) == ("nightly-ish", 2, "arm64")
+    assert [cell.id for cell in matrix.cells()] == [
+        "hibernate-resume[kernel=default,accel=tcg]", f"hibernate-resume[kernel={PINNED_KERNEL},accel=tcg]",
+        "psci-none[kernel=default,accel=tcg]", f"psci-none[kernel={PINNED_KERNEL},accel=tcg]",
+    ]
+    named = load_matrix(_matrix(tmp_path, "name: mine\nkernels: [default]\nscenarios: [psci-none]\n"))
+    assert named.name == "mine"
 
 
 def test_personalities_override_and_ids_name_only_what_the_matrix_sets(tmp_path):
@@ -127,7 +158,7 @@ def test_a_cell_the_lab_cannot_run_is_an_error_and_the_matrix_still_reports(tmp_
     (matrix_dir,) = (tmp_path / "runs").iterdir()
     summary = json.loads((matrix_dir / "matrix.json").read_text())
     (cell,) = summary["cells"]
-    assert cell["status"] == "ERROR"
+    assert (cell["status"], cell["host"]) == ("ERROR", socket.gethostname())
     assert cell["reason"].startswith("--accel kvm is not possible here"), cell["reason"]
     assert "lab: error: --accel kvm is not possible here" in (Path(cell["run_dir"]) / "output.log").read_text()
     suites = ET.parse(matrix_dir / "junit.xml").getroot()
@@ -170,6 +201,7 @@ def test_two_kernels_in_parallel_through_the_cli(tmp_path, default_image):
         result = json.loads((run_dir / "result.json").read_text())
         assert (cell["status"], result["verdict"]["status"]) == ("PASS", "PASS")
         assert cell["reason"] == result["verdict"]["reason"] and cell["seconds"] > 0
+        assert cell["host"] == socket.gethostname()
         releases.add(result["environment"]["image"]["kernel_release"])
         assert (run_dir / "console-boot1.log").exists() and (run_dir / "output.log").exists()
     assert any(release.startswith("6.12.117") for release in releases) and len(releases) == 2
