@@ -33,7 +33,9 @@ from rich.table import Table
 
 from lab.errors import LabError, UsageError
 from lab.events import StepEnded, StepStarted
-from lab.image.store import DEFAULT_IMAGE, DEFAULT_KERNEL, GuestImage, find_image
+from lab.image.guest_image import GuestImage
+from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
+from lab.image.store import find_image
 from lab.machine.process import set_parent_death_signal
 from lab.paths import load_schema
 from lab.report.html import write_matrix_report

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import SetupError
+from lab.errors import SetupError, UsageError
 
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -187,3 +187,24 @@ class PrivateApt:
             target.unlink()
             raise SetupError(f"{package.filename}: sha256 does not match the archive's")
         return target
+
+
+def local_package(deb: Path, arch: str) -> PackageVersion:
+    """A user's .deb file described like an archive package (name and version from its control file)."""
+    if not deb.is_file():
+        raise UsageError(f"no such kernel package: {deb}")
+    done = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version", "Architecture"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UsageError(f"{deb} is not a Debian package: {done.stderr.strip()}")
+    fields = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    if fields.get("Architecture") != arch:
+        raise UsageError(f"{deb} is for {fields.get('Architecture')}, the image is {arch}")
+    return PackageVersion(fields["Package"], arch, fields["Version"], sha256_file(deb), deb.name)
+
+
+def extract(deb: Path, into: Path) -> None:
+    """The files a .deb installs, unpacked under `into` (as `dpkg-deb -x` does: no maintainer scripts)."""
+    done = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SetupError(f"dpkg-deb -x {deb.name} failed: {done.stderr.strip()}")
