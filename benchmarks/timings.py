@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.image.store import DEFAULT_IMAGE, ImageStore
+from lab.image.recipe import DEFAULT_IMAGE
+from lab.image.store import ImageStore
 from lab.machine.process import Machine
 from lab.machine.spec import Disk, MachineSpec
 from lab.psci.attach import psci_attacher

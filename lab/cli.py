@@ -12,7 +12,8 @@ from pathlib import Path
 from rich.console import Console
 
 from lab.errors import LabError, UsageError
-from lab.image.store import ImageRecipe, ImageStore
+from lab.image.recipe import ImageRecipe
+from lab.image.store import ImageStore
 from lab.report.terminal import TerminalReport
 from lab.scenario.model import find_scenario, load_scenario, shipped_scenarios
 from lab.scenario.run import RunOptions, run_scenario

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Literal
 
 from lab.errors import LabError
-from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageStore
+from lab.image.guest_image import GuestImage
+from lab.image.recipe import DEFAULT_IMAGE
+from lab.image.store import ImageStore
 from lab.judge.off2_contract import contract_for
 from lab.machine.accel import kvm_status
 from lab.qemu.builds import known_builds

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.image.store import DEFAULT_IMAGE, GuestImage, ImageStore
+from lab.image.guest_image import GuestImage
+from lab.image.recipe import DEFAULT_IMAGE
+from lab.image.store import ImageStore
 
 
 def _built_default(arch: str) -> GuestImage:

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 
 from lab.errors import UsageError
-from lab.image.store import DEFAULT_IMAGE, DEFAULT_KERNEL
+from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
 from lab.paths import load_schema
 from lab.scenario.model import Scenario, find_scenario
 from lab.scenario.yaml_file import read_yaml, schema_message

@@ -93,7 +93,7 @@ def _settings(config: pytest.Config) -> LabSettings | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     from lab.errors import LabError
-    from lab.image.store import DEFAULT_IMAGE
+    from lab.image.recipe import DEFAULT_IMAGE
     from lab.vocabulary import guest_arch
 
     try:

@@ -19,7 +19,8 @@ from lab.fleet.live import finished_line, live_table, print_summary
 from lab.fleet.local import LocalEngine
 from lab.fleet.matrix import Cell, Matrix, image_name
 from lab.fleet.results import MatrixResult, write_results
-from lab.image.store import GuestImage, find_image
+from lab.image.guest_image import GuestImage
+from lab.image.store import find_image
 from lab.rundir import timestamp, unique_dir
 from lab.scenario.run import RunOptions
 

@@ -1,6 +1,9 @@
 """Guest images: Debian packages in, a kernel, an initramfs and a blank swap disk out.
 
-Owns image recipes (`images/*.yaml`), the private apt configuration, the ELF library closure,
-kernel modules, SSH keys, cpio assembly and the image cache. May import: lab.errors, lab.paths,
-lab.vocabulary. Nothing here boots a guest.
+One concern a module: `recipe` (image recipes, `images/*.yaml`), `debian` (the private apt
+configuration and .deb files), `closure` (the ELF library closure), `modules`
+(kernel modules and their dependencies), `keys` (the SSH server and its keys), `initramfs` (cpio
+archives), `guest_image` (a built image and its manifest) and `store` (the image cache, the build
+that assembles the initramfs, and `find_image`). May import: lab.errors, lab.paths, lab.vocabulary.
+Nothing here boots a guest.
 """

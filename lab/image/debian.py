@@ -2,6 +2,7 @@
 
 The host's apt setup is never touched: sources list, state, lists and the package cache
 all live under the lab's cache directory, and apt is pointed at them with `-o` options.
+What apt and dpkg-deb print (stanzas, control files, relation fields) is read with python-debian.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lab.errors import SetupError
+from debian.deb822 import Deb822, Packages
+
+from lab.errors import SetupError, UsageError
 
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -46,12 +50,44 @@ SUITES = ("unstable", "testing", "trixie", "bookworm")
 """Suites the lab can fetch from: a bug report's kernel may come from any of them."""
 
 
+def stanzas(text: str) -> list[Packages]:
+    """The paragraphs of `apt-cache show` output (or of a Packages file)."""
+    return list(Packages.iter_paragraphs(text, use_apt_pkg=False))
+
+
+def _required(stanza: Deb822, name: str) -> str:
+    if not stanza.get(name):
+        raise SetupError(f"apt-cache show gave no {name} field")
+    return stanza[name]
+
+
+def pinned_relations(relations: list[list[dict[str, Any]]]) -> list[tuple[str, str | None]]:
+    """Each relation as (name, exact version if pinned with `=`), taking the first of alternatives.
+
+    `foo:any` is `foo`; `(>= 1)` and other constraints pin nothing.
+    """
+    return [(first["name"], first["version"][1] if first["version"] and first["version"][0] == "=" else None)
+            for first, *_ in relations]
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A resolved package and its direct `Depends:` as (name, exact version if pinned with `=`)."""
 
     package: PackageVersion
     depends: list[tuple[str, str | None]]
+
+    @classmethod
+    def of(cls, stanza: Packages, arch: str) -> Candidate:
+        """The candidate an `apt-cache show` stanza describes."""
+        package = PackageVersion(
+            name=_required(stanza, "Package"),
+            arch=arch,
+            version=_required(stanza, "Version"),
+            sha256=_required(stanza, "SHA256"),
+            filename=Path(_required(stanza, "Filename")).name,
+        )
+        return cls(package, pinned_relations(stanza.relations["depends"]))
 
 
 class PrivateApt:
@@ -125,16 +161,10 @@ class PrivateApt:
         stamp.touch()
         return True
 
-    def _field(self, stanza: str, name: str) -> str:
-        for line in stanza.splitlines():
-            if line.startswith(f"{name}:"):
-                return line.split(":", 1)[1].strip()
-        raise SetupError(f"apt-cache show gave no {name} field")
-
-    def _stanza(self, name: str, arch: str, version: str | None) -> str:
+    def _stanza(self, name: str, arch: str, version: str | None) -> Packages:
         spec = f"{name}:{arch}" + (f"={version}" if version else "")
         try:
-            return self._run("apt-cache", "show", "--no-all-versions", spec).split("\n\n")[0]
+            return stanzas(self._run("apt-cache", "show", "--no-all-versions", spec))[0]
         except SetupError:
             known = self._run("apt-cache", "madison", f"{name}:{arch}").strip()
             versions = ", ".join(line.split("|")[1].strip() for line in known.splitlines()) or "none"
@@ -147,30 +177,10 @@ class PrivateApt:
         try:
             output = self._run("apt-cache", "show", "--no-all-versions", *specs)
         except SetupError:
-            stanzas = [self._stanza(name, arch, version) for name, version in wanted]
+            found = [self._stanza(name, arch, version) for name, version in wanted]
         else:
-            stanzas = [stanza for stanza in output.split("\n\n") if stanza.strip()]
-        return [self._candidate(stanza, arch) for stanza in stanzas]
-
-    def _candidate(self, stanza: str, arch: str) -> Candidate:
-        package = PackageVersion(
-            name=self._field(stanza, "Package"),
-            arch=arch,
-            version=self._field(stanza, "Version"),
-            sha256=self._field(stanza, "SHA256"),
-            filename=Path(self._field(stanza, "Filename")).name,
-        )
-        try:
-            field = self._field(stanza, "Depends")
-        except SetupError:
-            return Candidate(package, [])
-        depends = []
-        for alternative in field.split(","):
-            first = alternative.split("|")[0].strip()
-            name, _, constraint = first.partition("(")
-            pinned = constraint.rstrip(")").strip()
-            depends.append((name.strip().split(":")[0], pinned[1:].strip() if pinned.startswith("=") else None))
-        return Candidate(package, depends)
+            found = stanzas(output)
+        return [Candidate.of(stanza, arch) for stanza in found]
 
     def download(self, package: PackageVersion) -> Path:
         """The package's .deb, fetched once and verified against the archive's sha256."""
@@ -187,3 +197,27 @@ class PrivateApt:
             target.unlink()
             raise SetupError(f"{package.filename}: sha256 does not match the archive's")
         return target
+
+
+def local_package(deb: Path, arch: str) -> PackageVersion:
+    """A user's .deb file described like an archive package (name and version from its control file).
+
+    The control file is read with dpkg-deb, which the build needs anyway: it reads every
+    compression a .deb may use (zstd included), as extracting the package will.
+    """
+    if not deb.is_file():
+        raise UsageError(f"no such kernel package: {deb}")
+    done = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UsageError(f"{deb} is not a Debian package: {done.stderr.strip()}")
+    control = Deb822(done.stdout)
+    if control.get("Architecture") != arch:
+        raise UsageError(f"{deb} is for {control.get('Architecture')}, the image is {arch}")
+    return PackageVersion(control["Package"], arch, control["Version"], sha256_file(deb), deb.name)
+
+
+def extract(deb: Path, into: Path) -> None:
+    """The files a .deb installs, unpacked under `into` (as `dpkg-deb -x` does: no maintainer scripts)."""
+    done = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SetupError(f"dpkg-deb -x {deb.name} failed: {done.stderr.strip()}")

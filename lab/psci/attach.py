@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import SetupError, UsageError
-from lab.image.store import GuestImage
+from lab.image.guest_image import GuestImage
 from lab.machine.process import Machine
 from lab.paths import cache_root
 from lab.psci.firmware import PsciPersonality

@@ -24,7 +24,7 @@ from typing import Any
 
 from lab.errors import LabError, MachineError, SetupError
 from lab.events import EventLog, QemuLaunched, SshPortTaken
-from lab.image.store import GuestImage
+from lab.image.guest_image import GuestImage
 from lab.machine.channels.shell import GuestShell
 from lab.machine.channels.ssh import SshChannel
 from lab.machine.process import Machine

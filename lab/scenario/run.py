@@ -17,7 +17,9 @@ from lab import __version__
 from lab.errors import LabError, SetupError, UsageError
 from lab.events import EventLog, Listener, RunEnded, RunStarted
 from lab.image.debian import sha256_file
-from lab.image.store import DEFAULT_IMAGE, DEFAULT_KERNEL, GuestImage, find_image
+from lab.image.guest_image import GuestImage
+from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
+from lab.image.store import find_image
 from lab.judge.off2_contract import contract_for
 from lab.judge.verdict import RunVerdict, judge
 from lab.machine.accel import choose_accel

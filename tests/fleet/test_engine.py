@@ -15,7 +15,7 @@ import lab.fleet.run
 from lab.fleet.engine import CellOutcome, CellRun, mark_not_run, settle
 from lab.fleet.matrix import Cell, load_matrix
 from lab.fleet.run import run_matrix
-from lab.image.store import GuestImage
+from lab.image.guest_image import GuestImage
 from lab.rundir import RunDirectory
 from lab.scenario.model import find_scenario
 

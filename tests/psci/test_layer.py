@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.image.store import GuestImage
+from lab.image.guest_image import GuestImage
 from lab.machine.channels.shell import GuestShell
 from lab.machine.process import Machine
 from lab.machine.spec import Disk, MachineSpec
