@@ -128,10 +128,16 @@ class PrivateApt:
         for sub in ("etc/sources.list.d", "etc/preferences.d", "state/lists/partial",
                     "cache/archives/partial", "debs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "etc/sources.list").write_text("".join(
-            f"deb [arch={self.architecture} signed-by={KEYRING}] {MIRROR} {suite} main\n" for suite in SUITES
-        ))
-        (self.root / "state/status").touch()
+        sources = self.root / "etc/sources.list"
+        wanted = "".join(f"deb [arch={self.architecture} signed-by={KEYRING}] {MIRROR} {suite} main\n"
+                         for suite in SUITES)
+        # Rewriting an unchanged file (or touching the status file) makes apt rebuild its package
+        # cache, about ten seconds, on the next call: write only what changed.
+        if not sources.exists() or sources.read_text() != wanted:
+            sources.write_text(wanted)
+        status = self.root / "state/status"
+        if not status.exists():
+            status.touch()
 
     def _run(self, tool: str, *args: str, cwd: Path | None = None, timeout: float = 600) -> str:
         if shutil.which(tool) is None:
