@@ -55,6 +55,7 @@ def test_tcg_works_for_aarch64_guests(findings: list[Finding]) -> None:
     assert "TCG works" in accel.detail
 
 
+@pytest.mark.depends_on_kvm
 @pytest.mark.skipif(kvm_status("aarch64")[0], reason="KVM runs aarch64 guests on this host")
 def test_kvm_is_unusable_for_aarch64_with_the_reason_runs_use(findings: list[Finding]) -> None:
     detail = _one(findings, "accel", "aarch64 guests").detail
@@ -97,6 +98,7 @@ def test_missing_qemu_is_reported_with_the_install_hint(qemu_free_path: Path) ->
     assert "fix: run ./bootstrap" in render(findings)
 
 
+@pytest.mark.depends_on_kvm
 def test_probes_report_what_a_broken_qemu_says(qemu_free_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(doctor, "PROBE_QMP_SECONDS", 1.0)
     for guest in ("aarch64", "x86_64"):

@@ -29,8 +29,6 @@ SERVICE = UNIT_DIR / "hibernation-lab-nightly.service"
 TIMER = UNIT_DIR / "hibernation-lab-nightly.timer"
 RUNS_DIR = "/var/lib/hibernation-lab/runs"
 
-needs_ruby = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed (apt-get install ruby)")
-
 RECORDING_VAGRANT = """
 require "json"
 
@@ -133,13 +131,13 @@ def _provision(tmp_path: Path, bootstrap_status: int = 0) -> Provisioning:
     return Provisioning(done.returncode, [line.split("\t") for line in lines], checkout)
 
 
-@needs_ruby
+@pytest.mark.needs_ruby
 def test_vagrantfile_is_valid_ruby() -> None:
     done = subprocess.run(["ruby", "-c", str(VAGRANTFILE)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
 
-@needs_ruby
+@pytest.mark.needs_ruby
 def test_vagrantfile_syncs_the_checkout_where_the_service_expects_it(tmp_path: Path) -> None:
     calls = _vagrant_calls(tmp_path, {})
     synced = [call for call in calls if call["name"] == "synced_folder" and not call["options"].get("disabled")]
@@ -148,7 +146,7 @@ def test_vagrantfile_syncs_the_checkout_where_the_service_expects_it(tmp_path: P
         "the host's virtualenv must not reach the VM: bootstrap makes the VM its own"
 
 
-@needs_ruby
+@pytest.mark.needs_ruby
 def test_provisioning_bootstraps_the_checkout_then_installs_and_starts_the_timer(tmp_path: Path) -> None:
     done = _provision(tmp_path)
     assert done.status == 0
@@ -167,14 +165,14 @@ def test_provisioning_bootstraps_the_checkout_then_installs_and_starts_the_timer
     assert started == TIMER.name and _unit(TIMER)["Timer"]["Unit"] == SERVICE.name
 
 
-@needs_ruby
+@pytest.mark.needs_ruby
 def test_provisioning_stops_when_bootstrap_fails(tmp_path: Path) -> None:
     done = _provision(tmp_path, bootstrap_status=1)
     assert done.status != 0
     assert [call[0] for call in done.log] == ["bootstrap"]
 
 
-@needs_ruby
+@pytest.mark.needs_ruby
 def test_vagrantfile_size_and_driver_come_from_the_environment(tmp_path: Path) -> None:
     default = _vagrant_calls(tmp_path, {})
     assert _assigned(default, "nested") == [True], "the default kvm driver gives the lab nested KVM"
@@ -242,7 +240,7 @@ def _verify(units: list[Path]) -> subprocess.CompletedProcess[str]:
                           timeout=60)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.needs_systemd_analyze
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     known_good = tmp_path / "lab-known-good.service"
     known_good.write_text("[Unit]\nDescription=check\n\n[Service]\nType=oneshot\nExecStart=/bin/true\n")

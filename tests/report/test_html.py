@@ -123,6 +123,7 @@ def _chromium() -> str | None:
     return found
 
 
+@pytest.mark.needs_chromium
 def test_renders_in_a_headless_browser(run_dir: Path, tmp_path: Path) -> None:
     chromium = _chromium()
     if chromium is None:
