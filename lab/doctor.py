@@ -1,7 +1,10 @@
 """`lab doctor`: one screen saying whether this host can run the lab, and what to install if not.
 
 Accelerators are *tried*, not guessed from /dev/kvm: each probe starts a paused, device-less
-QEMU, and counts it as working when it is still up after a second (it is then stopped and reaped).
+QEMU with only that accelerator and asks it over QMP. QEMU serves QMP commands only from its main
+loop, which runs after the accelerator is initialised (with a single `-accel` it exits when that
+fails), and `query-kvm` says whether KVM is the one in use; a process that merely stays up proves
+nothing. The probe is always stopped and reaped.
 
 Every QEMU build the lab knows (Debian's, the lab's own patched ones) is listed with what it
 reports about SYSTEM_OFF2, asked of the build itself over QMP, and the OFF2 contract that arm64
@@ -27,12 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lab.errors import LabError
+from packaging.requirements import Requirement
+
+from lab.errors import ChannelError, LabError, WaitTimeout
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE
 from lab.image.store import ImageStore
 from lab.judge.off2_contract import contract_for
 from lab.machine.accel import kvm_status
+from lab.machine.channels.qmp import QmpChannel
 from lab.qemu.builds import known_builds
 from lab.vocabulary import GUEST_ARCHES as ALL_GUEST_ARCHES
 from lab.vocabulary import host_arch
@@ -42,7 +48,7 @@ AREAS = ("host", "qemu", "accel", "system-off2", "gdbstub", "images", "python")
 GUEST_ARCHES = tuple(arch.qemu for arch in ALL_GUEST_ARCHES)
 MIN_QEMU_MAJOR = 10
 VERSION_TIMEOUT = 10.0
-PROBE_SETTLE_SECONDS = 1.0
+PROBE_QMP_SECONDS = 5.0
 PROBE_REAP_SECONDS = 5.0
 GDB_PROBE_SECONDS = 3.0
 RENDER_WIDTH = 110
@@ -195,15 +201,41 @@ def _early_exit(process: subprocess.Popen[str], seconds: float) -> str | None:
     return _last_line(stderr) or f"exited with status {process.returncode}"
 
 
-def _probe_accel(binary: str, accel: str) -> ProbeOutcome:
-    """Start a paused machine-less QEMU with `accel`; it works if it is still up after a second."""
-    command = [binary, "-machine", "none", "-accel", accel, *_PROBE_ARGS]
+def _accel_in_use(socket_path: Path, process: subprocess.Popen[str], accel: str) -> str | None:
+    """None when QEMU answers query-status and query-kvm says `accel` is the one running; else why not."""
+    channel = QmpChannel(socket_path, socket_path.with_name("qmp-events.jsonl"), time.monotonic())
     try:
-        with _launched(command) as process:
-            error = _early_exit(process, PROBE_SETTLE_SECONDS)
-    except OSError as failure:
-        return ProbeOutcome(False, f"cannot start {binary}: {failure.strerror}")
-    return ProbeOutcome(error is None, error or "")
+        channel.connect(PROBE_QMP_SECONDS, peer_gone=lambda: process.poll() is not None)
+        status = channel.execute("query-status", timeout=PROBE_QMP_SECONDS)
+        kvm = channel.execute("query-kvm", timeout=PROBE_QMP_SECONDS)
+    except WaitTimeout:
+        return f"no QMP answer within {PROBE_QMP_SECONDS:g}s although the process kept running"
+    except ChannelError as error:
+        if process.poll() is not None:
+            return _early_exit(process, PROBE_REAP_SECONDS)
+        return str(error)
+    finally:
+        channel.close()
+    if not isinstance(status, dict) or "status" not in status:
+        return f"query-status answered {status!r}"
+    kvm_enabled = bool(kvm.get("enabled"))
+    if kvm_enabled != (accel == "kvm"):
+        return f"QMP query-kvm says {'kvm' if kvm_enabled else 'another accelerator'} is in use, not {accel}"
+    return None
+
+
+def _probe_accel(binary: str, accel: str) -> ProbeOutcome:
+    """Start a paused machine-less QEMU with only `accel`; it works when QMP confirms that accelerator."""
+    with tempfile.TemporaryDirectory(prefix="lab-doctor-") as scratch:
+        socket_path = Path(scratch) / "qmp.sock"
+        command = [binary, "-machine", "none", "-accel", accel, *_PROBE_ARGS,
+                   "-qmp", f"unix:{socket_path},server=on,wait=off"]
+        try:
+            with _launched(command) as process:
+                problem = _accel_in_use(socket_path, process, accel)
+        except OSError as failure:
+            return ProbeOutcome(False, f"cannot start {binary}: {failure.strerror}")
+    return ProbeOutcome(problem is None, problem or "")
 
 
 def _accel_finding(guest: str) -> Finding:
@@ -318,8 +350,9 @@ def _normalised(distribution: str) -> str:
 
 
 def _required_distributions() -> list[str]:
-    requirements = importlib.metadata.requires("hibernation-lab") or []
-    return [re.split(r"[<>=!~;\s\[]", line, maxsplit=1)[0] for line in requirements if "extra ==" not in line]
+    """The lab's runtime requirements whose markers hold here; an extra's requirements are not runtime ones."""
+    requirements = [Requirement(line) for line in importlib.metadata.requires("hibernation-lab") or []]
+    return [r.name for r in requirements if r.marker is None or r.marker.evaluate({"extra": ""})]
 
 
 def _python_finding() -> Finding:

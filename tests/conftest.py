@@ -1,8 +1,15 @@
-"""Shared fixtures: the default guest image (built by ./bootstrap) and a scratch run directory."""
+"""Shared fixtures: the default guest image (built by ./bootstrap) and a scratch run directory.
+
+Host-dependent tests carry a needs_*/depends_on_* marker (pyproject.toml) and, added here, `host`:
+`-m "not host"` leaves the tests any lab host can run. A tool ./bootstrap installs fails its tests
+when missing, as the default image does; other tools skip theirs.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +17,41 @@ import pytest
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE
 from lab.image.store import ImageStore
+
+
+@dataclass(frozen=True)
+class HostTool:
+    """A program a marked test runs, how to get it, and whether ./bootstrap installs it."""
+
+    program: str
+    install: str
+    from_bootstrap: bool = False
+
+
+HOST_TOOLS = {
+    "needs_ruby": HostTool("ruby", "run ./bootstrap", from_bootstrap=True),
+    "needs_shellcheck": HostTool("shellcheck", "apt-get install shellcheck"),
+    "needs_systemd_analyze": HostTool("systemd-analyze", "apt-get install systemd"),
+}
+HOST_MARKERS = (*HOST_TOOLS, "depends_on_kvm")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark host-dependent tests `host` before -m selects, so they can be deselected all at once."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in HOST_MARKERS):
+            item.add_marker(pytest.mark.host)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker, tool in HOST_TOOLS.items():
+        if item.get_closest_marker(marker) is None or shutil.which(tool.program) is not None:
+            continue
+        message = f"{tool.program} is not installed ({tool.install}); deselect with -m 'not {marker}'"
+        if tool.from_bootstrap:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
 
 
 def _built_default(arch: str) -> GuestImage:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import platform
 import re
+import time
 from pathlib import Path
 
 import pytest
 
+from lab import doctor
 from lab.doctor import AREAS, Finding, diagnose, render
 from lab.machine.accel import kvm_status
+
+SLEEPER = """#!/bin/sh
+echo $$ > "${0%/*}/pid"
+exec /bin/sleep 30
+"""
+"""Stays up and says nothing, like QEMU would if liveness were all a probe looked at."""
 
 FAKE_OLD_QEMU = """#!/bin/sh
 case " $* " in
@@ -45,6 +55,7 @@ def test_tcg_works_for_aarch64_guests(findings: list[Finding]) -> None:
     assert "TCG works" in accel.detail
 
 
+@pytest.mark.depends_on_kvm
 @pytest.mark.skipif(kvm_status("aarch64")[0], reason="KVM runs aarch64 guests on this host")
 def test_kvm_is_unusable_for_aarch64_with_the_reason_runs_use(findings: list[Finding]) -> None:
     detail = _one(findings, "accel", "aarch64 guests").detail
@@ -87,7 +98,9 @@ def test_missing_qemu_is_reported_with_the_install_hint(qemu_free_path: Path) ->
     assert "fix: run ./bootstrap" in render(findings)
 
 
-def test_probes_report_what_a_broken_qemu_says(qemu_free_path: Path) -> None:
+@pytest.mark.depends_on_kvm
+def test_probes_report_what_a_broken_qemu_says(qemu_free_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor, "PROBE_QMP_SECONDS", 1.0)
     for guest in ("aarch64", "x86_64"):
         fake = qemu_free_path / f"qemu-system-{guest}"
         fake.write_text(FAKE_OLD_QEMU)
@@ -96,7 +109,9 @@ def test_probes_report_what_a_broken_qemu_says(qemu_free_path: Path) -> None:
     version = _one(findings, "qemu", "qemu-system-aarch64")
     assert version.status == "missing"
     assert "9.2.0" in version.detail and "too old" in version.detail
-    assert "TCG works" in _one(findings, "accel", "aarch64 guests").detail
+    tcg = _one(findings, "accel", "aarch64 guests")
+    assert "TCG fails (no QMP answer within 1s although the process kept running)" in tcg.detail
+    assert tcg.status == "missing"
     x86 = _one(findings, "accel", "x86_64 guests").detail
     assert f"KVM unusable ({kvm_status('x86_64')[1]})" in x86
     if Path("/dev/kvm").exists() and platform.machine() == "x86_64":
@@ -112,3 +127,41 @@ def test_each_known_qemu_is_listed_with_what_it_reports(monkeypatch: pytest.Monk
     debian = next(line for line in lines if line.startswith("debian: "))
     assert "reports SYSTEM_OFF2 like SYSTEM_OFF (stock)" in debian
     assert "TCG with the lab's PSCI layer, contract none; KVM contract none" in debian
+
+
+def test_a_process_that_only_stays_up_is_not_a_working_accelerator(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor, "PROBE_QMP_SECONDS", 1.0)
+    fake = tmp_path / "qemu-system-aarch64"
+    fake.write_text(SLEEPER)
+    fake.chmod(0o755)
+    started = time.monotonic()
+    outcome = doctor._probe_accel(str(fake), "tcg")
+    assert time.monotonic() - started < 1.0 + 2 + doctor.PROBE_REAP_SECONDS
+    assert not outcome.works
+    assert "no QMP answer" in outcome.error
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_real_qemu_confirms_tcg_over_qmp_and_refuses_a_foreign_kvm() -> None:
+    assert doctor._probe_accel("qemu-system-aarch64", "tcg") == doctor.ProbeOutcome(True)
+    if platform.machine() != "aarch64":
+        refused = doctor._probe_accel("qemu-system-aarch64", "kvm")
+        assert not refused.works
+        assert "kvm" in refused.error
+
+
+def test_required_distributions_follow_markers(monkeypatch: pytest.MonkeyPatch) -> None:
+    requirements = [
+        "qemu.qmp>=0.0.6",
+        "PyYAML >= 6.0",
+        "rich[jupyter]>=13",
+        'tomli>=2; python_version < "3.11"',
+        'typing-extensions; python_version >= "3.11"',
+        'pywin32; sys_platform == "win32"',
+        'pytest>=8; extra == "test"',
+    ]
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: requirements)
+    assert doctor._required_distributions() == ["qemu.qmp", "PyYAML", "rich", "typing-extensions"]

@@ -55,7 +55,6 @@ _SWAP_INFO_OFFSET = 0x400
 
 _QEMU_TIMEOUT = 60.0
 _LOCK_FAILURE = re.compile(r'Failed to get (?:shared )?"\w+" lock|Is another process using the image')
-_HEXDUMP_LINE = re.compile(r"^([0-9a-f]{8}):\s")
 
 
 class HeaderError(LabError):
@@ -304,30 +303,36 @@ def _open_disk(disk: Path) -> _Disk:
     return _Disk(path, info["format"], int(info["virtual-size"]))
 
 
-def _read_start(disk: _Disk, for_update: bool) -> bytes:
-    """Read up to the first 64 KiB through qemu-io's hexdump.
+def _require_write_access(disk: _Disk) -> None:
+    """Open the disk read-write as the write will, and do nothing: QEMU's image locking refuses this
+    (DiskBusy) while a VM holds the disk. `qemu-img dd` opens its input read-only, and a read-only
+    open of a raw disk succeeds even while a VM writes to it."""
+    _run_qemu_tool(["qemu-io", "-f", disk.format, "-c", "flush", str(disk.path)], disk.path)
 
-    For an update the disk is opened read-write, which takes QEMU's write lock: a running VM
-    makes this fail (DiskBusy) before anything is changed. Inspection shares the image (-r -U).
+
+def _read_start(disk: _Disk, for_update: bool) -> bytes:
+    """The first 64 KiB as the guest sees them (the whole disk if smaller), copied out by `qemu-img dd`.
+
+    For an update the disk must first open read-write, so a running VM makes the update fail (DiskBusy)
+    before anything is changed; inspection shares the image (-U) and works while a VM holds it.
     """
     if disk.size < min(PAGE_SIZES):
         raise HeaderError(f"{disk.path}: {disk.size} bytes is too small to hold a swap header")
-    length = min(HEADER_SPAN, disk.size - disk.size % 16)
-    share = [] if for_update else ["-r", "-U"]
-    stdout = _run_qemu_tool(
-        ["qemu-io", *share, "-f", disk.format, "-c", f"read -v 0 {length}", str(disk.path)], disk.path
-    )
-    data = bytearray()
-    for line in stdout.splitlines():
-        match = _HEXDUMP_LINE.match(line)
-        if not match:
-            continue
-        if int(match.group(1), 16) != len(data):
-            raise DiskAccessError(f"qemu-io's hexdump of {disk.path} skips to offset 0x{match.group(1)}")
-        data += bytes.fromhex("".join(line[match.end() :].split()[:16]))
+    if for_update:
+        _require_write_access(disk)
+    length = min(HEADER_SPAN, disk.size)
+    share = [] if for_update else ["-U"]
+    with tempfile.TemporaryDirectory(prefix="lab-header-") as scratch:
+        copy = Path(scratch) / "start.raw"
+        _run_qemu_tool(
+            ["qemu-img", "dd", *share, "-f", disk.format, "-O", "raw", f"bs={HEADER_SPAN}", "count=1",
+             f"if={disk.path}", f"of={copy}"],
+            disk.path,
+        )
+        data = copy.read_bytes()
     if len(data) != length:
-        raise DiskAccessError(f"qemu-io dumped {len(data)} of {length} bytes from {disk.path}")
-    return bytes(data)
+        raise DiskAccessError(f"qemu-img dd copied {len(data)} of {length} bytes from {disk.path}")
+    return data
 
 
 def _write_start(disk: _Disk, page: bytes) -> None:

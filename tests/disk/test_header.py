@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lab.deadline import wait_until
+from lab.disk import header as header_module
 from lab.disk.header import (
     FLAG_CRC32,
     FLAG_HW_SIG,
@@ -191,6 +192,20 @@ def test_disk_without_any_signature_is_reported_as_unknown(tmp_path: Path, fmt: 
         set_signature(disk, 1)
 
 
+def test_disk_smaller_than_64k_and_not_whole_sectors(tmp_path: Path) -> None:
+    """QEMU sees such a disk as whole 512-byte sectors; header reads and edits work on it and never grow it."""
+    disk = tmp_path / "odd.raw"
+    disk.write_bytes(b"\0" * 13288)
+    with disk.open("r+b") as raw:
+        raw.seek(0xFF6)
+        raw.write(b"SWAPSPACE2")
+    hibernate_into(disk, 4096)
+    header = read_header(disk)
+    assert (header.page_size, header.disk_size, header.image_present) == (4096, 13312, True)
+    assert set_signature(disk, 0x1234)[1].hw_sig == 0x1234
+    assert disk.stat().st_size == 13288
+
+
 def test_disk_too_small_for_a_header(tmp_path: Path) -> None:
     disk = tmp_path / "tiny.raw"
     run("qemu-img", "create", "-q", "-f", "raw", str(disk), "2048")
@@ -337,6 +352,16 @@ def test_disk_of_a_running_vm_is_refused_but_can_be_inspected(running_vm_disks: 
         with pytest.raises(DiskBusy):
             discard_image(disk)
         assert file_digest(disk) == untouched
+
+
+def test_update_is_refused_at_the_read_while_a_vm_holds_the_disk(
+    running_vm_disks: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raw included: a read-only open of a raw disk succeeds under a running VM, the read for an update must not."""
+    monkeypatch.setattr(header_module, "_write_start", lambda disk, page: pytest.fail("the update got to its write"))
+    for disk in running_vm_disks:
+        with pytest.raises(DiskBusy, match=r'QEMU refused its image lock \(Failed to get "write" lock\)'):
+            set_signature(disk, 0x1234)
 
 
 def test_missing_disk_is_a_usage_error(tmp_path: Path) -> None:

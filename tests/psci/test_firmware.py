@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
+from lab.errors import UsageError
+from lab.psci import firmware as firmware_module
 from lab.psci.firmware import (
     INTERNAL_FAILURE,
     INVALID_PARAMS,
@@ -17,6 +23,7 @@ from lab.psci.firmware import (
     to_register,
     to_signed,
 )
+from lab.scenario.model import load_scenario, shipped_scenarios
 from lab.vocabulary import (
     HIBERNATE_OFF,
     PSCI_CPU_ON_64,
@@ -147,16 +154,85 @@ def test_return_to_guest_still_validates_like_kvm() -> None:
     assert firmware.handle(PSCI_SYSTEM_OFF2, 0, 0) == returned(INTERNAL_FAILURE)
 
 
-def test_personalities_parse_from_their_names() -> None:
-    assert [str(p) for p in PsciPersonality] == [
-        "kvm",
-        "none",
-        "reject-explicit-type",
-        "reject-zero-type",
-        "alpha-spec",
-        "return-to-guest",
-    ]
-    assert PsciPersonality("alpha-spec") is PsciPersonality.ALPHA_SPEC
+# The module docstring's table is the specification each personality is checked against.
+
+TABLE_ROW = re.compile(r"^\| `([a-z-]+)`[^|]*\|([^|]+)\|([^|]+)\|([^|]+)\|([^|]+)\|$", re.MULTILINE)
+PROBED_TYPES = (0, HIBERNATE_OFF, 2)
+
+
+@dataclass(frozen=True)
+class DocumentedRow:
+    version: str
+    features: str
+    system_off2: str
+
+
+def documented_rows() -> dict[str, DocumentedRow]:
+    doc = firmware_module.__doc__ or ""
+    return {m.group(1): DocumentedRow(*(cell.strip() for cell in m.group(2, 3, 4))) for m in TABLE_ROW.finditer(doc)}
+
+
+def expected_off2(row: DocumentedRow, rows: dict[str, DocumentedRow]) -> dict[int, PsciResponse]:
+    """What SYSTEM_OFF2(type, 0) answers for each probed type, read from the table's cell."""
+    cell = row.system_off2
+    if cell.startswith("QEMU's"):
+        return dict.fromkeys(PROBED_TYPES, PASS_THROUGH)
+    if (validated := re.fullmatch(r"validated as (\S+), then (-\d+) returned", cell)) is not None:
+        base = expected_off2(rows[validated.group(1)], rows)
+        answer = returned(int(validated.group(2)))
+        return {off_type: answer if response == POWER_OFF else response for off_type, response in base.items()}
+    accepted = re.match(r"type ([\d/]+)", cell)
+    assert accepted is not None, f"cannot read the SYSTEM_OFF2 cell {cell!r}"
+    types = {int(t) for t in accepted.group(1).split("/")}
+    return {t: POWER_OFF if t in types else returned(INVALID_PARAMS) for t in PROBED_TYPES}
+
+
+def test_every_personality_has_one_documented_row_and_note() -> None:
+    rows = documented_rows()
+    assert sorted(rows) == sorted(p.value for p in PsciPersonality)
+    notes = re.findall(r"^- `([a-z-]+)`:", firmware_module.__doc__ or "", re.MULTILINE)
+    assert sorted(notes) == sorted(rows)
+
+
+@pytest.mark.parametrize("personality", list(PsciPersonality))
+def test_personality_answers_as_its_documented_row(personality: PsciPersonality) -> None:
+    rows = documented_rows()
+    row = rows[personality.value]
+    firmware = PsciFirmware(PsciPersonality(personality.value))
+    version = PASS_THROUGH if row.version.startswith("QEMU's") else returned(VERSION_1_3)
+    assert row.version in ("1.3", "QEMU's")
+    assert firmware.handle(PSCI_VERSION) == version
+    features = PASS_THROUGH if row.features.startswith("QEMU's") else returned(int(row.features.split()[0]))
+    for off2_id in OFF2_IDS:
+        assert firmware.handle(PSCI_FEATURES, off2_id) == features
+        answers = {off_type: firmware.handle(off2_id, off_type, 0) for off_type in PROBED_TYPES}
+        assert answers == expected_off2(row, rows), row.system_off2
+
+
+def test_no_two_personalities_behave_alike() -> None:
+    calls = [(PSCI_VERSION, 0, 0), (PSCI_FEATURES, PSCI_SYSTEM_OFF2_64, 0)]
+    calls += [(PSCI_SYSTEM_OFF2_64, off_type, cookie) for off_type in PROBED_TYPES for cookie in (0, 1)]
+    behaviours = {p: tuple(PsciFirmware(p).handle(*call) for call in calls) for p in PsciPersonality}
+    assert len(set(behaviours.values())) == len(behaviours), behaviours
+
+
+def test_every_personality_is_exercised_by_a_shipped_scenario() -> None:
+    exercised = {load_scenario(path).psci for path in shipped_scenarios()}
+    assert {p.value for p in PsciPersonality} <= exercised
+
+
+@pytest.mark.parametrize("personality", list(PsciPersonality))
+def test_a_scenario_can_name_every_personality(tmp_path: Path, personality: PsciPersonality) -> None:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(f"name: demo\ndescription: demo\npsci: {personality.value}\nsteps:\n  - boot\n")
+    assert PsciPersonality(load_scenario(path).psci) is personality
+
+
+def test_a_scenario_cannot_name_an_unknown_personality(tmp_path: Path) -> None:
+    path = tmp_path / "scenario.yaml"
+    path.write_text("name: demo\ndescription: demo\npsci: bogus\nsteps:\n  - boot\n")
+    with pytest.raises(UsageError, match="psci"):
+        load_scenario(path)
 
 
 def test_register_conversions() -> None:

@@ -17,12 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import EventListener, QMPClient, QMPError
+from qemu.qmp import EventListener, QMPClient, QMPError, Runstate
 
-from lab.deadline import wait_until
+from lab.deadline import Deadline, wait_until
 from lab.errors import ChannelError
 
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+ATTEMPT_SECONDS = 2.0
+MIN_ATTEMPT_SECONDS = 0.05
 
 
 def _matches(data: Any, pattern: Any) -> bool:
@@ -53,22 +56,47 @@ class QmpChannel:
         return future.result(timeout + 1)
 
     def connect(self, timeout: float, peer_gone: Callable[[], bool] = lambda: False) -> None:
-        """Connect, retrying until QEMU listens; stop at once when `peer_gone()` says QEMU has exited."""
+        """Connect, retrying until QEMU listens; stop at once when `peer_gone()` says QEMU has exited.
+
+        Each attempt is bounded by what is left of `timeout`, and the timeout names what the last one lacked.
+        """
         self._thread.start()
         self._client.register_listener(self._listener)
+        deadline = Deadline(timeout)
+        last_problem: list[str] = []
 
         def attempt() -> bool | None:
             if peer_gone():
                 raise ChannelError(f"QEMU exited before QMP on {self.socket_path} answered")
+            seconds = max(min(ATTEMPT_SECONDS, deadline.remaining), MIN_ATTEMPT_SECONDS)
             try:
-                self._call(self._client.connect(str(self.socket_path)), 2)
-            except (OSError, QMPError, TimeoutError):
+                self._call(self._connect_afresh(), seconds)
+            except TimeoutError:
+                if self.socket_path.exists():
+                    lacking = "no QMP greeting" if self._client.greeting is None else "no answer to qmp_capabilities"
+                    last_problem[:] = [f"{lacking} within {seconds:.1f}s of connecting"]
                 return None
+            except (OSError, QMPError) as error:
+                last_problem[:] = [str(error)]
+                return None
+            except AssertionError:
+                # qemu.qmp asserts RUNNING once the session is up; a peer that hangs up right after the
+                # handshake has already moved it to DISCONNECTING. The session was made: keep its events.
+                if self._client.runstate is not Runstate.DISCONNECTING:
+                    raise
             return True
 
-        wait_until(attempt, timeout, f"QMP on {self.socket_path}")
+        wait_until(attempt, timeout, f"QMP on {self.socket_path}", lambda: last_problem)
         self.connected = True
         self._pump = asyncio.run_coroutine_threadsafe(self._record_events(), self._loop)
+
+    async def _connect_afresh(self) -> None:
+        """One attempt from IDLE: an attempt cut short in qemu.qmp's own cleanup leaves the client
+        DISCONNECTING, where every later connect fails with a StateError until disconnect() is awaited."""
+        if self._client.runstate is Runstate.DISCONNECTING:
+            with contextlib.suppress(QMPError, EOFError, OSError):
+                await self._client.disconnect()
+        await self._client.connect(str(self.socket_path))
 
     async def _record_events(self) -> None:
         with self.events_log.open("a") as log:

@@ -77,8 +77,13 @@ class SshChannel:
                 client.close()
                 raise ChannelError(f"SSH on {HOST}:{self.port} refused the image's client key: {error}") from error
             except (paramiko.SSHException, OSError, EOFError) as error:
+                # paramiko stops waiting for the handshake at `timeout` and then reports "No existing
+                # session"; a peer that took the connection but sent no banner is what actually happened.
+                transport = client.get_transport()
+                silent = transport is not None and not transport.remote_version
                 client.close()
-                last_error[:] = [f"{type(error).__name__}: {error}"]
+                last_error[:] = [f"connected, but no SSH banner within {seconds:.1f}s" if silent
+                                 else f"{type(error).__name__}: {error}"]
                 return None
             return client
 
@@ -99,6 +104,9 @@ class SshChannel:
         output = bytearray()
         try:
             session = transport.open_session(timeout=max(deadline.remaining, 0.1))
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise ChannelError(f"SSH to {HOST}:{self.port} opened no session for `{command}`: {error}") from error
+        try:
             session.set_combine_stderr(True)
             session.exec_command(command)
             while True:
@@ -110,12 +118,14 @@ class SshChannel:
             if not session.status_event.wait(max(deadline.remaining, 0.01)):
                 raise TimeoutError
             status = session.recv_exit_status()
-            session.close()
         except TimeoutError:
             raise WaitTimeout(f"`{command}` to finish over SSH", timeout, output.decode(errors="replace")
                               .splitlines()[-3:]) from None
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise ChannelError(f"SSH to {HOST}:{self.port} broke during `{command}`: {error}") from error
+        finally:
+            # A command given up on must not keep its session (and the guest's process on it) open.
+            session.close()
         return CommandResult(command, status, output.decode(errors="replace"))
 
     def close(self) -> None:

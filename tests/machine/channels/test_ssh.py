@@ -1,15 +1,23 @@
-"""The SSH channel: against nothing listening, and against the default image's real dropbear under QEMU."""
+"""The SSH channel: against nothing listening, fake peers in threads, and the default image's real dropbear.
+
+Every fake peer runs on a thread with timed-out sockets, is stopped at the end of its test and its thread
+joined; every wait in these tests is bounded.
+"""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lab.deadline import wait_until
 from lab.errors import ChannelError, WaitTimeout
 from lab.machine.channels.ssh import SshChannel, parse_public_key
 from lab.machine.process import Machine
@@ -29,6 +37,157 @@ def _stranger_keys(tmp_path: Path) -> tuple[str, Path]:
     path.write_bytes(client.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                           serialization.NoEncryption()))
     return _openssh_line(Ed25519PrivateKey.generate()), path
+
+
+POLL_SECONDS = 0.05
+JOIN_SECONDS = 5.0
+SLACK = 1.5
+"""What a bounded wait may overrun on a loaded 2-core host: well under any timeout a test waits out."""
+
+
+def _private_key_file(path: Path, key: Ed25519PrivateKey) -> Path:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    return path
+
+
+class FakePeer:
+    """A TCP listener on 127.0.0.1 that hands each connection to `serve` on its own thread until stopped."""
+
+    def __init__(self, serve: Callable[[FakePeer, socket.socket], None]) -> None:
+        self.serve = serve
+        self.stop = threading.Event()
+        self.connections: list[socket.socket] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(POLL_SECONDS)
+        self.port = self.listener.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, name="fake-ssh", daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections.append(connection)
+            thread = threading.Thread(target=self.serve, args=(self, connection), name="fake-ssh-peer", daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in list(self.threads):
+            thread.join(JOIN_SECONDS)
+            assert not thread.is_alive(), f"{thread.name} did not stop"
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.fixture
+def peer() -> Iterator[Callable[[Callable[[FakePeer, socket.socket], None]], FakePeer]]:
+    peers: list[FakePeer] = []
+
+    def start(serve: Callable[[FakePeer, socket.socket], None]) -> FakePeer:
+        peers.append(FakePeer(serve))
+        return peers[-1]
+
+    yield start
+    for fake in peers:
+        fake.close()
+
+
+def _silent(fake: FakePeer, connection: socket.socket) -> None:
+    """Accepts and never sends a banner, as a guest whose SSH server hangs before it greets."""
+    fake.stop.wait()
+
+
+class ExecNeverFinishes(paramiko.ServerInterface):
+    """Lets in one client key, opens sessions, and accepts any command without ever finishing it."""
+
+    def __init__(self, client_key: paramiko.PKey) -> None:
+        self.client_key = client_key
+        self.commands: list[str] = []
+        self.sessions: list[paramiko.Channel] = []
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        return paramiko.AUTH_SUCCESSFUL if key == self.client_key else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        self.commands.append(command.decode())
+        self.sessions.append(channel)
+        channel.sendall(b"started\n")
+        return True
+
+
+def _ssh_server(host_key: paramiko.PKey, interface: paramiko.ServerInterface) -> Callable[[FakePeer, socket.socket],
+                                                                                          None]:
+    def serve(fake: FakePeer, connection: socket.socket) -> None:
+        opened: list[paramiko.Channel] = []
+        with paramiko.Transport(connection) as transport:
+            transport.add_server_key(host_key)
+            transport.start_server(server=interface)
+            while not fake.stop.is_set() and transport.is_active():
+                # The transport holds its channels weakly: an accepted one must be kept, or it closes.
+                if (channel := transport.accept(POLL_SECONDS)) is not None:
+                    opened.append(channel)
+
+    return serve
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[paramiko.PKey, str, Path]:
+    """A host key for the fake server, its OpenSSH public line, and a client key file."""
+    host = Ed25519PrivateKey.generate()
+    host_file = _private_key_file(tmp_path / "host", host)
+    client_file = _private_key_file(tmp_path / "client", Ed25519PrivateKey.generate())
+    return paramiko.Ed25519Key(filename=str(host_file)), _openssh_line(host), client_file
+
+
+def test_a_peer_that_never_sends_a_banner_times_out(peer, keys) -> None:
+    _, host_line, client_file = keys
+    fake = peer(_silent)
+    channel = SshChannel.from_files(fake.port, "root", host_line, client_file)
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as caught:
+        channel.connect(1.0)
+    assert time.monotonic() - started < 1.0 + SLACK
+    assert f"SSH server on 127.0.0.1:{fake.port}" in str(caught.value)
+    assert "connected, but no SSH banner" in str(caught.value)
+    assert fake.connections, "the channel did reach the silent peer"
+    assert not channel.connected
+
+
+def test_a_command_that_never_finishes_times_out_naming_it(peer, keys) -> None:
+    host_key, host_line, client_file = keys
+    server = ExecNeverFinishes(paramiko.PKey.from_path(client_file))
+    fake = peer(_ssh_server(host_key, server))
+    channel = SshChannel.from_files(fake.port, "lab", host_line, client_file)
+    channel.connect(5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout) as caught:
+            channel.run("sleep infinity", timeout=1.0)
+        assert time.monotonic() - started < 1.0 + SLACK
+        assert "`sleep infinity` to finish over SSH" in str(caught.value)
+        assert "last seen: started" in str(caught.value)
+        assert server.commands == ["sleep infinity"]
+        assert channel.connected, "a command's timeout leaves the connection usable"
+        wait_until(lambda: True if server.sessions[0].closed else None, SLACK, "the timed-out session to close")
+    finally:
+        channel.close()
+    assert not channel.connected
 
 
 def _listeners(port: int) -> list[str]:
