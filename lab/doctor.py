@@ -24,21 +24,18 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from packaging.requirements import Requirement
 
-from lab.errors import ChannelError, LabError, WaitTimeout
+from lab.errors import LabError
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE
 from lab.image.store import ImageStore
 from lab.judge.off2_contract import contract_for
-from lab.machine.accel import kvm_status
-from lab.machine.channels.qmp import QmpChannel
+from lab.machine.accel import NO_MACHINE, PROBE_ARGS, PROBE_REAP_SECONDS, early_exit, kvm_status, launched, probe_accel
 from lab.qemu.builds import known_builds
 from lab.vocabulary import GUEST_ARCHES as ALL_GUEST_ARCHES
 from lab.vocabulary import host_arch
@@ -48,8 +45,6 @@ AREAS = ("host", "qemu", "accel", "system-off2", "gdbstub", "images", "python")
 GUEST_ARCHES = tuple(arch.qemu for arch in ALL_GUEST_ARCHES)
 MIN_QEMU_MAJOR = 10
 VERSION_TIMEOUT = 10.0
-PROBE_QMP_SECONDS = 5.0
-PROBE_REAP_SECONDS = 5.0
 GDB_PROBE_SECONDS = 3.0
 RENDER_WIDTH = 110
 
@@ -62,7 +57,6 @@ _PACKAGE_OF = {
 _BOOTSTRAP_INSTALLS = ("qemu-system-aarch64", "qemu-img", "qemu-io")
 _GDB_PACKET = re.compile(rb"\$[^#]*#[0-9a-fA-F]{2}")
 _VERSION = re.compile(r"version (\d+)\.(\d+)(?:\.(\d+))?")
-_PROBE_ARGS = ("-display", "none", "-nodefaults", "-no-user-config", "-monitor", "none", "-serial", "none", "-S")
 
 
 @dataclass(frozen=True)
@@ -73,14 +67,6 @@ class Finding:
     status: Status
     detail: str
     fix: str | None = None
-
-
-@dataclass(frozen=True)
-class ProbeOutcome:
-    """Whether QEMU came up with some options; `error` is its last stderr line when it did not."""
-
-    works: bool
-    error: str = ""
 
 
 def diagnose() -> list[Finding]:
@@ -170,74 +156,6 @@ def _binary_finding(binary: str) -> Finding:
     return Finding("qemu", "ok", f"{binary} {version} >= {MIN_QEMU_MAJOR} ({path})")
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-@contextmanager
-def _launched(command: list[str]) -> Iterator[subprocess.Popen[str]]:
-    """A QEMU process that is stopped and reaped however the caller leaves."""
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.communicate(timeout=PROBE_REAP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate(timeout=PROBE_REAP_SECONDS)
-
-
-def _early_exit(process: subprocess.Popen[str], seconds: float) -> str | None:
-    """None when QEMU is still up after `seconds`; otherwise why it exited."""
-    try:
-        _, stderr = process.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        return None
-    return _last_line(stderr) or f"exited with status {process.returncode}"
-
-
-def _accel_in_use(socket_path: Path, process: subprocess.Popen[str], accel: str) -> str | None:
-    """None when QEMU answers query-status and query-kvm says `accel` is the one running; else why not."""
-    channel = QmpChannel(socket_path, socket_path.with_name("qmp-events.jsonl"), time.monotonic())
-    try:
-        channel.connect(PROBE_QMP_SECONDS, peer_gone=lambda: process.poll() is not None)
-        status = channel.execute("query-status", timeout=PROBE_QMP_SECONDS)
-        kvm = channel.execute("query-kvm", timeout=PROBE_QMP_SECONDS)
-    except WaitTimeout:
-        return f"no QMP answer within {PROBE_QMP_SECONDS:g}s although the process kept running"
-    except ChannelError as error:
-        if process.poll() is not None:
-            return _early_exit(process, PROBE_REAP_SECONDS)
-        return str(error)
-    finally:
-        channel.close()
-    if not isinstance(status, dict) or "status" not in status:
-        return f"query-status answered {status!r}"
-    kvm_enabled = bool(kvm.get("enabled"))
-    if kvm_enabled != (accel == "kvm"):
-        return f"QMP query-kvm says {'kvm' if kvm_enabled else 'another accelerator'} is in use, not {accel}"
-    return None
-
-
-def _probe_accel(binary: str, accel: str) -> ProbeOutcome:
-    """Start a paused machine-less QEMU with only `accel`; it works when QMP confirms that accelerator."""
-    with tempfile.TemporaryDirectory(prefix="lab-doctor-") as scratch:
-        socket_path = Path(scratch) / "qmp.sock"
-        command = [binary, "-machine", "none", "-accel", accel, *_PROBE_ARGS,
-                   "-qmp", f"unix:{socket_path},server=on,wait=off"]
-        try:
-            with _launched(command) as process:
-                problem = _accel_in_use(socket_path, process, accel)
-        except OSError as failure:
-            return ProbeOutcome(False, f"cannot start {binary}: {failure.strerror}")
-    return ProbeOutcome(problem is None, problem or "")
-
-
 def _accel_finding(guest: str) -> Finding:
     binary = f"qemu-system-{guest}"
     path = shutil.which(binary)
@@ -246,7 +164,7 @@ def _accel_finding(guest: str) -> Finding:
     if path is None:
         detail = f"{guest} guests: not probed, {binary} not found (the lab would pick {lab_pick}: {kvm_reason})"
         return Finding("accel", "missing" if guest == "aarch64" else "warn", detail, _install_fix(binary))
-    tcg = _probe_accel(path, "tcg")
+    tcg = probe_accel(path, "tcg", NO_MACHINE)
     tcg_text = "TCG works" if tcg.works else f"TCG fails ({tcg.error})"
     kvm_text = "KVM works" if kvm_allowed else f"KVM unusable ({kvm_reason})"
     detail = f"{guest} guests: {tcg_text}; {kvm_text}; the lab picks {lab_pick.upper()}"
@@ -280,7 +198,7 @@ def _gdb_answers(sock_path: Path, process: subprocess.Popen[str]) -> str | None:
     deadline = time.monotonic() + GDB_PROBE_SECONDS
     while not sock_path.exists():
         if process.poll() is not None or time.monotonic() > deadline:
-            return _early_exit(process, PROBE_REAP_SECONDS) or "no gdbstub socket appeared"
+            return early_exit(process, PROBE_REAP_SECONDS) or "no gdbstub socket appeared"
         time.sleep(0.05)
     reply = b""
     with socket.socket(socket.AF_UNIX) as client:
@@ -307,10 +225,10 @@ def _gdbstub_finding() -> Finding:
                        _install_fix(binary))
     with tempfile.TemporaryDirectory(prefix="lab-doctor-") as scratch:
         sock_path = Path(scratch) / "gdb.sock"
-        command = [path, "-machine", "virt", "-cpu", "max", "-accel", "tcg", *_PROBE_ARGS,
+        command = [path, "-machine", "virt", "-cpu", "max", "-accel", "tcg", *PROBE_ARGS,
                    "-gdb", f"unix:{sock_path},server=on,wait=off"]
         try:
-            with _launched(command) as process:
+            with launched(command) as process:
                 problem = _gdb_answers(sock_path, process)
         except OSError as failure:
             problem = f"cannot start {binary}: {failure.strerror}"

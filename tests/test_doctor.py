@@ -13,6 +13,7 @@ import pytest
 
 from lab import doctor
 from lab.doctor import AREAS, Finding, diagnose, render
+from lab.machine import accel
 from lab.machine.accel import kvm_status
 
 SLEEPER = """#!/bin/sh
@@ -100,7 +101,7 @@ def test_missing_qemu_is_reported_with_the_install_hint(qemu_free_path: Path) ->
 
 @pytest.mark.depends_on_kvm
 def test_probes_report_what_a_broken_qemu_says(qemu_free_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "PROBE_QMP_SECONDS", 1.0)
+    monkeypatch.setattr(accel, "PROBE_QMP_SECONDS", 1.0)
     for guest in ("aarch64", "x86_64"):
         fake = qemu_free_path / f"qemu-system-{guest}"
         fake.write_text(FAKE_OLD_QEMU)
@@ -131,13 +132,13 @@ def test_each_known_qemu_is_listed_with_what_it_reports(monkeypatch: pytest.Monk
 
 def test_a_process_that_only_stays_up_is_not_a_working_accelerator(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "PROBE_QMP_SECONDS", 1.0)
+    monkeypatch.setattr(accel, "PROBE_QMP_SECONDS", 1.0)
     fake = tmp_path / "qemu-system-aarch64"
     fake.write_text(SLEEPER)
     fake.chmod(0o755)
     started = time.monotonic()
-    outcome = doctor._probe_accel(str(fake), "tcg")
-    assert time.monotonic() - started < 1.0 + 2 + doctor.PROBE_REAP_SECONDS
+    outcome = accel.probe_accel(str(fake), "tcg", accel.NO_MACHINE)
+    assert time.monotonic() - started < 1.0 + 2 + accel.PROBE_REAP_SECONDS
     assert not outcome.works
     assert "no QMP answer" in outcome.error
     pid = int((tmp_path / "pid").read_text())
@@ -146,9 +147,9 @@ def test_a_process_that_only_stays_up_is_not_a_working_accelerator(tmp_path: Pat
 
 
 def test_real_qemu_confirms_tcg_over_qmp_and_refuses_a_foreign_kvm() -> None:
-    assert doctor._probe_accel("qemu-system-aarch64", "tcg") == doctor.ProbeOutcome(True)
+    assert accel.probe_accel("qemu-system-aarch64", "tcg", accel.NO_MACHINE) == accel.ProbeOutcome(True)
     if platform.machine() != "aarch64":
-        refused = doctor._probe_accel("qemu-system-aarch64", "kvm")
+        refused = accel.probe_accel("qemu-system-aarch64", "kvm", accel.NO_MACHINE)
         assert not refused.works
         assert "kvm" in refused.error
 

@@ -7,14 +7,23 @@ import functools
 import os
 import shutil
 import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from lab.errors import UsageError
+from lab.errors import ChannelError, UsageError, WaitTimeout
+from lab.machine.channels.qmp import QmpChannel
 from lab.vocabulary import host_arch
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
-PROBE_SECONDS = 2.0
+PROBE_QMP_SECONDS = 5.0
+PROBE_REAP_SECONDS = 5.0
+PROBE_ARGS = ("-display", "none", "-nodefaults", "-no-user-config", "-monitor", "none", "-serial", "none", "-S")
+NO_MACHINE = ("-machine", "none")
 
 
 @dataclass(frozen=True)
@@ -48,26 +57,95 @@ def kvm_status(guest_arch: str) -> tuple[bool, str]:
     return _probe_kvm(binary, guest_arch)
 
 
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """Whether QEMU came up with some options; `error` is its last stderr line when it did not."""
+
+    works: bool
+    error: str = ""
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@contextmanager
+def launched(command: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A QEMU process that is stopped and reaped however the caller leaves."""
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.communicate(timeout=PROBE_REAP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate(timeout=PROBE_REAP_SECONDS)
+
+
+def early_exit(process: subprocess.Popen[str], seconds: float) -> str | None:
+    """None when QEMU is still up after `seconds`; otherwise why it exited."""
+    try:
+        _, stderr = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+    return last_line(stderr) or f"exited with status {process.returncode}"
+
+
+def _accel_in_use(socket_path: Path, process: subprocess.Popen[str], accel: str) -> str | None:
+    """None when QEMU answers query-status and query-kvm says `accel` is the one running; else why not."""
+    channel = QmpChannel(socket_path, socket_path.with_name("qmp-events.jsonl"), time.monotonic())
+    try:
+        channel.connect(PROBE_QMP_SECONDS, peer_gone=lambda: process.poll() is not None)
+        status = channel.execute("query-status", timeout=PROBE_QMP_SECONDS)
+        kvm = channel.execute("query-kvm", timeout=PROBE_QMP_SECONDS)
+    except WaitTimeout:
+        return f"no QMP answer within {PROBE_QMP_SECONDS:g}s although the process kept running"
+    except ChannelError as error:
+        if process.poll() is not None:
+            return early_exit(process, PROBE_REAP_SECONDS)
+        return str(error)
+    finally:
+        channel.close()
+    if not isinstance(status, dict) or "status" not in status:
+        return f"query-status answered {status!r}"
+    kvm_enabled = bool(kvm.get("enabled"))
+    if kvm_enabled != (accel == "kvm"):
+        return f"QMP query-kvm says {'kvm' if kvm_enabled else 'another accelerator'} is in use, not {accel}"
+    return None
+
+
+def probe_accel(binary: str, accel: str, machine: tuple[str, ...]) -> ProbeOutcome:
+    """Start a paused QEMU with only `accel` (and `machine`); it works when QMP confirms that accelerator.
+
+    A process that merely stays up proves nothing: only QEMU answers QMP, and it does so once its
+    accelerator is set up. The process is always stopped and reaped.
+    """
+    with tempfile.TemporaryDirectory(prefix="lab-probe-") as scratch:
+        socket_path = Path(scratch) / "qmp.sock"
+        command = [binary, *machine, "-accel", accel, *PROBE_ARGS,
+                   "-qmp", f"unix:{socket_path},server=on,wait=off"]
+        try:
+            with launched(command) as process:
+                problem = _accel_in_use(socket_path, process, accel)
+        except OSError as failure:
+            return ProbeOutcome(False, f"cannot start {binary}: {failure.strerror}")
+    return ProbeOutcome(problem is None, problem or "")
+
+
 @functools.cache
 def _probe_kvm(binary: str, guest_arch: str) -> tuple[bool, str]:
     """Start the lab's own machine model paused under KVM: /dev/kvm can answer ioctls and still
     refuse a vCPU (seen here: x86 guests abort on MSR writes without nested virtualisation)."""
     machine = {"aarch64": "virt", "x86_64": "q35"}[guest_arch]
-    command = [binary, "-accel", "kvm", "-machine", machine, "-cpu", "host", "-display", "none", "-nodefaults",
-               "-no-user-config", "-S", "-monitor", "none", "-serial", "none"]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
-    try:
-        _, stderr = process.communicate(timeout=PROBE_SECONDS)
-    except subprocess.TimeoutExpired:
+    outcome = probe_accel(binary, "kvm", ("-machine", machine, "-cpu", "host"))
+    if outcome.works:
         return True, "/dev/kvm answers and a paused KVM machine starts"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    detail = lines[0] if lines else f"exit status {process.returncode}"
-    return False, f"a KVM machine fails to start: {detail}"
+    return False, f"a KVM machine fails to start: {outcome.error}"
 
 
 def choose_accel(guest_arch: str, requested: str | None = None) -> AccelChoice:

@@ -150,6 +150,7 @@ def test_bad_matrix_file_is_one_line_and_exit_2(tmp_path):
     assert missing.returncode == 2 and missing.stderr.startswith("lab: error: cannot read matrix")
 
 
+@pytest.mark.depends_on_kvm
 @pytest.mark.skipif(kvm_status("aarch64")[0], reason="KVM runs arm64 guests here")
 def test_a_cell_the_lab_cannot_run_is_an_error_and_the_matrix_still_reports(tmp_path):
     path = _matrix(tmp_path, "kernels: [default]\nscenarios: [poweroff-baseline]\naccelerators: [kvm]\n")
