@@ -45,7 +45,7 @@ REQUIRED_COMMANDS: Mapping[str, str] = {
 # cluster's directory: the process table then tells which processes belong to which cluster.
 MARKER_ENV = "LAB_SLURM_CLUSTER"
 
-DAEMON_NAMES = frozenset({"munged", "slurmctld", "slurmd", "slurmstepd"})
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 # Job states after which a job will not change any more (scontrol's JobState, without "+" suffixes).
 FINAL_JOB_STATES = frozenset(
@@ -239,15 +239,20 @@ class LocalSlurmCluster:
         self,
         nodes: Sequence[SlurmNodeSpec] = DEFAULT_NODES,
         *,
-        settings: Mapping[str, str] | None = None,
+        settings: Mapping[str, str | None] | None = None,
         extra_files: Mapping[str, str] | None = None,
         parent_dir: Path | None = None,
     ) -> None:
-        """`settings` override or extend DEFAULT_SETTINGS; `extra_files` go beside slurm.conf (cgroup.conf)."""
+        """`settings` override or extend DEFAULT_SETTINGS (None drops one); `extra_files` go beside slurm.conf.
+
+        `parent_dir` (default: the system's temporary directory) and its ancestors must be traversable by
+        everyone: munged refuses a socket below a directory that is not (pytest's tmp_path is 0700).
+        """
         if not nodes:
             raise ValueError("a cluster needs at least one node")
         self.nodes: tuple[SlurmNodeSpec, ...] = tuple(nodes)
-        self.settings: dict[str, str] = {**DEFAULT_SETTINGS, **(settings or {})}
+        merged = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.settings: dict[str, str] = {key: value for key, value in merged.items() if value is not None}
         self.extra_files: dict[str, str] = dict(extra_files or {})
         self.partitions: dict[str, tuple[str, ...]] = {}
         for node in self.nodes:
@@ -257,6 +262,7 @@ class LocalSlurmCluster:
         self.ports: dict[str, int] = {}
         self.pids: dict[str, int] = {}
         self._supervisor: _Supervisor | None = None
+        self._cgroups_before: set[Path] = set()
 
     # -- paths and environment
 
@@ -322,7 +328,12 @@ class LocalSlurmCluster:
             )
         if self.directory is not None:
             raise SlurmClusterError("the cluster was already started")
-        self.directory = Path(tempfile.mkdtemp(prefix="lab-slurm-", dir=self._parent_dir))
+        parent = Path(self._parent_dir or tempfile.gettempdir()).resolve()
+        closed = [str(path) for path in (parent, *parent.parents) if not path.stat().st_mode & 0o001]
+        if closed:
+            raise SlurmClusterError(f"munged needs everyone to traverse to its socket, but not {closed}")
+        self.directory = Path(tempfile.mkdtemp(prefix="lab-slurm-", dir=parent))
+        self._cgroups_before = self._cgroups()
         self._write_files()
         self._supervisor = _Supervisor(self.directory, self.log_dir / "supervisor.log")
         deadline = time.monotonic() + timeout
@@ -355,6 +366,7 @@ class LocalSlurmCluster:
         left += [proc for proc in marked_processes(marker) if proc not in left]
         if left:
             raise SlurmClusterError(f"processes of the Slurm cluster in {marker} survived SIGKILL: {left}")
+        self._remove_cgroups()
         shutil.rmtree(self.directory, ignore_errors=True)
         if self.directory.exists():
             raise SlurmClusterError(f"could not remove {self.directory}")
@@ -523,6 +535,17 @@ class LocalSlurmCluster:
         states = dict(line.split() for line in result.stdout.splitlines() if line.strip())
         return all(states.get(node.name) == "idle" for node in self.nodes)
 
+    def _cgroups(self) -> set[Path]:
+        """cgroup v1 directories of this cluster's nodes: task/cgroup and proctrack/cgroup make slurm_NODE."""
+        return {path for node in self.nodes for path in CGROUP_ROOT.glob(f"*/slurm_{node.name}")}
+
+    def _remove_cgroups(self) -> None:
+        """Remove the cgroups this cluster created (they outlive slurmd); leave any that were there before."""
+        for top in sorted(self._cgroups() - self._cgroups_before):
+            for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                path.rmdir()
+            top.rmdir()
+
     def _cancel_all_jobs(self, timeout: float) -> None:
         listed = self.run(["squeue", "--noheader", "--format=%A"], check=False, timeout=10)
         job_ids = sorted(set(listed.stdout.split()))
@@ -556,7 +579,7 @@ def slurm_cluster_fixture(
     *,
     scope: str = "module",
     nodes: Sequence[SlurmNodeSpec] = DEFAULT_NODES,
-    settings: Mapping[str, str] | None = None,
+    settings: Mapping[str, str | None] | None = None,
     extra_files: Mapping[str, str] | None = None,
 ) -> Callable[..., Iterator[LocalSlurmCluster]]:
     """A pytest fixture yielding a started LocalSlurmCluster and tearing it down after its scope."""

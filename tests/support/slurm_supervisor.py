@@ -67,15 +67,18 @@ class Supervisor:
         self.names: dict[int, str] = {}
         self.exited: dict[str, int] = {}
 
-    def reap(self) -> None:
-        """Collect every ended child: the daemons and any orphan that was reparented here."""
+    def reap(self) -> bool:
+        """Collect every ended child: the daemons and any orphan that was reparented here.
+
+        Returns whether any child is left, live or not yet collected.
+        """
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return False
             if pid == 0:
-                return
+                return True
             if pid in self.names:
                 self.exited[self.names[pid]] = os.waitstatus_to_exitcode(status)
 
@@ -108,10 +111,8 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, number)
             deadline = time.monotonic() + wait
-            while True:
-                self.reap()
-                if not _descendants(os.getpid()) or time.monotonic() >= deadline:
-                    break
+            # Done only when no child is left at all: a zombie orphan must be collected here, not by init.
+            while self.reap() and time.monotonic() < deadline:
                 time.sleep(0.05)
         return [f"{pid} {name}" for pid, name in sorted(_descendants(os.getpid()).items())]
 
