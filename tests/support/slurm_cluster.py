@@ -531,8 +531,13 @@ class LocalSlurmCluster:
         return "is UP" in self.run(["scontrol", "ping"], check=False, timeout=10).stdout
 
     def _all_nodes_idle(self) -> bool:
-        result = self.run(["sinfo", "--noheader", "--Node", "--format=%N %t"], check=False, timeout=10)
-        states = dict(line.split() for line in result.stdout.splitlines() if line.strip())
+        """Whether every node is idle; a node slurmctld found invalid will not become so, and says why."""
+        result = self.run(["sinfo", "--noheader", "--Node", "--format=%N|%t|%E"], check=False, timeout=10)
+        rows = [line.split("|", 2) for line in result.stdout.splitlines() if line.count("|") == 2]
+        invalid = [f"{name}: {reason}" for name, state, reason in rows if state.startswith("inval")]
+        if invalid:
+            raise SlurmClusterError(f"slurmctld rejected node(s) {invalid}")
+        states = {name: state for name, state, _ in rows}
         return all(states.get(node.name) == "idle" for node in self.nodes)
 
     def _cgroups(self) -> set[Path]:
