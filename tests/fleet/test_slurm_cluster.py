@@ -8,6 +8,7 @@ cluster itself leaves nothing behind.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def test_cluster_lives_in_its_own_directory(slurm_cluster: LocalSlurmCluster) ->
     nodes = slurm_cluster.run(["sinfo", "--noheader", "--Node", "--format=%N %P %f %t"]).stdout.split("\n")
     assert sorted(line for line in nodes if line) == ["kvm1 kvm_arm64 kvm_arm64 idle", "tcg1 tcg tcg idle"]
     assert slurm_cluster.partitions == {"tcg": ("tcg1",), "kvm_arm64": ("kvm1",)}
+    assert slurm_cluster.features() == {"tcg1": ("tcg",), "kvm1": ("kvm_arm64",)}
+    assert len(set(slurm_cluster.ports.values())) == 3
 
 
 @slurm
@@ -315,10 +318,10 @@ def test_stop_ends_running_jobs_and_leaves_nothing() -> None:
     cluster = LocalSlurmCluster()
     cluster.start()
     directory = cluster.directory
-    assert directory is not None
     job = cluster.submit(["-p", "tcg", "--output=/dev/null", "--wrap", "sleep 300"])
     cluster.wait_for_jobs(job, timeout=30, done=_running)
     cluster.stop()
+    assert not cluster.started
     assert not marked_processes(str(directory))
     assert not directory.exists()
     cluster.stop()  # idempotent
@@ -351,7 +354,7 @@ def test_cluster_dies_with_its_test_process() -> None:
 
 
 def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(support.shutil, "which", lambda command: None if command in ("slurmd", "srun") else command)
+    monkeypatch.setattr(shutil, "which", lambda command: None if command in ("slurmd", "srun") else command)
     with pytest.raises(SlurmNotInstalled, match=r"Debian packages slurm-client slurmd \(apt-get install"):
         LocalSlurmCluster().start()
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -123,11 +123,14 @@ def missing_packages() -> list[str]:
     return sorted({package for command, package in REQUIRED_COMMANDS.items() if shutil.which(command) is None})
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that nothing listens on right now (all bound at once, so the
+    kernel cannot hand out one twice)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
@@ -195,7 +198,8 @@ class _Supervisor:
                 raise SlurmClusterError(f"the cluster's supervisor exited ({self.process.poll()}) during {message}")
             self._pending += chunk
         line, self._pending = self._pending.split(b"\n", 1)
-        return json.loads(line)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> int:
         return int(self.request(op="spawn", name=name, argv=argv, env=env, log=str(log))["pid"])
@@ -258,7 +262,7 @@ class LocalSlurmCluster:
         for node in self.nodes:
             self.partitions[node.partition] = (*self.partitions.get(node.partition, ()), node.name)
         self._parent_dir = parent_dir
-        self.directory: Path | None = None
+        self._directory: Path | None = None
         self.ports: dict[str, int] = {}
         self.pids: dict[str, int] = {}
         self._supervisor: _Supervisor | None = None
@@ -266,26 +270,32 @@ class LocalSlurmCluster:
 
     # -- paths and environment
 
-    def _dir(self) -> Path:
-        if self.directory is None:
+    @property
+    def started(self) -> bool:
+        return self._directory is not None
+
+    @property
+    def directory(self) -> Path:
+        """The cluster's private directory; tests may put their files in it, it goes at stop()."""
+        if self._directory is None:
             raise SlurmClusterError("the cluster has not been started")
-        return self.directory
+        return self._directory
 
     @property
     def conf_path(self) -> Path:
-        return self._dir() / "etc" / "slurm.conf"
+        return self.directory / "etc" / "slurm.conf"
 
     @property
     def munge_socket(self) -> Path:
-        return self._dir() / "run" / "munge.socket"
+        return self.directory / "run" / "munge.socket"
 
     @property
     def log_dir(self) -> Path:
-        return self._dir() / "log"
+        return self.directory / "log"
 
     @property
     def jobcomp_path(self) -> Path:
-        return self._dir() / "jobcomp.txt"
+        return self.directory / "jobcomp.txt"
 
     @property
     def env(self) -> dict[str, str]:
@@ -295,7 +305,7 @@ class LocalSlurmCluster:
         """
         env = {key: value for key, value in os.environ.items() if not key.startswith(("SLURM_", "SBATCH_"))}
         env["SLURM_CONF"] = str(self.conf_path)
-        env[MARKER_ENV] = str(self._dir())
+        env[MARKER_ENV] = str(self.directory)
         return env
 
     def features(self) -> dict[str, tuple[str, ...]]:
@@ -326,13 +336,13 @@ class LocalSlurmCluster:
                 + " ".join(missing)
                 + " (apt-get install --no-install-recommends slurmctld slurmd slurm-client munge)"
             )
-        if self.directory is not None:
+        if self.started:
             raise SlurmClusterError("the cluster was already started")
         parent = Path(self._parent_dir or tempfile.gettempdir()).resolve()
         closed = [str(path) for path in (parent, *parent.parents) if not path.stat().st_mode & 0o001]
         if closed:
             raise SlurmClusterError(f"munged needs everyone to traverse to its socket, but not {closed}")
-        self.directory = Path(tempfile.mkdtemp(prefix="lab-slurm-", dir=parent))
+        self._directory = Path(tempfile.mkdtemp(prefix="lab-slurm-", dir=parent))
         self._cgroups_before = self._cgroups()
         self._write_files()
         self._supervisor = _Supervisor(self.directory, self.log_dir / "supervisor.log")
@@ -349,7 +359,7 @@ class LocalSlurmCluster:
         """Cancel jobs, stop the daemons in reverse order, kill what is left, check the process table, remove
         the directory. Raises SlurmClusterError if any process of the cluster survived.
         """
-        if self.directory is None:
+        if not self.started:
             return
         marker = str(self.directory)
         supervisor, self._supervisor = self._supervisor, None
@@ -370,7 +380,7 @@ class LocalSlurmCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
         if self.directory.exists():
             raise SlurmClusterError(f"could not remove {self.directory}")
-        self.directory = None
+        self._directory = None
         self.pids.clear()
 
     # -- clients
@@ -439,7 +449,7 @@ class LocalSlurmCluster:
 
     def log_tails(self, lines: int = 15) -> str:
         """The last lines of every daemon log, for error messages."""
-        if self.directory is None or not self.log_dir.exists():
+        if not self.started or not self.log_dir.exists():
             return "(no logs)"
         parts = []
         for log in sorted(self.log_dir.iterdir()):
@@ -449,7 +459,7 @@ class LocalSlurmCluster:
 
     def render_conf(self) -> str:
         """slurm.conf for this cluster: private paths, its ports, one partition per host class."""
-        directory = self._dir()
+        directory = self.directory
         settings = {
             "SlurmctldHost": f"{socket.gethostname().split('.')[0]}(127.0.0.1)",
             "SlurmctldPort": str(self.ports["slurmctld"]),
@@ -482,7 +492,7 @@ class LocalSlurmCluster:
         return self._supervisor
 
     def _munged_argv(self) -> list[str]:
-        directory = self._dir()
+        directory = self.directory
         return [
             "munged",
             "--foreground",
@@ -494,7 +504,7 @@ class LocalSlurmCluster:
         ]
 
     def _write_files(self) -> None:
-        directory = self._dir()
+        directory = self.directory
         # munged insists that everyone may traverse to its socket, and that its key is private.
         directory.chmod(0o755)
         for sub, mode in (("etc", 0o755), ("run", 0o755), ("log", 0o755), ("state", 0o700), ("spool", 0o755)):
@@ -503,15 +513,14 @@ class LocalSlurmCluster:
         key = directory / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        self.ports = {"slurmctld": free_port(), **{node.name: free_port() for node in self.nodes}}
+        names = ["slurmctld", *(node.name for node in self.nodes)]
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.conf_path.write_text(self.render_conf())
         for name, text in self.extra_files.items():
             (self.conf_path.parent / name).write_text(text)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("SLURM_", "SBATCH_"))}
-        env |= {"SLURM_CONF": str(self.conf_path), MARKER_ENV: str(self._dir())}
-        self.pids[name] = self._require_supervisor().spawn(name, argv, env, self.log_dir / f"{name}.stderr")
+        self.pids[name] = self._require_supervisor().spawn(name, argv, self.env, self.log_dir / f"{name}.stderr")
 
     def _wait_daemon(self, predicate: Callable[[], bool], deadline: float, what: str) -> None:
         supervisor = self._require_supervisor()
@@ -582,14 +591,14 @@ class LocalSlurmCluster:
 
 def slurm_cluster_fixture(
     *,
-    scope: str = "module",
+    scope: Literal["session", "package", "module", "class", "function"] = "module",
     nodes: Sequence[SlurmNodeSpec] = DEFAULT_NODES,
     settings: Mapping[str, str | None] | None = None,
     extra_files: Mapping[str, str] | None = None,
 ) -> Callable[..., Iterator[LocalSlurmCluster]]:
     """A pytest fixture yielding a started LocalSlurmCluster and tearing it down after its scope."""
 
-    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
+    @pytest.fixture(scope=scope)
     def cluster() -> Iterator[LocalSlurmCluster]:
         with LocalSlurmCluster(nodes, settings=settings, extra_files=extra_files) as started:
             yield started
