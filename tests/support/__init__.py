@@ -1,0 +1,1 @@
+"""Test helpers that are not fixtures of the lab itself (e.g. a throwaway Slurm cluster)."""
