@@ -1,4 +1,4 @@
-"""Matrix files: every scenario on every kernel, PSCI personality and accelerator, as cells.
+"""Matrix files: every scenario on every kernel, PSCI personality, accelerator and QEMU build, as cells.
 
 The model only: what a matrix file says, validated with one-line errors, and the cells it expands
 into. Running them is lab.fleet.run's job, through an engine (lab.fleet.engine).
@@ -28,17 +28,18 @@ _PATTERN_HINTS = {"kernels": "is neither `default` nor a Debian kernel as linux-
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of a matrix: a scenario on one kernel, with the PSCI and accelerator overrides (None: none)."""
+    """One run of a matrix: a scenario on one kernel, with the PSCI, accelerator and QEMU overrides (None: none)."""
 
     scenario: Scenario
     kernel: str = DEFAULT_KERNEL
     psci: str | None = None
     accel: str | None = None
+    qemu: str | None = None
 
     @property
     def id(self) -> str:
         """`hibernate-resume[kernel=default,psci=kvm]`: the scenario and the dimensions the matrix sets."""
-        dimensions = {"kernel": self.kernel, "psci": self.psci, "accel": self.accel}
+        dimensions = {"kernel": self.kernel, "psci": self.psci, "accel": self.accel, "qemu": self.qemu}
         return f"{self.scenario.name}[{','.join(f'{k}={v}' for k, v in dimensions.items() if v is not None)}]"
 
     @property
@@ -54,10 +55,11 @@ class Dimensions:
     kernels: tuple[str, ...] = (DEFAULT_KERNEL,)
     personalities: tuple[str | None, ...] = (None,)
     accelerators: tuple[str | None, ...] = (None,)
+    qemus: tuple[str | None, ...] = (None,)
 
     def cells(self, scenario: Scenario) -> list[Cell]:
-        return [Cell(scenario, kernel, psci, accel)
-                for kernel, psci, accel in itertools.product(self.kernels, self.personalities, self.accelerators)]
+        return [Cell(scenario, *values) for values in
+                itertools.product(self.kernels, self.personalities, self.accelerators, self.qemus)]
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ def load_matrix(path: Path) -> Matrix:
             kernels=tuple(data["kernels"]),
             personalities=tuple(data.get("personalities", (None,))),
             accelerators=tuple(data.get("accelerators", (None,))),
+            qemus=tuple(data.get("qemus", (None,))),
         ),
         arch=arch,
         workers=data.get("workers", 1),

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 IMAGES_WORKERINPUT = "lab_images"
 """The key under which the controller hands its prepared images to pytest-xdist workers."""
-_OPTION_FIELDS = {"lab_kernel": "kernels", "lab_psci": "personalities", "lab_accel": "accelerators"}
+_OPTION_FIELDS = {"lab_kernel": "kernels", "lab_psci": "personalities", "lab_accel": "accelerators",
+                  "lab_qemu": "qemus"}
 
 
 @dataclass
@@ -55,12 +56,14 @@ class ScenarioFailed(Exception):
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lab", "hibernation lab: scenario files as tests (only with a --lab-… option)")
     group.addoption("--lab-matrix", metavar="FILE",
-                    help="a matrix file: its kernels, personalities and accelerators, and only its scenarios")
+                    help="a matrix file: its kernels, personalities, accelerators and QEMUs, and only its scenarios")
     group.addoption("--lab-kernel", action="append", metavar="SPEC",
                     help="`default` or linux-image-…=VERSION; repeat for several (overrides the matrix's)")
     group.addoption("--lab-psci", action="append", metavar="PERSONALITY",
                     help="PSCI personality to override each scenario's with; repeat for several")
     group.addoption("--lab-accel", action="append", metavar="ACCEL", help="kvm or tcg; repeat for several")
+    group.addoption("--lab-qemu", action="append", metavar="BUILD",
+                    help="QEMU build: debian, patched or a binary's path; repeat for several")
     group.addoption("--lab-arch", metavar="ARCH", help="guest arch (default: the matrix's, else arm64)")
     group.addoption("--lab-runs-dir", metavar="DIR", help="where run directories go (default: pytest's tmp)")
 
@@ -84,6 +87,7 @@ def _settings(config: pytest.Config) -> LabSettings | None:
             kernels=tuple(chosen["lab_kernel"] or base.kernels),
             personalities=tuple(chosen["lab_psci"] or base.personalities),
             accelerators=tuple(chosen["lab_accel"] or base.accelerators),
+            qemus=tuple(chosen["lab_qemu"] or base.qemus),
         ),
         arch=option.lab_arch or (matrix.arch if matrix else "arm64"),
         scenario_names=frozenset(scenario.name for scenario in matrix.scenarios) if matrix else None,
@@ -192,7 +196,7 @@ class ScenarioItem(pytest.Item):
         self.user_properties.append(("run_dir", str(run_dir)))
         image = settings.image_dir(image_name(self.cell.scenario, settings.arch), self.cell.kernel)
         options = RunOptions(arch=settings.arch, image=image, accel=self.cell.accel, psci=self.cell.psci,
-                             run_dir=run_dir)
+                             qemu=self.cell.qemu, run_dir=run_dir)
         report = TerminalReport(Console(file=sys.stdout, highlight=False, soft_wrap=True))
         result = run_scenario(self.cell.scenario, options, [report])
         report.verdict(result.verdict, result.run_dir, result.seconds)

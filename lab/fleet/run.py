@@ -48,7 +48,8 @@ def run_matrix(matrix: Matrix, runs_root: Path, workers: int, console: Console,
         run_dir = result.directory / cell.dir_name
         image = images[(image_name(cell.scenario, matrix.arch), cell.kernel)]
         runs.append(CellRun(CellOutcome(cell, run_dir), RunOptions(arch=matrix.arch, image=str(image.path),
-                                                                   accel=cell.accel, psci=cell.psci, run_dir=run_dir)))
+                                                                   accel=cell.accel, psci=cell.psci, qemu=cell.qemu,
+                                                                   run_dir=run_dir)))
     result.outcomes = [run.outcome for run in runs]
     workers = min(workers, len(cells))
     console.print(f"[bold]{matrix.name}[/]: {len(cells)} cells, {workers} at a time, in "

@@ -21,7 +21,8 @@ from lab.scenario.model import find_scenario
 
 PINNED_KERNEL = "linux-image-cloud-arm64=6.12.117-1"
 MATRIX_FIELDS = {"matrix", "file", "arch", "workers", "started", "seconds", "counts", "passed", "cells"}
-CELL_FIELDS = {"id", "scenario", "kernel", "psci", "accel", "status", "reason", "start", "seconds", "run_dir", "host"}
+CELL_FIELDS = {"id", "scenario", "kernel", "psci", "accel", "qemu", "status", "reason", "start", "seconds", "run_dir",
+               "host"}
 
 Ending = Callable[[RunDirectory], bool]
 """Writes what a cell's process left in its run directory; says whether it reached a verdict."""
