@@ -189,6 +189,7 @@ def test_a_cell_that_never_started_took_no_time_and_ran_nowhere(tmp_path):
     mark_not_run([waiting])
     assert waiting.to_json(matrix_started=0.0) == {
         "id": "poweroff-baseline[kernel=default]", "scenario": "poweroff-baseline", "kernel": "default", "psci": None,
-        "accel": None, "status": "NOT-RUN", "reason": "interrupted before it started", "start": None, "seconds": 0.0,
+        "accel": None, "qemu": None, "status": "NOT-RUN", "reason": "interrupted before it started", "start": None,
+        "seconds": 0.0,
         "run_dir": None, "host": None,
     }
