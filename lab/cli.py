@@ -17,6 +17,7 @@ from lab.image.store import ImageStore
 from lab.report.terminal import TerminalReport
 from lab.scenario.model import find_scenario, load_scenario, shipped_scenarios
 from lab.scenario.run import RunOptions, run_scenario
+from lab.vocabulary import host_arch
 
 
 def _images_build(args: argparse.Namespace) -> int:
@@ -95,6 +96,43 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _qemu_build(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from lab.qemu.build import SOURCE_VERSION, build_qemu
+
+    def say(line: str) -> None:
+        print(f"lab qemu build: {line}", flush=True)
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True, disable=not sys.stdout.isatty()) as bar:
+        task = bar.add_task("compiling", total=None)
+        shown = [0]
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            if not sys.stdout.isatty() and done * 10 // total > shown[0]:
+                shown[0] = done * 10 // total
+                say(f"build: {done}/{total} steps")
+
+        binary = build_qemu(args.target, args.source_version or SOURCE_VERSION, args.jobs, say, progress)
+    print(binary)
+    return 0
+
+
+def _qemu_list(args: argparse.Namespace) -> int:
+    from lab.qemu.build import build_records
+    from lab.qemu.builds import known_builds
+
+    for build in known_builds("aarch64"):
+        print(build.describe())
+    for record in build_records():
+        if record["host"] != host_arch():
+            print(f"{record['target']} (for {record['host']} hosts): {record['source']} + {len(record['series'])} "
+                  f"patches, reports SYSTEM_OFF2 ({record['path']})")
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from lab.doctor import diagnose, render
 
@@ -157,6 +195,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive, metavar="N", help="runs at a time (default: the file's, else 1)")
     run.add_argument("--runs-dir", default="runs", help="where the matrix directory goes (default: ./runs)")
     run.set_defaults(handler=_run)
+    qemu = commands.add_parser("qemu", help="the lab's own QEMU that reports SYSTEM_OFF2: build it, list builds")
+    qemu_sub = qemu.add_subparsers(dest="qemu_command", required=True)
+    qemu_build = qemu_sub.add_parser("build", help="build QEMU from Debian's source with the lab's SYSTEM_OFF2 "
+                                                   "series (cached; prints the binary's path last)")
+    qemu_build.add_argument("--target", default="native", choices=["native", "arm64"],
+                            help="native: runs here; arm64: cross-built for an arm64 KVM host")
+    qemu_build.add_argument("--source-version", default=None, metavar="VERSION",
+                            help="Debian's qemu source version (default: the one the series is written against)")
+    qemu_build.add_argument("--jobs", type=_positive, metavar="N", help="parallel compile jobs (default: all cores)")
+    qemu_build.set_defaults(handler=_qemu_build)
+    qemu_sub.add_parser("list", help="the QEMU builds the lab knows and what each reports").set_defaults(
+        handler=_qemu_list)
     commands.add_parser("doctor", help="what this host can run, and what to install").set_defaults(handler=_doctor)
     return top
 

@@ -90,16 +90,27 @@ class Candidate:
         return cls(package, pinned_relations(stanza.relations["depends"]))
 
 
+def binary_sources(architecture: str, suites: tuple[str, ...] = SUITES) -> tuple[str, ...]:
+    """sources.list lines for Debian's binary packages of one architecture."""
+    return tuple(f"deb [arch={architecture} signed-by={KEYRING}] {MIRROR} {suite} main" for suite in suites)
+
+
 class PrivateApt:
     """apt-get and apt-cache against the lab's own sources list and state under `root`.
 
     Candidates come from `default_release` (the recipe's suite) unless a version is pinned.
+    `sources` are the sources.list lines (default: Debian's binary packages of `architecture` from
+    every suite the lab knows); `trust_expired` accepts a signed index past its Valid-Until date
+    (the signature is still checked), which some mirrors serve for sid's sources.
     """
 
-    def __init__(self, root: Path, default_release: str, architecture: str) -> None:
+    def __init__(self, root: Path, default_release: str, architecture: str, sources: tuple[str, ...] = (),
+                 trust_expired: bool = False) -> None:
         self.root = root
         self.default_release = default_release
         self.architecture = architecture
+        self.sources = sources or binary_sources(architecture)
+        self.trust_expired = trust_expired
         self.debs = root / "debs"
 
     def _options(self) -> list[str]:
@@ -120,6 +131,8 @@ class PrivateApt:
             "Debug::NoLocking": "1",
             "APT::Sandbox::User": "root",
         }
+        if self.trust_expired:
+            options["Acquire::Check-Valid-Until"] = "false"
         return [f"-o{key}={value}" for key, value in options.items()]
 
     def _prepare(self) -> None:
@@ -129,8 +142,7 @@ class PrivateApt:
                     "cache/archives/partial", "debs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         sources = self.root / "etc/sources.list"
-        wanted = "".join(f"deb [arch={self.architecture} signed-by={KEYRING}] {MIRROR} {suite} main\n"
-                         for suite in SUITES)
+        wanted = "".join(f"{line}\n" for line in self.sources)
         # Rewriting an unchanged file (or touching the status file) makes apt rebuild its package
         # cache, about ten seconds, on the next call: write only what changed.
         if not sources.exists() or sources.read_text() != wanted:
@@ -187,6 +199,12 @@ class PrivateApt:
         else:
             found = stanzas(output)
         return [Candidate.of(stanza, arch) for stanza in found]
+
+    def download_source(self, package: str, version: str, into: Path) -> list[Path]:
+        """A source package's files (.dsc and tarballs) as the archive serves them, downloaded into `into`."""
+        into.mkdir(parents=True, exist_ok=True)
+        self._run("apt-get", "source", "--download-only", "-q", f"{package}={version}", cwd=into, timeout=1800)
+        return sorted(into.iterdir())
 
     def download(self, package: PackageVersion) -> Path:
         """The package's .deb, fetched once and verified against the archive's sha256."""

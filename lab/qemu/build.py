@@ -1,0 +1,474 @@
+"""`lab qemu build`: Debian's QEMU source with the lab's SYSTEM_OFF2 series, one `qemu-system-aarch64`.
+
+No upstream QEMU reports SYSTEM_OFF2, so the lab builds the one its users run: Debian's `qemu`
+source package, fetched through the lab's private apt configuration (deb-src, sid) and checked
+against the sha256 sums its `.dsc` lists, unpacked with Debian's own patches (three of them are what
+lets the `+ds` tarball, stripped of firmware, dtbs and Python wheels, build at all), then the series
+in `qemu/patches/`. Only what the lab needs is configured: aarch64-softmmu, TCG, user networking,
+the system libfdt, and KVM for an arm64 host. Debian 12's meson is too old for QEMU 10.2, so meson and
+ninja come from PyPI in a private venv.
+
+Two targets: `native` runs here (TCG), `arm64` is cross-built for an arm64 KVM host, against
+bookworm's arm64 libraries unpacked into a sysroot (no foreign dpkg architecture is added), and
+ships with the shared libraries it loads. A build is cached under the lab's cache, keyed by the
+source version, a hash of the series and the target; a second call does nothing. Each step logs
+to its own file; a failed step is named with its log, and nothing half-built is left in the cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from debian.deb822 import Dsc
+
+from lab.errors import SetupError
+from lab.image.closure import program_closure
+from lab.image.debian import KEYRING, MIRROR, PrivateApt, binary_sources, extract, sha256_file
+from lab.paths import REPO_ROOT, cache_root
+from lab.qemu.builds import builds_root
+from lab.vocabulary import ARM64, host_arch
+
+SOURCE_PACKAGE = "qemu"
+SOURCE_VERSION = "1:10.2.2+ds-1"
+"""The Debian source the series is written against (sid's deb-src serves it)."""
+PATCHES_DIR = REPO_ROOT / "qemu" / "patches"
+BUILD_FORMAT = 1
+"""Part of the cache key: bump it when what a build is made of changes (flags, tools)."""
+TOOLS = ("meson==1.9.0", "ninja==1.13.2")
+CONFIGURE_FLAGS = (
+    "--disable-download", "--target-list=aarch64-softmmu", "--without-default-features", "--enable-tcg",
+    "--enable-slirp", "--enable-fdt=system", "--disable-docs", "--disable-tools", "--disable-user",
+    "--disable-guest-agent", "--disable-install-blobs",
+)
+SYSROOT_SUITE = "bookworm"
+"""arm64 libraries built against the cross toolchain's glibc (2.36), so gcc 12 links against them."""
+SYSROOT_PACKAGES = ("libglib2.0-dev", "libglib2.0-0", "libslirp-dev", "libslirp0", "libfdt-dev", "libfdt1",
+                    "zlib1g-dev", "zlib1g", "libpcre2-dev", "libpcre2-8-0")
+STEP_TIMEOUT = 3 * 3600.0
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """Something on the build host, how to see it is there, and the Debian package that brings it."""
+
+    what: str
+    package: str
+    present: Callable[[], bool]
+
+
+def _command(name: str) -> Callable[[], bool]:
+    return lambda: shutil.which(name) is not None
+
+
+def _file(path: str) -> Callable[[], bool]:
+    return lambda: Path(path).exists()
+
+
+def _pkg_config(module: str) -> Callable[[], bool]:
+    def present() -> bool:
+        if shutil.which("pkg-config") is None:
+            return False
+        return subprocess.run(["pkg-config", "--exists", module], timeout=30).returncode == 0
+    return present
+
+
+def _system_python_venv() -> bool:
+    return subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True,
+                          timeout=60).returncode == 0 if Path("/usr/bin/python3").exists() else False
+
+
+COMMON_PREREQUISITES = (
+    Prerequisite("a C compiler", "gcc", _command("cc")),
+    Prerequisite("pkg-config", "pkg-config", _command("pkg-config")),
+    Prerequisite("dpkg-source", "dpkg-dev", _command("dpkg-source")),
+    Prerequisite("patch", "patch", _command("patch")),
+    Prerequisite("xz", "xz-utils", _command("xz")),
+    Prerequisite("bzip2", "bzip2", _command("bzip2")),
+    Prerequisite("Debian's python3 with venv", "python3-venv", _system_python_venv),
+)
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """Where a build runs: here (native) or on an arm64 KVM host (cross-built)."""
+
+    name: str
+    host: str
+    """QEMU's name of the arch the binary runs on."""
+    cross_prefix: str | None
+    prerequisites: tuple[Prerequisite, ...]
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (*CONFIGURE_FLAGS, *(("--enable-kvm",) if self.host == "aarch64" else ()))
+
+
+NATIVE = BuildTarget("native", host_arch(), None, (
+    *COMMON_PREREQUISITES,
+    Prerequisite("glib-2.0 headers", "libglib2.0-dev", _pkg_config("glib-2.0")),
+    Prerequisite("slirp headers", "libslirp-dev", _pkg_config("slirp")),
+    Prerequisite("zlib headers", "zlib1g-dev", _pkg_config("zlib")),
+    Prerequisite("libfdt headers", "libfdt-dev", _file("/usr/include/libfdt.h")),
+))
+ARM64_CROSS = BuildTarget("arm64", "aarch64", "aarch64-linux-gnu-", (
+    *COMMON_PREREQUISITES,
+    Prerequisite("an aarch64 cross compiler", "gcc-aarch64-linux-gnu", _command("aarch64-linux-gnu-gcc")),
+    Prerequisite("the aarch64 C library", "libc6-dev-arm64-cross", _file("/usr/aarch64-linux-gnu/lib/libc.so.6")),
+    Prerequisite("chrpath", "chrpath", _command("chrpath")),
+))
+TARGETS = {target.name: target for target in (NATIVE, ARM64_CROSS)}
+
+
+class BuildStepFailed(SetupError):
+    """One step of a build failed: says which, and where its log is."""
+
+    def __init__(self, step: str, log: Path, detail: str) -> None:
+        self.step = step
+        self.log = log
+        super().__init__(f"lab qemu build: {step} failed ({detail}); log: {log}")
+
+
+@dataclass(frozen=True)
+class Series:
+    """The lab's patch series, in order, and one digest over all of it."""
+
+    patches: tuple[Path, ...]
+    sha256: str
+
+    @classmethod
+    def read(cls, directory: Path = PATCHES_DIR) -> Series:
+        try:
+            names = [line.strip() for line in (directory / "series").read_text().splitlines()
+                     if line.strip() and not line.startswith("#")]
+        except OSError as error:
+            raise SetupError(f"no patch series at {directory}/series: {error.strerror}") from error
+        digest = hashlib.sha256()
+        patches = []
+        for name in names:
+            path = directory / name
+            if not path.is_file():
+                raise SetupError(f"{directory}/series names {name}, which is not there")
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+            patches.append(path)
+        return cls(tuple(patches), digest.hexdigest())
+
+
+def build_key(version: str, series: Series, target: BuildTarget) -> str:
+    upstream = re.sub(r"[^A-Za-z0-9.+-]", "_", version.split(":")[-1])
+    return f"{upstream}-{series.sha256[:12]}-{target.name}-f{BUILD_FORMAT}"
+
+
+def _tail(path: Path, lines: int = 1) -> str:
+    try:
+        text = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no output"
+    return " | ".join(text[-lines:]) or "no output"
+
+
+class QemuBuild:
+    """One build of the series for one target; `run()` returns the installed binary."""
+
+    def __init__(self, target: BuildTarget, version: str = SOURCE_VERSION, jobs: int | None = None,
+                 say: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None) -> None:
+        self.target = target
+        self.version = version
+        self.jobs = jobs or os.cpu_count() or 1
+        self.say = say
+        self.progress = progress
+        self.series = Series.read()
+        self.root = cache_root() / "qemu"
+        self.key = build_key(version, self.series, target)
+        self.output = builds_root() / self.key
+        self.logs = self.root / "logs" / self.key
+        self.seconds: dict[str, float] = {}
+
+    @property
+    def binary(self) -> Path:
+        return self.output / "bin" / "qemu-system-aarch64"
+
+    @property
+    def done(self) -> bool:
+        return (self.output / "build.json").is_file() and self.binary.is_file()
+
+    def run(self) -> Path:
+        if self.done:
+            return self.binary
+        with self._lock():
+            if self.done:
+                return self.binary
+            self._check_prerequisites()
+            self.logs.mkdir(parents=True, exist_ok=True)
+            builds_root().mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{self.key}-", dir=builds_root()))
+            try:
+                self._build(staging)
+                os.replace(staging / "out", self.output)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return self.binary
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Two builders (two `lab` commands, test workers) take turns; the second finds the first's build."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / "build.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _check_prerequisites(self) -> None:
+        """Install what the build needs and the host lacks, saying so; never skip it silently."""
+        missing = [p for p in self.target.prerequisites if not p.present()]
+        if not missing:
+            return
+        packages = sorted({p.package for p in missing})
+        command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+        wanted = ", ".join(p.what for p in missing)
+        if os.geteuid() != 0:
+            raise SetupError(f"lab qemu build needs {wanted}: run `sudo {' '.join(command)}`")
+        self.say(f"installing build prerequisites ({wanted}): {' '.join(packages)}")
+        log = self.root / "logs" / "prerequisites.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._run("prerequisites", command, log, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        still = [p.what for p in missing if not p.present()]
+        if still:
+            raise BuildStepFailed("prerequisites", log, f"still missing after install: {', '.join(still)}")
+
+    def _run(self, step: str, command: list[str], log: Path, cwd: Path | None = None,
+             env: dict[str, str] | None = None) -> None:
+        with log.open("a") as stream:
+            stream.write(f"$ {' '.join(command)}\n")
+            stream.flush()
+            try:
+                done = subprocess.run(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stream,
+                                      stderr=subprocess.STDOUT, timeout=STEP_TIMEOUT)
+            except subprocess.TimeoutExpired as error:
+                raise BuildStepFailed(step, log, f"took longer than {STEP_TIMEOUT:.0f}s") from error
+            except OSError as error:
+                raise BuildStepFailed(step, log, f"cannot run {command[0]}: {error.strerror}") from error
+        if done.returncode != 0:
+            raise BuildStepFailed(step, log, f"{command[0]} exited {done.returncode}: {_tail(log)}")
+
+    @contextmanager
+    def _step(self, name: str, what: str) -> Iterator[Path]:
+        self.say(f"{name}: {what}")
+        started = time.monotonic()
+        log = self.logs / f"{name}.log"
+        log.unlink(missing_ok=True)
+        yield log
+        self.seconds[name] = round(time.monotonic() - started, 1)
+
+    def _build(self, staging: Path) -> None:
+        dsc = self._fetch()
+        source = staging / "src"
+        with self._step("unpack", f"{dsc.name} with Debian's patches") as log:
+            self._run("unpack", ["dpkg-source", "--no-check", "-x", str(dsc), str(source)], log)
+        with self._step("patch", f"{len(self.series.patches)} patches from {PATCHES_DIR}") as log:
+            for patch in self.series.patches:
+                try:
+                    self._run("patch", ["patch", "-p1", "--forward", "--batch", "-i", str(patch)], log, cwd=source)
+                except BuildStepFailed as failure:
+                    raise BuildStepFailed("patch", log, f"{patch.name} does not apply") from failure
+        tools = self._tools()
+        build = staging / "build"
+        build.mkdir()
+        env = self._configure(source, build, tools, staging)
+        self._compile(build, tools, env)
+        self._install(build, staging / "out")
+
+    def _fetch(self) -> Path:
+        """The source package's files, downloaded once, each checked against the .dsc's sha256."""
+        directory = self.root / "source" / self.version.replace(":", "_")
+        with self._step("fetch", f"{SOURCE_PACKAGE} {self.version} from Debian (deb-src, sid)") as log:
+            dscs = sorted(directory.glob("*.dsc")) if directory.is_dir() else []
+            if not dscs:
+                apt = PrivateApt(self.root / "apt-src", "unstable", host_arch_debian(),
+                                 sources=(f"deb-src [signed-by={KEYRING}] {MIRROR} sid main",), trust_expired=True)
+                staging = directory.with_name(f".{directory.name}.{os.getpid()}")
+                shutil.rmtree(staging, ignore_errors=True)
+                try:
+                    apt.update()
+                    apt.download_source(SOURCE_PACKAGE, self.version, staging)
+                except SetupError as error:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    log.write_text(f"{error}\n")
+                    raise BuildStepFailed("fetch", log, f"Debian serves no {SOURCE_PACKAGE} source "
+                                                        f"{self.version}: {error}") from error
+                staging.replace(directory)
+                dscs = sorted(directory.glob("*.dsc"))
+        with self._step("verify", "sha256 of every file the .dsc lists") as log:
+            dsc = dscs[0]
+            with dsc.open() as stream:
+                listed = Dsc(stream).get("Checksums-Sha256", [])
+            lines = []
+            for entry in listed:
+                path = directory / entry["name"]
+                actual = sha256_file(path) if path.is_file() else "missing"
+                lines.append(f"{entry['sha256']}  {actual}  {entry['name']}")
+                if actual != entry["sha256"]:
+                    log.write_text("\n".join(lines) + "\n")
+                    shutil.rmtree(directory, ignore_errors=True)
+                    raise BuildStepFailed("verify", log, f"{entry['name']} is not the file {dsc.name} lists")
+            log.write_text("\n".join(lines) + "\n")
+        return dsc
+
+    def _tools(self) -> Path:
+        """A venv with meson and ninja from PyPI, made from Debian's Python (QEMU's configure builds
+        its own venv from it)."""
+        venv = self.root / "tools"
+        with self._step("tools", f"{' and '.join(TOOLS)} in {venv}") as log:
+            if not (venv / "bin" / "ninja").exists():
+                shutil.rmtree(venv, ignore_errors=True)
+                self._run("tools", ["/usr/bin/python3", "-m", "venv", str(venv)], log)
+                self._run("tools", [str(venv / "bin" / "pip"), "install", "-q", *TOOLS], log)
+        return venv
+
+    def _sysroot(self, staging: Path) -> Path:
+        """bookworm's arm64 libraries the cross build links against, unpacked (no foreign dpkg arch)."""
+        sysroot = staging / "sysroot"
+        with self._step("sysroot", f"arm64 libraries from {SYSROOT_SUITE}") as log:
+            apt = PrivateApt(self.root / f"apt-arm64-{SYSROOT_SUITE}", SYSROOT_SUITE, "arm64",
+                             sources=binary_sources("arm64", (SYSROOT_SUITE, f"{SYSROOT_SUITE}-updates")))
+            try:
+                apt.update()
+                for candidate in apt.show([(name, None) for name in SYSROOT_PACKAGES], "arm64"):
+                    extract(apt.download(candidate.package), sysroot)
+            except SetupError as error:
+                log.write_text(f"{error}\n")
+                raise BuildStepFailed("sysroot", log, str(error)) from error
+            for link in sysroot.rglob("*"):
+                if link.is_symlink() and os.readlink(link).startswith("/"):
+                    target = sysroot / os.readlink(link).lstrip("/")
+                    link.unlink()
+                    link.symlink_to(os.path.relpath(target, link.parent))
+        return sysroot
+
+    def _configure(self, source: Path, build: Path, tools: Path, staging: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        command = [str(source / "configure"), f"--python={tools / 'bin' / 'python3'}",
+                   f"--ninja={tools / 'bin' / 'ninja'}", *self.target.flags]
+        if self.target.cross_prefix is not None:
+            sysroot = self._sysroot(staging)
+            libs = sysroot / "usr" / "lib" / ARM64.multiarch
+            wrapper = staging / f"{self.target.cross_prefix}pkg-config"
+            wrapper.write_text(
+                "#!/bin/sh\n"
+                f"PKG_CONFIG_LIBDIR={libs / 'pkgconfig'}:{sysroot / 'usr' / 'share' / 'pkgconfig'} "
+                f"PKG_CONFIG_SYSROOT_DIR={sysroot} PKG_CONFIG_PATH= exec pkg-config \"$@\"\n")
+            wrapper.chmod(0o755)
+            env["PKG_CONFIG"] = str(wrapper)
+            command += [f"--cross-prefix={self.target.cross_prefix}",
+                        f"--extra-cflags=-I{sysroot / 'usr' / 'include'}",
+                        f"--extra-ldflags=-L{libs} -Wl,-rpath-link,{libs} "
+                        f"-Wl,-rpath-link,{sysroot / 'lib' / ARM64.multiarch}"]
+        with self._step("configure", f"aarch64-softmmu for a{'n' if self.target.host[0] in 'aeiou' else ''} "
+                                     f"{self.target.host} host") as log:
+            self._run("configure", command, log, cwd=build, env=env)
+        return env
+
+    def _compile(self, build: Path, tools: Path, env: dict[str, str]) -> None:
+        """ninja, with its `[done/total]` status turned into progress as it goes."""
+        with self._step("build", f"qemu-system-aarch64 with {self.jobs} jobs") as log, log.open("a") as stream:
+            command = [str(tools / "bin" / "ninja"), "-j", str(self.jobs), "qemu-system-aarch64"]
+            stream.write(f"$ {' '.join(command)}\n")
+            process = subprocess.Popen(command, cwd=build, env={**env, "NINJA_STATUS": "[%f/%t] "},
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True)
+            assert process.stdout is not None
+            deadline = time.monotonic() + STEP_TIMEOUT
+            try:
+                for line in process.stdout:
+                    stream.write(line)
+                    status = re.match(r"\[(\d+)/(\d+)\] ", line)
+                    if status and self.progress is not None:
+                        self.progress(int(status.group(1)), int(status.group(2)))
+                    if time.monotonic() > deadline:
+                        raise BuildStepFailed("build", log, f"took longer than {STEP_TIMEOUT:.0f}s")
+                code = process.wait()
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        if code != 0:
+            raise BuildStepFailed("build", log, f"ninja exited {code}: {_tail(log)}")
+
+    def _install(self, build: Path, out: Path) -> None:
+        """The stripped binary, its shared libraries when it is for another host, and build.json."""
+        with self._step("install", f"into {self.output}") as log:
+            (out / "bin").mkdir(parents=True)
+            strip = f"{self.target.cross_prefix or ''}strip"
+            self._run("install", [strip, "-o", str(self.binary_in(out)), str(build / "qemu-system-aarch64")], log)
+            if self.target.cross_prefix is not None:
+                self._run("install", ["chrpath", "-d", str(self.binary_in(out))], log)
+                self._ship_libraries(out, build.parent / "sysroot")
+            (out / "build.json").write_text(json.dumps({
+                "source": f"{SOURCE_PACKAGE} {self.version}", "series": [p.name for p in self.series.patches],
+                "series_sha256": self.series.sha256, "target": self.target.name, "host": self.target.host,
+                "configure": list(self.target.flags), "built": datetime.now(UTC).isoformat(timespec="seconds"),
+                "seconds": self.seconds, "binary_sha256": sha256_file(self.binary_in(out)),
+            }, indent=2) + "\n")
+
+    @staticmethod
+    def binary_in(out: Path) -> Path:
+        return out / "bin" / "qemu-system-aarch64"
+
+    def _ship_libraries(self, out: Path, sysroot: Path) -> None:
+        """Every shared library the cross-built binary loads, under out/lib, so a host can run it as
+        `lib/ld-linux-aarch64.so.1 --library-path lib bin/qemu-system-aarch64`."""
+        root = out.parent / "closure"
+        shutil.copytree(sysroot, root, symlinks=True)
+        for name in ("lib", "usr/lib"):
+            (root / name / ARM64.multiarch).mkdir(parents=True, exist_ok=True)
+        for library in Path("/usr/aarch64-linux-gnu/lib").iterdir():
+            target = root / "lib" / ARM64.multiarch / library.name
+            if not target.exists():
+                shutil.copy2(library, target, follow_symlinks=True)
+        shutil.copy2("/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1", root / "lib" / "ld-linux-aarch64.so.1")
+        (root / "usr" / "bin").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.binary_in(out), root / "usr" / "bin" / "qemu-system-aarch64")
+        files = program_closure(root, "usr/bin/qemu-system-aarch64", ARM64.debian)
+        (out / "lib").mkdir()
+        for guest_path, data in files.items():
+            if guest_path != "usr/bin/qemu-system-aarch64":
+                (out / "lib" / Path(guest_path).name).write_bytes(data)
+        shutil.rmtree(root)
+
+
+def host_arch_debian() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(host_arch(), host_arch())
+
+
+def build_qemu(target: str, version: str = SOURCE_VERSION, jobs: int | None = None,
+               say: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Build (or find built) the patched QEMU for `target` (native or arm64); the binary's path."""
+    chosen = TARGETS.get(target)
+    if chosen is None:
+        raise SetupError(f"unknown build target {target!r} (known: {', '.join(TARGETS)})")
+    return QemuBuild(chosen, version, jobs, say, progress).run()
+
+
+def build_records() -> list[dict[str, object]]:
+    """What `lab qemu list` shows of the lab's own builds, for every target."""
+    root = builds_root()
+    if not root.is_dir():
+        return []
+    records = []
+    for directory in sorted(root.iterdir()):
+        record = directory / "build.json"
+        if record.is_file():
+            records.append({**json.loads(record.read_text()), "path": str(directory / "bin" / "qemu-system-aarch64")})
+    return records
+
