@@ -565,7 +565,7 @@ def srun_scenario(argv: list[str], scenario: Scenario, arch: str, accel: str | N
     """Run `lab scenario` with these arguments on a node of the scenario's host class, its output live here and
     its exit status passed through; an interrupt cancels the step (its run still cleans up on the node)."""
     host = settings.host_class(host_class_name(accel, arch))
-    command = ["srun", f"--job-name=lab-{scenario.name}", *host.options(), *resources([scenario]), "--no-requeue",
+    command = ["srun", f"--job-name=lab-{scenario.name}", *host.options(), *resources([scenario]),
                f"--immediate={math.ceil(settings.start_timeout)}", "--quit-on-interrupt",
                *LAB_COMMAND, *argv, "--engine", "local"]
     print(f"lab: on Slurm: {shlex.join(command)}", file=sys.stderr, flush=True)
