@@ -275,8 +275,8 @@ class _Task:
     run: CellRun
     job: str
     index: int
-    host_class: str
     slurm_output: Path | None
+    """Where the job's own output goes, when this machine can read it (not with `stage`)."""
     submitted: float
     blocked_since: float | None = None
 
@@ -372,9 +372,10 @@ class SlurmEngine:
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 job = self.client.submit(options, script)
-                shared = None if self.settings.stage else jobs_dir
-                tasks.extend(_Task(run, job, index, name, shared and shared / f"{name}-{job}_{index}.out",
-                                   time.monotonic()) for index, run in enumerate(members))
+                submitted = time.monotonic()
+                for index, run in enumerate(members):
+                    output = None if self.settings.stage else jobs_dir / f"{name}-{job}_{index}.out"
+                    tasks.append(_Task(run, job, index, output, submitted))
             except SlurmCommandFailed as refused:
                 for run in members:
                     _end_error(run.outcome, f"never started: sbatch refused the {name} cells: {refused}")
@@ -440,7 +441,7 @@ class SlurmEngine:
         """A queued task waits as long as Slurm makes it; one that cannot start is cancelled after start_timeout."""
         reason = record.get("Reason", "None")
         if task.outcome.status == "WAITING":
-            task.outcome.reason = f"pending: {reason}"
+            task.outcome.reason = f"slurm job {task.id} pending: {reason}"
         blocker = NEVER_STARTS.get(reason.split(",")[0])
         if blocker is None:
             task.blocked_since = None

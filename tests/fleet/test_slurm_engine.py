@@ -290,7 +290,7 @@ def test_a_queue_is_waited_out_and_its_reason_shown(tmp_path):
 
     [finished] = _run(_engine(FakeSlurm(records), start_timeout=0.01), [run])
     assert finished.status == "PASS"
-    assert seen[1:] == ["pending: Resources"] * 3
+    assert seen[1:] == ["slurm job 7_0 pending: Resources"] * 3
 
 
 def test_sbatch_refusing_a_class_makes_its_cells_errors(tmp_path):
