@@ -378,7 +378,7 @@ class SlurmEngine:
                     tasks.append(_Task(run, job, index, output, submitted))
             except SlurmCommandFailed as refused:
                 for run in members:
-                    _end_error(run.outcome, f"never started: sbatch refused the {name} cells: {refused}")
+                    _end_error(run.outcome, f"never started: could not submit the {name} cells: {refused}")
                     on_finished(run.outcome)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

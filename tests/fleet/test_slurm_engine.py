@@ -31,6 +31,7 @@ from lab.fleet.slurm import (
     task_ids,
     time_limit_minutes,
 )
+from lab.paths import REPO_ROOT
 from lab.rundir import RunDirectory
 from lab.scenario.model import find_scenario
 from lab.scenario.run import RunOptions
@@ -293,12 +294,13 @@ def test_a_queue_is_waited_out_and_its_reason_shown(tmp_path):
     assert seen[1:] == ["slurm job 7_0 pending: Resources"] * 3
 
 
-def test_sbatch_refusing_a_class_makes_its_cells_errors(tmp_path):
+def test_a_class_sbatch_refuses_is_all_errors(tmp_path):
     runs = _runs(tmp_path, ("tcg", "tcg"))
     slurm = FakeSlurm(lambda poll, cancelled: [], refuse="sbatch exited 1: sbatch: error: Invalid partition name")
     finished = _run(_engine(slurm), runs)
-    assert {(outcome.status, outcome.reason) for outcome in finished} == {(
-        "ERROR", "never started: sbatch refused the tcg cells: sbatch exited 1: sbatch: error: Invalid partition name")}
+    assert {(outcome.status, outcome.reason) for outcome in finished} == {
+        ("ERROR", "never started: could not submit the tcg cells: sbatch exited 1: sbatch: error: Invalid partition "
+                  "name")}
 
 
 def test_a_task_slurmctld_forgot_is_read_from_jobcomp_else_from_its_run_directory(tmp_path):
@@ -385,3 +387,11 @@ def test_lab_cell_writes_its_output_to_the_run_directory_and_copies_it_back(tmp_
         """lab: copying the run directory back: cp -a "$LAB_RUN_DIR" "$LAB_DEST\"""",
     ]
     assert not (tmp_path / "scratch" / "m").exists(), "the scratch copy goes once it is back"
+
+
+@pytest.mark.parametrize("args", [["run", "--matrix", "matrices/nightly.yaml"], ["scenario", "poweroff-baseline"]],
+                         ids=["run", "scenario"])
+def test_a_partition_without_the_slurm_engine_is_a_usage_error(args):
+    done = subprocess.run([sys.executable, "-m", "lab.cli", *args, "--partition", "kvm"], capture_output=True,
+                          text=True, timeout=60, cwd=REPO_ROOT)
+    assert (done.returncode, done.stderr) == (2, "lab: error: --partition goes with --engine slurm\n")

@@ -208,7 +208,7 @@ def test_a_partition_sbatch_refuses_makes_every_cell_an_error(slurm_cluster, tmp
     _, summary = _summary(tmp_path / "runs")
     [cell] = summary["cells"]
     assert (cell["status"], cell["reason"]) == (
-        "ERROR", "never started: sbatch refused the tcg cells: sbatch exited 1: "
+        "ERROR", "never started: could not submit the tcg cells: sbatch exited 1: "
                  "sbatch: error: Batch job submission failed: Invalid partition name specified")
 
 
