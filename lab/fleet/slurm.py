@@ -293,8 +293,9 @@ def _keep_a_run_directory(outcome: CellOutcome) -> None:
     """A cell that ended without a run directory (it never started, or the node could not write or copy one)
     gets one saying why, so that the matrix's junit.xml and report.html list it like any other ERROR."""
     if not outcome.run_dir.exists():
-        outcome.run_dir.mkdir(parents=True)
-        RunDirectory(outcome.run_dir).output_log.write_text(f"lab: error: {outcome.reason}\n")
+        outcome.run_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError), RunDirectory(outcome.run_dir).output_log.open("x") as log:
+            log.write(f"lab: error: {outcome.reason}\n")
 
 
 def _end_error(outcome: CellOutcome, reason: str) -> None:
