@@ -67,6 +67,11 @@ def _scenario(args: argparse.Namespace) -> int:
         print(find_scenario(args.target).path.read_text(), end="")
         return 0
     scenario = find_scenario(args.name)
+    if args.engine == "slurm":
+        from lab.fleet.slurm import load_settings, srun_scenario
+
+        return srun_scenario(args.argv, scenario, args.arch, args.accel, load_settings(partition=args.partition))
+    _local_only(args)
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
@@ -80,14 +85,33 @@ def _scenario(args: argparse.Namespace) -> int:
     return 0 if result.verdict.passed else 1
 
 
+def _local_only(args: argparse.Namespace) -> None:
+    if args.partition:
+        raise UsageError("--partition goes with --engine slurm")
+
+
 def _run(args: argparse.Namespace) -> int:
+    from lab.fleet.engine import Engine
     from lab.fleet.matrix import load_matrix
     from lab.fleet.run import run_matrix
 
     matrix = load_matrix(Path(args.matrix))
+    engine: Engine | None = None
+    if args.engine == "slurm":
+        from lab.fleet.slurm import SlurmEngine, load_settings
+
+        engine = SlurmEngine(load_settings(matrix.slurm, args.partition))
+    else:
+        _local_only(args)
     result = run_matrix(matrix, Path(args.runs_dir), args.workers or matrix.workers,
-                        Console(highlight=False, soft_wrap=True))
+                        Console(highlight=False, soft_wrap=True), engine)
     return 0 if result.passed else 1
+
+
+def _cell(args: argparse.Namespace) -> int:
+    from lab.fleet.cell import CellSpec, run_spec
+
+    return run_spec(CellSpec.from_json(args.spec))
 
 
 def _positive(value: str) -> int:
@@ -141,6 +165,13 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if any(finding.status == "missing" for finding in findings) else 0
 
 
+def _engine_options(command: argparse.ArgumentParser, slurm: str) -> None:
+    command.add_argument("--engine", choices=["local", "slurm"], default="local",
+                         help=f"local: on this machine (default); slurm: {slurm}")
+    command.add_argument("--partition", help="with --engine slurm: this partition for every cell, instead of "
+                         "each host class's own")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="lab", description="The hibernation lab.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -180,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
                           help="how this QEMU reports SYSTEM_OFF2 over QMP: none, unsupported, suspend-disk, "
                                "event:NAME, shutdown-reason:REASON (default: asked of the QEMU build itself)")
     scenario.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    _engine_options(scenario, "run on a node of the scenario's host class with srun, output live (docs/slurm.md)")
     guest = scenario.add_argument_group("bring your own guest")
     guest.add_argument("--kernel", help="a kernel Image file, or a Debian kernel .deb holding kernel and modules")
     guest.add_argument("--kernel-deb", metavar="linux-image-…=VERSION",
@@ -194,6 +226,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--matrix", required=True, metavar="FILE", help="the matrix file (YAML, see matrices/)")
     run.add_argument("--workers", type=_positive, metavar="N", help="runs at a time (default: the file's, else 1)")
     run.add_argument("--runs-dir", default="runs", help="where the matrix directory goes (default: ./runs)")
+    _engine_options(run, "submit the cells as Slurm array jobs, one per host class; --workers per class "
+                         "(docs/slurm.md)")
     run.set_defaults(handler=_run)
     qemu = commands.add_parser("qemu", help="the lab's own QEMU that reports SYSTEM_OFF2: build it, list builds")
     qemu_sub = qemu.add_subparsers(dest="qemu_command", required=True)
@@ -207,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
     qemu_build.set_defaults(handler=_qemu_build)
     qemu_sub.add_parser("list", help="the QEMU builds the lab knows and what each reports").set_defaults(
         handler=_qemu_list)
+    cell = commands.add_parser("cell", help="run one matrix cell from its JSON spec: what an engine starts on a node")
+    cell.add_argument("spec", help="the cell spec (JSON), as a Slurm job script gives it")
+    cell.set_defaults(handler=_cell)
     commands.add_parser("doctor", help="what this host can run, and what to install").set_defaults(handler=_doctor)
     return top
 
@@ -218,6 +255,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.handler(args)
     except LabError as error:

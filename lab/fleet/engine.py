@@ -38,9 +38,10 @@ class CellOutcome:
     def finished(self) -> bool:
         return self.status not in ("WAITING", "RUNNING")
 
-    def start(self, host: str) -> None:
-        """The cell runs on `host` from now; its time counts from here, on this machine's monotonic clock."""
-        self.status, self.started, self.host = "RUNNING", time.monotonic(), host
+    def start(self, host: str, ago: float = 0.0) -> None:
+        """The cell runs on `host` since `ago` seconds (an engine may learn of a start late); its time counts
+        from then, on this machine's monotonic clock."""
+        self.status, self.started, self.host = "RUNNING", time.monotonic() - ago, host
 
     def end(self, status: str, reason: str) -> None:
         """The cell is over; one that never started took no time."""
@@ -70,7 +71,8 @@ class CellRun:
 
 
 class Engine(Protocol):
-    """Runs a matrix's cells; lab.fleet.local.LocalEngine is the one that runs them on this machine."""
+    """Runs a matrix's cells: lab.fleet.local.LocalEngine on this machine, lab.fleet.slurm.SlurmEngine as
+    Slurm jobs."""
 
     def run(self, runs: list[CellRun], workers: int, on_finished: Callable[[CellOutcome], None]) -> None:
         """Run every cell, at most `workers` at a time, and return once every one has ended.

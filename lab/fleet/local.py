@@ -18,51 +18,30 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
-from rich.console import Console
-
-from lab.errors import LabError
+from lab.fleet.cell import INTERRUPTED_EXIT, handle_interrupts, redirect_output, run_cell
 from lab.fleet.engine import CellOutcome, CellRun, mark_not_run, settle
 from lab.fleet.matrix import Cell
 from lab.machine.process import set_parent_death_signal
-from lab.report.terminal import TerminalReport
-from lab.rundir import RunDirectory
-from lab.scenario.run import RunOptions, run_scenario
+from lab.scenario.model import Scenario
+from lab.scenario.run import RunOptions
 
-INTERRUPTED_EXIT = 130
 STOP_GRACE_SECONDS = 60.0
 _STOPPED_BY_SIGNAL = {-signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL}
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """The first SIGINT or SIGTERM stops the run; later ones must not cut its clean-up short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def _run_cell(cell: Cell, options: RunOptions, parent: int) -> None:
-    """A worker process: one cell's run; what `lab scenario` would print goes to the run's output.log."""
+    """A worker process: one cell's run, which must not start once the matrix that spawned it is gone."""
     set_parent_death_signal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    handle_interrupts()
     assert options.run_dir is not None
-    with RunDirectory(options.run_dir).output_log.open("a") as log:
-        os.dup2(log.fileno(), sys.stdout.fileno())
-        os.dup2(log.fileno(), sys.stderr.fileno())
-    sys.stdout.reconfigure(line_buffering=True)
-    try:
+    redirect_output(options.run_dir)
+
+    def scenario() -> Scenario:
         if os.getppid() != parent:
             raise KeyboardInterrupt
-        report = TerminalReport(Console(file=sys.stdout, highlight=False, soft_wrap=True))
-        result = run_scenario(cell.scenario, options, [report])
-        report.verdict(result.verdict, result.run_dir, result.seconds)
-        sys.exit(0 if result.verdict.passed else 1)
-    except LabError as error:
-        print(f"lab: error: {error}")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("lab: interrupted; QEMU stopped and logs kept")
-        sys.exit(INTERRUPTED_EXIT)
+        return cell.scenario
+
+    sys.exit(run_cell(scenario, options))
 
 
 def _settle(outcome: CellOutcome, exit_code: int | None) -> None:

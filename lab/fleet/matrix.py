@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ class Matrix:
     dimensions: Dimensions
     arch: str = "arm64"
     workers: int = 1
+    slurm: Mapping[str, Any] = field(default_factory=dict)
+    """The file's `slurm` section, for lab.fleet.slurm.load_settings."""
 
     def cells(self) -> list[Cell]:
         return [cell for scenario in self.scenarios for cell in self.dimensions.cells(scenario)]
@@ -114,6 +117,7 @@ def load_matrix(path: Path) -> Matrix:
         ),
         arch=arch,
         workers=data.get("workers", 1),
+        slurm=data.get("slurm", {}),
     )
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from tests.support.slurm_cluster import SlurmNodeSpec, slurm_cluster_fixture
 
-# Two CPUs per node: slurmd accepts that on a 2-core host even without config_overrides, and it lets two
-# jobs of one host class run at once (the time-limit test runs three jobs side by side).
+# Two CPUs per node (slurmd accepts that on a 2-core host even without config_overrides): a cell asks for its
+# guest's vCPUs (2), so each node runs one cell at a time. 4 GiB per node: a cell asks for its guest's memory
+# plus QEMU's overhead, and Slurm refuses a job that asks for more than any node has.
 slurm_cluster = slurm_cluster_fixture(
     nodes=(
-        SlurmNodeSpec("tcg1", ("tcg",), "tcg", cpus=2),
-        SlurmNodeSpec("kvm1", ("kvm_arm64",), "kvm_arm64", cpus=2),
+        SlurmNodeSpec("tcg1", ("tcg",), "tcg", cpus=2, real_memory_mb=4096),
+        SlurmNodeSpec("kvm1", ("kvm_arm64",), "kvm_arm64", cpus=2, real_memory_mb=4096),
     )
 )
