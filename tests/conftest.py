@@ -72,6 +72,15 @@ def default_x86_image() -> GuestImage:
     return _built_default("amd64")
 
 
+@pytest.fixture(scope="session")
+def patched_qemu() -> Path:
+    """The lab's own QEMU with the SYSTEM_OFF2 series: built here once (about ten minutes on two cores),
+    then found in the lab's cache."""
+    from lab.qemu.build import build_qemu
+
+    return build_qemu("native", say=lambda line: print(f"lab qemu build: {line}"))
+
+
 @pytest.fixture(autouse=True)
 def _no_orphan_qemu():
     """Every test must leave no QEMU child behind: the lab's promise, checked after each test."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ from lab.rundir import BootFiles, RunDirectory
 WORK = Path("/\0work")
 """Stands for the replay's temporary directory until the words are quoted for the shell."""
 DRY_RUN_ENV = "LAB_REPRODUCE_DRY_RUN"
+PSCI_NOTES = {
+    True: "Nor are the PSCI layer's answers through the gdbstub: QEMU answers PSCI itself here (v1.1 in a "
+          "stock build, no SYSTEM_OFF2 on TCG), so a guest may power off differently than in the run.",
+    False: "QEMU's own PSCI answers in the replay as it did in the run, so a guest powers off the same way: "
+           "a build with the lab's SYSTEM_OFF2 series reports OFF2 again (SUSPEND_DISK, SHUTDOWN guest-hibernate).",
+}
 
 
 @dataclass(frozen=True)
@@ -138,10 +145,10 @@ HEADER = """\
 #   - `-S` is dropped so the guest runs at once; pass --paused to keep it (then `cont` on the monitor);
 #   - the serial console is this terminal (-serial mon:stdio) instead of a socket and a console log:
 #     Ctrl-A c switches between console and QEMU monitor, Ctrl-A x quits QEMU and moves to the next boot.
-# Not replayed: what the lab typed on the console (listed per boot below; type it yourself), disk
-# edits the lab made between boots, and the PSCI layer's answers through the gdbstub: plain QEMU
-# answers PSCI itself (v1.1, no SYSTEM_OFF2 on TCG), so a guest may power off differently than in
-# the run. To run the whole scenario again with the lab, judged, in a new run directory:
+# Not replayed: what the lab typed on the console (listed per boot below; type it yourself) and
+# disk edits the lab made between boots.
+# {psci_note}
+# To run the whole scenario again with the lab, judged, in a new run directory:
 #   {rerun}
 #
 # Usage: reproduce.sh [--paused]    ({dry_run}=1 prints the commands instead of running them)
@@ -201,7 +208,9 @@ def _script(run_dir: RunDirectory, result: dict[str, Any], boots: list[Boot]) ->
         "verdict": f"{verdict.get('status', 'unknown')}: {verdict.get('reason', 'no result.json')}",
         "rerun": _rerun_command(result, boots),
     }
-    lines = [HEADER.format(dry_run=DRY_RUN_ENV, **{key: _one_line(value) for key, value in described.items()})]
+    psci_note = "\n# ".join(textwrap.wrap(PSCI_NOTES[environment.get("psci_personality") is not None], 96))
+    lines = [HEADER.format(dry_run=DRY_RUN_ENV, psci_note=psci_note,
+                           **{key: _one_line(value) for key, value in described.items()})]
     outputs = image.get("outputs", {})
     inputs = dict.fromkeys(str(path) for boot in boots for path in (boot.spec.kernel, boot.spec.initrd) if path)
     lines += [f"check_input {shlex.quote(path)} {shlex.quote(outputs.get(Path(path).name, ''))}" for path in inputs]

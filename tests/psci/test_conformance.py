@@ -132,7 +132,7 @@ def test_encoders() -> None:
 @dataclass
 class BareMetalRun:
     machine: Machine
-    layer: PsciLayer
+    layer: PsciLayer | None
 
     def results(self, count: int) -> list[int]:
         """`count` results and the done marker, read from guest RAM through the monitor."""
@@ -147,15 +147,24 @@ class BareMetalRun:
 
 
 @contextmanager
-def bare_metal(tmp_path: Path, calls: list[Call], personality: PsciPersonality) -> Iterator[BareMetalRun]:
-    """The program in the lab's Machine, paused, kept alive after power-off so its RAM stays readable."""
+def bare_metal(tmp_path: Path, calls: list[Call], personality: PsciPersonality | None,
+               qemu: Path | None = None) -> Iterator[BareMetalRun]:
+    """The program in the lab's Machine, paused, kept alive after power-off so its RAM stays readable.
+
+    With a personality the PSCI layer answers through the gdbstub; without one QEMU's own PSCI does.
+    """
+    tmp_path.mkdir(parents=True, exist_ok=True)
     image = tmp_path / "selftest.img"
     image.write_bytes(program(calls))
     spec = MachineSpec(arch="aarch64", kernel=image, initrd=None, append="", memory_mib=256, cpus=1,
-                       gdbstub=True, keep_after_shutdown=True)
+                       qemu=qemu, gdbstub=personality is not None, keep_after_shutdown=True)
     sites = ConduitSites(kernel_sha256="", hvc=LOAD_ADDRESS + CONDUIT_OFFSET, smc=None)
     with Machine(spec, RunDirectory(tmp_path).boot("selftest"), time.monotonic()) as machine:
         machine.launch()
+        if personality is None:
+            machine.resume()
+            yield BareMetalRun(machine, None)
+            return
         layer = PsciLayer(machine.gdb_socket, sites, personality, tmp_path / "calls.jsonl")
         try:
             layer.attach(timeout=10)
@@ -164,6 +173,12 @@ def bare_metal(tmp_path: Path, calls: list[Call], personality: PsciPersonality) 
             assert layer.error is None
         finally:
             layer.close()
+
+
+def selftest_table(run: BareMetalRun, calls: list[Call]) -> list[int]:
+    """What the guest read back from each call, once the VM powered off after the last one."""
+    run.machine.qmp.wait_event("SHUTDOWN", 30)
+    return [to_signed(value) for value in run.results(len(calls))]
 
 
 @pytest.mark.parametrize("off_type", [HIBERNATE_OFF, 0])
@@ -178,6 +193,7 @@ def test_kvm_answers_the_selftest_and_powers_off(tmp_path: Path, off_type: int) 
         assert features32 & HIBERNATE_OFF and features64 & HIBERNATE_OFF
         assert (invalid_type1, invalid_type0) == (INVALID_PARAMS, INVALID_PARAMS)
         assert (after_off2, done) == (0, 0), "the guest ran on after an accepted SYSTEM_OFF2"
+        assert run.layer is not None
         assert [call.action for call in run.layer.calls] == [PsciAction.RETURN] * 5 + [PsciAction.POWER_OFF]
         assert run.layer.calls[-1].vcpu == 0
 
@@ -197,6 +213,7 @@ def test_return_to_guest_resumes_with_internal_failure(tmp_path: Path) -> None:
         assert results[3:5] == [INVALID_PARAMS, INVALID_PARAMS]
         assert results[5:] == [INTERNAL_FAILURE] * 3
         assert not run.machine.qmp.seen("SHUTDOWN")
+        assert run.layer is not None
         assert [call.response for call in run.layer.calls] == results
 
 
@@ -204,5 +221,27 @@ def test_without_the_layer_answering_qemu_says_psci_1_1(tmp_path: Path) -> None:
     calls = [(PSCI_VERSION, 0, 0), (PSCI_FEATURES, PSCI_SYSTEM_OFF2_64, 0), (PSCI_SYSTEM_OFF2_64, 0, 0)]
     with bare_metal(tmp_path, calls, PsciPersonality.NONE) as run:
         assert run.wait_done(len(calls)) == [0x10001, -1, -1]
+        assert run.layer is not None
         assert {call.action for call in run.layer.calls} == {PsciAction.PASS_THROUGH}
         assert [call.response for call in run.layer.calls] == [0x10001, -1, -1]
+
+
+@pytest.mark.parametrize("power_off", [(PSCI_SYSTEM_OFF2_64, HIBERNATE_OFF, 0), (PSCI_SYSTEM_OFF2_64, 0, 0),
+                                       (PSCI_SYSTEM_OFF2, (1 << 32) | HIBERNATE_OFF, 1 << 32)],
+                         ids=["hibernate-off", "type-0", "smc32-narrowed"])
+def test_the_patched_qemus_own_psci_gives_the_layers_table(tmp_path: Path, power_off: Call,
+                                                           patched_qemu: Path) -> None:
+    """Every SYSTEM_OFF2 case of KVM's psci_test.c, answered by the patched QEMU's TCG PSCI with no layer
+    attached, reads back exactly as through the layer; the power-off is reported over QMP as OFF2."""
+    calls = [*SELFTEST_PREAMBLE, power_off]
+    with bare_metal(tmp_path / "layer", calls, PsciPersonality.KVM) as run:
+        through_layer = selftest_table(run, calls)
+    with bare_metal(tmp_path / "patched", calls, None, qemu=patched_qemu) as run:
+        own = selftest_table(run, calls)
+        events = [e["event"] for e in run.machine.qmp.events if e["event"] in ("SUSPEND_DISK", "SHUTDOWN")]
+        shutdown = run.machine.qmp.seen("SHUTDOWN")[0]["data"]
+    assert own == through_layer
+    assert own[0] >= VERSION_1_3 and own[1] & HIBERNATE_OFF and own[2] & HIBERNATE_OFF
+    assert own[3:5] == [INVALID_PARAMS, INVALID_PARAMS]
+    assert events == ["SUSPEND_DISK", "SHUTDOWN"]
+    assert shutdown == {"guest": True, "reason": "guest-hibernate"}
