@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 from lab.deadline import Deadline
 from lab.disk.lock import DiskLock
-from lab.errors import ChannelError, MachineError, SetupError, WaitTimeout
+from lab.errors import ChannelError, MachineError, WaitTimeout
+from lab.hosts.base import Host, HostProcess
+from lab.hosts.local import LOCAL
 from lab.machine.channels.qmp import QmpChannel
 from lab.machine.channels.serial import SerialConsole
-from lab.machine.spec import MachineSpec
+from lab.machine.spec import CHANNELS, MachineSpec
 from lab.rundir import BootFiles, BootRecord
 
 PR_SET_PDEATHSIG = 1
@@ -43,30 +42,35 @@ def _die_with_parent() -> None:
 
 
 class Machine:
-    """A launched QEMU with its serial console and QMP attached; use as a context manager."""
+    """A launched QEMU with its serial console and QMP attached; use as a context manager.
 
-    def __init__(self, spec: MachineSpec, files: BootFiles, run_started: float) -> None:
+    QEMU runs on `host` (this machine unless a lab host was given); its channels and console log
+    live where the host puts them, and reach the lab through the host's endpoints.
+    """
+
+    def __init__(self, spec: MachineSpec, files: BootFiles, run_started: float, host: Host = LOCAL) -> None:
         self.spec = spec.resolved()
         self.files = files
         self.name = files.name
         self.run_started = run_started
-        self._sockets = Path(tempfile.mkdtemp(prefix="lab-sock-"))
+        self.host = host
+        self.endpoints = host.endpoints(CHANNELS, prefix=f"lab-sock-{self.name}-")
         try:
-            self._sockets.chmod(0o700)
-            self.gdb_socket = self._sockets / "gdb.sock"
+            self.gdb_socket = self.endpoints.local("gdb")
             self.record = BootRecord(
                 name=self.name,
-                command=self.spec.command(self._sockets, files.console),
+                command=self.spec.command(self.endpoints.chardevs(), self.endpoints.host_file(files.console)),
                 console_log=files.console,
                 qmp_log=files.qmp,
                 launched_at=time.monotonic() - run_started,
             )
-            self._process: subprocess.Popen[bytes] | None = None
-            self._locks = [DiskLock(disk.path, f"lab machine {self.name}") for disk in self.spec.disks]
-            self.console = SerialConsole(self._sockets / "console.sock", run_started)
-            self.qmp = QmpChannel(self._sockets / "qmp.sock", files.qmp, run_started)
+            self._process: HostProcess | None = None
+            self._locks = [DiskLock(disk.path, f"lab machine {self.name}") for disk in self.spec.disks] \
+                if host is LOCAL else []
+            self.console = SerialConsole(self.endpoints.local("console"), run_started)
+            self.qmp = QmpChannel(self.endpoints.local("qmp"), files.qmp, run_started)
         except BaseException:
-            shutil.rmtree(self._sockets, ignore_errors=True)
+            self.endpoints.close()
             raise
 
     def __enter__(self) -> Machine:
@@ -94,15 +98,8 @@ class Machine:
     def _start(self, timeout: float) -> None:
         for lock in self._locks:
             lock.acquire()
-        self.files.write_machine(self.spec.to_json(), self.record.command)
-        try:
-            with self.files.stderr.open("wb") as stderr:
-                self._process = subprocess.Popen(
-                    self.record.command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-                    preexec_fn=_die_with_parent,
-                )
-        except OSError as error:
-            raise SetupError(f"cannot start QEMU {self.record.command[0]}: {error.strerror}") from error
+        self.files.write_machine({**self.spec.to_json(), "host": self.host.name}, self.record.command)
+        self._process = self.host.start(self.record.command, self.files.stderr, setup=_die_with_parent)
         self.record.launched_at = time.monotonic() - self.run_started
         deadline = Deadline(timeout)
         process = self._process
@@ -141,7 +138,7 @@ class Machine:
             self.record.exit_code = code
             self.record.exited_at = time.monotonic() - self.run_started
 
-    def _stop(self, process: subprocess.Popen[bytes]) -> None:
+    def _stop(self, process: HostProcess) -> None:
         """Soft first (QMP `quit` lets QEMU flush and exit by itself), then SIGTERM, then SIGKILL."""
         if self.qmp.connected:
             with contextlib.suppress(ChannelError):
@@ -171,7 +168,8 @@ class Machine:
             self.record.qmp_events = list(self.qmp.events)
             self.record.console_lines = list(self.console.lines)
             if self._process is not None:
+                self.endpoints.collect(self.files.console)
                 self.files.write_record(self.record)
             for lock in reversed(self._locks):
                 lock.release()
-            shutil.rmtree(self._sockets, ignore_errors=True)
+            self.endpoints.close()

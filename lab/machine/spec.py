@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,13 @@ from typing import Any
 from lab.errors import SetupError
 
 GUEST_SSH_PORT = 22
+CHANNELS = ("console", "qmp", "gdb")
+"""QEMU's socket chardevs, each listening where the host puts it: a unix socket, or the host's loopback."""
+
+
+def unix_channels(directory: Path) -> dict[str, str]:
+    """Chardev socket addresses for every channel as unix sockets in `directory`."""
+    return {name: f"path={directory / f'{name}.sock'}" for name in CHANNELS}
 
 
 def free_local_port() -> int:
@@ -44,6 +52,8 @@ class MachineSpec:
     memory_mib: int = 1024
     cpus: int = 2
     qemu: Path | None = None
+    loader: Path | None = None
+    """A loader to start `qemu` with (`LOADER --library-path DIR QEMU`): a build shipped with its libraries."""
     gdbstub: bool = False
     ssh_port: int | None = None
     """Host port on 127.0.0.1 forwarded to the guest's port 22 over user-mode networking; None: no network."""
@@ -71,24 +81,30 @@ class MachineSpec:
             return ["-machine", "q35", "-cpu", "host" if self.accel == "kvm" else "max"]
         raise SetupError(f"no machine model for guest arch {self.arch}")
 
-    def _serial_args(self, sockets: Path, console_log: Path | None) -> list[str]:
+    def _serial_args(self, channels: Mapping[str, str], console_log: str | None) -> list[str]:
         if console_log is None:
             return ["-serial", "mon:stdio"]
-        return ["-chardev", f"socket,id=console,path={sockets / 'console.sock'},server=on,wait=off,"
+        return ["-chardev", f"socket,id=console,{channels['console']},server=on,wait=off,"
                             f"logfile={console_log},logappend=off",
                 "-serial", "chardev:console"]
 
-    def command(self, sockets: Path, console_log: Path | None, paused: bool = True) -> list[str]:
-        """QEMU's argv; channels are unix sockets in `sockets`. With no `console_log` the serial
-        console is the terminal (a replay); `paused` starts the guest only on QMP `cont`."""
+    def _launcher(self) -> list[str]:
+        if self.loader is None:
+            return [self.qemu_binary]
+        return [str(self.loader), "--library-path", str(self.loader.parent), self.qemu_binary]
+
+    def command(self, channels: Mapping[str, str], console_log: str | None, paused: bool = True) -> list[str]:
+        """QEMU's argv. `channels` are the chardev socket addresses (see CHANNELS) where the host puts
+        them; with no `console_log` the serial console is the terminal (a replay); `paused` starts the
+        guest only on QMP `cont`."""
         args = [
-            self.qemu_binary, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            *self._launcher(), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             *(["-S"] if paused else []),
             *self._machine_args(),
             "-accel", self.accel, "-smp", str(self.cpus), "-m", str(self.memory_mib),
             "-kernel", str(self.kernel), "-append", self.append,
-            *self._serial_args(sockets, console_log),
-            "-chardev", f"socket,id=qmp,path={sockets / 'qmp.sock'},server=on,wait=off",
+            *self._serial_args(channels, console_log),
+            "-chardev", f"socket,id=qmp,{channels['qmp']},server=on,wait=off",
             "-mon", "chardev=qmp,mode=control",
         ]
         if self.initrd is not None:
@@ -102,7 +118,7 @@ class MachineSpec:
                 "-device", f"virtio-blk-pci,drive=disk{index},romfile=",
             ]
         if self.gdbstub:
-            args += ["-gdb", f"unix:{sockets / 'gdb.sock'},server=on,wait=off"]
+            args += ["-chardev", f"socket,id=gdb,{channels['gdb']},server=on,wait=off", "-gdb", "chardev:gdb"]
         if self.ssh_port is not None:
             args += [
                 "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:{GUEST_SSH_PORT}",
@@ -113,7 +129,7 @@ class MachineSpec:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["disks"] = [{"path": str(d.path), "format": d.format} for d in self.disks]
-        for name in ("kernel", "initrd", "qemu"):
+        for name in ("kernel", "initrd", "qemu", "loader"):
             data[name] = None if data[name] is None else str(data[name])
         return data
 
@@ -121,7 +137,7 @@ class MachineSpec:
     def from_json(cls, data: dict[str, Any]) -> MachineSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in fields}
-        for name in ("kernel", "initrd", "qemu"):
+        for name in ("kernel", "initrd", "qemu", "loader"):
             if values.get(name) is not None:
                 values[name] = Path(values[name])
         values["disks"] = tuple(Disk(Path(d["path"]), d.get("format", "raw")) for d in values.get("disks", ()))

@@ -18,7 +18,7 @@ from typing import Any
 
 from lab.errors import SetupError
 from lab.events import QemuLaunched, StepEnded, StepStarted
-from lab.machine.spec import Disk, MachineSpec
+from lab.machine.spec import Disk, MachineSpec, unix_channels
 from lab.rundir import BootFiles, RunDirectory
 
 WORK = Path("/\0work")
@@ -101,7 +101,7 @@ def _shell_word(arg: str) -> str:
 
 def _replay_words(spec: MachineSpec) -> list[str]:
     """The replay's argv as bash words: the serial console on the terminal, `-S` only with --paused."""
-    argv = _replay_spec(spec).command(WORK, console_log=None, paused=False)
+    argv = _replay_spec(spec).command(unix_channels(WORK), console_log=None, paused=False)
     return [_shell_word(argv[0]), '"${pause[@]}"', *(_shell_word(arg) for arg in argv[1:])]
 
 

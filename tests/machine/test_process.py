@@ -11,7 +11,7 @@ import pytest
 from lab.disk.lock import DiskBusy, DiskLock
 from lab.errors import MachineError
 from lab.machine.process import Machine
-from lab.machine.spec import Disk, MachineSpec
+from lab.machine.spec import Disk, MachineSpec, unix_channels
 from lab.rundir import RunDirectory
 
 
@@ -24,14 +24,16 @@ def _spec(tmp_path: Path, **changes) -> MachineSpec:
 
 def test_command_line_is_a_list_built_from_settings(tmp_path):
     disk = Disk(tmp_path / "swap.raw")
-    argv = _spec(tmp_path, disks=(disk,), gdbstub=True).command(tmp_path / "s", tmp_path / "console.log")
+    channels = unix_channels(tmp_path / "s")
+    argv = _spec(tmp_path, disks=(disk,), gdbstub=True).command(channels, str(tmp_path / "console.log"))
     assert argv[argv.index("-append") + 1] == "console=ttyAMA0 nokaslr"
     assert argv[argv.index("-cpu") + 1] == "max,pauth-impdef=on"
     assert argv[argv.index("-accel"):argv.index("-accel") + 2] == ["-accel", "tcg"]
     assert "-S" in argv and "-nodefaults" in argv and "-no-reboot" in argv
     assert f"driver=file,filename={disk.path},node-name=file0" in argv
-    assert argv[argv.index("-gdb") + 1] == f"unix:{tmp_path / 's' / 'gdb.sock'},server=on,wait=off"
-    kvm = _spec(tmp_path, accel="kvm").command(tmp_path / "s", tmp_path / "console.log")
+    assert argv[argv.index("-gdb") + 1] == "chardev:gdb"
+    assert f"socket,id=gdb,path={tmp_path / 's' / 'gdb.sock'},server=on,wait=off" in argv
+    kvm = _spec(tmp_path, accel="kvm").command(unix_channels(tmp_path / "s"), str(tmp_path / "console.log"))
     assert kvm[kvm.index("-cpu") + 1] == "host"
     assert "-gdb" not in kvm
 

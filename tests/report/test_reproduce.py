@@ -62,7 +62,7 @@ def _expected_argv(recorded: list[str], work: str) -> list[str]:
             continue
         expected.append(arg)
     expected = ["mon:stdio" if arg == "chardev:console" else arg for arg in expected]
-    expected = [re.sub(r"/tmp/lab-sock-\w+", work, arg) for arg in expected]
+    expected = [re.sub(r"/tmp/lab-sock-[\w-]+", work, arg) for arg in expected]
     return [re.sub(r"filename=\S*/swap\.raw", f"filename={work}/swap.raw", arg) for arg in expected]
 
 

@@ -21,7 +21,7 @@ from lab.deadline import wait_until
 from lab.errors import ChannelError, WaitTimeout
 from lab.machine.channels.ssh import SshChannel, parse_public_key
 from lab.machine.process import Machine
-from lab.machine.spec import Disk, MachineSpec, free_local_port
+from lab.machine.spec import Disk, MachineSpec, free_local_port, unix_channels
 from lab.rundir import RunDirectory
 
 
@@ -231,10 +231,11 @@ def test_ssh_port_forwards_loopback_only_over_a_user_network(tmp_path):
     kernel = tmp_path / "Image"
     kernel.write_bytes(b"\0" * 64)
     argv = MachineSpec(arch="aarch64", kernel=kernel, initrd=None, append="", ssh_port=40022).command(
-        tmp_path, tmp_path / "console.log")
+        unix_channels(tmp_path), str(tmp_path / "console.log"))
     assert argv[argv.index("-netdev") + 1] == "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
     assert argv[argv.index("-device", argv.index("-netdev")) + 1] == "virtio-net-pci,netdev=net0,romfile="
-    without = MachineSpec(arch="aarch64", kernel=kernel, initrd=None, append="").command(tmp_path, tmp_path / "c")
+    without = MachineSpec(arch="aarch64", kernel=kernel, initrd=None, append="").command(
+        unix_channels(tmp_path), str(tmp_path / "c"))
     assert "-netdev" not in without
 
 

@@ -1,0 +1,93 @@
+"""What the lab needs of the machine QEMU runs on, whichever machine that is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+COMMAND_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A command run on a host: its status and what it printed."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    def last_error_line(self) -> str:
+        lines = [line.strip() for line in (self.stderr + self.stdout).decode(errors="replace").splitlines()
+                 if line.strip()]
+        return lines[-1] if lines else f"exit status {self.returncode}"
+
+
+class HostProcess(Protocol):
+    """A long-lived process on a host (QEMU), as subprocess.Popen describes one."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Endpoints(Protocol):
+    """Where one QEMU process's channels and files live on its host, and how the lab reaches them."""
+
+    def chardevs(self) -> dict[str, str]:
+        """Each channel's socket address as QEMU's `-chardev socket,…` takes it (`path=…` or `host=…,port=…`)."""
+        ...
+
+    def local(self, name: str) -> Path:
+        """The unix socket here through which the lab connects to channel `name`."""
+        ...
+
+    def host_file(self, local: Path) -> str:
+        """Where QEMU writes a file (the console log) on its host that the lab wants at `local`."""
+        ...
+
+    def collect(self, local: Path) -> None:
+        """Bring the file written for `local` here (nothing to do when the host is this machine)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Host(Protocol):
+    """What the lab needs of the machine QEMU runs on."""
+
+    name: str
+
+    def run(self, argv: list[str], timeout: float = COMMAND_SECONDS, stdin: bytes | None = None) -> Completed: ...
+
+    def start(self, argv: list[str], output: Path, setup: Callable[[], None] | None = None) -> HostProcess: ...
+
+    def make_dir(self, prefix: str) -> str: ...
+
+    def remove_tree(self, path: str) -> None: ...
+
+    def read_file(self, path: str) -> bytes: ...
+
+    def write_file(self, path: str, data: bytes) -> None: ...
+
+    def fetch(self, path: str, into: Path) -> None: ...
+
+    def file_for(self, local: Path, sha256: str) -> str: ...
+
+    def endpoints(self, names: tuple[str, ...], prefix: str) -> Endpoints: ...
+
+    def tcp_channel(self, port: int) -> int: ...
+
+    def close(self) -> None: ...
