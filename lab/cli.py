@@ -78,7 +78,8 @@ def _scenario(args: argparse.Namespace) -> int:
     options = RunOptions(arch=args.arch, image=args.image, accel=args.accel, qemu=args.qemu, psci=args.psci,
                          runs_root=Path(args.runs_dir), kernel=path(args.kernel), kernel_deb=args.kernel_deb,
                          initrd=path(args.initrd), append=args.append, disk=path(args.disk),
-                         off2_contract=args.off2_contract, system_map=path(args.system_map))
+                         off2_contract=args.off2_contract, system_map=path(args.system_map),
+                         host=args.host)
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
     report.verdict(result.verdict, result.run_dir, result.seconds)
@@ -211,6 +212,8 @@ def parser() -> argparse.ArgumentParser:
                           help="how this QEMU reports SYSTEM_OFF2 over QMP: none, unsupported, suspend-disk, "
                                "event:NAME, shutdown-reason:REASON (default: asked of the QEMU build itself)")
     scenario.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    scenario.add_argument("--host", metavar="ssh://USER@HOST:PORT",
+                          help="run QEMU on a lab host over SSH (its key pinned: see `lab host list`)")
     _engine_options(scenario, "run on a node of the scenario's host class with srun, output live (docs/slurm.md)")
     guest = scenario.add_argument_group("bring your own guest")
     guest.add_argument("--kernel", help="a kernel Image file, or a Debian kernel .deb holding kernel and modules")

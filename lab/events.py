@@ -69,8 +69,10 @@ class QemuLaunched(Event):
 
 
 @dataclass(frozen=True)
-class SshPortTaken(Event):
-    kind: ClassVar[str] = "ssh-port-taken"
+class PortTaken(Event):
+    """A port QEMU was to listen on was taken when it started; the launch was retried with others."""
+
+    kind: ClassVar[str] = "port-taken"
     boot: str
     detail: str
 
@@ -90,7 +92,7 @@ class RunEnded(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (RunStarted, StepStarted, StepEnded, QemuLaunched, SshPortTaken, RepeatRound, RunEnded)
+    cls.kind: cls for cls in (RunStarted, StepStarted, StepEnded, QemuLaunched, PortTaken, RepeatRound, RunEnded)
 }
 Listener = Callable[[Event], None]
 

@@ -11,18 +11,20 @@ the lab from writing to a disk a VM has open; the lab's own DiskLock covers the 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import struct
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.disk.lock import DiskBusy, DiskLock
 from lab.errors import LabError, SetupError, UsageError, WaitTimeout
+from lab.hosts.base import Host
+from lab.hosts.local import LOCAL
 
 PAGE_SIZES = (4096, 65536)
 HEADER_SPAN = max(PAGE_SIZES)
@@ -271,43 +273,42 @@ class _Disk:
     path: Path
     format: str
     size: int
+    host: Host
 
 
-def _run_qemu_tool(args: list[str], disk: Path, cwd: Path | None = None) -> str:
-    """Run qemu-img/qemu-io; turn its failures into lab errors, a lock conflict into DiskBusy."""
+def _run_qemu_tool(host: Host, args: list[str], disk: Path) -> str:
+    """Run qemu-img/qemu-io on the disk's host; turn its failures into lab errors, a lock conflict into DiskBusy."""
     try:
-        result = subprocess.run(
-            args, capture_output=True, text=True, timeout=_QEMU_TIMEOUT, cwd=cwd, check=False
-        )
-    except FileNotFoundError:
+        result = host.run(args, timeout=_QEMU_TIMEOUT)
+    except SetupError:
         raise SetupError(f"{args[0]} not found; install QEMU's tools (Debian package qemu-utils)") from None
-    except subprocess.TimeoutExpired as timeout:
+    except WaitTimeout as timeout:
         raise WaitTimeout(f"{args[0]} on {disk}", _QEMU_TIMEOUT) from timeout
-    output = result.stderr + result.stdout
+    output = (result.stderr + result.stdout).decode(errors="replace")
     if result.returncode != 0:
         lock_failure = _LOCK_FAILURE.search(output)
         if lock_failure:
             reason = f"QEMU refused its image lock ({lock_failure.group(0)}): is a VM running on it?"
             raise DiskBusy(disk, reason)
-        last_line = output.strip().splitlines()[-1] if output.strip() else f"exit status {result.returncode}"
-        raise DiskAccessError(f"{args[0]} failed on {disk}: {last_line}")
-    return result.stdout
+        raise DiskAccessError(f"{args[0]} failed on {disk}: {result.last_error_line()}")
+    return result.text()
 
 
-def _open_disk(disk: Path) -> _Disk:
+def _open_disk(disk: Path, host: Host) -> _Disk:
     """Find the disk's format and virtual size; -U so a disk a VM holds can still be inspected."""
-    if not disk.exists():
-        raise UsageError(f"no such disk image: {disk}")
-    path = disk.resolve()
-    info = json.loads(_run_qemu_tool(["qemu-img", "info", "-U", "--output=json", str(path)], disk))
-    return _Disk(path, info["format"], int(info["virtual-size"]))
+    if host is LOCAL:
+        if not disk.exists():
+            raise UsageError(f"no such disk image: {disk}")
+        disk = disk.resolve()
+    info = json.loads(_run_qemu_tool(host, ["qemu-img", "info", "-U", "--output=json", str(disk)], disk))
+    return _Disk(disk, info["format"], int(info["virtual-size"]), host)
 
 
 def _require_write_access(disk: _Disk) -> None:
     """Open the disk read-write as the write will, and do nothing: QEMU's image locking refuses this
     (DiskBusy) while a VM holds the disk. `qemu-img dd` opens its input read-only, and a read-only
     open of a raw disk succeeds even while a VM writes to it."""
-    _run_qemu_tool(["qemu-io", "-f", disk.format, "-c", "flush", str(disk.path)], disk.path)
+    _run_qemu_tool(disk.host, ["qemu-io", "-f", disk.format, "-c", "flush", str(disk.path)], disk.path)
 
 
 def _read_start(disk: _Disk, for_update: bool) -> bytes:
@@ -322,37 +323,46 @@ def _read_start(disk: _Disk, for_update: bool) -> bytes:
         _require_write_access(disk)
     length = min(HEADER_SPAN, disk.size)
     share = [] if for_update else ["-U"]
-    with tempfile.TemporaryDirectory(prefix="lab-header-") as scratch:
-        copy = Path(scratch) / "start.raw"
+    scratch = disk.host.make_dir("lab-header-")
+    try:
+        copy = posixpath.join(scratch, "start.raw")
         _run_qemu_tool(
+            disk.host,
             ["qemu-img", "dd", *share, "-f", disk.format, "-O", "raw", f"bs={HEADER_SPAN}", "count=1",
              f"if={disk.path}", f"of={copy}"],
             disk.path,
         )
-        data = copy.read_bytes()
+        data = disk.host.read_file(copy)
+    finally:
+        disk.host.remove_tree(scratch)
     if len(data) != length:
         raise DiskAccessError(f"qemu-img dd copied {len(data)} of {length} bytes from {disk.path}")
     return data
 
 
 def _write_start(disk: _Disk, page: bytes) -> None:
-    """Write the header page back with qemu-io (taking QEMU's write lock) from a pattern file."""
-    with tempfile.TemporaryDirectory(prefix="lab-header-") as scratch:
-        # Relative to qemu-io's cwd: qemu-io splits its command on spaces, so no path goes in it.
-        pattern_name = "header-page.bin"
-        (Path(scratch) / pattern_name).write_bytes(page)
+    """Write the header page back with qemu-io (taking QEMU's write lock) from a pattern file.
+
+    qemu-io splits its command on spaces, so the pattern file's path must have none: it is made in a
+    fresh directory of the host's, whose names never do.
+    """
+    scratch = disk.host.make_dir("lab-header-")
+    try:
+        pattern = posixpath.join(scratch, "header-page.bin")
+        disk.host.write_file(pattern, page)
         stdout = _run_qemu_tool(
-            ["qemu-io", "-f", disk.format, "-c", f"write -s {pattern_name} 0 {len(page)}", str(disk.path)],
+            disk.host, ["qemu-io", "-f", disk.format, "-c", f"write -s {pattern} 0 {len(page)}", str(disk.path)],
             disk.path,
-            cwd=Path(scratch),
         )
+    finally:
+        disk.host.remove_tree(scratch)
     if f"wrote {len(page)}/{len(page)} bytes at offset 0" not in stdout:
         raise DiskAccessError(f"qemu-io did not confirm writing the header of {disk.path}: {stdout.strip()}")
 
 
-def read_header(disk: Path) -> HibernationHeader:
+def read_header(disk: Path, host: Host = LOCAL) -> HibernationHeader:
     """Inspect a disk's header without locking it, so a disk in use can be looked at too."""
-    opened = _open_disk(disk)
+    opened = _open_disk(disk, host)
     return parse_header(_read_start(opened, for_update=False), opened.size, str(disk))
 
 
@@ -361,14 +371,17 @@ def _edit_image_header(
     action: str,
     edit: Callable[[HibernationHeader, bytearray], None],
     blocking_problems: Callable[[HibernationHeader], tuple[str, ...]],
+    host: Host,
 ) -> tuple[HibernationHeader, HibernationHeader]:
     """Read-modify-write the header page under both locks; returns the header before and after.
 
-    The lab lock is held throughout, so no lab VM can start between the read and the write;
-    the read and the write both open the disk read-write, so QEMU refuses them while a VM has it.
+    The lab lock is held throughout (on this machine; a run's disk on a lab host lives in that run's
+    own directory there), so no lab VM can start between the read and the write; the read and the
+    write both open the disk read-write, so QEMU refuses them while a VM has it.
     """
-    opened = _open_disk(disk)
-    with DiskLock(opened.path, description=f"lab image: {action}"):
+    opened = _open_disk(disk, host)
+    lock = DiskLock(opened.path, description=f"lab image: {action}") if host is LOCAL else nullcontext()
+    with lock:
         data = _read_start(opened, for_update=True)
         before = parse_header(data, opened.size, str(disk))
         if not before.image_present:
@@ -388,7 +401,7 @@ def _edit_image_header(
     return before, after
 
 
-def set_signature(disk: Path, value: int) -> tuple[HibernationHeader, HibernationHeader]:
+def set_signature(disk: Path, value: int, host: Host = LOCAL) -> tuple[HibernationHeader, HibernationHeader]:
     """Set HW_SIG and hw_sig = value, so a kernel whose running signature differs refuses the image."""
     _require_u32(value)
 
@@ -398,10 +411,10 @@ def set_signature(disk: Path, value: int) -> tuple[HibernationHeader, Hibernatio
         struct.pack_into("<I", page, tail + _FLAGS_AT, header.flags | FLAG_HW_SIG)
 
     action = f"set the hardware signature to 0x{value:08x}"
-    return _edit_image_header(disk, action, set_hw_sig, lambda header: header.problems)
+    return _edit_image_header(disk, action, set_hw_sig, lambda header: header.problems, host)
 
 
-def discard_image(disk: Path) -> tuple[HibernationHeader, HibernationHeader]:
+def discard_image(disk: Path, host: Host = LOCAL) -> tuple[HibernationHeader, HibernationHeader]:
     """Put the original swap signature back, as the kernel does on resume: the next boot is cold.
 
     Only the original signature has to be sound; a bad image offset is no reason to keep an image.
@@ -412,5 +425,5 @@ def discard_image(disk: Path) -> tuple[HibernationHeader, HibernationHeader]:
         page[tail + _SIG_AT : tail + _SIG_AT + 10] = page[tail + _ORIG_SIG_AT : tail + _ORIG_SIG_AT + 10]
 
     return _edit_image_header(
-        disk, "discard the hibernation image", restore_signature, lambda header: header.signature_problems
+        disk, "discard the hibernation image", restore_signature, lambda header: header.signature_problems, host
     )

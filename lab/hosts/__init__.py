@@ -4,5 +4,5 @@ A host runs commands, starts long-lived processes and gives the lab a local addr
 QEMU's channels, so that everything above it (the console, QMP, the gdbstub, the guest's SSH, the
 swap disk's tools) works the same on either. `local` is a thin layer over subprocess; `ssh` drives a
 remote machine with paramiko; `trace` reads the host kernel's KVM tracepoints. May import:
-lab.errors, lab.deadline. Nothing here knows about scenarios or verdicts.
+lab.errors, lab.deadline, lab.paths. Nothing here knows about scenarios or verdicts.
 """

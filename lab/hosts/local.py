@@ -73,7 +73,7 @@ class LocalHost:
     def fetch(self, path: str, into: Path) -> None:
         """Nothing to carry: the file is here already (callers pass the run directory's own paths)."""
 
-    def file_for(self, local: Path, sha256: str) -> str:
+    def file_for(self, local: Path) -> str:
         return str(local)
 
     def endpoints(self, names: tuple[str, ...], prefix: str) -> LocalEndpoints:

@@ -39,6 +39,8 @@ class PowerOffObservation:
     disk_header: dict[str, Any] | None = None
     disk_error: str | None = None
     off2_contract: str = "none"
+    host_hvc_calls: list[dict[str, Any]] | None = None
+    """The guest's HVCs as the KVM host's kernel traced them (x0 = the function ID); None: not traced."""
 
 
 @dataclass

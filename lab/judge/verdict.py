@@ -17,6 +17,8 @@ from lab.judge.off2_contract import Off2Contract
 from lab.judge.witnesses import Witness, collect_witnesses
 from lab.vocabulary import HIBERNATED, KERNEL_TROUBLE, PowerOffClass
 
+QEMU_DROPS_OFF2 = ("QEMU drops OFF2: this build reports SYSTEM_OFF2 like SYSTEM_OFF; the host kernel's "
+                   "kvm_hvc_arm64 trace is the VMM-side witness of how the guest powered off")
 NOT_OBSERVABLE = ("OFF2 not observable with this QEMU: it reports SYSTEM_OFF2 like SYSTEM_OFF and no PSCI layer "
                   "ran; the hibernation itself is judged from the console and the disk")
 
@@ -60,10 +62,16 @@ class RunVerdict:
     reason: str
     power_offs: list[PowerOffVerdict] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    set_up_failed: bool = False
+    """Nothing was judged: the lab could not set the run up (its reason says what was missing)."""
+
+    @property
+    def status(self) -> str:
+        return "PASS" if self.passed else "ERROR" if self.set_up_failed else "FAIL"
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "status": "PASS" if self.passed else "FAIL",
+            "status": self.status,
             "reason": self.reason,
             "power_offs": [p.to_json() for p in self.power_offs],
             "checks": [c.to_json() for c in self.checks],
@@ -77,16 +85,17 @@ def _by_name(witnesses: list[Witness]) -> dict[str, Witness]:
 def classify(observation: PowerOffObservation) -> PowerOffVerdict:
     witnesses = collect_witnesses(observation)
     seen = _by_name(witnesses)
-    qmp, psci, console, disk = seen["vmm-qmp"], seen["vmm-psci"], seen["guest-console"], seen["disk"]
-    qmp_saw_off2 = qmp.consistent_with == (PowerOffClass.HIBERNATE_OFF2,)
-    psci_saw_off2 = psci.opinion and psci.consistent_with == (PowerOffClass.HIBERNATE_OFF2,)
-    off2_observable = psci.opinion or Off2Contract.parse(observation.off2_contract).observable
+    qmp, console, disk = seen["vmm-qmp"], seen["guest-console"], seen["disk"]
+    vmm_side = [seen["vmm-qmp"], seen["vmm-psci"], seen["host-kvm"]]
+    contract = Off2Contract.parse(observation.off2_contract)
+    saw_off2 = any(w.opinion and w.consistent_with == (PowerOffClass.HIBERNATE_OFF2,) for w in vmm_side)
+    off2_observable = contract.observable or any(w.opinion for w in vmm_side[1:])
     if qmp.consistent_with == (PowerOffClass.HANG,):
         kind = PowerOffClass.HANG
     elif qmp.consistent_with == (PowerOffClass.CRASH,) or console.facts["panic"]:
         kind = PowerOffClass.CRASH
     elif disk.facts.get("image_present") or console.facts["image_saved"]:
-        if qmp_saw_off2 or psci_saw_off2:
+        if saw_off2:
             kind = PowerOffClass.HIBERNATE_OFF2
         else:
             kind = PowerOffClass.HIBERNATE_OFF if off2_observable else PowerOffClass.HIBERNATE
@@ -97,6 +106,8 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
         for w in witnesses if w.opinion and kind not in w.consistent_with
     ]
     notes = [] if off2_observable else [NOT_OBSERVABLE]
+    if seen["host-kvm"].opinion and not contract.observable:
+        notes.append(QEMU_DROPS_OFF2)
     return PowerOffVerdict(observation.boot, observation.intent, kind, witnesses, disagreements,
                            off2_observable, notes)
 
@@ -217,8 +228,11 @@ def step_expectations(observations: Observations) -> list[Check]:
     return _expectation_checks([classify(p) for p in observations.power_offs], observations)
 
 
-def judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None) -> RunVerdict:
-    """The run's verdict; `error` is why the run stopped early, if it did."""
+def judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None,
+          set_up_failed: bool = False) -> RunVerdict:
+    """The run's verdict; `error` is why the run stopped early, if it did (before it began: `set_up_failed`)."""
+    if set_up_failed:
+        return RunVerdict(False, f"set-up error: {error}", set_up_failed=True)
     power_offs = [classify(p) for p in observations.power_offs]
     checks = _expectation_checks(power_offs, observations) + _console_health(observations, boot_consoles)
     failed = [c for c in checks if not c.passed]

@@ -21,6 +21,7 @@ from lab.vocabulary import (
     SYSTEM_RESET_IDS,
     ConsoleMark,
     PowerOffClass,
+    psci_function_name,
 )
 
 CLASSES = tuple(PowerOffClass)
@@ -129,6 +130,30 @@ def psci_witness(observation: PowerOffObservation) -> Witness:
                    explanation="no PSCI power-off or reset call reached the VMM")
 
 
+def host_kvm_witness(observation: PowerOffObservation) -> Witness:
+    """The KVM host's own kernel: every HVC the guest made, traced with its function ID (x0)."""
+    calls = observation.host_hvc_calls
+    if calls is None:
+        return Witness("host-kvm", {"traced": False}, [], CLASSES, opinion=False,
+                       explanation="no host kernel traced this guest's HVCs (not on KVM)")
+    ids = [_function_id(c) for c in calls]
+    facts = {"traced": True, "hvc_calls": len(calls),
+             "system_off2": sum(i in SYSTEM_OFF2_IDS for i in ids), "system_off": ids.count(PSCI_SYSTEM_OFF),
+             "system_reset": sum(i in SYSTEM_RESET_IDS for i in ids)}
+    evidence = [f"HVC {c['function_id']} ({psci_function_name(_function_id(c))}) at {c['seconds']:.6f}"
+                for c in calls if _function_id(c) in SYSTEM_OFF2_IDS | {PSCI_SYSTEM_OFF} | SYSTEM_RESET_IDS]
+    if facts["system_off2"]:
+        return Witness("host-kvm", facts, evidence, (PowerOffClass.HIBERNATE_OFF2,),
+                       explanation="the host kernel traced the guest's SYSTEM_OFF2 call (kvm_hvc_arm64)")
+    if facts["system_reset"]:
+        return Witness("host-kvm", facts, evidence, (PowerOffClass.CRASH,), explanation="the guest asked for a reset")
+    if facts["system_off"]:
+        return Witness("host-kvm", facts, evidence, (PowerOffClass.HIBERNATE_OFF, PowerOffClass.POWEROFF),
+                       explanation="the host kernel traced a plain SYSTEM_OFF")
+    return Witness("host-kvm", facts, evidence, (PowerOffClass.CRASH, PowerOffClass.HANG),
+                   explanation="the host kernel traced no PSCI power-off or reset call")
+
+
 def console_witness(observation: PowerOffObservation) -> Witness:
     """What the guest printed during this boot, read from QEMU's own console log (complete even
     where the lab's reader was not listening)."""
@@ -171,5 +196,5 @@ def disk_witness(observation: PowerOffObservation) -> Witness:
 
 
 def collect_witnesses(observation: PowerOffObservation) -> list[Witness]:
-    return [qmp_witness(observation), psci_witness(observation),
+    return [qmp_witness(observation), psci_witness(observation), host_kvm_witness(observation),
             console_witness(observation), disk_witness(observation)]

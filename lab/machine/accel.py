@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import ChannelError, UsageError, WaitTimeout
+from lab.hosts.base import Host
+from lab.hosts.local import LOCAL
 from lab.machine.channels.qmp import QmpChannel
 from lab.vocabulary import host_arch
 
@@ -148,11 +150,22 @@ def _probe_kvm(binary: str, guest_arch: str) -> tuple[bool, str]:
     return False, f"a KVM machine fails to start: {outcome.error}"
 
 
-def choose_accel(guest_arch: str, requested: str | None = None) -> AccelChoice:
+def _kvm_on(host: Host, guest_arch: str) -> tuple[bool, str]:
+    """Whether a lab host's KVM can run `guest_arch` guests: the same arch, and a /dev/kvm there."""
+    machine = host.run(["uname", "-m"]).text().strip()
+    arch = "aarch64" if machine in ("aarch64", "arm64") else machine
+    if arch != guest_arch:
+        return False, f"host {host.name} is {arch}, guest is {guest_arch}: KVM needs the same arch"
+    if host.run(["test", "-c", "/dev/kvm"]).returncode != 0:
+        return False, f"host {host.name} has no /dev/kvm"
+    return True, f"/dev/kvm on host {host.name}"
+
+
+def choose_accel(guest_arch: str, requested: str | None = None, host: Host = LOCAL) -> AccelChoice:
     """`requested` ('kvm' or 'tcg') is honoured or refused with the reason; None means best available."""
     if requested not in (None, "kvm", "tcg"):
         raise UsageError(f"unknown accelerator {requested!r} (use kvm or tcg)")
-    usable, reason = kvm_status(guest_arch)
+    usable, reason = kvm_status(guest_arch) if host is LOCAL else _kvm_on(host, guest_arch)
     if requested == "kvm" and not usable:
         raise UsageError(f"--accel kvm is not possible here: {reason}")
     if requested == "tcg":

@@ -3,54 +3,63 @@
 A build that carries the lab's SYSTEM_OFF2 series (`qemu/patches/`) has the shutdown cause
 `guest-hibernate` in its QAPI schema: it then emits `SUSPEND_DISK` and `SHUTDOWN` with that reason
 when a guest powers off with SYSTEM_OFF2, under TCG (its own PSCI is v1.3) and KVM alike. The lab
-asks each binary once for its schema over QMP (`query-qmp-schema`, about a quarter of a second)
-and remembers the answer by the binary's path, size and modification time, so nobody has to say
-by hand what a build can report.
+asks each binary once for its schema over QMP on stdio (`query-qmp-schema`, a fraction of a second)
+and remembers the answer by host, path, size and modification time, so nobody has to say by hand
+what a build can report.
 
-Known by name: `debian` is the `qemu-system-ARCH` on PATH (Debian's package); `patched` is the
-newest build `lab qemu build` made for this host. Any other value is a path to a binary.
+Known by name: `debian` is the `qemu-system-ARCH` on the host's PATH (Debian's package); `patched`
+is the newest build `lab qemu build` made for this machine, or on a lab host the cross-built one its
+image ships in /opt/lab-qemu (run through its own loader). Any other value is a path on the host.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient, QMPError
-
-from lab.errors import SetupError, UsageError
+from lab.errors import SetupError, UsageError, WaitTimeout
+from lab.hosts.base import Host
+from lab.hosts.local import LOCAL
 from lab.paths import cache_root
 from lab.vocabulary import host_arch
 
 HIBERNATE_CAUSE = "guest-hibernate"
 """The ShutdownCause the lab's series adds; its presence in the schema is how a patched build is known."""
-PROBE_SECONDS = 15.0
-VERSION_SECONDS = 10.0
+PROBE_SECONDS = 30.0
+VERSION_SECONDS = 30.0
 DEBIAN = "debian"
 PATCHED = "patched"
+HOST_PATCHED = Path("/opt/lab-qemu/bin/qemu-system-aarch64")
+HOST_PATCHED_LOADER = Path("/opt/lab-qemu/lib/ld-linux-aarch64.so.1")
+"""Where a lab host's image keeps the patched cross build and the loader it runs with."""
 
 
 @dataclass(frozen=True)
 class QemuBuild:
-    """One QEMU binary, its version, and whether it reports SYSTEM_OFF2 (`reason: guest-hibernate`)."""
+    """One QEMU binary on a host, its version, and whether it reports SYSTEM_OFF2 (`reason: guest-hibernate`)."""
 
     name: str
     path: Path
     version: str
     reports_off2: bool
+    loader: Path | None = None
+    """The build's own dynamic loader, for a build shipped with its libraries (see MachineSpec.loader)."""
 
     @property
     def off2_reporting(self) -> str | None:
         """The OFF2 contract this build speaks when it reports OFF2 (see lab.judge.off2_contract)."""
         return f"shutdown-reason:{HIBERNATE_CAUSE}" if self.reports_off2 else None
+
+    @property
+    def launcher(self) -> list[str]:
+        if self.loader is None:
+            return [str(self.path)]
+        return [str(self.loader), "--library-path", str(self.loader.parent), str(self.path)]
 
     def describe(self) -> str:
         reports = f"reports SYSTEM_OFF2 (SUSPEND_DISK, SHUTDOWN reason {HIBERNATE_CAUSE})" if self.reports_off2 \
@@ -63,7 +72,7 @@ def builds_root() -> Path:
 
 
 def patched_binaries(arch: str = "aarch64") -> list[Path]:
-    """`qemu-system-ARCH` of every finished lab build for this host, newest first."""
+    """`qemu-system-ARCH` of every finished lab build for this machine, newest first."""
     root = builds_root()
     if not root.is_dir():
         return []
@@ -72,41 +81,55 @@ def patched_binaries(arch: str = "aarch64") -> list[Path]:
     return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def resolve_binary(chosen: str | Path | None, arch: str) -> tuple[str, Path]:
-    """A build's name and binary: `debian`, `patched`, a path, or None for Debian's."""
-    text = str(chosen) if chosen is not None else DEBIAN
+def _on_path(host: Host, program: str) -> Path | None:
+    if host is LOCAL:
+        found = shutil.which(program)
+        return Path(found) if found else None
+    done = host.run(["sh", "-c", f"command -v {program}"])
+    return Path(done.text().strip()) if done.returncode == 0 and done.text().strip() else None
+
+
+def _where(host: Host) -> str:
+    return "" if host is LOCAL else f" on host {host.name}"
+
+
+def resolve_binary(chosen: str | None, arch: str, host: Host = LOCAL) -> tuple[str, Path, Path | None]:
+    """A build's name, binary and loader on `host`: `debian`, `patched`, a path, or None for Debian's."""
+    text = chosen or DEBIAN
     if text == DEBIAN:
-        found = shutil.which(f"qemu-system-{arch}")
+        found = _on_path(host, f"qemu-system-{arch}")
         if found is None:
-            raise SetupError(f"qemu-system-{arch} not found: run ./bootstrap (installs QEMU >= 10)")
-        return DEBIAN, Path(found)
+            raise SetupError(f"qemu-system-{arch} not found{_where(host)}: run ./bootstrap (installs QEMU >= 10)")
+        return DEBIAN, found, None
     if text == PATCHED:
         if arch != "aarch64":
             raise UsageError(f"the patched QEMU is built for aarch64 guests only, not {arch}")
+        if host is not LOCAL:
+            if host.run(["test", "-x", str(HOST_PATCHED)]).returncode != 0:
+                raise SetupError(f"host {host.name} has no patched QEMU at {HOST_PATCHED}")
+            return PATCHED, HOST_PATCHED, HOST_PATCHED_LOADER
         built = patched_binaries(arch)
         if not built:
             raise SetupError("no patched QEMU built yet: run `lab qemu build`")
-        return PATCHED, built[0]
+        return PATCHED, built[0], None
     path = Path(text)
-    if not path.is_file():
-        raise UsageError(f"no QEMU binary {path}")
-    if not os.access(path, os.X_OK):
-        raise UsageError(f"{path} is not executable")
-    return str(path), path
+    if host.run(["test", "-f", str(path), "-a", "-x", str(path)]).returncode != 0:
+        raise UsageError(f"no QEMU binary {path}{_where(host)}")
+    return str(path), path, None
 
 
-def qemu_version(binary: Path) -> str:
+def _version(host: Host, launcher: list[str]) -> str:
     """The version QEMU prints (`10.2.2 (Debian 1:10.2.2+ds-1)`), or `unknown` when it cannot run."""
     try:
-        done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=VERSION_SECONDS)
-    except (OSError, subprocess.TimeoutExpired):
+        done = host.run([*launcher, "--version"], timeout=VERSION_SECONDS)
+    except (SetupError, WaitTimeout):
         return "unknown"
-    first = done.stdout.splitlines()[0] if done.stdout else ""
+    first = done.text().splitlines()[0] if done.text() else ""
     return first.removeprefix("QEMU emulator version ").strip() or "unknown"
 
 
 def _enum_values(schema: list[dict[str, Any]], name: str) -> set[str]:
-    """The values of a QAPI enum, found by its name in `query-qmp-schema` (which masks type names)."""
+    """The values of a QAPI enum, found by one of its names in `query-qmp-schema` (which masks type names)."""
     for entity in schema:
         if entity.get("meta-type") != "enum":
             continue
@@ -116,71 +139,59 @@ def _enum_values(schema: list[dict[str, Any]], name: str) -> set[str]:
     return set()
 
 
-async def _ask_schema(binary: Path, socket_path: Path) -> list[dict[str, Any]]:
-    client = QMPClient("lab-probe")
-    process = await asyncio.create_subprocess_exec(
-        str(binary), "-machine", "none", "-nodefaults", "-no-user-config", "-display", "none", "-S",
-        "-qmp", f"unix:{socket_path}", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+def ask_reports_off2(launcher: list[str], host: Host = LOCAL) -> bool:
+    """Start the build with no machine and QMP on stdio, read its QAPI schema, and let it quit."""
+    commands = b"".join(json.dumps({"execute": name}).encode() + b"\n"
+                        for name in ("qmp_capabilities", "query-qmp-schema", "quit"))
+    argv = [*launcher, "-machine", "none", "-nodefaults", "-no-user-config", "-display", "none", "-S",
+            "-qmp", "stdio"]
     try:
-        accepting = asyncio.ensure_future(client.start_server_and_accept(str(socket_path)))
-        exited = asyncio.ensure_future(process.wait())
-        done, _ = await asyncio.wait({accepting, exited}, timeout=PROBE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-        if accepting not in done:
-            accepting.cancel()
-            stderr = (await process.stderr.read()).decode(errors="replace").strip() if exited in done else ""
-            raise SetupError(f"{binary} did not answer on QMP: {stderr.splitlines()[-1] if stderr else 'no answer'}")
-        exited.cancel()
-        accepting.result()
-        schema = await asyncio.wait_for(client.execute("query-qmp-schema"), PROBE_SECONDS)
-        with contextlib.suppress(QMPError, EOFError, OSError):
-            await asyncio.wait_for(client.execute("quit"), PROBE_SECONDS)
-        return schema
-    finally:
-        with contextlib.suppress(QMPError, EOFError, OSError):
-            await client.disconnect()
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
-def ask_reports_off2(binary: Path) -> bool:
-    """Start `binary` with no machine, read its QAPI schema, and stop it again."""
-    with tempfile.TemporaryDirectory(prefix="lab-qemu-probe-") as scratch:
-        try:
-            schema = asyncio.run(_ask_schema(binary, Path(scratch) / "qmp.sock"))
-        except (OSError, QMPError, TimeoutError) as error:
-            raise SetupError(f"cannot ask {binary} for its QMP schema: {error}") from error
-    return HIBERNATE_CAUSE in _enum_values(schema, "guest-shutdown")
+        done = host.run(argv, timeout=PROBE_SECONDS, stdin=commands)
+    except WaitTimeout as error:
+        raise SetupError(f"{launcher[-1]} did not answer with its QMP schema within {PROBE_SECONDS:.0f}s") from error
+    for line in done.text().splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            reply = json.loads(line)
+            if isinstance(reply.get("return"), list):
+                return HIBERNATE_CAUSE in _enum_values(reply["return"], "guest-shutdown")
+    raise SetupError(f"cannot ask {launcher[-1]} for its QMP schema: {done.last_error_line()}")
 
 
 def _known_file() -> Path:
     return cache_root() / "qemu" / "known.json"
 
 
-def describe_build(chosen: str | Path | None, arch: str) -> QemuBuild:
-    """The build `chosen` names (see the module docstring), asked once per binary and remembered."""
-    name, binary = resolve_binary(chosen, arch)
-    real = binary.resolve()
-    stat = real.stat()
-    key = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
+def _identity(host: Host, binary: Path) -> str:
+    """What says a binary is still the one asked before: host, real path, size and modification time."""
+    if host is LOCAL:
+        real = binary.resolve()
+        stat = real.stat()
+        return f"local:{real}:{stat.st_size}:{stat.st_mtime_ns}"
+    done = host.run(["stat", "-L", "-c", "%s:%Y", str(binary)])
+    return f"{host.name}:{binary}:{done.text().strip()}"
+
+
+def describe_build(chosen: str | None, arch: str, host: Host = LOCAL) -> QemuBuild:
+    """The build `chosen` names on `host` (see the module docstring), asked once per binary and remembered."""
+    name, binary, loader = resolve_binary(chosen, arch, host)
+    launcher = QemuBuild(name, binary, "unknown", False, loader).launcher
+    key = _identity(host, binary)
     known_path = _known_file()
     try:
         known = json.loads(known_path.read_text())
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        known[key] = {"version": qemu_version(real), "reports_off2": ask_reports_off2(real)}
+        known[key] = {"version": _version(host, launcher), "reports_off2": ask_reports_off2(launcher, host)}
         known_path.parent.mkdir(parents=True, exist_ok=True)
         staging = known_path.with_name(f".{known_path.name}.{os.getpid()}")
         staging.write_text(json.dumps(known, indent=2) + "\n")
         staging.replace(known_path)
-    return QemuBuild(name, binary, known[key]["version"], known[key]["reports_off2"])
+    return QemuBuild(name, binary, known[key]["version"], known[key]["reports_off2"], loader)
 
 
 def known_builds(arch: str = "aarch64") -> list[QemuBuild]:
-    """Every build `lab doctor` and `lab qemu list` show: Debian's, then the lab's own."""
+    """Every build `lab doctor` and `lab qemu list` show: Debian's, then the lab's own for this machine."""
     builds = []
     for chosen in (DEBIAN, *(str(p) for p in patched_binaries(arch))):
         with contextlib.suppress(SetupError, UsageError):
@@ -191,4 +202,4 @@ def known_builds(arch: str = "aarch64") -> list[QemuBuild]:
 
 
 def build_json(build: QemuBuild) -> dict[str, Any]:
-    return {**asdict(build), "path": str(build.path)}
+    return {**asdict(build), "path": str(build.path), "loader": str(build.loader) if build.loader else None}

@@ -16,24 +16,31 @@ Leaving any state through `close()` stops QEMU (softly first) and ends the PSCI 
 from __future__ import annotations
 
 import json
-import subprocess
+import re
+import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError, MachineError, SetupError
-from lab.events import EventLog, QemuLaunched, SshPortTaken
+from lab.events import EventLog, PortTaken, QemuLaunched
+from lab.hosts.base import Host
+from lab.hosts.local import LOCAL
+from lab.hosts.trace import KvmTrace
 from lab.image.guest_image import GuestImage
 from lab.machine.channels.shell import GuestShell
 from lab.machine.channels.ssh import SshChannel
 from lab.machine.process import Machine
 from lab.machine.spec import Disk, MachineSpec, free_local_port
 from lab.psci.attach import GuestPsci, PsciSession
+from lab.qemu.builds import QemuBuild
 from lab.rundir import BootRecord, RunDirectory
 from lab.vocabulary import CONSOLE_PATTERNS, ConsoleMark
 
 PORT_ATTEMPTS = 3
+PORT_TAKEN = re.compile(r"host forwarding|Address already in use")
+"""QEMU's words when a port it was to listen on is taken: the launch is retried with other ports."""
 BOOT_ENDINGS = (ConsoleMark.READY, ConsoleMark.RESUMED, ConsoleMark.PANIC)
 """What ends a boot's wait: init is ready, the kernel resumed an image, or the kernel panicked."""
 _BOOT_ENDED = "|".join(f"(?P<{mark}>{CONSOLE_PATTERNS[mark].pattern})" for mark in BOOT_ENDINGS)
@@ -73,46 +80,67 @@ class PowerOff:
     wait_error: str | None
     psci_active: bool
     psci_calls: list[dict[str, Any]]
+    host_hvc_calls: list[dict[str, Any]] | None
+    """What the host kernel traced of the guest's HVCs (KVM), or None when nothing traced them."""
 
 
 class Guest:
     """The guest of one run; see the module docstring for its states."""
 
     def __init__(self, image: GuestImage, run_dir: RunDirectory, events: EventLog, accel: str,
-                 qemu: Path | None = None, psci: GuestPsci | None = None, memory_mib: int = 1024,
-                 cpus: int = 2) -> None:
+                 build: QemuBuild, psci: GuestPsci | None = None, memory_mib: int = 1024, cpus: int = 2,
+                 host: Host = LOCAL) -> None:
         self.image = image
         self.run_dir = run_dir
         self.events = events
         self.accel = accel
-        self.qemu = qemu
+        self.build = build
         self.psci = psci
         self.memory_mib = memory_mib
         self.cpus = cpus
+        self.host = host
+        self.trace_kvm = accel == "kvm" and image.qemu_arch == "aarch64"
         self.state = GuestState.OFF
-        self.disk = Disk(run_dir.swap("raw"))
+        self.workdir = str(run_dir.path) if host is LOCAL else host.make_dir("run-")
+        self.disk = Disk(Path(self.workdir) / "swap.raw")
         self.machine: Machine | None = None
         self.shell: GuestShell | None = None
         self.psci_session: PsciSession | None = None
         self.boot_count = 0
         self._ssh: SshChannel | None = None
+        self._trace: KvmTrace | None = None
         self._pending: tuple[str, str] | None = None
+        self._files: dict[Path, str] = {}
+
+    def _host_file(self, local: Path) -> str:
+        """The host's path of one of the image's files, copied there once per run at most."""
+        if local not in self._files:
+            self._files[local] = self.host.file_for(local)
+        return self._files[local]
+
+    def _qemu_img(self, *args: str, timeout: float = 600) -> str:
+        done = self.host.run(["qemu-img", *args], timeout=timeout)
+        if done.returncode != 0:
+            raise SetupError(f"qemu-img {args[0]} failed on {self.host.name}: {done.last_error_line()}")
+        return done.text()
 
     def prepare_disk(self, source: Path | None = None) -> None:
         """The run's own swap disk: a copy of the user's disk (format kept) or of the image's blank one."""
-        origin = source or self.image.swap_template
-        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(origin)], capture_output=True,
-                              text=True, timeout=60)
-        if info.returncode != 0:
-            raise SetupError(f"cannot read disk {origin}: {info.stderr.strip()}")
-        disk_format = json.loads(info.stdout)["format"]
-        self.disk = Disk(self.run_dir.swap(disk_format), disk_format)
-        done = subprocess.run(
-            ["qemu-img", "convert", "-O", disk_format, "-S", "4k", str(origin), str(self.disk.path)],
-            capture_output=True, text=True, timeout=600,
-        )
-        if done.returncode != 0:
-            raise SetupError(f"cannot create the run's swap disk: {done.stderr.strip()}")
+        origin = self._host_file(source or self.image.swap_template)
+        disk_format = json.loads(self._qemu_img("info", "-U", "--output=json", origin, timeout=60))["format"]
+        self.disk = Disk(Path(self.workdir) / f"swap.{disk_format}", disk_format)
+        self._qemu_img("convert", "-O", disk_format, "-S", "4k", origin, str(self.disk.path))
+
+    def collect(self) -> None:
+        """Bring the swap disk home from a lab host (compressed as qcow2) and clear the host's run directory."""
+        if self.host is LOCAL:
+            return
+        try:
+            packed = f"{self.workdir}/swap-final.qcow2"
+            self._qemu_img("convert", "-c", "-O", "qcow2", str(self.disk.path), packed)
+            self.host.fetch(packed, self.run_dir.swap("qcow2"))
+        finally:
+            self.host.remove_tree(self.workdir)
 
     @property
     def boot_name(self) -> str:
@@ -121,10 +149,10 @@ class Guest:
 
     def spec(self, ssh_port: int | None = None) -> MachineSpec:
         return MachineSpec(
-            arch=self.image.qemu_arch, kernel=self.image.kernel, initrd=self.image.initramfs,
-            append=f"{self.image.kernel_append} lab.swap=vda", disks=(self.disk,), accel=self.accel,
-            memory_mib=self.memory_mib, cpus=self.cpus, qemu=self.qemu, gdbstub=self.psci is not None,
-            ssh_port=ssh_port,
+            arch=self.image.qemu_arch, kernel=Path(self._host_file(self.image.kernel)),
+            initrd=Path(self._host_file(self.image.initramfs)), append=f"{self.image.kernel_append} lab.swap=vda",
+            disks=(self.disk,), accel=self.accel, memory_mib=self.memory_mib, cpus=self.cpus, qemu=self.build.path,
+            loader=self.build.loader, gdbstub=self.psci is not None, ssh_port=ssh_port,
         )
 
     def require(self, *states: GuestState, doing: str) -> None:
@@ -144,6 +172,9 @@ class Guest:
         name = self.boot_name
         machine = self._launch(name)
         self.events.emit(QemuLaunched, boot=name, accel=self.accel)
+        if self.trace_kvm and machine.pid is not None:
+            self._trace = KvmTrace(self.host)
+            self._trace.start(machine.pid)
         if self.psci is not None:
             self.psci_session = self.psci.attach(machine, self.run_dir.boot(name).psci)
         else:
@@ -171,17 +202,21 @@ class Guest:
             try:
                 return self._launch_once(name)
             except MachineError as error:
-                if "host forwarding" not in error.output:
+                if not PORT_TAKEN.search(error.output):
                     raise
-                self.events.emit(SshPortTaken, boot=name, detail=error.output.strip())
+                self.events.emit(PortTaken, boot=name, detail=error.output.strip())
         return self._launch_once(name)
 
     def _launch_once(self, name: str) -> Machine:
-        port = free_local_port() if self.image.ssh is not None else None
-        machine = Machine(self.spec(port), self.run_dir.boot(name), self.events.started)
+        port = self._free_port() if self.image.ssh is not None else None
+        machine = Machine(self.spec(port), self.run_dir.boot(name), self.events.started, self.host)
         machine.launch()
         self.machine = machine
         return machine
+
+    def _free_port(self) -> int:
+        """A port for the guest's SSH forward on the host's loopback (taken ones make QEMU fail, and retry)."""
+        return free_local_port() if self.host is LOCAL else secrets.SystemRandom().randrange(20000, 60000)
 
     def ssh(self, timeout: float) -> tuple[SshChannel, bool]:
         """The SSH channel to the running guest, and whether it was connected just now.
@@ -196,7 +231,7 @@ class Guest:
                                   "(built before SSH, or booted with a user's initramfs)")
         if self._ssh is not None:
             return self._ssh, False
-        channel = SshChannel.from_files(port, login.user, login.host_key, login.client_key)
+        channel = SshChannel.from_files(self.host.tcp_channel(port), login.user, login.host_key, login.client_key)
         channel.connect(timeout)
         self._ssh = channel
         return channel, True
@@ -216,12 +251,13 @@ class Guest:
         except LabError as error:
             wait_error = str(error)
         session = self.psci_session
+        hvc_calls = [call.as_record() for call in self._trace.read()] if self._trace is not None else None
         self.close()
         if intent == "hibernate":
             self._pending = (token, command)
             self.state = GuestState.HIBERNATED
         return PowerOff(machine.record, wait_error is not None, wait_error, session is not None,
-                        list(session.calls) if session is not None else [])
+                        list(session.calls) if session is not None else [], hvc_calls)
 
     def console_text(self) -> str:
         if self.machine is None:
@@ -242,5 +278,7 @@ class Guest:
         finally:
             if self.psci_session is not None:
                 self.psci_session.close()
-            self.machine = self.shell = self.psci_session = None
+            if self._trace is not None:
+                self._trace.close()
+            self.machine = self.shell = self.psci_session = self._trace = None
             self.state = GuestState.OFF

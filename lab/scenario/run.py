@@ -16,13 +16,18 @@ from typing import Any
 from lab import __version__
 from lab.errors import LabError, SetupError, UsageError
 from lab.events import EventLog, Listener, RunEnded, RunStarted
+from lab.hosts.base import Host
+from lab.hosts.local import LOCAL
+from lab.hosts.logins import open_host
+from lab.hosts.trace import kvm_trace_problem
 from lab.image.debian import sha256_file
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
 from lab.image.store import find_image
-from lab.judge.off2_contract import contract_for
+from lab.judge.observations import Observations
+from lab.judge.off2_contract import Off2Contract, contract_for
 from lab.judge.verdict import RunVerdict, judge
-from lab.machine.accel import choose_accel
+from lab.machine.accel import AccelChoice, choose_accel
 from lab.psci.attach import GuestPsci, parse_personality, psci_attacher
 from lab.psci.firmware import PsciPersonality
 from lab.qemu.builds import QemuBuild, build_json, describe_build
@@ -55,6 +60,8 @@ class RunOptions:
     append: str | None = None
     disk: Path | None = None
     off2_contract: str | None = None
+    host: str | None = None
+    """A lab host to run QEMU on, as ssh://user@host:port; None: this machine."""
     system_map: Path | None = None
 
 
@@ -96,61 +103,103 @@ def write_artifacts(run_dir: RunDirectory) -> None:
         run_dir.reproducer_missing.write_text(f"no reproduce.sh: {error}\n")
 
 
+@dataclass
+class RunSetup:
+    """What a run is made of once the lab has found it all: the image, the QEMU build, the accelerator,
+    the PSCI layer, the OFF2 contract and the guest. Any of these may fail to be found (a set-up error)."""
+
+    image: GuestImage
+    build: QemuBuild
+    accel: AccelChoice
+    psci: GuestPsci | None
+    contract: Off2Contract
+    guest: Guest
+
+    def environment(self, options: RunOptions, host: Host) -> dict[str, Any]:
+        image = self.image
+        return {
+            "lab": __version__,
+            "qemu": f"{self.build.name} {self.build.version}",
+            "qemu_build": build_json(self.build),
+            "host": f"{platform.system()} {platform.machine()} {platform.release()}",
+            "lab_host": host.name,
+            "accel": self.accel.name,
+            "accel_reason": self.accel.reason,
+            "psci_personality": self.psci.personality if self.psci else None,
+            "off2_contract": str(self.contract),
+            "image": {"name": image.name, "path": str(image.path), "kernel_release": image.kernel_release,
+                      "kernel_pin": image.manifest.get("kernel_pin"),
+                      "inputs": image.manifest.get("inputs", []), "outputs": image.manifest.get("outputs", {})},
+            "boot_inputs": image.boot_inputs(),
+            "disk_input": {"path": str(options.disk), "sha256": sha256_file(options.disk)} if options.disk else None,
+            "kernel_append": f"{image.kernel_append} lab.swap=vda",
+        }
+
+
+def set_up(scenario: Scenario, options: RunOptions, run_dir: RunDirectory, events: EventLog,
+           host: Host) -> RunSetup:
+    image = image_for(scenario, options)
+    build = describe_build(options.qemu, image.qemu_arch, host)
+    accel = choose_accel(image.qemu_arch, options.accel, host)
+    if accel.name == "kvm" and image.qemu_arch == "aarch64" and (problem := kvm_trace_problem(host)):
+        raise SetupError(f"cannot witness KVM's PSCI calls on {host.name}: {problem}")
+    psci = psci_for(scenario, options, image, accel.name, build)
+    contract = contract_for(image.qemu_arch, accel.name, psci is not None, build.off2_reporting,
+                            options.off2_contract)
+    guest = Guest(image, run_dir, events, accel.name, build, psci, scenario.memory_mib, scenario.cpus, host)
+    return RunSetup(image, build, accel, psci, contract, guest)
+
+
 def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
+    """Run one scenario into its run directory; a set-up error is re-raised after the artifacts are written."""
     started = time.monotonic()
     arch = guest_arch(options.arch)
     if scenario.arches and arch not in {guest_arch(a) for a in scenario.arches}:
         raise UsageError(f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only")
-    image = image_for(scenario, options)
-    build = describe_build(options.qemu, image.qemu_arch)
-    accel = choose_accel(image.qemu_arch, options.accel)
     run_dir = RunDirectory(options.run_dir) if options.run_dir else RunDirectory.create(
         options.runs_root, f"{timestamp()}-{scenario.name}")
     run_dir.path.mkdir(parents=True, exist_ok=True)
     events = EventLog(run_dir.events, started)
     events.listeners.extend(listeners)
     run_dir.write_scenario(scenario.source)
-    psci = psci_for(scenario, options, image, accel.name, build)
-    contract = contract_for(image.qemu_arch, accel.name, psci is not None, build.off2_reporting,
-                            options.off2_contract)
-    guest = Guest(image, run_dir, events, accel.name, build.path, psci, scenario.memory_mib, scenario.cpus)
-    ctx = RunContext(scenario=scenario, guest=guest, events=events, off2_contract=str(contract))
-    events.emit(RunStarted, scenario=scenario.name, image=image.name, accel=accel.name,
-                accel_reason=accel.reason, psci=psci.personality if psci else None, qemu=build.name)
-    error: str | None = None
+    observations = Observations()
+    setup: RunSetup | None = None
+    failure: LabError | None = None
+    interrupted = False
+    host: Host = LOCAL
     try:
-        guest.prepare_disk(options.disk)
+        host = open_host(options.host) if options.host else LOCAL
+        setup = set_up(scenario, options, run_dir, events, host)
+        events.emit(RunStarted, scenario=scenario.name, image=setup.image.name, accel=setup.accel.name,
+                    accel_reason=setup.accel.reason, psci=setup.psci.personality if setup.psci else None,
+                    qemu=setup.build.name)
+        ctx = RunContext(scenario=scenario, guest=setup.guest, events=events, off2_contract=str(setup.contract),
+                         observations=observations)
+        setup.guest.prepare_disk(options.disk)
         run_steps(ctx, scenario.steps)
-    except LabError as failure:
-        error = str(failure)
+    except LabError as error:
+        failure = error
     except KeyboardInterrupt:
-        error = "interrupted"
+        interrupted = True
     finally:
-        guest.close()
+        try:
+            if setup is not None:
+                setup.guest.close()
+                setup.guest.collect()
+        finally:
+            host.close()
+    reason = "interrupted" if interrupted else str(failure) if failure is not None else None
     consoles = {boot.name: boot.read_console() for boot in run_dir.boots()}
-    verdict = judge(ctx.observations, consoles, error)
+    verdict = judge(observations, consoles, reason, set_up_failed=setup is None and failure is not None)
     seconds = time.monotonic() - started
-    append = guest.spec().append
-    environment: dict[str, Any] = {
-        "lab": __version__,
-        "qemu": f"{build.name} {build.version}",
-        "qemu_build": build_json(build),
-        "host": f"{platform.system()} {platform.machine()} {platform.release()}",
-        "accel": accel.name,
-        "accel_reason": accel.reason,
-        "psci_personality": psci.personality if psci else None,
-        "off2_contract": str(contract),
-        "image": {"name": image.name, "path": str(image.path), "kernel_release": image.kernel_release,
-                  "kernel_pin": image.manifest.get("kernel_pin"),
-                  "inputs": image.manifest.get("inputs", []), "outputs": image.manifest.get("outputs", {})},
-        "boot_inputs": image.boot_inputs(),
-        "disk_input": {"path": str(options.disk), "sha256": sha256_file(options.disk)} if options.disk else None,
-        "kernel_append": append,
-    }
     described = {"name": scenario.name, "path": str(scenario.path), "description": scenario.description}
-    write_result(run_dir, described, verdict, ctx.observations, events.steps_ended(), environment, seconds)
-    events.emit(RunEnded, status="PASS" if verdict.passed else "FAIL", reason=verdict.reason)
+    environment = setup.environment(options, host) if setup is not None else {"lab": __version__,
+                                                                              "lab_host": host.name}
+    write_result(run_dir, described, verdict, observations, events.steps_ended(), environment, seconds)
+    events.emit(RunEnded, status=verdict.status, reason=verdict.reason)
     write_artifacts(run_dir)
-    if error == "interrupted":
+    if interrupted:
         raise KeyboardInterrupt
+    if setup is None and failure is not None:
+        raise failure
     return RunResult(run_dir.path, verdict, seconds)

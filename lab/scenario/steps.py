@@ -89,7 +89,7 @@ def _mark(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 
 def _read_disk_header(ctx: RunContext) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        return hibernation_header.read_header(ctx.guest.disk.path).to_json(), None
+        return hibernation_header.read_header(ctx.guest.disk.path, ctx.guest.host).to_json(), None
     except LabError as error:
         return None, str(error)
 
@@ -103,6 +103,7 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
         record=ended.record, timed_out=ended.timed_out, psci_active=ended.psci_active,
         psci_personality=guest.psci.personality if guest.psci else None, psci_calls=ended.psci_calls,
         disk_header=header, disk_error=disk_error, off2_contract=ctx.off2_contract,
+        host_hvc_calls=ended.host_hvc_calls,
     ))
     if ended.wait_error is not None:
         outcome["wait_error"] = ended.wait_error
@@ -112,7 +113,7 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 
 def _disk_operation(ctx: RunContext, step: Step, outcome: dict[str, Any], operation: str, change) -> None:
     ctx.guest.require(GuestState.OFF, GuestState.HIBERNATED, doing=step.kind)
-    before, after = change(ctx.guest.disk.path)
+    before, after = change(ctx.guest.disk.path, ctx.guest.host)
     ctx.observations.disk_operations.append(DiskOperation(step.line, operation, before.to_json(), after.to_json()))
     outcome.update(before=before.to_json(), after=after.to_json())
 
@@ -120,7 +121,7 @@ def _disk_operation(ctx: RunContext, step: Step, outcome: dict[str, Any], operat
 def _alter_signature(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     value = step.params["value"]
     _disk_operation(ctx, step, outcome, f"set-signature 0x{value:08x}",
-                    lambda disk: hibernation_header.set_signature(disk, value))
+                    lambda disk, host: hibernation_header.set_signature(disk, value, host))
 
 
 def _discard_image(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
