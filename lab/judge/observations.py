@@ -39,6 +39,9 @@ class PowerOffObservation:
     disk_header: dict[str, Any] | None = None
     disk_error: str | None = None
     off2_contract: str = "none"
+    command_status: int | None = None
+    """Set when the guest's power-off command itself returned, with the guest still running (it gave up)."""
+    command_output: str = ""
     host_hvc_calls: list[dict[str, Any]] | None = None
     """The guest's HVCs as the KVM host's kernel traced them (x0 = the function ID); None: not traced."""
 
