@@ -294,9 +294,11 @@ def _host_commands(commands: argparse._SubParsersAction) -> None:
     host_sub = host.add_subparsers(dest="host_command", required=True)
     start = host_sub.add_parser(
         "start", help="boot a lab host and keep it running in the foreground until Ctrl-C or SIGTERM",
-        description="Boots the host image under TCG with EL2 (arm64 KVM inside), prints `ready: ssh://…` when "
-                    "SSH answers, and stops the host when interrupted. It runs in the foreground so that no host "
-                    "outlives its command: for a long-lived host run it in a terminal or as a systemd service.")
+        description="Boots the newest built host image (built now if there is none; `lab host build` rebuilds it "
+                    "when its recipe, init or inputs changed) under TCG with EL2 (arm64 KVM inside), prints "
+                    "`ready: ssh://…` when SSH answers, and stops the host when interrupted. It runs in the "
+                    "foreground so that no host outlives its command: for a long-lived host run it in a terminal "
+                    "or as a systemd service.")
     build = host_sub.add_parser("build", help="build (or find cached) a lab host image; builds the lab's arm64 QEMU "
                                               "first if needed (about 15 minutes)")
     for command in (start, build):
