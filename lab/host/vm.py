@@ -37,6 +37,7 @@ BOOT_SECONDS = 300.0
 SSH_SECONDS = 60.0
 PORT_ATTEMPTS = 3
 DRAIN_SLICE = 1.0
+READER_STOP_SECONDS = 5.0
 _KVM_LINE = re.compile(r"lab-init: kvm (?P<detail>[^\r\n]*)\r?\n")
 _READY = re.compile(r"lab-init: ready|Kernel panic")
 
@@ -134,7 +135,7 @@ class _ConsoleReader(threading.Thread):
 
     def stop(self) -> None:
         self.finished.set()
-        self.join(DRAIN_SLICE + SSH_SECONDS)
+        self.join(DRAIN_SLICE + READER_STOP_SECONDS)
 
 
 def _spec(image: GuestImage, port: int, memory_mib: int, cpus: int) -> MachineSpec:

@@ -129,13 +129,12 @@ class ImageStore:
         """
         with self._build_lock():
             recipe, local, packages = self._inputs(recipe, refresh, kernel_debs)
-        carried = self.payload(recipe, log, qemu_builder)
+        carried = self.payload(recipe, qemu_builder)
         with self._build_lock():
             return self._build(recipe, local, packages, log, carried)
 
-    def payload(self, recipe: ImageRecipe, log: Callable[[str], None],
-                qemu_builder: QemuBuilder | None = None) -> Payload:
-        """The QEMU builds (built now if missing) and the built guest images the recipe carries."""
+    def payload(self, recipe: ImageRecipe, qemu_builder: QemuBuilder | None = None) -> Payload:
+        """The QEMU builds (built now if missing) and the newest builds of the guest images the recipe carries."""
         binaries = {}
         for target in recipe.qemu_builds:
             if qemu_builder is None:
@@ -144,7 +143,10 @@ class ImageStore:
             binaries[target] = qemu_builder(target)
         images = []
         for name in recipe.guest_images:
-            image = find_image(name, log=log)
+            image = self.latest(name)
+            if image is None:
+                raise SetupError(f"image {recipe.name} carries guest image {name}, which is not built: "
+                                 f"run `lab images build {name}`")
             if image.arch != recipe.arch:
                 raise UsageError(f"image {recipe.name} ({recipe.arch}) cannot carry guest image {name} ({image.arch})")
             images.append(image)

@@ -58,7 +58,7 @@ def test_a_recipe_with_a_qemu_build_needs_someone_to_build_it(tmp_path):
     recipe = dataclasses.replace(ImageRecipe.named("kvm-host"), guest_images=())
     store = ImageStore(tmp_path)
     with pytest.raises(SetupError, match="lab host build kvm-host"):
-        store.payload(recipe, log=print)
+        store.payload(recipe)
     asked: list[str] = []
 
     def builder(target: str) -> Path:
@@ -66,5 +66,11 @@ def test_a_recipe_with_a_qemu_build_needs_someone_to_build_it(tmp_path):
         raise SetupError("no compiler here")
 
     with pytest.raises(SetupError, match="no compiler"):
-        store.payload(recipe, log=print, qemu_builder=builder)
+        store.payload(recipe, qemu_builder=builder)
     assert asked == ["arm64"]
+
+
+def test_a_guest_image_to_carry_must_be_built(tmp_path):
+    recipe = dataclasses.replace(ImageRecipe.named("kvm-host"), qemu_builds=())
+    with pytest.raises(SetupError, match="carries guest image debian-arm64, which is not built: run `lab images build"):
+        ImageStore(tmp_path).payload(recipe)
