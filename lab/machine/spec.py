@@ -59,6 +59,8 @@ class MachineSpec:
     """Host port on 127.0.0.1 forwarded to the guest's port 22 over user-mode networking; None: no network."""
     keep_after_shutdown: bool = False
     """Stay alive (stopped) after the guest powers off, so its RAM can still be read over QMP."""
+    virtualization: bool = False
+    """Emulate EL2 with the GICv3 KVM needs (aarch64): the guest can be a KVM host of its own guests."""
 
     @property
     def qemu_binary(self) -> str:
@@ -76,7 +78,9 @@ class MachineSpec:
     def _machine_args(self) -> list[str]:
         if self.arch == "aarch64":
             cpu = "host" if self.accel == "kvm" else "max,pauth-impdef=on"
-            return ["-machine", "virt", "-cpu", cpu]
+            return ["-machine", "virt,virtualization=on,gic-version=3" if self.virtualization else "virt", "-cpu", cpu]
+        if self.virtualization:
+            raise SetupError(f"no machine model with emulated virtualization for guest arch {self.arch}")
         if self.arch == "x86_64":
             return ["-machine", "q35", "-cpu", "host" if self.accel == "kvm" else "max"]
         raise SetupError(f"no machine model for guest arch {self.arch}")

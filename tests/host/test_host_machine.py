@@ -1,0 +1,37 @@
+"""The host's machine: TCG with EL2 and the GICv3 KVM needs, and a spec that round-trips through JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.errors import SetupError
+from lab.machine.spec import MachineSpec
+
+
+def _spec(tmp_path: Path, **changes) -> MachineSpec:
+    settings = {"arch": "aarch64", "kernel": tmp_path / "vmlinuz", "initrd": tmp_path / "initramfs.cpio",
+                "append": "console=ttyAMA0 lab.swap=none", "memory_mib": 3072, "ssh_port": 2222}
+    return MachineSpec(**(settings | changes))
+
+
+def test_virtualization_emulates_el2_with_gicv3_under_tcg(tmp_path):
+    argv = _spec(tmp_path, virtualization=True).command(tmp_path, tmp_path / "console.log")
+    assert argv[argv.index("-machine") + 1] == "virt,virtualization=on,gic-version=3"
+    assert argv[argv.index("-cpu") + 1] == "max,pauth-impdef=on"
+    plain = _spec(tmp_path).command(tmp_path, tmp_path / "console.log")
+    assert plain[plain.index("-machine") + 1] == "virt"
+
+
+def test_a_host_spec_round_trips_and_older_specs_read_as_no_virtualization(tmp_path):
+    spec = _spec(tmp_path, virtualization=True)
+    assert MachineSpec.from_json(spec.to_json()) == spec
+    older = spec.to_json()
+    del older["virtualization"]
+    assert MachineSpec.from_json(older).virtualization is False
+
+
+def test_no_machine_model_emulates_virtualization_for_x86(tmp_path):
+    with pytest.raises(SetupError, match="x86_64"):
+        _spec(tmp_path, arch="x86_64", virtualization=True).command(tmp_path, tmp_path / "console.log")
