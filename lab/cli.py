@@ -24,7 +24,12 @@ def _images_build(args: argparse.Namespace) -> int:
     recipe = ImageRecipe.named(args.name or f"debian-{args.arch}")
     if args.kernel_deb:
         recipe = recipe.pinned(args.kernel_deb)
-    image, built = ImageStore().build(recipe, refresh=args.refresh, log=lambda line: print(f"  {line}"))
+    from lab.fleet.host_vm import qemu_builder
+
+    def log(line: str) -> None:
+        print(f"  {line}")
+
+    image, built = ImageStore().build(recipe, refresh=args.refresh, log=log, qemu_builder=qemu_builder(log))
     print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
     return 0
 
@@ -159,7 +164,7 @@ def _qemu_list(args: argparse.Namespace) -> int:
 
 
 def _host_build(args: argparse.Namespace) -> int:
-    from lab.host.vm import build_host_image
+    from lab.fleet.host_vm import build_host_image
 
     image, built = build_host_image(args.name, args.kernel_deb, args.refresh, log=lambda line: print(f"  {line}"))
     print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
@@ -169,7 +174,7 @@ def _host_build(args: argparse.Namespace) -> int:
 def _host_start(args: argparse.Namespace) -> int:
     import time
 
-    from lab.host.vm import start_host
+    from lab.fleet.host_vm import start_host
 
     with start_host(args.name, args.kernel_deb, args.memory, args.cpus, log=lambda line: print(f"  {line}")) as host:
         kvm = "yes" if host.kvm.available else f"no ({host.kvm.detail})"
@@ -185,7 +190,7 @@ def _host_start(args: argparse.Namespace) -> int:
 
 
 def _host_list(args: argparse.Namespace) -> int:
-    from lab.host.known import hosts_file, known_hosts
+    from lab.hosts.known import hosts_file, known_hosts
 
     hosts = known_hosts()
     if not hosts:

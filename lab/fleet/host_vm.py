@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lab.deadline import Deadline
 from lab.errors import ChannelError, MachineError, SetupError, UsageError, WaitTimeout
-from lab.host.known import KnownHost, forget_host, hosts_dir, record_host
+from lab.hosts.known import KnownHost, forget_host, hosts_dir, record_host
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import KVM_HOST_ROLE, ImageRecipe
 from lab.image.store import ImageStore

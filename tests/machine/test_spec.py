@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import SetupError
-from lab.machine.spec import MachineSpec
+from lab.machine.spec import MachineSpec, unix_channels
 
 
 def _spec(tmp_path: Path, **changes) -> MachineSpec:
@@ -17,10 +17,10 @@ def _spec(tmp_path: Path, **changes) -> MachineSpec:
 
 
 def test_virtualization_emulates_el2_with_gicv3_under_tcg(tmp_path):
-    argv = _spec(tmp_path, virtualization=True).command(tmp_path, tmp_path / "console.log")
+    argv = _spec(tmp_path, virtualization=True).command(unix_channels(tmp_path), str(tmp_path / "console.log"))
     assert argv[argv.index("-machine") + 1] == "virt,virtualization=on,gic-version=3"
     assert argv[argv.index("-cpu") + 1] == "max,pauth-impdef=on"
-    plain = _spec(tmp_path).command(tmp_path, tmp_path / "console.log")
+    plain = _spec(tmp_path).command(unix_channels(tmp_path), str(tmp_path / "console.log"))
     assert plain[plain.index("-machine") + 1] == "virt"
 
 
@@ -34,4 +34,5 @@ def test_a_host_spec_round_trips_and_older_specs_read_as_no_virtualization(tmp_p
 
 def test_no_machine_model_emulates_virtualization_for_x86(tmp_path):
     with pytest.raises(SetupError, match="x86_64"):
-        _spec(tmp_path, arch="x86_64", virtualization=True).command(tmp_path, tmp_path / "console.log")
+        spec = _spec(tmp_path, arch="x86_64", virtualization=True)
+        spec.command(unix_channels(tmp_path), str(tmp_path / "console.log"))

@@ -24,8 +24,8 @@ import paramiko
 import pytest
 
 from lab.deadline import Deadline
-from lab.host.known import known_host
-from lab.host.vm import RunningHost, build_host_image, start_host
+from lab.fleet.host_vm import RunningHost, build_host_image, start_host
+from lab.hosts.known import known_host
 from lab.image.guest_image import GuestImage
 from lab.machine.channels.ssh import parse_public_key
 from tests.conftest import _qemu_children

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from lab.errors import SetupError
-from lab.host.known import KnownHost, forget_host, hosts_file, known_host, known_hosts, record_host
+from lab.hosts.known import KnownHost, forget_host, hosts_file, known_host, known_hosts, record_host
 
 
 @pytest.fixture(autouse=True)
