@@ -43,6 +43,8 @@ class PowerOffObservation:
     """Set when the guest's power-off command itself returned, with the guest still running (it gave up)."""
     command_output: str = ""
     host_hvc_calls: list[dict[str, Any]] | None = None
+    console: str = "uart"
+    """The guest's console device; on `virtio` the kernel's power-down line is never seen (the device is gone)."""
     """The guest's HVCs as the KVM host's kernel traced them (x0 = the function ID); None: not traced."""
 
 

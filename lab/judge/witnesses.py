@@ -63,7 +63,7 @@ def qmp_witness(observation: PowerOffObservation) -> Witness:
     """What QEMU itself reported over QMP, and how the process ended."""
     record = observation.record
     events = record.qmp_events
-    shutdowns = [e for e in events if e["event"] == "SHUTDOWN"]
+    shutdowns = [e for e in events if e["event"] == "SHUTDOWN" and e.get("data", {}).get("guest", True)]
     suspend_disk = [e for e in events if e["event"] == "SUSPEND_DISK"]
     panicked = [e for e in events if e["event"] == "GUEST_PANICKED"]
     facts = {
@@ -192,8 +192,22 @@ def console_witness(observation: PowerOffObservation) -> Witness:
                        explanation="the kernel powered down without saving an image")
     if facts["restarting"]:
         return Witness("guest-console", facts, evidence, (PowerOffClass.CRASH,), explanation="the kernel restarted")
+    if observation.console == "virtio":
+        return _virtio_console_witness(facts, evidence)
     return Witness("guest-console", facts, evidence, (PowerOffClass.CRASH, *NOT_POWERED_OFF),
                    explanation="the console never said the kernel powered down")
+
+
+def _virtio_console_witness(facts: dict[str, Any], evidence: list[str]) -> Witness:
+    """A virtio console is shut down with the other devices, before the kernel prints its power-down
+    line: its silence there says nothing, but a saved image is still seen."""
+    if facts["image_saved"]:
+        return Witness("guest-console", facts, evidence, HIBERNATED,
+                       explanation="the kernel saved a hibernation image (a virtio console is gone before "
+                                   "the power-down line)")
+    return Witness("guest-console", facts, evidence, CLASSES, opinion=False,
+                   explanation="no kernel trouble on the console; a virtio console is gone before the "
+                               "power-down line, so it cannot say how the guest powered off")
 
 
 def disk_witness(observation: PowerOffObservation) -> Witness:

@@ -79,13 +79,14 @@ class Machine:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def launch(self, timeout: float = 15) -> None:
-        """Start QEMU paused and attach console and QMP; on any failure QEMU is reaped first.
+    def launch(self, timeout: float | None = None) -> None:
+        """Start QEMU paused and attach console and QMP (within the host's launch time unless `timeout`
+        is given); on any failure QEMU is reaped first.
 
         Raises MachineError (with QEMU's output) when QEMU dies while starting.
         """
         try:
-            self._start(timeout)
+            self._start(self.host.launch_seconds if timeout is None else timeout)
         except BaseException as error:
             process = self._process
             self.close()

@@ -33,7 +33,7 @@ from lab.image.guest_image import GuestImage
 from lab.machine.channels.shell import CommandResult, GuestShell
 from lab.machine.channels.ssh import SshChannel
 from lab.machine.process import Machine
-from lab.machine.spec import Disk, MachineSpec, free_local_port
+from lab.machine.spec import Disk, MachineSpec, free_local_port, with_console
 from lab.psci.attach import GuestPsci, PsciSession
 from lab.qemu.builds import QemuBuild
 from lab.rundir import BootRecord, RunDirectory
@@ -85,6 +85,8 @@ class PowerOff:
     """What the host kernel traced of the guest's HVCs (KVM), or None when nothing traced them."""
     gave_up: CommandResult | None
     """The power-off command's result when it returned with the guest still running; None when it never did."""
+    console: str
+    """The guest's console device (`uart`, `virtio`): a virtio console is gone before the kernel's last line."""
 
 
 class Guest:
@@ -151,11 +153,15 @@ class Guest:
         return f"boot{self.boot_count}"
 
     def spec(self, ssh_port: int | None = None) -> MachineSpec:
+        """The machine of the next boot. A KVM guest gets a virtio console: on the UART every character
+        is an exit to the VMM, which on a nested KVM host costs a minute of boot log."""
+        console = "virtio" if self.accel == "kvm" else "uart"
+        append = with_console(self.image.kernel_append, self.image.qemu_arch, console)
         return MachineSpec(
             arch=self.image.qemu_arch, kernel=Path(self._host_file(self.image.kernel)),
-            initrd=Path(self._host_file(self.image.initramfs)), append=f"{self.image.kernel_append} lab.swap=vda",
+            initrd=Path(self._host_file(self.image.initramfs)), append=f"{append} lab.swap=vda",
             disks=(self.disk,), accel=self.accel, memory_mib=self.memory_mib, cpus=self.cpus, qemu=self.build.path,
-            loader=self.build.loader, gdbstub=self.psci is not None, ssh_port=ssh_port,
+            loader=self.build.loader, gdbstub=self.psci is not None, ssh_port=ssh_port, console=console,
         )
 
     def require(self, *states: GuestState, doing: str) -> None:
@@ -271,7 +277,8 @@ class Guest:
             self._pending = (token, command)
             self.state = GuestState.HIBERNATED
         return PowerOff(machine.record, wait_error is not None, wait_error, session is not None,
-                        list(session.calls) if session is not None else [], hvc_calls, gave_up)
+                        list(session.calls) if session is not None else [], hvc_calls, gave_up,
+                        machine.spec.console)
 
     def vmm_fault(self) -> str | None:
         """What is wrong with QEMU itself (died, stopped), to name a step's failure by its real cause."""

@@ -103,7 +103,7 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
         record=ended.record, timed_out=ended.timed_out, psci_active=ended.psci_active,
         psci_personality=guest.psci.personality if guest.psci else None, psci_calls=ended.psci_calls,
         disk_header=header, disk_error=disk_error, off2_contract=ctx.off2_contract,
-        host_hvc_calls=ended.host_hvc_calls,
+        host_hvc_calls=ended.host_hvc_calls, console=ended.console,
         command_status=ended.gave_up.status if ended.gave_up else None,
         command_output=ended.gave_up.output if ended.gave_up else "",
     ))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import SetupError
-from lab.machine.spec import MachineSpec, unix_channels
+from lab.machine.spec import MachineSpec, console_device, unix_channels, with_console
 
 
 def _spec(tmp_path: Path, **changes) -> MachineSpec:
@@ -36,3 +36,20 @@ def test_no_machine_model_emulates_virtualization_for_x86(tmp_path):
     with pytest.raises(SetupError, match="x86_64"):
         spec = _spec(tmp_path, arch="x86_64", virtualization=True)
         spec.command(unix_channels(tmp_path), str(tmp_path / "console.log"))
+
+
+def test_a_virtio_console_replaces_the_uart_and_the_kernel_is_told_so(tmp_path):
+    argv = _spec(tmp_path, console="virtio").command(unix_channels(tmp_path), str(tmp_path / "console.log"))
+    assert "-serial" not in argv
+    assert argv[argv.index("virtconsole,chardev=console") - 1] == "-device"
+    assert "virtio-serial-pci,romfile=" in argv
+    assert console_device("aarch64", "virtio") == "hvc0"
+    assert console_device("aarch64", "uart") == "ttyAMA0" and console_device("x86_64", "uart") == "ttyS0"
+    append = "console=ttyAMA0 nokaslr console=tty0 no_console_suspend panic=-1"
+    assert with_console(append, "aarch64", "virtio") == "console=hvc0 nokaslr panic=-1"
+    assert with_console(append, "aarch64", "uart") == "console=ttyAMA0 nokaslr no_console_suspend panic=-1"
+
+
+def test_an_unknown_console_device_is_a_setup_error(tmp_path):
+    with pytest.raises(SetupError, match="uart or virtio"):
+        _spec(tmp_path, console="spi").command(unix_channels(tmp_path), str(tmp_path / "console.log"))
