@@ -19,6 +19,9 @@ from lab.hosts.known import known_host
 from lab.hosts.ssh import HostLogin, SshHost, parse_host_url
 
 IDENTITY_VARIABLE = "LAB_SSH_IDENTITY"
+EMULATED_PATIENCE = 4.0
+"""A host the lab started is emulated under TCG here: its guests' consoles and boots run about 3x slower
+than on an idle real host when this machine is busy, so every wait on it is this many times longer."""
 
 
 def public_key(line: str) -> paramiko.PKey:
@@ -39,8 +42,8 @@ def login_for(url: str) -> HostLogin:
     user, host, port = parse_host_url(url)
     known = known_host(f"ssh://{user}@{host}:{port}")
     if known is not None:
-        return HostLogin(host, port, user, public_key(known.host_key), _load(Path(known.client_key),
-                                                                             "the host's client key"))
+        return HostLogin(host, port, user, public_key(known.host_key),
+                         _load(Path(known.client_key), "the host's client key"), EMULATED_PATIENCE)
     keys = paramiko.HostKeys()
     known_hosts = Path.home() / ".ssh" / "known_hosts"
     if known_hosts.is_file():

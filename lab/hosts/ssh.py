@@ -53,6 +53,8 @@ class HostLogin:
     user: str
     host_key: paramiko.PKey
     client_key: paramiko.PKey
+    patience: float = 1.0
+    """How many times longer a guest's waits take there than here (see Host.patience)."""
 
     @property
     def url(self) -> str:
@@ -244,6 +246,7 @@ class SshHost:
     def __init__(self, login: HostLogin, timeout: float = CONNECT_SECONDS) -> None:
         self.login = login
         self.name = login.url
+        self.patience = login.patience
         self._client = paramiko.SSHClient()
         self._client.get_host_keys().add(self._known_as, login.host_key.get_name(), login.host_key)
         self._client.set_missing_host_key_policy(paramiko.RejectPolicy())

@@ -188,7 +188,7 @@ class Guest:
             self.psci_session = self.psci.attach(machine, self.run_dir.boot(name).psci)
         else:
             machine.resume()
-        self.shell = shell = GuestShell(machine.console)
+        self.shell = shell = GuestShell(machine.console, self.host.patience)
         self.state = GuestState.RUNNING
         match = machine.console.expect(_BOOT_ENDED, timeout, f"{name} to become ready")
         outcome = _BOOT_OUTCOMES[ConsoleMark(match.lastgroup)]

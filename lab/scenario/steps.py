@@ -53,12 +53,13 @@ class RunContext:
     evidence: Evidence | None = None
 
 
-def _timeout(step: Step) -> float:
-    return step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind])
+def _timeout(step: Step, ctx: RunContext) -> float:
+    """The step's timeout, stretched by the host's patience (an emulated KVM host is slower)."""
+    return step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind]) * ctx.guest.host.patience
 
 
 def _boot(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
-    booted = ctx.guest.boot(_timeout(step))
+    booted = ctx.guest.boot(_timeout(step, ctx))
     ctx.observations.boots.append(BootObservation(
         booted.name, booted.outcome, step.params.get("expect", "any"), step.line,
         hibernate_command_status=booted.hibernate_command_status,
@@ -96,7 +97,7 @@ def _read_disk_header(ctx: RunContext) -> tuple[dict[str, Any] | None, str | Non
 
 def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     guest = ctx.guest
-    ended = guest.power_off(POWER_OFF_COMMANDS[step.kind], step.kind, _timeout(step), step.params.get("mode"))
+    ended = guest.power_off(POWER_OFF_COMMANDS[step.kind], step.kind, _timeout(step, ctx), step.params.get("mode"))
     header, disk_error = _read_disk_header(ctx)
     ctx.observations.power_offs.append(PowerOffObservation(
         boot=ended.record.name, intent=step.kind, expect=step.params.get("expect"), step_line=step.line,
@@ -174,7 +175,7 @@ def _check(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 
 
 def _run(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
-    timeout = _timeout(step)
+    timeout = _timeout(step, ctx)
     over = step.params.get("over", "serial")
     result: CommandResult
     if over == "ssh":

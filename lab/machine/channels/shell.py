@@ -30,8 +30,10 @@ class CommandResult:
 class GuestShell:
     """`run`, `succeed` and `start` for shell commands on the guest console (like NixOS's driver)."""
 
-    def __init__(self, console: SerialConsole) -> None:
+    def __init__(self, console: SerialConsole, patience: float = 1.0) -> None:
         self.console = console
+        self.patience = patience
+        """Every command's timeout is this many times longer (a guest on an emulated host is slower)."""
 
     def _send(self, command: str) -> str:
         token = secrets.token_hex(6)
@@ -62,7 +64,8 @@ class GuestShell:
         return CommandResult(command, int(match.group(1)), output.decode(errors="replace"))
 
     def run(self, command: str, timeout: float = 30) -> CommandResult:
-        return self.wait(self._send(command), command, timeout)
+        """Run a command and wait for its result (`timeout` stretched by the shell's patience)."""
+        return self.wait(self._send(command), command, timeout * self.patience)
 
     def succeed(self, command: str, timeout: float = 30) -> str:
         """Run a command that must exit 0; its output."""
