@@ -186,6 +186,8 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
             if setup is not None:
                 setup.guest.close()
                 setup.guest.collect()
+        except LabError as error:
+            failure = failure or error
         finally:
             host.close()
     reason = "interrupted" if interrupted else str(failure) if failure is not None else None

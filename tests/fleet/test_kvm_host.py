@@ -2,9 +2,9 @@
 
 One host boots for the module. Over SSH it must offer what a remote runner needs: /dev/kvm, the
 kvm_hvc_arm64 tracepoint, both QEMUs and qemu-img, the guest image's files in the file cache by
-sha256, TCP forwarding to its own ports; and it must run the lab's guest under KVM with the
-patched QEMU. A second host, `lab host start` with the 6.12 kernel pinned, shows the host kernel
-is a dimension and that a host stops cleanly on SIGTERM.
+sha256, TCP forwarding to its own ports (the lab's scenarios on it: tests/hosts/test_kvm_runs.py).
+A second host, `lab host start` with the 6.12 kernel pinned, shows the host kernel is a dimension and
+that a host stops cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -33,12 +33,8 @@ from tests.conftest import _qemu_children
 pytestmark = pytest.mark.guest
 
 HOST_612 = "linux-image-cloud-arm64=6.12.117-1"
-L2_READY_SECONDS = 300.0
-"""The guest's boot under KVM inside the emulated host: 30 to 40 s on an idle machine, far more when it is busy."""
-L2_EXIT_SECONDS = 120.0
 HOST_START_SECONDS = 900.0
 """`lab host start` to `ready:`, building the 6.12 host image first if it is not cached (a few minutes)."""
-SYSTEM_OFF = "0x0000000084000008"
 
 
 def _log(line: str) -> None:
@@ -148,70 +144,6 @@ def test_a_direct_tcpip_channel_carries_bytes_to_a_port_on_the_host(client):
     finally:
         tunnel.close()
     assert listener_out.read().decode() == "from-lab\n"
-
-
-def _read_until(channel: paramiko.Channel, pattern: str, timeout: float, what: str, seen: bytearray) -> None:
-    deadline = Deadline(timeout)
-    while not re.search(pattern, seen.decode(errors="replace")):
-        channel.settimeout(max(deadline.remaining, 0.01))
-        try:
-            data = channel.recv(65536)
-        except TimeoutError:
-            data = None
-        if not data:
-            tail = seen.decode(errors="replace").splitlines()[-5:]
-            raise AssertionError(f"{'timed out' if data is None else 'output ended'} waiting for {what}: {tail}")
-        seen += data
-
-
-def test_the_lab_guest_boots_under_kvm_with_the_patched_qemu_and_powers_off(host, client):
-    """The whole stack: the lab's guest, from the file cache, under the host's KVM, serial over SSH."""
-    guest = host.image.manifest["guest_images"]["debian-arm64"]
-    files = {name: entry["cache"] for name, entry in guest["files"].items()}
-    (patched,) = host.image.manifest["qemu_builds"]
-    run_dir = f"{host.image.manifest['layout']['runs']}/test-l2"
-    swap = f"{run_dir}/swap.raw"
-    tracing = "/sys/kernel/tracing"
-    run(client, f"mkdir -p {run_dir} && qemu-img convert -O raw -S 4k {files['swap.raw']} {swap}")
-    run(client, f"echo 8192 > {tracing}/buffer_size_kb && echo > {tracing}/trace && "
-                f"echo 1 > {tracing}/events/kvm/kvm_hvc_arm64/enable")
-    qemu = [*patched["command"], "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-machine", "virt,gic-version=3", "-cpu", "host", "-accel", "kvm", "-smp", "1", "-m", "512",
-            "-kernel", files["vmlinuz"], "-initrd", files["initramfs.cpio"],
-            "-append", f"{guest['kernel_append']} lab.swap=vda",
-            "-blockdev", f"driver=file,filename={swap},node-name=file0",
-            "-blockdev", "driver=raw,file=file0,node-name=disk0", "-device", "virtio-blk-pci,drive=disk0,romfile=",
-            "-serial", "mon:stdio"]
-    session = client.get_transport().open_session(timeout=30)
-    seen = bytearray()
-    pid = None
-    try:
-        session.set_combine_stderr(True)
-        session.exec_command(f"echo qemu-pid $$; exec {shlex.join(qemu)}")
-        _read_until(session, r"qemu-pid \d+\n", 30, "the L2 QEMU's pid", seen)
-        pid = int(re.search(r"qemu-pid (\d+)", seen.decode()).group(1))
-        started = time.monotonic()
-        _read_until(session, r"lab-init: ready", L2_READY_SECONDS, "the L2 guest's `lab-init: ready`", seen)
-        print(f"L2 guest ready {time.monotonic() - started:.1f}s after its QEMU started")
-        session.sendall(b"poweroff -f\n")
-        _read_until(session, r"reboot: Power down", L2_EXIT_SECONDS, "the L2 guest to power off", seen)
-        assert session.status_event.wait(L2_EXIT_SECONDS), "the L2 QEMU did not exit after the guest powered off"
-        assert session.recv_exit_status() == 0
-        pid = None
-    finally:
-        session.close()
-        if pid is not None:
-            client.exec_command(f"kill -9 {pid}", timeout=30)
-        trace = run(client, f"echo 0 > {tracing}/events/kvm/kvm_hvc_arm64/enable && cat {tracing}/trace && "
-                            f"echo > {tracing}/trace && rm -rf {run_dir}")
-    console = seen.decode(errors="replace")
-    assert "psci: PSCIv1.3 detected in firmware" in console, "a 7.2 host's KVM offers PSCI 1.3"
-    assert "lab-init: swap made on /dev/vda" in console
-    assert f"r0: {SYSTEM_OFF}" in trace, "poweroff -f is SYSTEM_OFF, seen by the host's KVM"
-    deadline = Deadline(30)
-    while "qemu-system" in run(client, "ps -o comm"):
-        assert not deadline.expired, "a QEMU is still running on the host"
-        time.sleep(0.5)
 
 
 def _read_line(process: subprocess.Popen[str], pattern: str, timeout: float, what: str) -> re.Match[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -214,34 +215,27 @@ def test_a_host_without_what_kvm_runs_need_is_a_set_up_error(host, client, tmp_p
 
 
 def _read_line(process: subprocess.Popen[str], prefix: str, timeout: float) -> str:
+    """The first line of the process's output that starts with `prefix`, read within `timeout`."""
     deadline = Deadline(timeout)
     assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    seen = ""
+    seen: list[str] = []
     while not deadline.expired:
-        seen += process.stdout.read() or ""
-        for line in seen.splitlines():
-            if line.startswith(prefix):
-                return line
-        if process.poll() is not None:
+        ready, _, _ = select.select([process.stdout], [], [], deadline.remaining)
+        line = process.stdout.readline() if ready else ""
+        if ready and not line:
             break
-        time.sleep(0.5)
-    raise AssertionError(f"no `{prefix}` line within {timeout:.0f}s: {seen[-2000:]}")
-
-
-def _wait_for_file_text(path: Path, text: str, timeout: float) -> None:
-    deadline = Deadline(timeout)
-    while text not in (path.read_text(errors="replace") if path.is_file() else ""):
-        assert not deadline.expired, f"no {text!r} in {path} within {timeout:.0f}s"
-        time.sleep(1)
+        seen.append(line)
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no `{prefix}` line within {timeout:.0f}s: {seen[-5:]}")
 
 
 def test_a_612_host_kernel_falls_back_to_system_off_and_a_host_that_dies_ends_the_run(host, tmp_path):
     """The host kernel as a dimension, from `lab host start` as a user runs it; then the host dies mid-run."""
-    host = subprocess.Popen([*LAB, "host", "start", "--kernel-deb", HOST_612], stdout=subprocess.PIPE,
+    starter = subprocess.Popen([*LAB, "host", "start", "--kernel-deb", HOST_612], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        ready = _read_line(host, "ready: ", HOST_START_SECONDS)
+        ready = _read_line(starter, "ready: ", HOST_START_SECONDS)
         url = ready.split()[1]
         assert "kernel 6.12.117" in ready and "kvm: yes" in ready
         scenario = tmp_path / "hibernate-off.yaml"
@@ -277,10 +271,10 @@ def test_a_612_host_kernel_falls_back_to_system_off_and_a_host_that_dies_ends_th
         (run_dir,) = runs.iterdir()
         assert all((run_dir / name).is_file() for name in ARTIFACTS[:3]), sorted(p.name for p in run_dir.iterdir())
         assert console.is_file()
-        host.wait(60)
+        starter.wait(60)
     finally:
-        if host.poll() is None:
-            host.send_signal(signal.SIGTERM)
-            host.wait(60)
+        if starter.poll() is None:
+            starter.send_signal(signal.SIGTERM)
+            starter.wait(60)
     assert not _qemu_besides(host)
     assert known_host(url) is None, "a host that died leaves no entry in the hosts file"
