@@ -7,7 +7,6 @@ What apt and dpkg-deb print (stanzas, control files, relation fields) is read wi
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +16,7 @@ from typing import Any
 
 from debian.deb822 import Deb822, Packages
 
+from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
 
 MIRROR = "http://deb.debian.org/debian"
@@ -36,14 +36,6 @@ class PackageVersion:
     @property
     def spec(self) -> str:
         return f"{self.name}:{self.arch}={self.version}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 SUITES = ("unstable", "testing", "trixie", "bookworm")

@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
 from lab.image import initramfs
-from lab.image.debian import PackageVersion, PrivateApt, extract, local_package, sha256_file
+from lab.image.debian import PackageVersion, PrivateApt, extract, local_package
 from lab.image.guest_image import GuestImage
 from lab.image.keys import CLIENT_KEY, ssh_server
 from lab.image.modules import collect_modules
