@@ -157,6 +157,18 @@ class PrivateApt:
             raise SetupError(f"{tool} {' '.join(args)} failed: {last}")
         return done.stdout
 
+    @property
+    def _lists_stamp(self) -> Path:
+        return self.root / "state/lists/.lab-updated"
+
+    def lists_updated(self) -> int | None:
+        """When the package lists were last fetched (ns since the epoch), None if never: a resolution
+        made from other lists than the current ones is out of date."""
+        try:
+            return self._lists_stamp.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
     def update(self, force: bool = False) -> bool:
         """Fetch the package lists when there are none yet, or when forced; True if it fetched.
 
@@ -164,11 +176,10 @@ class PrivateApt:
         for newer packages (`lab images build --refresh`).
         """
         self._prepare()
-        stamp = self.root / "state/lists/.lab-updated"
-        if stamp.exists() and not force:
+        if self._lists_stamp.exists() and not force:
             return False
         self._run("apt-get", "update", "-q")
-        stamp.touch()
+        self._lists_stamp.touch()
         return True
 
     def _stanza(self, name: str, arch: str, version: str | None) -> Packages:

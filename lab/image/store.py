@@ -3,6 +3,11 @@
 `ImageStore` resolves a recipe's packages through the private apt, builds (or finds in the cache)
 the image directory and assembles its initramfs; `find_image` is the one way runs, matrices and
 the pytest plugin find the image to boot.
+
+Resolving takes apt-cache about ten seconds per arch, so each resolution is recorded in the cache
+(`resolutions/`) with its time, and a warm build reads it and finds its image without running apt.
+A recorded resolution is used again until `--refresh`, until apt's package lists change, or until it
+is older than `LAB_RESOLUTION_MAX_AGE` (default a week).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -33,6 +39,22 @@ from lab.paths import cache_root
 IMAGE_FORMAT = 1
 KERNEL_PACKAGE_PREFIXES = ("linux-image-", "linux-binary-", "linux-modules-")
 BASE_DIRECTORIES = ("bin", "dev", "etc", "etc/lab", "lib", "lib/modules", "proc", "run", "sys", "tmp")
+RESOLUTION_FORMAT = 1
+"""Bumped when `resolve` would find other packages from the same lists: older records are then ignored."""
+MAX_AGE_VARIABLE = "LAB_RESOLUTION_MAX_AGE"
+DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 24 * 3600}
+
+
+def resolution_max_age() -> float:
+    """Seconds a recorded resolution stays good: `$LAB_RESOLUTION_MAX_AGE` as `3600`, `90m`, `12h` or `7d`."""
+    given = os.environ.get(MAX_AGE_VARIABLE, "").strip()
+    if not given:
+        return DEFAULT_MAX_AGE_SECONDS
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", given)
+    if match is None:
+        raise UsageError(f"{MAX_AGE_VARIABLE}={given!r}: want seconds, or a number with s, m, h or d (e.g. 7d)")
+    return float(match.group(1)) * _AGE_UNITS[match.group(2)]
 
 
 def _cache_key(recipe: ImageRecipe, packages: list[PackageVersion]) -> str:
@@ -51,6 +73,7 @@ class ImageStore:
     def __init__(self, root: Path | None = None) -> None:
         self.cache = root or cache_root()
         self.images = self.cache / "images"
+        self.resolutions = self.cache / "resolutions"
 
     def apt_for(self, recipe: ImageRecipe) -> PrivateApt:
         return PrivateApt(self.cache / "apt" / recipe.arch, recipe.suite, recipe.arch)
@@ -67,14 +90,12 @@ class ImageStore:
             (i for i in self.list() if i.name == name and i.manifest.get("kernel_pin") == kernel_pin), None
         )
 
-    def resolve(self, recipe: ImageRecipe, refresh: bool = False) -> list[PackageVersion]:
-        """The concrete kernel (binary and modules) and userland packages the recipe names today.
+    def resolve(self, apt: PrivateApt, recipe: ImageRecipe) -> list[PackageVersion]:
+        """The concrete kernel (binary and modules) and userland packages the recipe names in apt's lists.
 
         `linux-image-cloud-ARCH` is a metapackage: follow it to the versioned linux-image package,
         then (kernels packaged since 7.x) to its linux-binary and linux-modules packages.
         """
-        apt = self.apt_for(recipe)
-        apt.update(force=refresh)
         (kernel,) = apt.show([(recipe.kernel_package, recipe.kernel_version)], recipe.arch)
         for _ in range(3):
             parts = [(n, v) for n, v in kernel.depends if n.startswith(KERNEL_PACKAGE_PREFIXES)]
@@ -114,7 +135,8 @@ class ImageStore:
         `kernel_debs` are the user's own kernel package files, used instead of the recipe's kernel.
         """
         with self._build_lock():
-            return self._build(recipe, refresh, log, kernel_debs)
+            recipe, local, packages = self._inputs(recipe, refresh, kernel_debs)
+            return self._build(recipe, local, packages, log)
 
     @contextmanager
     def _build_lock(self) -> Iterator[None]:
@@ -124,22 +146,39 @@ class ImageStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _build(
-        self, recipe: ImageRecipe, refresh: bool, log: Callable[[str], None], kernel_debs: tuple[Path, ...]
-    ) -> tuple[GuestImage, bool]:
-        apt = self.apt_for(recipe)
-        if kernel_debs:
-            apt.update(force=refresh)
-            local = [(local_package(deb, recipe.arch), deb) for deb in kernel_debs]
-            packages = [p for p, _ in local] + self.userland(apt, recipe)
+    def _inputs(
+        self, recipe: ImageRecipe, refresh: bool, kernel_debs: tuple[Path, ...]
+    ) -> tuple[ImageRecipe, list[tuple[PackageVersion, Path]], list[PackageVersion]]:
+        """The recipe (with the user's kernel package, if given), the user's .deb files, every package."""
+        local = [(local_package(deb, recipe.arch), deb) for deb in kernel_debs]
+        if local:
             recipe = dataclasses.replace(recipe, kernel_package=local[0][0].name, kernel_version=local[0][0].version)
-        else:
-            local = []
-            packages = self.resolve(recipe, refresh)
+        return recipe, local, self._packages(recipe, [p for p, _ in local], refresh)
+
+    def _packages(self, recipe: ImageRecipe, local: list[PackageVersion], refresh: bool) -> list[PackageVersion]:
+        """The recorded resolution while it holds, else the packages resolved now through apt (and recorded)."""
+        apt = self.apt_for(recipe)
+        record = self.resolutions / f"{recipe.name}-{_resolution_key(recipe, local)}.json"
+        lists = apt.lists_updated()
+        recorded = None if refresh else _recorded_packages(record, lists)
+        if recorded is not None:
+            return recorded
+        if apt.update(force=refresh):
+            lists = apt.lists_updated()
+        packages = [*local, *self.userland(apt, recipe)] if local else self.resolve(apt, recipe)
+        _record_packages(record, recipe, packages, lists)
+        return packages
+
+    def _build(
+        self, recipe: ImageRecipe, local: list[tuple[PackageVersion, Path]], packages: list[PackageVersion],
+        log: Callable[[str], None],
+    ) -> tuple[GuestImage, bool]:
         key = _cache_key(recipe, packages)
         target = self.images / f"{recipe.name}-{key}"
         if (target / "manifest.json").exists():
             return GuestImage.open(target), False
+        apt = self.apt_for(recipe)
+        apt.update()
         debs = list(local)
         for package in packages[len(local):]:
             log(f"fetching {package.spec}")
@@ -213,6 +252,48 @@ class ImageStore:
             ] + [{"file": "images/init", "sha256": sha256_file(recipe.init_script)}],
             "outputs": {name: sha256_file(out / name) for name in outputs},
         }
+
+
+def _resolution_key(recipe: ImageRecipe, local: list[PackageVersion]) -> str:
+    """What a resolution depends on: the recipe as written (its init script aside) and the user's kernel files."""
+    material = {
+        "format": RESOLUTION_FORMAT,
+        "recipe": {k: v for k, v in recipe.__dict__.items() if k != "init_script"},
+        "local": [[p.spec, p.sha256] for p in local],
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _recorded_packages(record: Path, lists: int | None) -> list[PackageVersion] | None:
+    """The packages of a recorded resolution made from these same package lists within the maximum age."""
+    max_age = resolution_max_age()
+    try:
+        data = json.loads(record.read_text())
+        resolved = datetime.fromisoformat(data["resolved"])
+        packages = [PackageVersion(**fields) for fields in data["packages"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if data.get("format") != RESOLUTION_FORMAT or data.get("lists") != lists or lists is None:
+        return None
+    if (datetime.now(UTC) - resolved).total_seconds() > max_age:
+        return None
+    return packages
+
+
+def _record_packages(record: Path, recipe: ImageRecipe, packages: list[PackageVersion], lists: int | None) -> None:
+    """Written atomically: concurrent builders of other recipes do not hold this recipe's build lock."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "format": RESOLUTION_FORMAT,
+        "recipe": recipe.name,
+        "resolved": datetime.now(UTC).isoformat(timespec="seconds"),
+        "lists": lists,
+        "key": _cache_key(recipe, packages),
+        "packages": [dataclasses.asdict(p) for p in packages],
+    }
+    staging = record.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(data, indent=2) + "\n")
+    staging.replace(record)
 
 
 def find_image(name: str, kernel: str = DEFAULT_KERNEL, kernel_debs: tuple[Path, ...] = (),
