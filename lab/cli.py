@@ -25,8 +25,20 @@ def _images_build(args: argparse.Namespace) -> int:
     if args.kernel_deb:
         recipe = recipe.pinned(args.kernel_deb)
     image, built = ImageStore().build(recipe, refresh=args.refresh, log=lambda line: print(f"  {line}"))
+    if image.qemu_arch == "aarch64":
+        _find_conduit_sites(image.kernel)
     print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
     return 0
+
+
+def _find_conduit_sites(kernel: Path) -> None:
+    """Where the PSCI layer traps this kernel, found now (once per kernel) so the first run finds it cached."""
+    from lab.psci.symbols import KernelSymbolsError, find_conduit_sites
+
+    try:
+        find_conduit_sites(kernel)
+    except KernelSymbolsError as error:
+        print(f"  the PSCI layer will need --system-map for this kernel: {error}")
 
 
 def _images_list(args: argparse.Namespace) -> int:
