@@ -3,11 +3,16 @@ guest work (benchmarks/bare_hibernate_resume.py), and the lab's warm paths: a ca
 re-run of ./bootstrap, start-up (command to the first QEMU launch), and a boot with and without the PSCI layer.
 
 Run: .venv/bin/python benchmarks/timings.py [--pairs N] [--builds N] [--layer-boots N] [--no-bootstrap]
+                                            [--before CHECKOUT]
+`--before` adds the lab of another checkout (`git worktree add /tmp/before COMMIT`) to every round, so
+a change is measured side by side with what it changed; that lab gets a cache of its own beside the real
+one (the same images and apt lists), so the two never rewrite each other's kernel symbols.
+
 Figures are printed, not asserted: targets belong here, not in timed tests. The machine may be shared, so
-lab and bare runs alternate in pairs (the lab first in even pairs, the bare script first in odd ones), the
-load average is printed with every sample, and CPU-seconds (user + system of the whole process tree, from
-rusage) are the figure to trust when the machine is busy: another process slows a run's wall time, and
-leaves its CPU-seconds nearly alone.
+the contenders take turns in rounds (each round starts with the next one), the load average is printed
+with every sample, and CPU-seconds (user + system of the whole process tree, from rusage) are the figure
+to trust when the machine is busy: another process slows a run's wall time, and leaves its CPU-seconds
+nearly alone.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from lab.image.recipe import DEFAULT_IMAGE
 from lab.image.store import ImageStore
 from lab.machine.process import Machine
 from lab.machine.spec import Disk, MachineSpec
-from lab.paths import REPO_ROOT
+from lab.paths import REPO_ROOT, cache_root
 from lab.psci.attach import psci_attacher
 from lab.psci.firmware import PsciPersonality
 from lab.rundir import RunDirectory
@@ -54,12 +59,30 @@ class Sample:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def timed(command: list[str], cwd: Path = REPO_ROOT, timeout: float = 900) -> tuple[Sample, str]:
+@dataclass(frozen=True)
+class Lab:
+    """A checkout whose `lab` is timed, and the environment it runs in."""
+
+    name: str
+    checkout: Path
+    cache: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        extra = {"LAB_CACHE_DIR": str(self.cache)} if self.cache is not None else {}
+        return {**os.environ, "PYTHONPATH": str(self.checkout), **extra}
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "lab.cli", *args]
+
+
+THIS = Lab("lab", REPO_ROOT)
+
+
+def timed(command: list[str], lab: Lab = THIS, timeout: float = 900) -> tuple[Sample, str]:
     """Run `command`; its process tree's CPU comes from the rusage of reaped children (QEMU included)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    done = subprocess.run(command, cwd=lab.checkout, capture_output=True, text=True, timeout=timeout, env=lab.env())
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -98,10 +121,10 @@ def guest_times(boot1: Path, boot2: Path) -> dict[str, float | None]:
             "guest image read": kernel_reported(boot2, r"PM: hibernation: Read \d+ kbytes in ([\d.]+) seconds")}
 
 
-def lab_run(work: Path) -> Sample:
+def lab_run(lab: Lab, work: Path) -> Sample:
     runs = work / "runs"
     spawned = time.time()
-    sample, _ = timed([sys.executable, "-m", "lab.cli", "scenario", "hibernate-resume", "--runs-dir", str(runs)])
+    sample, _ = timed(lab.command("scenario", "hibernate-resume", "--runs-dir", str(runs)), lab)
     (run_dir,) = runs.iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     if result["verdict"]["status"] != "PASS":
@@ -141,43 +164,69 @@ def machine_differences(lab: dict[str, Any], bare: dict[str, Any]) -> list[str]:
             if name not in SAME_MACHINE_IGNORES and lab.get(name) != bare.get(name)]
 
 
-def compare(pairs: int) -> None:
-    print(f"\nhibernate-resume: the lab against the bare script, {pairs} interleaved pairs")
-    lab: list[Sample] = []
-    bare: list[Sample] = []
-    for index in range(pairs):
-        order: list[tuple[str, Callable[[Path], Sample], list[Sample]]] = [("lab", lab_run, lab),
-                                                                         ("bare", bare_run, bare)]
-        for name, run, samples in order if index % 2 == 0 else reversed(order):
+def compare(labs: list[Lab], rounds: int) -> None:
+    """Every lab and the bare script once per round, each round starting with the next contender."""
+    contenders: list[tuple[str, Callable[[Path], Sample]]] = [
+        *((lab.name, lambda work, lab=lab: lab_run(lab, work)) for lab in labs), ("bare", bare_run)]
+    names = [name for name, _ in contenders]
+    print(f"\nhibernate-resume: {', '.join(names)}; {rounds} rounds, taking turns")
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(contenders)
+        for name, run in contenders[shift:] + contenders[:shift]:
             with tempfile.TemporaryDirectory(prefix=f"timings-{name}-") as scratch:
                 sample = run(Path(scratch))
-            samples.append(sample)
-            print(f"  pair {index + 1} {name:<4} wall {sample.wall:6.2f}s  cpu {sample.cpu:6.2f}s  "
+            samples[name].append(sample)
+            print(f"  round {index + 1} {name:<6} wall {sample.wall:6.2f}s  cpu {sample.cpu:6.2f}s  "
                   f"context switches {sample.switches:>6}  load {sample.load:4.1f}", flush=True)
-    differences = machine_differences(lab[0].details["machine"], bare[0].details["machine"])
-    print(f"  same QEMU arguments: {'yes' if not differences else 'no, they differ in ' + ', '.join(differences)}")
-    for label, values in (("wall", lambda s: s.wall), ("cpu", lambda s: s.cpu)):
-        lab_values, bare_values = [values(s) for s in lab], [values(s) for s in bare]
-        ratios = [a / b for a, b in zip(lab_values, bare_values, strict=True)]
-        print(f"  {label:<4} lab  {spread(lab_values)}\n       bare {spread(bare_values)}\n"
-              f"       lab/bare {statistics.median(lab_values) / statistics.median(bare_values):.3f}x "
-              f"(pairs: {', '.join(f'{r:.3f}' for r in ratios)})")
-    print(f"  {'phase (wall)':<18} {'lab':>28} {'bare':>28}")
+    bare = samples["bare"]
+    for lab in labs:
+        differences = machine_differences(samples[lab.name][0].details["machine"], bare[0].details["machine"])
+        print(f"  {lab.name} boots the same QEMU arguments as bare: "
+              f"{'yes' if not differences else 'no, they differ in ' + ', '.join(differences)}")
+    for label, value in (("wall", lambda s: s.wall), ("cpu", lambda s: s.cpu)):
+        bare_values = [value(s) for s in bare]
+        for name in names:
+            values = [value(s) for s in samples[name]]
+            ratios = "" if name == "bare" else (
+                f"  /bare {statistics.median(values) / statistics.median(bare_values):.3f}x "
+                f"(rounds: {', '.join(f'{a / b:.3f}' for a, b in zip(values, bare_values, strict=True))})")
+            print(f"  {label:<4} {name:<6} {spread(values)}{ratios}")
+    print(f"  {'phase (wall)':<18}" + "".join(f"{name:>36}" for name in names))
     for phase in (*PHASES, "guest boot", "guest hibernate", "guest image write", "guest image read"):
-        print(f"  {phase:<18} {spread(phase_values(lab, phase)):>28} {spread(phase_values(bare, phase)):>28}")
-    print(f"  start-up, command to first QEMU launch: lab {spread([s.details['start-up'] for s in lab])}, "
-          f"bare {spread([s.details['start-up'] for s in bare])}")
-    print(f"    of which from the run's start (events.jsonl qemu-launched t): "
-          f"{spread([s.details['run start to QEMU'] for s in lab])}")
+        print(f"  {phase:<18}" + "".join(f"{spread(phase_values(samples[name], phase)):>36}" for name in names))
+    print(f"  {'start-up':<18}" + "".join(f"{spread([s.details['start-up'] for s in samples[name]]):>36}"
+                                          for name in names))
+    print("    (command to the first QEMU launch; for a lab, of which from its run's start, events.jsonl: "
+          + ", ".join(f"{lab.name} {spread([s.details['run start to QEMU'] for s in samples[lab.name]])}"
+                      for lab in labs) + ")")
 
 
-def warm_builds(count: int) -> None:
-    command = [sys.executable, "-m", "lab.cli", "images", "build", "--arch", "arm64"]
-    timed(command)
-    samples = [timed(command)[0] for _ in range(count)]
-    print(f"warm `lab images build --arch arm64` ({count} runs after one more): "
+def warm_builds(lab: Lab, count: int) -> None:
+    command = lab.command("images", "build", "--arch", "arm64")
+    timed(command, lab)
+    samples = [timed(command, lab)[0] for _ in range(count)]
+    print(f"{lab.name}: warm `lab images build --arch arm64` ({count} runs after one more): "
           f"wall {spread([s.wall for s in samples])}  cpu {spread([s.cpu for s in samples])}  "
           f"load {samples[-1].load:.1f}")
+
+
+def before_lab(checkout: Path, scratch: Path) -> Lab:
+    """Another checkout's lab, with a cache of its own that shares this one's images, apt lists and QEMU
+    builds; its kernel symbols are found once now, untimed by the rounds, and the time it took is printed."""
+    cache = scratch / "cache"
+    cache.mkdir()
+    for entry in cache_root().iterdir():
+        if entry.name not in ("symbols", "digests.sqlite3", "resolutions"):
+            (cache / entry.name).symlink_to(entry)
+    lab = Lab("before", checkout.resolve(), cache)
+    image = ImageStore().latest(DEFAULT_IMAGE["arm64"])
+    if image is not None:
+        find = ("import sys; from pathlib import Path; from lab.psci.symbols import find_conduit_sites; "
+                "find_conduit_sites(Path(sys.argv[1]), Path(sys.argv[2]))")
+        sample, _ = timed([sys.executable, "-c", find, str(image.kernel), str(cache / "symbols")], lab)
+        print(f"before: finding the kernel's symbols (once per kernel): wall {sample.wall:.2f}s  cpu {sample.cpu:.2f}s")
+    return lab
 
 
 def bootstrap_rerun() -> None:
@@ -229,17 +278,22 @@ def layer_boots(count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=4, help="lab/bare pairs of hibernate-resume (default 4)")
+    parser.add_argument("--pairs", type=int, default=4, help="hibernate-resume rounds, lab and bare (default 4)")
     parser.add_argument("--builds", type=int, default=5, help="warm image builds to time (default 5)")
     parser.add_argument("--layer-boots", type=int, default=2, help="boots with and without the layer (default 2)")
     parser.add_argument("--no-bootstrap", action="store_true", help="do not time a re-run of ./bootstrap")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT", help="also time the lab of this checkout")
     args = parser.parse_args()
     print(f"on {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start")
-    warm_builds(args.builds)
-    if not args.no_bootstrap:
-        bootstrap_rerun()
-    if args.pairs:
-        compare(args.pairs)
+    with tempfile.TemporaryDirectory(prefix="timings-before-") as scratch:
+        labs = [THIS, *([before_lab(args.before, Path(scratch))] if args.before else [])]
+        if args.builds:
+            for lab in labs:
+                warm_builds(lab, args.builds)
+        if not args.no_bootstrap:
+            bootstrap_rerun()
+        if args.pairs:
+            compare(labs, args.pairs)
     if args.layer_boots:
         layer_boots(args.layer_boots)
     print(f"\nload average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end; "

@@ -31,8 +31,6 @@ from lab.errors import SetupError, UsageError
 from lab.image import initramfs
 from lab.image.debian import PackageVersion, PrivateApt, extract, local_package
 from lab.image.guest_image import GuestImage
-from lab.image.keys import CLIENT_KEY, ssh_server
-from lab.image.modules import collect_modules
 from lab.image.recipe import DEFAULT_KERNEL, ImageRecipe
 from lab.paths import cache_root
 
@@ -196,6 +194,9 @@ class ImageStore:
     def _assemble(
         self, recipe: ImageRecipe, debs: list[tuple[PackageVersion, Path]], out: Path, log: Callable[[str], None]
     ) -> dict[str, Any]:
+        from lab.image.keys import CLIENT_KEY, ssh_server  # paramiko and ELF reading: a cache hit needs neither
+        from lab.image.modules import collect_modules
+
         with tempfile.TemporaryDirectory(prefix="lab-extract-") as scratch:
             root = Path(scratch)
             for _, deb in debs:
