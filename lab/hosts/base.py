@@ -69,6 +69,8 @@ class Host(Protocol):
     """What the lab needs of the machine QEMU runs on."""
 
     name: str
+    launch_seconds: float
+    """How long QEMU may take to start and answer QMP there (longer on a remote or emulated host)."""
 
     def run(self, argv: list[str], timeout: float = COMMAND_SECONDS, stdin: bytes | None = None) -> Completed: ...
 

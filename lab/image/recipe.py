@@ -16,6 +16,8 @@ from lab.vocabulary import GUEST_ARCHES, guest_arch
 DEFAULT_KERNEL = "default"
 """The kernel an image recipe names itself, as opposed to one pinned by version."""
 DEFAULT_IMAGE = {arch.debian: f"debian-{arch.debian}" for arch in GUEST_ARCHES}
+GUEST_ROLE = "guest"
+KVM_HOST_ROLE = "kvm-host"
 _SCHEMA = load_schema("image-recipe")
 
 
@@ -35,6 +37,14 @@ class ImageRecipe:
     kernel_version: str | None = None
     extra_packages: tuple[str, ...] = ()
     ssh_server: str | None = None
+    role: str = GUEST_ROLE
+    """`guest` boots under a lab run; `kvm-host` is a machine the lab runs its guests' QEMU on."""
+    programs: tuple[str, ...] = ()
+    """Guest paths of dynamically linked programs from the packages, shipped with their library closure."""
+    qemu_builds: tuple[str, ...] = ()
+    """Targets of the lab's patched QEMU (`lab qemu build --target`) installed under /opt/lab-qemu."""
+    guest_images: tuple[str, ...] = ()
+    """Built images carried under /var/lib/lab/images/NAME and pre-seeded in the host's file cache."""
     init_script: Path = IMAGES_DIR / "init"
 
     @classmethod
@@ -47,8 +57,9 @@ class ImageRecipe:
         except jsonschema.ValidationError as error:
             field = "/".join(str(part) for part in error.absolute_path) or "(top level)"
             raise UsageError(f"{path}: {field}: {error.message}") from error
-        data["modules"] = tuple(data["modules"])
-        data["extra_packages"] = tuple(data.get("extra_packages", ()))
+        for name in ("modules", "extra_packages", "programs", "qemu_builds", "guest_images"):
+            if name in data:
+                data[name] = tuple(data[name])
         return cls(**data)
 
     def pinned(self, kernel_deb: str) -> ImageRecipe:
@@ -69,3 +80,7 @@ class ImageRecipe:
     @property
     def qemu_arch(self) -> str:
         return guest_arch(self.arch).qemu
+
+    @property
+    def is_host(self) -> bool:
+        return self.role == KVM_HOST_ROLE

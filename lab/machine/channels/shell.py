@@ -72,12 +72,23 @@ class GuestShell:
         return result.output
 
     def wait_responsive(self, timeout: float) -> None:
-        """Wait until the guest shell answers a trivial command (it may be busy resuming)."""
+        """Wait until the guest shell answers a trivial command (it may be busy resuming).
+
+        A probe typed before the shell reads its input can be lost, so probes are repeated; but a
+        slow guest (a nested KVM guest, a loaded host) answers each of them late, so the answer to
+        any probe counts, and the interval between probes doubles rather than flooding its input.
+        """
         deadline = Deadline(timeout)
+        tokens: list[str] = []
+        interval = 3.0
         while True:
+            tokens.append(self._send("true"))
+            answered = re.compile(rf"LAB-END-(?:{'|'.join(tokens)})\n")
             try:
-                self.run("true", timeout=min(3.0, max(deadline.remaining, 0.1)))
+                self.console.read_until(answered.search, min(interval, max(deadline.remaining, 0.1)),
+                                        "the guest shell to answer")
                 return
             except WaitTimeout:
                 if deadline.expired:
                     raise WaitTimeout("the guest shell to answer", timeout, self.console.last_lines()) from None
+            interval = min(interval * 2, 24.0)
