@@ -1,34 +1,23 @@
-"""The guest's serial console: a unix socket QEMU serves, read and written directly.
+"""The guest's serial console: a unix socket QEMU serves, driven with pexpect.
 
 Every line read is kept with the time it arrived, so that console milestones can be placed
 on the run's timeline next to QMP events and PSCI calls.
-
-The reader blocks in `recv` until QEMU sends something or the wait's deadline comes (no polling),
-takes whatever has arrived in one read, and looks at each line once: a wait for a console line
-tests each new line, and a wait for a command's framed output tests the text only when a line
-that is not a kernel message has come. Lines that arrive after what a wait was waiting for are
-kept for the next wait.
 """
 
 from __future__ import annotations
 
-import codecs
 import re
 import socket
 import time
-from collections import deque
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+
+import pexpect
+from pexpect.fdpexpect import fdspawn
 
 from lab.deadline import Deadline, wait_until
 from lab.errors import ChannelError, WaitTimeout
 
 KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\] [^\n]*\n")
-READ_BYTES = 65536
-SEND_SECONDS = 10.0
-"""QEMU takes console input as fast as the guest's UART does; a send that long stuck means a hung QEMU."""
-T = TypeVar("T")
 
 
 def without_kernel_lines(text: str) -> str:
@@ -44,10 +33,8 @@ class SerialConsole:
         self.started = started
         self.lines: list[tuple[float, str]] = []
         self._partial = ""
-        self._unread: deque[str] = deque()
-        """Lines (each with its newline; the last one without, once QEMU closed the console) no wait has taken yet."""
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._socket: socket.socket | None = None
+        self._spawn: fdspawn | None = None
         self.closed = False
 
     def connect(self, timeout: float) -> None:
@@ -61,95 +48,70 @@ class SerialConsole:
             return candidate
 
         self._socket = wait_until(attempt, timeout, f"the serial console socket {self.socket_path}")
+        self._spawn = fdspawn(self._socket.fileno(), encoding="utf-8", codec_errors="replace",
+                              maxread=65536, searchwindowsize=None)
+
+    def _record(self, text: str) -> None:
+        now = time.monotonic() - self.started
+        pieces = (self._partial + text.replace("\r", "")).split("\n")
+        self._partial = pieces.pop()
+        self.lines.extend((now, line) for line in pieces)
 
     def last_lines(self, count: int = 5) -> list[str]:
         tail = [line for _, line in self.lines[-count:]]
         return [*tail, self._partial] if self._partial else tail
 
     @property
-    def _peer(self) -> socket.socket:
-        if self._socket is None:
+    def _peer(self) -> fdspawn:
+        if self._spawn is None:
             raise ChannelError("serial console used before connect()")
-        return self._socket
-
-    def _receive(self, deadline: Deadline) -> bool:
-        """One read of whatever QEMU has sent, recorded and queued line by line; False if the deadline came first."""
-        peer = self._peer
-        peer.settimeout(max(deadline.remaining, 0.001))
-        try:
-            data = peer.recv(READ_BYTES)
-        except TimeoutError:
-            return False
-        except OSError:
-            data = b""
-        now = time.monotonic() - self.started
-        text = self._decoder.decode(data, final=not data).replace("\r", "")
-        pieces = (self._partial + text).split("\n")
-        self._partial = pieces.pop()
-        self.lines.extend((now, line) for line in pieces)
-        self._unread.extend(f"{line}\n" for line in pieces)
-        if not data:
-            self.closed = True
-            if self._partial:
-                self._unread.append(self._partial)
-        return True
-
-    def _next_line(self, deadline: Deadline, what: str, timeout: float) -> str:
-        """The next line no wait has taken, read from QEMU if need be."""
-        while not self._unread:
-            if self.closed:
-                raise ChannelError(f"console closed (QEMU exited) while waiting for {what}")
-            if deadline.expired or not self._receive(deadline):
-                raise WaitTimeout(what, timeout, self.last_lines())
-        return self._unread.popleft()
+        return self._spawn
 
     def expect(self, pattern: str, timeout: float, what: str) -> re.Match[str]:
-        """Wait for a regular expression within one console line (kernel lines included)."""
-        compiled = re.compile(pattern)
-        deadline = Deadline(timeout)
-        while True:
-            match = compiled.search(self._next_line(deadline, what, timeout))
-            if match is not None:
-                return match
+        """Wait for a regular expression on the console (raw text, kernel lines included)."""
+        return self.read_until(lambda text: re.search(pattern, text), timeout, what, raw=True)
 
-    def read_until(self, found: Callable[[str], T | None], timeout: float, what: str) -> T:
-        """Read until `found(text)` is truthy; `text` is everything read by this wait, kernel lines removed."""
+    def read_until(self, found, timeout: float, what: str, raw: bool = False):
+        """Read line by line until `found(text)` is truthy; text excludes kernel lines unless raw."""
         deadline = Deadline(timeout)
-        text = ""
+        seen = ""
         while True:
-            line = without_kernel_lines(self._next_line(deadline, what, timeout))
-            if not line:
-                continue
-            text += line
-            result = found(text)
+            if self.closed:
+                raise ChannelError(f"console closed (QEMU exited) while waiting for {what}")
+            try:
+                self._peer.expect(["\n", pexpect.EOF], timeout=max(deadline.remaining, 0.01))
+            except pexpect.TIMEOUT:
+                raise WaitTimeout(what, timeout, self.last_lines()) from None
+            chunk = self._peer.before + (self._peer.after if isinstance(self._peer.after, str) else "")
+            self._record(chunk)
+            if self._peer.after is pexpect.EOF:
+                self.closed = True
+            seen += chunk
+            result = found(seen.replace("\r", "") if raw else without_kernel_lines(seen))
             if result:
                 return result
+            if deadline.expired:
+                raise WaitTimeout(what, timeout, self.last_lines())
 
     def drain_until_closed(self, timeout: float, what: str) -> None:
         """Keep reading (and recording) until QEMU closes the console."""
         deadline = Deadline(timeout)
-        self._unread.clear()
         while not self.closed:
-            if deadline.expired or not self._receive(deadline):
-                raise WaitTimeout(what, timeout, self.last_lines())
-            self._unread.clear()
+            try:
+                index = self._peer.expect(["\n", pexpect.EOF], timeout=max(deadline.remaining, 0.01))
+            except pexpect.TIMEOUT:
+                raise WaitTimeout(what, timeout, self.last_lines()) from None
+            self._record(self._peer.before + ("\n" if index == 0 else ""))
+            self.closed = index == 1
 
     def send_line(self, text: str) -> None:
         if self.closed:
             raise ChannelError("cannot type into the console: QEMU has exited")
-        peer = self._peer
-        peer.settimeout(SEND_SECONDS)
-        try:
-            peer.sendall(f"{text}\r".encode())
-        except TimeoutError as error:
-            raise WaitTimeout("QEMU to take console input", SEND_SECONDS, self.last_lines()) from error
-        except OSError as error:
-            raise ChannelError(f"cannot type into the console: {error}") from error
+        self._peer.send(text + "\r")
 
     def close(self) -> None:
         if self._partial:
-            self.lines.append((time.monotonic() - self.started, self._partial))
-            self._partial = ""
+            self._record("\n")
         if self._socket is not None:
             self._socket.close()
             self._socket = None

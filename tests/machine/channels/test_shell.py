@@ -7,7 +7,6 @@ command with a result whose base64 is cut by a kernel message, as a real console
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
 import socket
 import threading
@@ -138,51 +137,3 @@ def test_guest_that_goes_away_is_a_channel_error(sockets):
 def test_kernel_lines_are_removed_even_mid_line():
     text = "QUJD[    5.100000] msg one\r\nREVG\r\n[   6.0] whole line\r\nrest\r\n"
     assert without_kernel_lines(text) == "QUJDREVG\nrest\n"
-
-
-def _talking_peer(path: Path, talk) -> socket.socket:
-    """A console peer that runs `talk(peer)` once the lab connects."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(1)
-
-    def serve() -> None:
-        peer, _ = server.accept()
-        with peer:
-            talk(peer)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server
-
-
-def test_lines_that_arrive_with_the_awaited_one_are_kept_for_the_next_wait(sockets):
-    def talk(peer: socket.socket) -> None:
-        peer.sendall(b"PM: hibernation: hibernation exit\r\n[    3.0] ata: x\r\nLAB-RC-t:0\r\nLAB-END-t\r\n")
-        time.sleep(2)
-
-    server = _talking_peer(sockets, talk)
-    console = _console(sockets)
-    try:
-        console.expect("hibernation exit", 2, "resume")
-        assert console.read_until(re.compile(r"LAB-RC-t:(\d)\nLAB-END-t\n").search, 2, "the result").group(1) == "0"
-    finally:
-        console.close()
-        server.close()
-
-
-def test_a_console_that_never_stops_talking_still_times_out(sockets):
-    def talk(peer: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            for _ in range(100_000):
-                peer.sendall(b"[    1.0] chatter\r\n")
-
-    server = _talking_peer(sockets, talk)
-    console = _console(sockets)
-    started = time.monotonic()
-    try:
-        with pytest.raises(WaitTimeout, match="silence"):
-            console.expect("never", 0.5, "silence")
-        assert time.monotonic() - started < 2
-    finally:
-        console.close()
-        server.close()
