@@ -1,4 +1,8 @@
-"""The `lab` command. Bad input gets one clear line and exit 2; a failed run exits 1."""
+"""The `lab` command. Bad input gets one clear line and exit 2; a failed run exits 1.
+
+Each command imports what it uses when it runs: a warm `lab images build` must not pay for loading
+the runner, the reports and the terminal library.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +13,46 @@ import signal
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from lab.errors import LabError, MachineError, UsageError
-from lab.image.recipe import ImageRecipe
-from lab.image.store import ImageStore
-from lab.report.terminal import TerminalReport
-from lab.scenario.model import find_scenario, load_scenario, shipped_scenarios
-from lab.scenario.run import RunOptions, run_scenario
 from lab.vocabulary import host_arch
 
 
 def _images_build(args: argparse.Namespace) -> int:
+    from lab.image.recipe import GUEST_ROLE, ImageRecipe
+    from lab.image.store import ImageStore
+
     recipe = ImageRecipe.named(args.name or f"debian-{args.arch}")
     if args.kernel_deb:
         recipe = recipe.pinned(args.kernel_deb)
-    from lab.fleet.host_vm import qemu_builder
 
     def log(line: str) -> None:
         print(f"  {line}")
 
-    image, built = ImageStore().build(recipe, refresh=args.refresh, log=log, qemu_builder=qemu_builder(log))
+    builder = None
+    if recipe.qemu_builds:  # a host image: the runner's modules (paramiko among them) only when it needs them
+        from lab.fleet.host_vm import qemu_builder
+
+        builder = qemu_builder(log)
+    image, built = ImageStore().build(recipe, refresh=args.refresh, log=log, qemu_builder=builder)
+    if recipe.role == GUEST_ROLE and image.qemu_arch == "aarch64":
+        _find_conduit_sites(image.kernel)
     print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
     return 0
 
 
+def _find_conduit_sites(kernel: Path) -> None:
+    """Where the PSCI layer traps this kernel, found now (once per kernel) so the first run finds it cached."""
+    from lab.psci.symbols import KernelSymbolsError, find_conduit_sites
+
+    try:
+        find_conduit_sites(kernel)
+    except KernelSymbolsError as error:
+        print(f"  the PSCI layer will need --system-map for this kernel: {error}")
+
+
 def _images_list(args: argparse.Namespace) -> int:
+    from lab.image.store import ImageStore
+
     images = ImageStore().list()
     if not images:
         print("no images built yet: run `lab images build`")
@@ -61,6 +79,8 @@ def _image_set_signature(args: argparse.Namespace) -> int:
 
 
 def _scenario(args: argparse.Namespace) -> int:
+    from lab.scenario.model import find_scenario, load_scenario, shipped_scenarios
+
     if args.name == "list":
         for path in shipped_scenarios():
             scenario = load_scenario(path)
@@ -77,6 +97,11 @@ def _scenario(args: argparse.Namespace) -> int:
 
         return srun_scenario(args.argv, scenario, args.arch, args.accel, load_settings(partition=args.partition))
     _local_only(args)
+    from rich.console import Console
+
+    from lab.report.terminal import TerminalReport
+    from lab.scenario.run import RunOptions, run_scenario
+
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
@@ -97,6 +122,8 @@ def _local_only(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from lab.fleet.engine import Engine
     from lab.fleet.matrix import load_matrix
     from lab.fleet.run import run_matrix
@@ -227,7 +254,8 @@ def parser() -> argparse.ArgumentParser:
     build = images_sub.add_parser("build", help="build the default (or named) guest image")
     build.add_argument("name", nargs="?", help="image recipe name (default: debian-ARCH)")
     build.add_argument("--arch", default="arm64", choices=["arm64", "amd64"])
-    build.add_argument("--refresh", action="store_true", help="refresh the package lists first")
+    build.add_argument("--refresh", action="store_true", help="fetch the package lists and resolve the recipe again "
+                       "(otherwise the recorded resolution is used until LAB_RESOLUTION_MAX_AGE, default 7d)")
     build.add_argument("--kernel-deb", metavar="linux-image-…=VERSION", help="build with this Debian kernel")
     build.set_defaults(handler=_images_build)
     images_sub.add_parser("list", help="show cached images").set_defaults(handler=_images_list)

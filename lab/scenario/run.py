@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from lab import __version__
+from lab.digest import sha256_file
 from lab.errors import LabError, SetupError, UsageError
 from lab.events import EventLog, Listener, RunEnded, RunStarted
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 from lab.hosts.logins import open_host
 from lab.hosts.trace import kvm_trace_problem
-from lab.image.debian import sha256_file
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
 from lab.image.store import find_image
