@@ -19,8 +19,8 @@ from lab.errors import UsageError
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
 from lab.paths import load_schema
 from lab.scenario.model import Scenario, find_scenario
-from lab.scenario.yaml_file import read_yaml, schema_message
 from lab.vocabulary import guest_arch
+from lab.yaml_file import read_yaml, schema_message
 
 _SCHEMA = load_schema("matrix")
 _PATTERN_HINTS = {"kernels": "is neither `default` nor a Debian kernel as linux-image-…=VERSION",

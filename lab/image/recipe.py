@@ -6,12 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
-import yaml
-
 from lab.errors import UsageError
 from lab.paths import IMAGES_DIR, load_schema
 from lab.vocabulary import GUEST_ARCHES, guest_arch
+from lab.yaml_file import read_yaml
 
 DEFAULT_KERNEL = "default"
 """The kernel an image recipe names itself, as opposed to one pinned by version."""
@@ -39,14 +37,9 @@ class ImageRecipe:
 
     @classmethod
     def load(cls, path: Path) -> ImageRecipe:
-        try:
-            data = yaml.safe_load(path.read_text())
-            jsonschema.validate(data, _SCHEMA)
-        except (OSError, yaml.YAMLError) as error:
-            raise UsageError(f"cannot read image recipe {path}: {error}") from error
-        except jsonschema.ValidationError as error:
-            field = "/".join(str(part) for part in error.absolute_path) or "(top level)"
-            raise UsageError(f"{path}: {field}: {error.message}") from error
+        file = read_yaml(path, "image recipe")
+        file.validate(_SCHEMA)
+        data = file.data
         data["modules"] = tuple(data["modules"])
         data["extra_packages"] = tuple(data.get("extra_packages", ()))
         return cls(**data)

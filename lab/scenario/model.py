@@ -12,7 +12,7 @@ from typing import Any
 
 from lab.errors import UsageError
 from lab.paths import SCENARIOS_DIR, load_schema
-from lab.scenario.yaml_file import YamlFile, read_yaml
+from lab.yaml_file import YamlFile, read_yaml
 
 _SCHEMA = load_schema("scenario")
 DEFAULT_PERSONALITY = "kvm"
