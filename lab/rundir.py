@@ -21,10 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab.errors import SetupError
+from lab.errors import SetupError, UsageError
 from lab.events import Event, read_events
 
 RESULT_SCHEMA_VERSION = 2
+MAX_DIR_NAME = 200
+"""Longest run or matrix directory name in bytes; a file name has 255, `-N` and a boot's files need a few."""
 _BOOT_FILE = re.compile(r"^(?:boot|console|qmp|machine)-(?P<name>.+?)\.(?:json|log|jsonl)$")
 
 
@@ -68,7 +70,13 @@ def timestamp() -> str:
 
 
 def unique_dir(root: Path, stem: str) -> Path:
-    """A new directory `root/stem` (or `stem-N`), never one another run already uses."""
+    """A new directory `root/stem` (or `stem-N`), never one another run already uses.
+
+    `stem` is made from names in files people write (a scenario's, a matrix's): it must be one plain file
+    name, so that nothing a run writes lands outside `root`. The schemas say so first; this is the last word.
+    """
+    if stem in ("", ".", "..") or "/" in stem or "\0" in stem or len(stem.encode()) > MAX_DIR_NAME:
+        raise UsageError(f"{stem[:80]!r} cannot name a directory under {root}")
     for attempt in range(100):
         candidate = root / (stem + (f"-{attempt}" if attempt else ""))
         try:
