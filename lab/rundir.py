@@ -31,11 +31,16 @@ _BOOT_FILE = re.compile(r"^(?:boot|console|qmp|machine)-(?P<name>.+?)\.(?:json|l
 
 
 def read_console_file(path: Path) -> list[str]:
-    """A console log as lines; bytes that are not UTF-8 are replaced, carriage returns dropped."""
+    """A console log as lines; bytes that are not UTF-8 are replaced, carriage returns dropped.
+
+    Lines end at newlines only, as the serial console's reader splits them: a guest's form feed or
+    U+2028 stays inside its line (str.splitlines would break it there).
+    """
     try:
-        return path.read_text(errors="replace").replace("\r", "").splitlines()
+        lines = path.read_text(errors="replace").replace("\r", "").split("\n")
     except OSError:
         return []
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
