@@ -14,7 +14,7 @@ from typing import NoReturn
 from rich.console import Console
 
 from lab.disk.paths import checked_disk_path
-from lab.errors import LabError, UsageError, printable
+from lab.errors import LabError, MachineError, UsageError, printable
 from lab.image.recipe import ImageRecipe
 from lab.image.store import ImageStore
 from lab.report.terminal import TerminalReport
@@ -27,7 +27,12 @@ def _images_build(args: argparse.Namespace) -> int:
     recipe = ImageRecipe.named(args.name or f"debian-{args.arch}")
     if args.kernel_deb:
         recipe = recipe.pinned(args.kernel_deb)
-    image, built = ImageStore().build(recipe, refresh=args.refresh, log=lambda line: print(f"  {line}"))
+    from lab.fleet.host_vm import qemu_builder
+
+    def log(line: str) -> None:
+        print(f"  {line}")
+
+    image, built = ImageStore().build(recipe, refresh=args.refresh, log=log, qemu_builder=qemu_builder(log))
     print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
     return 0
 
@@ -168,6 +173,46 @@ def _qemu_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_build(args: argparse.Namespace) -> int:
+    from lab.fleet.host_vm import build_host_image
+
+    image, built = build_host_image(args.name, args.kernel_deb, args.refresh, log=lambda line: print(f"  {line}"))
+    print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
+    return 0
+
+
+def _host_start(args: argparse.Namespace) -> int:
+    import time
+
+    from lab.fleet.host_vm import start_host
+
+    with start_host(args.name, args.kernel_deb, args.memory, args.cpus, log=lambda line: print(f"  {line}")) as host:
+        kvm = "yes" if host.kvm.available else f"no ({host.kvm.detail})"
+        print(f"ready: {host.url} (kernel {host.kernel_release}, kvm: {kvm})", flush=True)
+        print(f"  console and QEMU logs: {host.log_dir}; Ctrl-C or SIGTERM stops the host", flush=True)
+        try:
+            while host.machine.running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print(f"stopping {host.url}", flush=True)
+            return 0
+    raise MachineError(f"the host's QEMU exited by itself; see {host.log_dir}")
+
+
+def _host_list(args: argparse.Namespace) -> int:
+    from lab.hosts.known import hosts_file, known_hosts
+
+    hosts = known_hosts()
+    if not hosts:
+        print(f"no lab hosts running ({hosts_file()})")
+    for host in hosts:
+        state = "" if host.alive else "  [stale: its lab process is gone]"
+        kvm = "yes" if host.kvm else "no"
+        print(f"{host.url}  {host.image} kernel {host.kernel_release} kvm: {kvm}  pid {host.pid}  "
+              f"since {host.started}{state}")
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from lab.doctor import diagnose, render
 
@@ -269,7 +314,32 @@ def parser() -> argparse.ArgumentParser:
     cell.add_argument("spec", help="the cell spec (JSON), as a Slurm job script gives it")
     cell.set_defaults(handler=_cell)
     commands.add_parser("doctor", help="what this host can run, and what to install").set_defaults(handler=_doctor)
+    _host_commands(commands)
     return top
+
+
+def _host_commands(commands: argparse._SubParsersAction) -> None:
+    host = commands.add_parser("host", help="lab hosts: an emulated arm64 KVM host that runs guests' QEMU over SSH")
+    host_sub = host.add_subparsers(dest="host_command", required=True)
+    start = host_sub.add_parser(
+        "start", help="boot a lab host and keep it running in the foreground until Ctrl-C or SIGTERM",
+        description="Boots the newest built host image (built now if there is none; `lab host build` rebuilds it "
+                    "when its recipe, init or inputs changed) under TCG with EL2 (arm64 KVM inside), prints "
+                    "`ready: ssh://…` when SSH answers, and stops the host when interrupted. It runs in the "
+                    "foreground so that no host outlives its command: for a long-lived host run it in a terminal "
+                    "or as a systemd service.")
+    build = host_sub.add_parser("build", help="build (or find cached) a lab host image; builds the lab's arm64 QEMU "
+                                              "first if needed (about 15 minutes)")
+    for command in (start, build):
+        command.add_argument("name", nargs="?", default="kvm-host", help="host image recipe (default: kvm-host)")
+        command.add_argument("--kernel-deb", metavar="linux-image-…=VERSION",
+                             help="the host's Debian kernel, e.g. linux-image-cloud-arm64=6.12.117-1")
+    start.add_argument("--memory", type=_count(1 << 20), default=3072, metavar="MIB", help="host RAM (default: 3072)")
+    start.add_argument("--cpus", type=_count(64), default=2, metavar="N", help="host CPUs (default: 2)")
+    start.set_defaults(handler=_host_start)
+    build.add_argument("--refresh", action="store_true", help="refresh the package lists first")
+    build.set_defaults(handler=_host_build)
+    host_sub.add_parser("list", help="the hosts this lab started (its hosts file)").set_defaults(handler=_host_list)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +107,8 @@ class BootRecord:
     exit_code: int | None = None
     exited_at: float | None = None
     killed_by_lab: bool = False
+    vmm_stopped: bool = False
+    """QEMU was found stopped (SIGSTOP: not running the guest at all) when the lab had to kill it."""
     qmp_events: list[dict[str, Any]] = field(default_factory=list)
     console_lines: list[tuple[float, str]] = field(default_factory=list)
 
@@ -119,7 +122,18 @@ class BootRecord:
             "exited_at": None if self.exited_at is None else round(self.exited_at, 3),
             "exit_code": self.exit_code,
             "killed_by_lab": self.killed_by_lab,
+            "vmm_stopped": self.vmm_stopped,
         }
+
+
+def describe_exit(code: int) -> str:
+    """`killed by SIGKILL` or `exited with status 1`: how a process ended, in words."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,15 @@ class PowerOffClass(StrEnum):
     """An image was written, but no witness could tell whether the power-off was SYSTEM_OFF2."""
     POWEROFF = "poweroff"
     CRASH = "crash"
+    """The guest panicked or reset."""
     HANG = "hang"
+    """QEMU ran on, but the guest never powered off."""
+    ABORTED = "aborted"
+    """The guest gave up: its power-off command returned (e.g. hibernation failed) and it kept running."""
+    VMM_CRASH = "vmm-crash"
+    """QEMU itself died (killed by a signal, or an exit without a shutdown): not the guest's doing."""
+    VMM_HANG = "vmm-hang"
+    """QEMU itself was stopped (SIGSTOP) and ran nothing: not the guest's doing."""
 
 
 HIBERNATED = (PowerOffClass.HIBERNATE_OFF2, PowerOffClass.HIBERNATE_OFF, PowerOffClass.HIBERNATE)

@@ -51,8 +51,8 @@ class CellOutcome:
     def to_json(self, matrix_started: float) -> dict[str, Any]:
         """`start` is in seconds after the matrix started: how the cells overlapped is part of the record."""
         return {"id": self.cell.id, "scenario": self.cell.scenario.name, "kernel": self.cell.kernel,
-                "psci": self.cell.psci, "accel": self.cell.accel, "qemu": self.cell.qemu, "status": self.status,
-                "reason": self.reason,
+                "psci": self.cell.psci, "accel": self.cell.accel, "qemu": self.cell.qemu,
+                "qemu_host": self.cell.host, "status": self.status, "reason": self.reason,
                 "start": round(self.started - matrix_started, 3) if self.started else None,
                 "seconds": round(self.seconds, 3), "run_dir": str(self.run_dir) if self.run_dir.exists() else None,
                 "host": self.host}

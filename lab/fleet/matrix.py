@@ -1,4 +1,4 @@
-"""Matrix files: every scenario on every kernel, PSCI personality, accelerator and QEMU build, as cells.
+"""Matrix files: every scenario on every kernel, PSCI personality, accelerator, QEMU build and host, as cells.
 
 The model only: what a matrix file says, validated with one-line errors, and the cells it expands
 into. Running them is lab.fleet.run's job, through an engine (lab.fleet.engine).
@@ -23,6 +23,7 @@ from lab.yaml_file import first_schema_error, read_yaml, schema_message
 
 _SCHEMA = load_schema("matrix")
 _PATTERN_HINTS = {"kernels": "is neither `default` nor a Debian kernel as linux-image-…=VERSION",
+                  "hosts": "is neither `local`, `ssh://USER@HOST:PORT` nor `kvm-host[:linux-image-…=VERSION]`",
                   "name": "is not a name of lower-case letters, digits and dashes",
                   "qemus": "is neither a QEMU build's name nor a path (control characters are not allowed)"}
 MAX_DIR_NAME = 120
@@ -31,18 +32,22 @@ MAX_DIR_NAME = 120
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of a matrix: a scenario on one kernel, with the PSCI, accelerator and QEMU overrides (None: none)."""
+    """One run of a matrix: a scenario on one kernel, with the PSCI, accelerator, QEMU and host overrides
+    (None: none)."""
 
     scenario: Scenario
     kernel: str = DEFAULT_KERNEL
     psci: str | None = None
     accel: str | None = None
     qemu: str | None = None
+    host: str | None = None
+    """As the matrix names it (see HostSpec): `ssh://…`, `kvm-host`, `kvm-host:linux-image-…=VERSION`."""
 
     @property
     def id(self) -> str:
         """`hibernate-resume[kernel=default,psci=kvm]`: the scenario and the dimensions the matrix sets."""
-        dimensions = {"kernel": self.kernel, "psci": self.psci, "accel": self.accel, "qemu": self.qemu}
+        dimensions = {"kernel": self.kernel, "psci": self.psci, "accel": self.accel, "qemu": self.qemu,
+                      "host": self.host}
         return f"{self.scenario.name}[{','.join(f'{k}={v}' for k, v in dimensions.items() if v is not None)}]"
 
     @property
@@ -63,10 +68,11 @@ class Dimensions:
     personalities: tuple[str | None, ...] = (None,)
     accelerators: tuple[str | None, ...] = (None,)
     qemus: tuple[str | None, ...] = (None,)
+    hosts: tuple[str | None, ...] = (None,)
 
     def cells(self, scenario: Scenario) -> list[Cell]:
         return [Cell(scenario, *values) for values in
-                itertools.product(self.kernels, self.personalities, self.accelerators, self.qemus)]
+                itertools.product(self.kernels, self.personalities, self.accelerators, self.qemus, self.hosts)]
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ def load_matrix(path: Path) -> Matrix:
             personalities=tuple(data.get("personalities", (None,))),
             accelerators=tuple(data.get("accelerators", (None,))),
             qemus=tuple(data.get("qemus", (None,))),
+            hosts=tuple(None if host == "local" else host for host in data.get("hosts", ("local",))),
         ),
         arch=arch,
         workers=data.get("workers", 1),
@@ -144,3 +151,19 @@ def check_dimension(name: str, value: Any, given_as: str) -> None:
 def image_name(scenario: Scenario, arch: str) -> str:
     """The image recipe a cell boots; its kernel dimension replaces that image's kernel."""
     return scenario.image or DEFAULT_IMAGE[guest_arch(arch).debian]
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A `hosts` entry that the matrix starts itself: an emulated KVM host image, with a pinned kernel or not."""
+
+    image: str
+    kernel_deb: str | None
+
+    @classmethod
+    def parse(cls, entry: str) -> HostSpec | None:
+        """The host to start for an entry; None for `ssh://…`, a host that is already running."""
+        if entry.startswith("ssh://"):
+            return None
+        image, _, kernel_deb = entry.partition(":")
+        return cls(image, kernel_deb or None)

@@ -8,16 +8,20 @@ also when the matrix is interrupted.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
+from lab.errors import UsageError
 from lab.fleet.engine import CellOutcome, CellRun, Engine
+from lab.fleet.host_vm import start_host
 from lab.fleet.live import finished_line, live_table, print_summary
 from lab.fleet.local import LocalEngine
-from lab.fleet.matrix import Cell, Matrix, image_name
+from lab.fleet.matrix import Cell, HostSpec, Matrix, image_name
 from lab.fleet.results import MatrixResult, write_results
 from lab.image.guest_image import GuestImage
 from lab.image.store import find_image
@@ -36,20 +40,49 @@ def _prepare_images(cells: list[Cell], arch: str, console: Console) -> dict[tupl
     return images
 
 
+@contextmanager
+def started_hosts(cells: list[Cell], console: Console, engine: Engine | None) -> Iterator[dict[str | None, str | None]]:
+    """Each cell's `--host`: `ssh://…` as given, `kvm-host[:KERNEL]` started here for the whole matrix
+    (one host per entry, its cells run one after another on it) and stopped when the matrix ends."""
+    urls: dict[str | None, str | None] = {None: None}
+    with ExitStack() as stack:
+        for entry in dict.fromkeys(cell.host for cell in cells if cell.host is not None):
+            spec = HostSpec.parse(entry)
+            if spec is None:
+                urls[entry] = entry
+                continue
+            if engine is not None and not isinstance(engine, LocalEngine):
+                raise UsageError(f"hosts: {entry} is started on this machine, which {type(engine).__name__} "
+                                 "nodes cannot reach: start it on a node (`lab host start`) and name it ssh://…")
+            console.print(escape(f"host {entry}: starting"))
+            host = stack.enter_context(start_host(spec.image, spec.kernel_deb,
+                                                  log=lambda line: console.print(escape(f"  {line}"))))
+            console.print(escape(f"host {entry}: {host.url} (kernel {host.kernel_release})"))
+            urls[entry] = host.url
+        yield urls
+
+
 def run_matrix(matrix: Matrix, runs_root: Path, workers: int, console: Console,
                engine: Engine | None = None) -> MatrixResult:
     """Prepare the images, run every cell (on this machine unless `engine` says otherwise), write matrix.json,
     junit.xml and report.html; re-raises an interrupt."""
     cells = matrix.cells()
     images = _prepare_images(cells, matrix.arch, console)
+    with started_hosts(cells, console, engine) as hosts:
+        return _run_cells(matrix, cells, images, hosts, runs_root, workers, console, engine)
+
+
+def _run_cells(matrix: Matrix, cells: list[Cell], images: dict[tuple[str, str], GuestImage],
+               hosts: dict[str | None, str | None], runs_root: Path, workers: int, console: Console,
+               engine: Engine | None) -> MatrixResult:
     result = MatrixResult(unique_dir(runs_root, f"{matrix.name}-{timestamp()}"))
     runs = []
     for cell in cells:
         run_dir = result.directory / cell.dir_name
         image = images[(image_name(cell.scenario, matrix.arch), cell.kernel)]
-        runs.append(CellRun(CellOutcome(cell, run_dir), RunOptions(arch=matrix.arch, image=str(image.path),
-                                                                   accel=cell.accel, psci=cell.psci, qemu=cell.qemu,
-                                                                   run_dir=run_dir)))
+        runs.append(CellRun(CellOutcome(cell, run_dir), RunOptions(
+            arch=matrix.arch, image=str(image.path), accel=cell.accel, psci=cell.psci, qemu=cell.qemu,
+            host=hosts[cell.host], run_dir=run_dir)))
     result.outcomes = [run.outcome for run in runs]
     workers = min(workers, len(cells))
     console.print(f"[bold]{matrix.name}[/]: {len(cells)} cells, {workers} at a time, in "

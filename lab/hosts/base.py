@@ -69,6 +69,11 @@ class Host(Protocol):
     """What the lab needs of the machine QEMU runs on."""
 
     name: str
+    launch_seconds: float
+    """How long QEMU may take to start and answer QMP there (longer on a remote or emulated host)."""
+    patience: float
+    """How many times longer a guest's waits may take there than here: a host emulated under TCG runs its
+    guests several times slower than a real one, and a scenario's timeouts are written for a real one."""
 
     def run(self, argv: list[str], timeout: float = COMMAND_SECONDS, stdin: bytes | None = None) -> Completed: ...
 

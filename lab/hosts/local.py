@@ -40,6 +40,8 @@ class LocalHost:
     """This machine."""
 
     name = "local"
+    launch_seconds = 15.0
+    patience = 1.0
 
     def run(self, argv: list[str], timeout: float = COMMAND_SECONDS, stdin: bytes | None = None) -> Completed:
         try:

@@ -180,13 +180,18 @@ class PrivateApt:
         return True
 
     def _stanza(self, name: str, arch: str, version: str | None) -> Packages:
+        """One package's stanza. An unknown package fails apt-cache; an unknown version of a known
+        one prints nothing and exits 0: both are the same error here, with the versions there are."""
         spec = f"{name}:{arch}" + (f"={version}" if version else "")
         try:
-            return stanzas(self._run("apt-cache", "show", "--no-all-versions", spec))[0]
+            found = stanzas(self._run("apt-cache", "show", "--no-all-versions", spec))
         except SetupError:
-            known = self._run("apt-cache", "madison", f"{name}:{arch}").strip()
-            versions = ", ".join(line.split("|")[1].strip() for line in known.splitlines()) or "none"
-            raise SetupError(f"no {spec} in Debian {'/'.join(SUITES)} (versions there: {versions})") from None
+            found = []
+        if found:
+            return found[0]
+        known = self._run("apt-cache", "madison", f"{name}:{arch}").strip()
+        versions = ", ".join(line.split("|")[1].strip() for line in known.splitlines() if "|" in line) or "none"
+        raise SetupError(f"no {spec} in Debian {'/'.join(SUITES)} (versions there: {versions})")
 
     def show(self, wanted: list[tuple[str, str | None]], arch: str) -> list[Candidate]:
         """Several packages (candidate or pinned version) in one apt-cache call: each call loads
@@ -195,9 +200,10 @@ class PrivateApt:
         try:
             output = self._run("apt-cache", "show", "--no-all-versions", *specs)
         except SetupError:
+            output = ""
+        found = stanzas(output)
+        if len(found) != len(wanted):
             found = [self._stanza(name, arch, version) for name, version in wanted]
-        else:
-            found = stanzas(output)
         return [Candidate.of(stanza, arch) for stanza in found]
 
     def download_source(self, package: str, version: str, into: Path) -> list[Path]:

@@ -44,12 +44,6 @@ def _openssh_public(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
-def _parent_directories(paths: list[str], known: set[str]) -> list[str]:
-    """Directories the archive still lacks for `paths`, parents first."""
-    wanted = {str(parent) for path in paths for parent in Path(path).parents if str(parent) != "."}
-    return sorted(wanted - known, key=lambda d: (d.count("/"), d))
-
-
 def ssh_server(
     root: Path, recipe: ImageRecipe, out: Path, directories: Iterable[str]
 ) -> tuple[list[initramfs.Entry], dict[str, Any]]:
@@ -75,7 +69,7 @@ def ssh_server(
     private = ["root", "root/.ssh"]
     known = {*directories, *private}
     entries = [initramfs.directory(d, 0o700) for d in private]
-    entries += [initramfs.directory(d) for d in _parent_directories(sorted(files), known)]
+    entries += [initramfs.directory(d) for d in initramfs.parent_directories(sorted(files), known)]
     entries += [initramfs.regular_file(path, data, perm) for path, (data, perm) in sorted(files.items())]
     manifest = {"server": recipe.ssh_server, "user": SSH_USER, "host_key": _openssh_public(host_key),
                 "client_key": CLIENT_KEY, "files": sorted(programs)}

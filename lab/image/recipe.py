@@ -14,6 +14,8 @@ from lab.yaml_file import read_yaml
 DEFAULT_KERNEL = "default"
 """The kernel an image recipe names itself, as opposed to one pinned by version."""
 DEFAULT_IMAGE = {arch.debian: f"debian-{arch.debian}" for arch in GUEST_ARCHES}
+GUEST_ROLE = "guest"
+KVM_HOST_ROLE = "kvm-host"
 _SCHEMA = load_schema("image-recipe")
 
 
@@ -33,6 +35,14 @@ class ImageRecipe:
     kernel_version: str | None = None
     extra_packages: tuple[str, ...] = ()
     ssh_server: str | None = None
+    role: str = GUEST_ROLE
+    """`guest` boots under a lab run; `kvm-host` is a machine the lab runs its guests' QEMU on."""
+    programs: tuple[str, ...] = ()
+    """Guest paths of dynamically linked programs from the packages, shipped with their library closure."""
+    qemu_builds: tuple[str, ...] = ()
+    """Targets of the lab's patched QEMU (`lab qemu build --target`) installed under /opt/lab-qemu."""
+    guest_images: tuple[str, ...] = ()
+    """Built images carried under /var/lib/lab/images/NAME and pre-seeded in the host's file cache."""
     init_script: Path = IMAGES_DIR / "init"
 
     @classmethod
@@ -40,8 +50,9 @@ class ImageRecipe:
         file = read_yaml(path, "image recipe")
         file.validate(_SCHEMA)
         data = file.data
-        data["modules"] = tuple(data["modules"])
-        data["extra_packages"] = tuple(data.get("extra_packages", ()))
+        for name in ("modules", "extra_packages", "programs", "qemu_builds", "guest_images"):
+            if name in data:
+                data[name] = tuple(data[name])
         return cls(**data)
 
     def pinned(self, kernel_deb: str) -> ImageRecipe:
@@ -62,3 +73,7 @@ class ImageRecipe:
     @property
     def qemu_arch(self) -> str:
         return guest_arch(self.arch).qemu
+
+    @property
+    def is_host(self) -> bool:
+        return self.role == KVM_HOST_ROLE

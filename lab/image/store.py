@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,25 +23,35 @@ from typing import Any
 
 from lab.errors import SetupError, UsageError
 from lab.image import initramfs
+from lab.image.closure import program_closure
 from lab.image.debian import PackageVersion, PrivateApt, extract, local_package, sha256_file
 from lab.image.guest_image import GuestImage
 from lab.image.keys import CLIENT_KEY, ssh_server
 from lab.image.modules import collect_modules
-from lab.image.recipe import DEFAULT_KERNEL, ImageRecipe
+from lab.image.payload import FILE_CACHE, IMAGES_ROOT, ROLE_FILE, RUNS_ROOT, Payload, payload, payload_entries
+from lab.image.recipe import DEFAULT_KERNEL, GUEST_ROLE, ImageRecipe
 from lab.paths import cache_root
 
 IMAGE_FORMAT = 1
 KERNEL_PACKAGE_PREFIXES = ("linux-image-", "linux-binary-", "linux-modules-")
 BASE_DIRECTORIES = ("bin", "dev", "etc", "etc/lab", "lib", "lib/modules", "proc", "run", "sys", "tmp")
+LATER_FIELDS = {"role": GUEST_ROLE, "programs": (), "qemu_builds": (), "guest_images": ()}
+"""Recipe fields added after images were first cached: left out of the key while unused, so those keys stay."""
+QemuBuilder = Callable[[str], Path]
+"""Builds (or finds built) the lab's patched QEMU for a target of `lab qemu build`; the binary's path."""
 
 
-def _cache_key(recipe: ImageRecipe, packages: list[PackageVersion]) -> str:
+def _cache_key(recipe: ImageRecipe, packages: list[PackageVersion], carried: Payload | None = None) -> str:
+    fields = {k: v for k, v in recipe.__dict__.items()
+              if k != "init_script" and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     material = {
         "format": IMAGE_FORMAT,
-        "recipe": {k: v for k, v in recipe.__dict__.items() if k != "init_script"},
+        "recipe": fields,
         "packages": [p.spec for p in packages],
         "init": hashlib.sha256(recipe.init_script.read_bytes()).hexdigest(),
     }
+    if carried is not None and carried.files:
+        material["carried"] = carried.key()
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -106,14 +117,40 @@ class ImageStore:
 
     def build(
         self, recipe: ImageRecipe, refresh: bool = False, log: Callable[[str], None] = print,
-        kernel_debs: tuple[Path, ...] = (),
+        kernel_debs: tuple[Path, ...] = (), qemu_builder: QemuBuilder | None = None,
     ) -> tuple[GuestImage, bool]:
         """Build (or find in the cache) the image for the recipe; True when it was built now.
 
         `kernel_debs` are the user's own kernel package files, used instead of the recipe's kernel.
+        `qemu_builder` provides the recipe's `qemu_builds` (the image layer cannot build QEMU itself).
+        Packages are resolved first, so a kernel Debian does not serve fails in seconds; what the
+        image carries from the build host comes next, outside the build lock, which a QEMU build
+        (a quarter of an hour) would otherwise hold from every other image build.
         """
         with self._build_lock():
-            return self._build(recipe, refresh, log, kernel_debs)
+            recipe, local, packages = self._inputs(recipe, refresh, kernel_debs)
+        carried = self.payload(recipe, qemu_builder)
+        with self._build_lock():
+            return self._build(recipe, local, packages, log, carried)
+
+    def payload(self, recipe: ImageRecipe, qemu_builder: QemuBuilder | None = None) -> Payload:
+        """The QEMU builds (built now if missing) and the newest builds of the guest images the recipe carries."""
+        binaries = {}
+        for target in recipe.qemu_builds:
+            if qemu_builder is None:
+                raise SetupError(f"image {recipe.name} carries the lab's QEMU build for {target}: "
+                                 f"build it with `lab host build {recipe.name}`")
+            binaries[target] = qemu_builder(target)
+        images = []
+        for name in recipe.guest_images:
+            image = self.latest(name)
+            if image is None:
+                raise SetupError(f"image {recipe.name} carries guest image {name}, which is not built: "
+                                 f"run `lab images build {name}`")
+            if image.arch != recipe.arch:
+                raise UsageError(f"image {recipe.name} ({recipe.arch}) cannot carry guest image {name} ({image.arch})")
+            images.append(image)
+        return payload(binaries, images)
 
     @contextmanager
     def _build_lock(self) -> Iterator[None]:
@@ -123,22 +160,28 @@ class ImageStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _build(
-        self, recipe: ImageRecipe, refresh: bool, log: Callable[[str], None], kernel_debs: tuple[Path, ...]
-    ) -> tuple[GuestImage, bool]:
+    def _inputs(
+        self, recipe: ImageRecipe, refresh: bool, kernel_debs: tuple[Path, ...]
+    ) -> tuple[ImageRecipe, list[tuple[PackageVersion, Path]], list[PackageVersion]]:
+        """The recipe (with the user's kernel package, if given), the user's .deb files, every package."""
+        if not kernel_debs:
+            return recipe, [], self.resolve(recipe, refresh)
         apt = self.apt_for(recipe)
-        if kernel_debs:
-            apt.update(force=refresh)
-            local = [(local_package(deb, recipe.arch), deb) for deb in kernel_debs]
-            packages = [p for p, _ in local] + self.userland(apt, recipe)
-            recipe = dataclasses.replace(recipe, kernel_package=local[0][0].name, kernel_version=local[0][0].version)
-        else:
-            local = []
-            packages = self.resolve(recipe, refresh)
-        key = _cache_key(recipe, packages)
+        apt.update(force=refresh)
+        local = [(local_package(deb, recipe.arch), deb) for deb in kernel_debs]
+        packages = [p for p, _ in local] + self.userland(apt, recipe)
+        recipe = dataclasses.replace(recipe, kernel_package=local[0][0].name, kernel_version=local[0][0].version)
+        return recipe, local, packages
+
+    def _build(
+        self, recipe: ImageRecipe, local: list[tuple[PackageVersion, Path]], packages: list[PackageVersion],
+        log: Callable[[str], None], carried: Payload,
+    ) -> tuple[GuestImage, bool]:
+        key = _cache_key(recipe, packages, carried)
         target = self.images / f"{recipe.name}-{key}"
         if (target / "manifest.json").exists():
             return GuestImage.open(target), False
+        apt = self.apt_for(recipe)
         debs = list(local)
         for package in packages[len(local):]:
             log(f"fetching {package.spec}")
@@ -146,7 +189,7 @@ class ImageStore:
         self.images.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{recipe.name}-", dir=self.images))
         try:
-            manifest = self._assemble(recipe, debs, staging, log)
+            manifest = self._assemble(recipe, debs, staging, log, carried)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             os.replace(staging, target)
         finally:
@@ -154,7 +197,8 @@ class ImageStore:
         return GuestImage.open(target), True
 
     def _assemble(
-        self, recipe: ImageRecipe, debs: list[tuple[PackageVersion, Path]], out: Path, log: Callable[[str], None]
+        self, recipe: ImageRecipe, debs: list[tuple[PackageVersion, Path]], out: Path, log: Callable[[str], None],
+        carried: Payload,
     ) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="lab-extract-") as scratch:
             root = Path(scratch)
@@ -191,11 +235,16 @@ class ImageStore:
             ]
             entries += [initramfs.regular_file(f"lib/modules/{n}.ko", data) for n, data in modules]
             entries += ssh_entries
+            programs = {path: program_closure(root, path, recipe.arch) for path in recipe.programs}
+            entries += _program_entries(programs, entries)
+            if recipe.role != GUEST_ROLE:
+                entries.append(initramfs.regular_file(ROLE_FILE, f"{recipe.role}\n".encode()))
+            entries += payload_entries(carried.files, {e.path for e in entries if stat.S_ISDIR(e.mode)})
             initramfs.write_newc_file(out / "initramfs.cpio", entries)
         with (out / "swap.raw").open("wb") as swap:
             swap.truncate(recipe.swap_size_mib << 20)
         outputs = ["vmlinuz", "initramfs.cpio", *(name for name in ("config", CLIENT_KEY) if (out / name).exists())]
-        return {
+        manifest = {
             "format": IMAGE_FORMAT,
             "name": recipe.name,
             "arch": recipe.arch,
@@ -209,9 +258,26 @@ class ImageStore:
             "ssh": ssh,
             "inputs": [
                 {"package": p.name, "arch": p.arch, "version": p.version, "sha256": p.sha256} for p, _ in debs
-            ] + [{"file": "images/init", "sha256": sha256_file(recipe.init_script)}],
+            ] + [{"file": "images/init", "sha256": sha256_file(recipe.init_script)}]
+              + [{"file": str(f.source), "sha256": f.sha256} for f in carried.files],
             "outputs": {name: sha256_file(out / name) for name in outputs},
+            "role": recipe.role,
         }
+        if programs:
+            manifest["programs"] = {f"/{path.lstrip('/')}": sorted(files) for path, files in programs.items()}
+        manifest |= carried.manifest
+        if recipe.role != GUEST_ROLE:
+            manifest["layout"] = {"file_cache": f"/{FILE_CACHE}", "images": f"/{IMAGES_ROOT}", "runs": f"/{RUNS_ROOT}"}
+        return manifest
+
+
+def _program_entries(programs: dict[str, dict[str, bytes]], entries: list[initramfs.Entry]) -> list[initramfs.Entry]:
+    """The recipe's programs and their libraries, each file once (dropbear may already bring libc)."""
+    present = {e.path for e in entries}
+    files = {path: data for closure in programs.values() for path, data in closure.items() if path not in present}
+    directories = {e.path for e in entries if stat.S_ISDIR(e.mode)}
+    return [*(initramfs.directory(d) for d in initramfs.parent_directories(files, directories)),
+            *(initramfs.regular_file(path, data, 0o755) for path, data in sorted(files.items()))]
 
 
 def find_image(name: str, kernel: str = DEFAULT_KERNEL, kernel_debs: tuple[Path, ...] = (),

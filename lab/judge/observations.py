@@ -39,7 +39,12 @@ class PowerOffObservation:
     disk_header: dict[str, Any] | None = None
     disk_error: str | None = None
     off2_contract: str = "none"
+    command_status: int | None = None
+    """Set when the guest's power-off command itself returned, with the guest still running (it gave up)."""
+    command_output: str = ""
     host_hvc_calls: list[dict[str, Any]] | None = None
+    console: str = "uart"
+    """The guest's console device; on `virtio` the kernel's power-down line is never seen (the device is gone)."""
     """The guest's HVCs as the KVM host's kernel traced them (x0 = the function ID); None: not traced."""
 
 

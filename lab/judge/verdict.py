@@ -14,7 +14,7 @@ from typing import Any
 
 from lab.judge.observations import Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
-from lab.judge.witnesses import Witness, collect_witnesses
+from lab.judge.witnesses import NO_SHUTDOWN, Witness, collect_witnesses
 from lab.vocabulary import HIBERNATED, KERNEL_TROUBLE, PowerOffClass
 
 QEMU_DROPS_OFF2 = ("QEMU drops OFF2: this build reports SYSTEM_OFF2 like SYSTEM_OFF; the host kernel's "
@@ -90,7 +90,11 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
     contract = Off2Contract.parse(observation.off2_contract)
     saw_off2 = any(w.opinion and w.consistent_with == (PowerOffClass.HIBERNATE_OFF2,) for w in vmm_side)
     off2_observable = contract.observable or any(w.opinion for w in vmm_side[1:])
-    if qmp.consistent_with == (PowerOffClass.HANG,):
+    if qmp.consistent_with in ((PowerOffClass.VMM_CRASH,), (PowerOffClass.VMM_HANG,)):
+        kind = qmp.consistent_with[0]
+    elif observation.command_status is not None:
+        kind = PowerOffClass.ABORTED
+    elif qmp.consistent_with == NO_SHUTDOWN:
         kind = PowerOffClass.HANG
     elif qmp.consistent_with == (PowerOffClass.CRASH,) or console.facts["panic"]:
         kind = PowerOffClass.CRASH

@@ -12,7 +12,7 @@ from typing import Any
 
 from lab.judge.observations import PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
-from lab.rundir import read_console_file
+from lab.rundir import describe_exit, read_console_file
 from lab.vocabulary import (
     CONSOLE_PATTERNS,
     HIBERNATED,
@@ -25,6 +25,10 @@ from lab.vocabulary import (
 )
 
 CLASSES = tuple(PowerOffClass)
+NOT_POWERED_OFF = (PowerOffClass.HANG, PowerOffClass.ABORTED, PowerOffClass.VMM_CRASH, PowerOffClass.VMM_HANG)
+"""Classes where the guest never completed a power-off: witnesses of the guest alone cannot tell them apart."""
+NO_SHUTDOWN = (PowerOffClass.HANG, PowerOffClass.ABORTED)
+"""What QEMU's silence means when QEMU itself was fine: the guest hung, or gave up and ran on."""
 POWER_EVENTS = {"SHUTDOWN", "SUSPEND_DISK", "GUEST_PANICKED", "RESET", "POWERDOWN"}
 """QMP events that speak to how the guest went away (STOP/RESUME pairs from gdbstub traps do not)."""
 CONSOLE_WITNESS_MARKS = (ConsoleMark.HIBERNATION_ENTRY, ConsoleMark.IMAGE_SAVED, ConsoleMark.POWER_DOWN,
@@ -59,7 +63,7 @@ def qmp_witness(observation: PowerOffObservation) -> Witness:
     """What QEMU itself reported over QMP, and how the process ended."""
     record = observation.record
     events = record.qmp_events
-    shutdowns = [e for e in events if e["event"] == "SHUTDOWN"]
+    shutdowns = [e for e in events if e["event"] == "SHUTDOWN" and e.get("data", {}).get("guest", True)]
     suspend_disk = [e for e in events if e["event"] == "SUSPEND_DISK"]
     panicked = [e for e in events if e["event"] == "GUEST_PANICKED"]
     facts = {
@@ -74,8 +78,7 @@ def qmp_witness(observation: PowerOffObservation) -> Witness:
                 for e in events if e["event"] in POWER_EVENTS]
     reasons = {e.get("data", {}).get("reason") for e in shutdowns}
     if not shutdowns and not panicked:
-        return Witness("vmm-qmp", facts, evidence, (PowerOffClass.HANG,),
-                       explanation="QEMU reported no shutdown before the lab stopped waiting")
+        return _no_shutdown(observation, facts, evidence)
     if panicked or reasons & {"guest-reset", "guest-panic"}:
         return Witness("vmm-qmp", facts, evidence, (PowerOffClass.CRASH,), explanation="the guest reset or panicked")
     contract = Off2Contract.parse(observation.off2_contract)
@@ -90,6 +93,20 @@ def qmp_witness(observation: PowerOffObservation) -> Witness:
            else f"nothing reported OFF2 under contract {contract}")
     return Witness("vmm-qmp", facts, evidence, (PowerOffClass.HIBERNATE_OFF, PowerOffClass.POWEROFF),
                    explanation=f"a plain guest power-off: {why}")
+
+
+def _no_shutdown(observation: PowerOffObservation, facts: dict[str, Any], evidence: list[str]) -> Witness:
+    """QEMU reported no shutdown: it died, it was stopped, or the guest never asked (the lab stopped it)."""
+    record = observation.record
+    facts["vmm_stopped"] = record.vmm_stopped
+    if record.vmm_stopped:
+        return Witness("vmm-qmp", facts, evidence, (PowerOffClass.VMM_HANG,),
+                       explanation="QEMU itself was stopped (SIGSTOP) and ran nothing until the lab killed it")
+    if record.exit_code not in (None, 0) and not record.killed_by_lab:
+        return Witness("vmm-qmp", facts, evidence, (PowerOffClass.VMM_CRASH,),
+                       explanation=f"QEMU {describe_exit(record.exit_code)} without reporting a shutdown")
+    return Witness("vmm-qmp", facts, evidence, NO_SHUTDOWN,
+                   explanation="QEMU reported no shutdown before the lab stopped waiting")
 
 
 def psci_witness(observation: PowerOffObservation) -> Witness:
@@ -126,7 +143,7 @@ def psci_witness(observation: PowerOffObservation) -> Witness:
         fallback = " after SYSTEM_OFF2 was refused" if off2_refused else ""
         return Witness("vmm-psci", facts, evidence, (PowerOffClass.HIBERNATE_OFF, PowerOffClass.POWEROFF),
                        explanation=f"the guest powered off with plain SYSTEM_OFF{fallback}")
-    return Witness("vmm-psci", facts, evidence, (PowerOffClass.CRASH, PowerOffClass.HANG),
+    return Witness("vmm-psci", facts, evidence, (PowerOffClass.CRASH, *NOT_POWERED_OFF),
                    explanation="no PSCI power-off or reset call reached the VMM")
 
 
@@ -150,7 +167,7 @@ def host_kvm_witness(observation: PowerOffObservation) -> Witness:
     if facts["system_off"]:
         return Witness("host-kvm", facts, evidence, (PowerOffClass.HIBERNATE_OFF, PowerOffClass.POWEROFF),
                        explanation="the host kernel traced a plain SYSTEM_OFF")
-    return Witness("host-kvm", facts, evidence, (PowerOffClass.CRASH, PowerOffClass.HANG),
+    return Witness("host-kvm", facts, evidence, (PowerOffClass.CRASH, *NOT_POWERED_OFF),
                    explanation="the host kernel traced no PSCI power-off or reset call")
 
 
@@ -175,8 +192,22 @@ def console_witness(observation: PowerOffObservation) -> Witness:
                        explanation="the kernel powered down without saving an image")
     if facts["restarting"]:
         return Witness("guest-console", facts, evidence, (PowerOffClass.CRASH,), explanation="the kernel restarted")
-    return Witness("guest-console", facts, evidence, (PowerOffClass.HANG, PowerOffClass.CRASH),
+    if observation.console == "virtio":
+        return _virtio_console_witness(facts, evidence)
+    return Witness("guest-console", facts, evidence, (PowerOffClass.CRASH, *NOT_POWERED_OFF),
                    explanation="the console never said the kernel powered down")
+
+
+def _virtio_console_witness(facts: dict[str, Any], evidence: list[str]) -> Witness:
+    """A virtio console is shut down with the other devices, before the kernel prints its power-down
+    line: its silence there says nothing, but a saved image is still seen."""
+    if facts["image_saved"]:
+        return Witness("guest-console", facts, evidence, HIBERNATED,
+                       explanation="the kernel saved a hibernation image (a virtio console is gone before "
+                                   "the power-down line)")
+    return Witness("guest-console", facts, evidence, CLASSES, opinion=False,
+                   explanation="no kernel trouble on the console; a virtio console is gone before the "
+                               "power-down line, so it cannot say how the guest powered off")
 
 
 def disk_witness(observation: PowerOffObservation) -> Witness:
@@ -191,7 +222,7 @@ def disk_witness(observation: PowerOffObservation) -> Witness:
     if header.get("image_present"):
         return Witness("disk", facts, evidence, HIBERNATED,
                        explanation="the swap area holds a hibernation image (S1SUSPEND)")
-    return Witness("disk", facts, evidence, (PowerOffClass.POWEROFF, PowerOffClass.CRASH, PowerOffClass.HANG),
+    return Witness("disk", facts, evidence, (PowerOffClass.POWEROFF, PowerOffClass.CRASH, *NOT_POWERED_OFF),
                    explanation="no hibernation image on the swap area")
 
 

@@ -18,13 +18,13 @@ import time
 
 from lab.deadline import Deadline
 from lab.disk.lock import DiskLock
-from lab.errors import ChannelError, MachineError, WaitTimeout
+from lab.errors import ChannelError, MachineError, SetupError, WaitTimeout
 from lab.hosts.base import Host, HostProcess
 from lab.hosts.local import LOCAL
 from lab.machine.channels.qmp import QmpChannel
 from lab.machine.channels.serial import SerialConsole
 from lab.machine.spec import CHANNELS, MachineSpec
-from lab.rundir import BootFiles, BootRecord
+from lab.rundir import BootFiles, BootRecord, describe_exit
 
 PR_SET_PDEATHSIG = 1
 SOFT_STOP_SECONDS = 3.0
@@ -79,13 +79,14 @@ class Machine:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def launch(self, timeout: float = 15) -> None:
-        """Start QEMU paused and attach console and QMP; on any failure QEMU is reaped first.
+    def launch(self, timeout: float | None = None) -> None:
+        """Start QEMU paused and attach console and QMP (within the host's launch time unless `timeout`
+        is given); on any failure QEMU is reaped first.
 
         Raises MachineError (with QEMU's output) when QEMU dies while starting.
         """
         try:
-            self._start(timeout)
+            self._start(self.host.launch_seconds if timeout is None else timeout)
         except BaseException as error:
             process = self._process
             self.close()
@@ -138,6 +139,27 @@ class Machine:
             self.record.exit_code = code
             self.record.exited_at = time.monotonic() - self.run_started
 
+    def _is_stopped(self, pid: int) -> bool:
+        """Whether QEMU sits in the stopped state (SIGSTOP), running nothing; a lost host tells nothing."""
+        try:
+            stat = self.host.run(["cat", f"/proc/{pid}/stat"], timeout=10).text()
+        except (ChannelError, SetupError, WaitTimeout):
+            return False
+        fields = stat.rsplit(")", 1)[-1].split()
+        return bool(fields) and fields[0] in ("T", "t")
+
+    def fault(self) -> str | None:
+        """What is wrong with QEMU itself, if anything: it died on its own, or it is stopped."""
+        process = self._process
+        if process is None:
+            return None
+        code = process.poll()
+        if code is not None and not self.record.killed_by_lab:
+            return f"QEMU {describe_exit(code)}"
+        if code is None and self._is_stopped(process.pid):
+            return "QEMU is stopped (SIGSTOP) and runs nothing"
+        return None
+
     def _stop(self, process: HostProcess) -> None:
         """Soft first (QMP `quit` lets QEMU flush and exit by itself), then SIGTERM, then SIGKILL."""
         if self.qmp.connected:
@@ -159,6 +181,7 @@ class Machine:
             self.console.close()
             process = self._process
             if process is not None and process.poll() is None:
+                self.record.vmm_stopped = self._is_stopped(process.pid)
                 self.record.killed_by_lab = True
                 self._stop(process)
             if process is not None and process.returncode is not None:

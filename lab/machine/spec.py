@@ -33,6 +33,24 @@ def free_local_port() -> int:
         return probe.getsockname()[1]
 
 
+def console_device(arch: str, console: str) -> str:
+    """The guest kernel's name for a console device of a machine (its `console=` argument)."""
+    if console == "virtio":
+        return "hvc0"
+    return "ttyAMA0" if arch == "aarch64" else "ttyS0"
+
+
+def with_console(append: str, arch: str, console: str) -> str:
+    """A kernel command line for a console device, whatever console it named before.
+
+    A virtio console also loses `no_console_suspend`: kept registered while its device is frozen for
+    the hibernation snapshot, it makes printk wait on a virtqueue that is gone, and hibernation hangs.
+    """
+    dropped = ("console=", "no_console_suspend") if console == "virtio" else ("console=",)
+    kept = [word for word in append.split() if not word.startswith(dropped)]
+    return " ".join([f"console={console_device(arch, console)}", *kept])
+
+
 @dataclass(frozen=True)
 class Disk:
     path: Path
@@ -59,6 +77,12 @@ class MachineSpec:
     """Host port on 127.0.0.1 forwarded to the guest's port 22 over user-mode networking; None: no network."""
     keep_after_shutdown: bool = False
     """Stay alive (stopped) after the guest powers off, so its RAM can still be read over QMP."""
+    virtualization: bool = False
+    """Emulate EL2 with the GICv3 KVM needs (aarch64): the guest can be a KVM host of its own guests."""
+    console: str = "uart"
+    """The guest's console device: `uart` (the machine's own serial port, which shows the earliest boot)
+    or `virtio` (a virtconsole: far fewer exits per character, which a nested KVM guest needs)."""
+
 
     @property
     def qemu_binary(self) -> str:
@@ -76,17 +100,26 @@ class MachineSpec:
     def _machine_args(self) -> list[str]:
         if self.arch == "aarch64":
             cpu = "host" if self.accel == "kvm" else "max,pauth-impdef=on"
-            return ["-machine", "virt", "-cpu", cpu]
+            return ["-machine", "virt,virtualization=on,gic-version=3" if self.virtualization else "virt", "-cpu", cpu]
+        if self.virtualization:
+            raise SetupError(f"no machine model with emulated virtualization for guest arch {self.arch}")
         if self.arch == "x86_64":
             return ["-machine", "q35", "-cpu", "host" if self.accel == "kvm" else "max"]
         raise SetupError(f"no machine model for guest arch {self.arch}")
 
-    def _serial_args(self, channels: Mapping[str, str], console_log: str | None) -> list[str]:
+    def _console_args(self, channels: Mapping[str, str], console_log: str | None) -> list[str]:
+        if self.console not in ("uart", "virtio"):
+            raise SetupError(f"unknown console device {self.console!r} (uart or virtio)")
         if console_log is None:
-            return ["-serial", "mon:stdio"]
-        return ["-chardev", f"socket,id=console,{channels['console']},server=on,wait=off,"
-                            f"logfile={console_log},logappend=off",
-                "-serial", "chardev:console"]
+            if self.console == "uart":
+                return ["-serial", "mon:stdio"]
+            chardev = ["-chardev", "stdio,id=console,mux=on", "-mon", "chardev=console,mode=readline"]
+        else:
+            chardev = ["-chardev", f"socket,id=console,{channels['console']},server=on,wait=off,"
+                                   f"logfile={console_log},logappend=off"]
+        if self.console == "virtio":
+            return [*chardev, "-device", "virtio-serial-pci,romfile=", "-device", "virtconsole,chardev=console"]
+        return [*chardev, "-serial", "chardev:console"]
 
     def _launcher(self) -> list[str]:
         if self.loader is None:
@@ -103,7 +136,7 @@ class MachineSpec:
             *self._machine_args(),
             "-accel", self.accel, "-smp", str(self.cpus), "-m", str(self.memory_mib),
             "-kernel", str(self.kernel), "-append", self.append,
-            *self._serial_args(channels, console_log),
+            *self._console_args(channels, console_log),
             "-chardev", f"socket,id=qmp,{channels['qmp']},server=on,wait=off",
             "-mon", "chardev=qmp,mode=control",
         ]

@@ -149,7 +149,8 @@ class Series:
     sha256: str
 
     @classmethod
-    def read(cls, directory: Path = PATCHES_DIR) -> Series:
+    def read(cls, directory: Path | None = None) -> Series:
+        directory = directory or PATCHES_DIR
         try:
             names = [line.strip() for line in (directory / "series").read_text().splitlines()
                      if line.strip() and not line.startswith("#")]

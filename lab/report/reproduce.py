@@ -143,7 +143,7 @@ HEADER = """\
 #   - the private socket directory (/tmp/lab-sock-*) becomes a fresh temporary directory, which
 #     also holds the swap disk and is kept afterwards for inspection (lab image inspect DIR/swap.raw);
 #   - `-S` is dropped so the guest runs at once; pass --paused to keep it (then `cont` on the monitor);
-#   - the serial console is this terminal (-serial mon:stdio) instead of a socket and a console log:
+#   - the console is this terminal (multiplexed with the monitor) instead of a socket and a console log:
 #     Ctrl-A c switches between console and QEMU monitor, Ctrl-A x quits QEMU and moves to the next boot.
 # Not replayed: what the lab typed on the console (listed per boot below; type it yourself) and
 # disk edits the lab made between boots.

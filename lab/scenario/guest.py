@@ -23,16 +23,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from lab.errors import LabError, MachineError, SetupError
+from lab.deadline import Deadline
+from lab.errors import ChannelError, LabError, MachineError, SetupError
 from lab.events import EventLog, PortTaken, QemuLaunched
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 from lab.hosts.trace import KvmTrace
 from lab.image.guest_image import GuestImage
-from lab.machine.channels.shell import GuestShell
+from lab.machine.channels.shell import CommandResult, GuestShell
 from lab.machine.channels.ssh import SshChannel
 from lab.machine.process import Machine
-from lab.machine.spec import Disk, MachineSpec, free_local_port
+from lab.machine.spec import Disk, MachineSpec, free_local_port, with_console
 from lab.psci.attach import GuestPsci, PsciSession
 from lab.qemu.builds import QemuBuild
 from lab.rundir import BootRecord, RunDirectory
@@ -82,6 +83,10 @@ class PowerOff:
     psci_calls: list[dict[str, Any]]
     host_hvc_calls: list[dict[str, Any]] | None
     """What the host kernel traced of the guest's HVCs (KVM), or None when nothing traced them."""
+    gave_up: CommandResult | None
+    """The power-off command's result when it returned with the guest still running; None when it never did."""
+    console: str
+    """The guest's console device (`uart`, `virtio`): a virtio console is gone before the kernel's last line."""
 
 
 class Guest:
@@ -148,11 +153,15 @@ class Guest:
         return f"boot{self.boot_count}"
 
     def spec(self, ssh_port: int | None = None) -> MachineSpec:
+        """The machine of the next boot. A KVM guest gets a virtio console: on the UART every character
+        is an exit to the VMM, which on a nested KVM host costs a minute of boot log."""
+        console = "virtio" if self.accel == "kvm" else "uart"
+        append = with_console(self.image.kernel_append, self.image.qemu_arch, console)
         return MachineSpec(
             arch=self.image.qemu_arch, kernel=Path(self._host_file(self.image.kernel)),
-            initrd=Path(self._host_file(self.image.initramfs)), append=f"{self.image.kernel_append} lab.swap=vda",
+            initrd=Path(self._host_file(self.image.initramfs)), append=f"{append} lab.swap=vda",
             disks=(self.disk,), accel=self.accel, memory_mib=self.memory_mib, cpus=self.cpus, qemu=self.build.path,
-            loader=self.build.loader, gdbstub=self.psci is not None, ssh_port=ssh_port,
+            loader=self.build.loader, gdbstub=self.psci is not None, ssh_port=ssh_port, console=console,
         )
 
     def require(self, *states: GuestState, doing: str) -> None:
@@ -179,7 +188,7 @@ class Guest:
             self.psci_session = self.psci.attach(machine, self.run_dir.boot(name).psci)
         else:
             machine.resume()
-        self.shell = shell = GuestShell(machine.console)
+        self.shell = shell = GuestShell(machine.console, self.host.patience)
         self.state = GuestState.RUNNING
         match = machine.console.expect(_BOOT_ENDED, timeout, f"{name} to become ready")
         outcome = _BOOT_OUTCOMES[ConsoleMark(match.lastgroup)]
@@ -237,27 +246,43 @@ class Guest:
         return channel, True
 
     def power_off(self, command: str, intent: str, timeout: float, mode: str | None = None) -> PowerOff:
-        """Have the guest run `command` (hibernate, poweroff, crash) and wait for QEMU to exit."""
+        """Have the guest run `command` (hibernate, poweroff, crash) and wait for QEMU to exit.
+
+        A command that returns instead (hibernation refused: too little swap, say) means the guest gave
+        up and runs on: the wait ends there, with the command's status, not at the timeout.
+        """
         shell = self.running_shell(intent)
         machine = self.machine
         assert machine is not None
         self._close_ssh()
         if mode is not None:
             shell.succeed(f"echo {mode} > /sys/power/disk")
+        deadline = Deadline(timeout)
         token = shell.start(command)
         wait_error = None
+        gave_up: CommandResult | None = None
         try:
-            machine.wait_exit(timeout, f"the guest to power off after `{command}`")
+            gave_up = shell.wait(token, command, deadline.remaining)
+        except ChannelError:
+            try:
+                machine.wait_exit(max(deadline.remaining, 1.0), f"QEMU to exit after `{command}`")
+            except LabError as error:
+                wait_error = str(error)
         except LabError as error:
             wait_error = str(error)
         session = self.psci_session
         hvc_calls = [call.as_record() for call in self._trace.read()] if self._trace is not None else None
         self.close()
-        if intent == "hibernate":
+        if intent == "hibernate" and gave_up is None:
             self._pending = (token, command)
             self.state = GuestState.HIBERNATED
         return PowerOff(machine.record, wait_error is not None, wait_error, session is not None,
-                        list(session.calls) if session is not None else [], hvc_calls)
+                        list(session.calls) if session is not None else [], hvc_calls, gave_up,
+                        machine.spec.console)
+
+    def vmm_fault(self) -> str | None:
+        """What is wrong with QEMU itself (died, stopped), to name a step's failure by its real cause."""
+        return self.machine.fault() if self.machine is not None else None
 
     def console_text(self) -> str:
         if self.machine is None:

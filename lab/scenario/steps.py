@@ -16,7 +16,7 @@ from typing import Any
 
 from lab.deadline import Deadline
 from lab.disk import header as hibernation_header
-from lab.errors import LabError
+from lab.errors import ChannelError, LabError, WaitTimeout
 from lab.events import EventLog, RepeatRound
 from lab.judge.observations import (
     BootObservation,
@@ -53,12 +53,13 @@ class RunContext:
     evidence: Evidence | None = None
 
 
-def _timeout(step: Step) -> float:
-    return step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind])
+def _timeout(step: Step, ctx: RunContext) -> float:
+    """The step's timeout, stretched by the host's patience (an emulated KVM host is slower)."""
+    return step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind]) * ctx.guest.host.patience
 
 
 def _boot(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
-    booted = ctx.guest.boot(_timeout(step))
+    booted = ctx.guest.boot(_timeout(step, ctx))
     ctx.observations.boots.append(BootObservation(
         booted.name, booted.outcome, step.params.get("expect", "any"), step.line,
         hibernate_command_status=booted.hibernate_command_status,
@@ -96,14 +97,16 @@ def _read_disk_header(ctx: RunContext) -> tuple[dict[str, Any] | None, str | Non
 
 def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     guest = ctx.guest
-    ended = guest.power_off(POWER_OFF_COMMANDS[step.kind], step.kind, _timeout(step), step.params.get("mode"))
+    ended = guest.power_off(POWER_OFF_COMMANDS[step.kind], step.kind, _timeout(step, ctx), step.params.get("mode"))
     header, disk_error = _read_disk_header(ctx)
     ctx.observations.power_offs.append(PowerOffObservation(
         boot=ended.record.name, intent=step.kind, expect=step.params.get("expect"), step_line=step.line,
         record=ended.record, timed_out=ended.timed_out, psci_active=ended.psci_active,
         psci_personality=guest.psci.personality if guest.psci else None, psci_calls=ended.psci_calls,
         disk_header=header, disk_error=disk_error, off2_contract=ctx.off2_contract,
-        host_hvc_calls=ended.host_hvc_calls,
+        host_hvc_calls=ended.host_hvc_calls, console=ended.console,
+        command_status=ended.gave_up.status if ended.gave_up else None,
+        command_output=ended.gave_up.output if ended.gave_up else "",
     ))
     if ended.wait_error is not None:
         outcome["wait_error"] = ended.wait_error
@@ -172,7 +175,7 @@ def _check(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 
 
 def _run(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
-    timeout = _timeout(step)
+    timeout = _timeout(step, ctx)
     over = step.params.get("over", "serial")
     result: CommandResult
     if over == "ssh":
@@ -211,11 +214,27 @@ STEPS: dict[str, Callable[[RunContext, Step, dict[str, Any]], None]] = {
 }
 
 
+class VmmFault(LabError):
+    """QEMU itself failed (died, or was stopped) while a step waited on the guest: named as such, never a hang."""
+
+    exit_code = 1
+
+
+def _step(ctx: RunContext, step: Step, details: dict[str, Any]) -> None:
+    try:
+        STEPS[step.kind](ctx, step, details)
+    except (ChannelError, WaitTimeout) as error:
+        fault = ctx.guest.vmm_fault()
+        if fault is None:
+            raise
+        raise VmmFault(f"{fault} during `{step.describe()}` ({error})") from error
+
+
 def run_steps(ctx: RunContext, steps: tuple[Step, ...]) -> None:
     for step in steps:
         mark = ctx.observations.mark()
         with ctx.events.step(step.kind, step.line, step.describe()) as outcome:
             try:
-                STEPS[step.kind](ctx, step, outcome.details)
+                _step(ctx, step, outcome.details)
             finally:
                 outcome.expectations = [c.to_json() for c in step_expectations(ctx.observations.since(mark))]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import UsageError
-from lab.fleet.matrix import Cell, Dimensions, load_matrix
+from lab.fleet.matrix import Cell, Dimensions, HostSpec, load_matrix
 from lab.machine.accel import kvm_status
 from lab.paths import REPO_ROOT, SCENARIOS_DIR
 from lab.scenario.model import find_scenario
@@ -91,6 +91,29 @@ def test_personalities_override_and_ids_name_only_what_the_matrix_sets(tmp_path)
     assert [(cell.id, cell.psci, cell.accel) for cell in plain] == [("poweroff-baseline[kernel=default]", None, None)]
 
 
+HOSTS_MATRIX = ("kernels: [default]\nscenarios: [hibernate-resume]\naccelerators: [kvm]\n"
+                "hosts: [kvm-host, 'kvm-host:linux-image-cloud-arm64=6.12.117-1', 'ssh://root@10.0.0.7:22']\n")
+
+
+def test_hosts_are_a_dimension_and_only_ssh_hosts_are_taken_as_running():
+    cells = Dimensions(hosts=(None, "kvm-host")).cells(find_scenario("poweroff-baseline"))
+    assert [cell.id for cell in cells] == ["poweroff-baseline[kernel=default]",
+                                           "poweroff-baseline[kernel=default,host=kvm-host]"]
+    assert HostSpec.parse("kvm-host:linux-image-cloud-arm64=6.12.117-1") == HostSpec(
+        "kvm-host", "linux-image-cloud-arm64=6.12.117-1")
+    assert HostSpec.parse("kvm-host") == HostSpec("kvm-host", None)
+    assert HostSpec.parse("ssh://root@10.0.0.7:22") is None
+
+
+def test_a_matrix_file_names_its_hosts(tmp_path):
+    matrix = load_matrix(_matrix(tmp_path, HOSTS_MATRIX))
+    assert [cell.host for cell in matrix.cells()] == ["kvm-host", "kvm-host:linux-image-cloud-arm64=6.12.117-1",
+                                                      "ssh://root@10.0.0.7:22"]
+    local = load_matrix(_matrix(tmp_path, "kernels: [default]\nscenarios: [poweroff-baseline]\nhosts: [local]\n",
+                                "local.yaml"))
+    assert [cell.host for cell in local.cells()] == [None]
+
+
 def test_cell_directory_names_need_no_quoting():
     cell = Cell(find_scenario("hibernate-resume"), "linux-image-cloud-arm64=1:6.12~rc1 x", "none", "tcg")
     assert cell.dir_name == "hibernate-resume.kernel=linux-image-cloud-arm64=1.6.12.rc1.x.psci=none.accel=tcg"
@@ -121,6 +144,8 @@ def test_scenario_files_are_found_relative_to_the_matrix(tmp_path):
          "scenarios/1: scenario poweroff-baseline is listed twice"),
         ("kernels: [default]\nscenarios: [poweroff-baseline, psci-none]\narch: x86_64\n", 2,
          "scenarios/1: scenario psci-none is for arm64 guests only, not x86_64"),
+        ("kernels: [default]\nscenarios: [poweroff-baseline]\nhosts: [kvm-host, 'http://x']\n", 3,
+         "hosts/1: 'http://x' is neither `local`, `ssh://USER@HOST:PORT` nor `kvm-host[:linux-image-…=VERSION]`"),
         ("kernels: [default]\n", 1, "(top level): 'scenarios' is a required property"),
         ("kernels: [default\nscenarios: []\n", 2, "not valid YAML"),
         ("", 1, "(top level): None is not of type 'object'"),

@@ -14,7 +14,7 @@ import pytest
 from debian.deb822 import PkgRelation
 
 from lab.errors import SetupError, UsageError
-from lab.image.debian import Candidate, local_package, pinned_relations, sha256_file, stanzas
+from lab.image.debian import Candidate, PrivateApt, local_package, pinned_relations, sha256_file, stanzas
 
 APT_CACHE_SHOW = Path(__file__).parent / "data" / "apt-cache-show-arm64.txt"
 
@@ -87,6 +87,21 @@ def test_a_stanza_without_its_sha256_is_an_error():
                    if not line.startswith("SHA256:"))
     with pytest.raises(SetupError, match="apt-cache show gave no SHA256 field"):
         Candidate.of(stanzas(text)[0], "arm64")
+
+
+def test_a_version_debian_does_not_serve_is_an_error_naming_the_versions_it_does(tmp_path, monkeypatch):
+    """apt-cache show prints nothing and exits 0 for an unknown version of a known package."""
+    def apt(self, tool: str, *args: str, **_: object) -> str:
+        if args[0] == "madison":
+            return "linux-image-cloud-arm64 | 7.2.13-1 | http://deb.debian.org/debian unstable/main arm64 Packages\n"
+        return APT_CACHE_SHOW.read_text().split("\n\n")[0] + "\n" if "=0.0-1" not in " ".join(args) else ""
+
+    monkeypatch.setattr(PrivateApt, "_run", apt)
+    private = PrivateApt(tmp_path, "unstable", "arm64")
+    assert len(private.show([("linux-image-cloud-arm64", None)], "arm64")) == 1
+    unknown = r"no linux-image-cloud-arm64:arm64=0\.0-1 in Debian .*versions there: 7\.2\.13-1"
+    with pytest.raises(SetupError, match=unknown):
+        private.show([("linux-image-cloud-arm64", "0.0-1")], "arm64")
 
 
 def _deb(tmp_path: Path, control: str) -> Path:

@@ -1,5 +1,7 @@
 import io
 
+import pytest
+
 from lab.image import initramfs
 
 
@@ -47,3 +49,38 @@ def test_members_round_trip_with_alignment():
 def test_same_entries_give_same_bytes():
     entries = [initramfs.regular_file("init", b"#!/bin/sh\n", 0o755)]
     assert _archive(entries) == _archive(entries)
+
+
+def _inodes(archive: bytes) -> dict[str, tuple[int, int, int]]:
+    """(ino, nlink, filesize) per member name, read from the raw newc headers."""
+    found, offset = {}, 0
+    while True:
+        fields = [int(archive[offset + 6 + 8 * i:offset + 14 + 8 * i], 16) for i in range(13)]
+        ino, nlink, size, name_size = fields[0], fields[4], fields[6], fields[11]
+        name = archive[offset + 110:offset + 110 + name_size - 1].decode()
+        if name == "TRAILER!!!":
+            return found
+        found[name] = (ino, nlink, size)
+        start = offset + 110 + name_size + (-(110 + name_size) % 4)
+        offset = start + size + (-size % 4)
+
+
+def test_hard_links_share_the_inode_and_carry_the_data_once():
+    data = initramfs.regular_file("var/cache/lab/files/abc", b"kernel" * 100)
+    archive = _archive([data, initramfs.hard_link("var/lib/lab/images/g/vmlinuz", data),
+                        initramfs.regular_file("other", b"x")])
+    inodes = _inodes(archive)
+    assert inodes["var/cache/lab/files/abc"][:2] == inodes["var/lib/lab/images/g/vmlinuz"][:2]
+    assert inodes["var/cache/lab/files/abc"][1] == 2 and inodes["other"][1] == 1
+    assert inodes["var/cache/lab/files/abc"][2] == 600 and inodes["var/lib/lab/images/g/vmlinuz"][2] == 0
+    assert archive.count(b"kernel" * 100) == 1
+
+
+def test_a_hard_link_before_its_file_is_refused():
+    data = initramfs.regular_file("a", b"x")
+    with pytest.raises(ValueError, match="not earlier"):
+        _archive([initramfs.hard_link("b", data), data])
+
+
+def test_parent_directories_come_parents_first_without_known_ones():
+    assert initramfs.parent_directories(["opt/q/bin/x", "opt/q/lib/y"], {"opt"}) == ["opt/q", "opt/q/bin", "opt/q/lib"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from lab.errors import UsageError
 from lab.judge.observations import BootObservation, Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
-from lab.judge.verdict import classify, judge
+from lab.judge.verdict import QEMU_DROPS_OFF2, classify, judge
 from lab.rundir import BootRecord
 
 HIBERNATE_CONSOLE = """\
@@ -175,3 +176,57 @@ def test_an_aborted_run_leads_with_the_kernel_trouble_that_explains_it():
         "boot2: kernel trouble (found: '[ 5.1] Internal error: Oops: 0000000096000006 [#1] SMP'); "
         "timed out after 120.0s waiting for boot2 to become ready"
     )
+
+
+def kvm_observation(tmp_path: Path, console: str, hvc_ids: list[str], header: dict, contract: str = "none",
+                    intent: str = "hibernate") -> PowerOffObservation:
+    """A guest on KVM with stock QEMU: no PSCI layer, a virtio console, the host kernel's HVC trace."""
+    base = observation(tmp_path, console, [SHUTDOWN], None, header, intent=intent, contract=contract)
+    calls = [{"function_id": f, "seconds": 10.0 + i} for i, f in enumerate(hvc_ids)]
+    return dataclasses.replace(base, host_hvc_calls=calls, console="virtio")
+
+
+VIRTIO_HIBERNATE_CONSOLE = "[    4.09] PM: hibernation: hibernation entry\n[    7.72] PM: Image saving done\n"
+
+
+def test_on_kvm_with_stock_qemu_the_host_trace_tells_off2_and_the_note_says_qemu_drops_it(tmp_path):
+    verdict = classify(kvm_observation(tmp_path, VIRTIO_HIBERNATE_CONSOLE, ["0x84000000", "0xc4000015"], IMAGE))
+    assert verdict.kind == "hibernate-off2"
+    assert verdict.disagreements == []
+    assert QEMU_DROPS_OFF2 in verdict.notes
+    host = next(w for w in verdict.witnesses if w.name == "host-kvm")
+    assert host.facts["system_off2"] == 1 and "SYSTEM_OFF2" in host.evidence[0]
+
+
+def test_on_a_host_kernel_without_off2_the_trace_shows_system_off_and_the_class_is_hibernate_off(tmp_path):
+    verdict = classify(kvm_observation(tmp_path, VIRTIO_HIBERNATE_CONSOLE, ["0x84000008"], IMAGE))
+    assert verdict.kind == "hibernate-off"
+    assert verdict.disagreements == []
+
+
+def test_a_patched_qemu_on_kvm_agrees_with_the_trace_and_drops_the_note(tmp_path):
+    suspend = {"event": "SUSPEND_DISK", "data": {}, "lab_seconds": 7.9}
+    hibernate = {**SHUTDOWN, "data": {"guest": True, "reason": "guest-hibernate"}}
+    base = kvm_observation(tmp_path, VIRTIO_HIBERNATE_CONSOLE, ["0xc4000015"], IMAGE,
+                           contract="shutdown-reason:guest-hibernate")
+    verdict = classify(dataclasses.replace(base, record=dataclasses.replace(
+        base.record, qmp_events=[suspend, hibernate])))
+    assert verdict.kind == "hibernate-off2"
+    assert verdict.disagreements == [] and QEMU_DROPS_OFF2 not in verdict.notes
+
+
+def test_a_virtio_console_silent_at_power_down_is_no_disagreement_but_a_uart_one_is(tmp_path):
+    on_kvm = classify(kvm_observation(tmp_path, "[ 1.0] poweroff\n", ["0x84000008"], NO_IMAGE, intent="poweroff"))
+    assert on_kvm.kind == "poweroff" and on_kvm.disagreements == []
+    console = next(w for w in on_kvm.witnesses if w.name == "guest-console")
+    assert not console.opinion
+    on_uart = classify(observation(tmp_path, "[ 1.0] poweroff\n", [SHUTDOWN], [SYSTEM_OFF], NO_IMAGE,
+                                   intent="poweroff"))
+    assert any(d.startswith("guest-console") for d in on_uart.disagreements)
+
+
+def test_the_labs_own_quit_after_a_timeout_is_no_guest_power_off(tmp_path):
+    quit_ = {"event": "SHUTDOWN", "data": {"guest": False, "reason": "host-qmp-quit"}, "lab_seconds": 190.0}
+    verdict = classify(observation(tmp_path, "[ 4.0] PM: hibernation: hibernation entry\n", [quit_], [], NO_IMAGE,
+                                   timed_out=True))
+    assert verdict.kind == "hang"

@@ -30,8 +30,10 @@ class CommandResult:
 class GuestShell:
     """`run`, `succeed` and `start` for shell commands on the guest console (like NixOS's driver)."""
 
-    def __init__(self, console: SerialConsole) -> None:
+    def __init__(self, console: SerialConsole, patience: float = 1.0) -> None:
         self.console = console
+        self.patience = patience
+        """Every command's timeout is this many times longer (a guest on an emulated host is slower)."""
 
     def _send(self, command: str) -> str:
         token = secrets.token_hex(6)
@@ -62,7 +64,8 @@ class GuestShell:
         return CommandResult(command, int(match.group(1)), output.decode(errors="replace"))
 
     def run(self, command: str, timeout: float = 30) -> CommandResult:
-        return self.wait(self._send(command), command, timeout)
+        """Run a command and wait for its result (`timeout` stretched by the shell's patience)."""
+        return self.wait(self._send(command), command, timeout * self.patience)
 
     def succeed(self, command: str, timeout: float = 30) -> str:
         """Run a command that must exit 0; its output."""
@@ -72,12 +75,23 @@ class GuestShell:
         return result.output
 
     def wait_responsive(self, timeout: float) -> None:
-        """Wait until the guest shell answers a trivial command (it may be busy resuming)."""
+        """Wait until the guest shell answers a trivial command (it may be busy resuming).
+
+        A probe typed before the shell reads its input can be lost, so probes are repeated; but a
+        slow guest (a nested KVM guest, a loaded host) answers each of them late, so the answer to
+        any probe counts, and the interval between probes doubles rather than flooding its input.
+        """
         deadline = Deadline(timeout)
+        tokens: list[str] = []
+        interval = 3.0
         while True:
+            tokens.append(self._send("true"))
+            answered = re.compile(rf"LAB-END-(?:{'|'.join(tokens)})\n")
             try:
-                self.run("true", timeout=min(3.0, max(deadline.remaining, 0.1)))
+                self.console.read_until(answered.search, min(interval, max(deadline.remaining, 0.1)),
+                                        "the guest shell to answer")
                 return
             except WaitTimeout:
                 if deadline.expired:
                     raise WaitTimeout("the guest shell to answer", timeout, self.console.last_lines()) from None
+            interval = min(interval * 2, 24.0)
