@@ -76,24 +76,42 @@ def _scenario(args: argparse.Namespace) -> int:
         print(find_scenario(args.target).path.read_text(), end="")
         return 0
     scenario = find_scenario(args.name)
+    disk = _free_disk(checked_disk_path(Path(args.disk), args.force_device, "--force-device")) if args.disk else None
+    files = {option: _input_file(getattr(args, option.strip("-").replace("-", "_")), option)
+             for option in ("--kernel", "--initrd", "--system-map")}
     if args.engine == "slurm":
         from lab.fleet.slurm import load_settings, srun_scenario
 
         return srun_scenario(args.argv, scenario, args.arch, args.accel, load_settings(partition=args.partition))
     _local_only(args)
-    def path(value: str | None) -> Path | None:
-        return Path(value) if value else None
-
-    disk = checked_disk_path(Path(args.disk), args.force_device, "--force-device") if args.disk else None
     options = RunOptions(arch=args.arch, image=args.image, accel=args.accel, qemu=args.qemu, psci=args.psci,
-                         runs_root=Path(args.runs_dir), kernel=path(args.kernel), kernel_deb=args.kernel_deb,
-                         initrd=path(args.initrd), append=args.append, disk=disk,
-                         off2_contract=args.off2_contract, system_map=path(args.system_map),
+                         runs_root=Path(args.runs_dir), kernel=files["--kernel"], kernel_deb=args.kernel_deb,
+                         initrd=files["--initrd"], append=args.append, disk=disk,
+                         off2_contract=args.off2_contract, system_map=files["--system-map"],
                          host=args.host)
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
     report.verdict(result.verdict, result.run_dir, result.seconds)
     return 0 if result.verdict.passed else 1
+
+
+def _free_disk(disk: Path) -> Path:
+    """`disk` unless another run (or lab command) holds it: its copy could be caught half written."""
+    from lab.disk.lock import DiskBusy, holder
+
+    if (held_by := holder(disk)) is not None:
+        raise DiskBusy(disk, held_by)
+    return disk
+
+
+def _input_file(value: str | None, option: str) -> Path | None:
+    """A file the run reads whole and hashes: a device (`/dev/zero`) or a pipe would never end."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{option} {path} is not a regular file")
+    return path
 
 
 def _local_only(args: argparse.Namespace) -> None:

@@ -32,6 +32,7 @@ import pytest
 
 import lab
 from lab.cli import main
+from lab.disk.lock import DiskLock, is_held
 from lab.errors import UsageError, WaitTimeout
 from lab.fleet.matrix import MAX_DIR_NAME, Cell
 from lab.image.recipe import ImageRecipe
@@ -41,6 +42,7 @@ from lab.machine.channels.serial import SerialConsole
 from lab.machine.process import Machine
 from lab.machine.spec import Disk, MachineSpec
 from lab.paths import IMAGES_DIR, SCENARIOS_DIR
+from lab.report.html import write_html_report
 from lab.report.junit import write_junit
 from lab.report.result import write_result
 from lab.rundir import BootRecord, RunDirectory, read_console_file, unique_dir
@@ -194,6 +196,9 @@ MATRIX_CASES = {
     "kernel with a path": ("kernels: [linux-image-../../x=1]\nscenarios: [poweroff-baseline]\n",
                            "kernels/0: 'linux-image-../../x=1' is neither `default` nor a Debian kernel"),
     "qemu with a nul": (f'{MATRIX}qemus: ["/x\\0y"]\n', "qemus/0: '/x\\x00y' is neither a QEMU build's name"),
+    "host with a nul": (f'{MATRIX}hosts: ["ssh://root@h\\0x"]\n', "hosts/0: 'ssh://root@h\\x00x' is neither `local`"),
+    "host kernel with a path": (f"{MATRIX}hosts: [kvm-host:linux-image-a=../../x]\n",
+                                "hosts/0: 'kvm-host:linux-image-a=../../x' is neither `local`"),
     "scenario with a nul": ('kernels: [default]\nscenarios: ["a\\0b"]\n', "scenarios/0: no scenario named 'a\\x00b'"),
 }
 
@@ -329,6 +334,15 @@ def test_absurd_compile_job_counts_are_one_line(sandbox: Sandbox, jobs: str) -> 
     sandbox.refuses("qemu", "build", "--jobs", jobs, says="argument --jobs: wants a whole number from 1 to 256")
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["--cpus", "0"], "argument --cpus: wants a whole number from 1 to 64, got '0'"),
+    (["--cpus", "65"], "argument --cpus: wants a whole number from 1 to 64"),
+    (["--memory", "9" * 20], "argument --memory: wants a whole number from 1 to 1048576"),
+], ids=["no cpus", "too many cpus", "absurd memory"])
+def test_absurd_lab_host_sizes_are_one_line(sandbox: Sandbox, args: list[str], says: str) -> None:
+    sandbox.refuses("host", "start", *args, says=says)
+
+
 # --- unknown keys, at every level ------------------------------------------------------------------------------
 
 UNKNOWN_KEYS = {
@@ -443,6 +457,38 @@ def test_other_special_files_are_no_disks_even_forced(sandbox: Sandbox) -> None:
                     sandbox.runs, says="no such disk image")
 
 
+@pytest.mark.parametrize("option", ["--kernel", "--initrd", "--system-map"])
+def test_files_a_run_reads_whole_are_no_devices(sandbox: Sandbox, option: str) -> None:
+    sandbox.refuses("scenario", "poweroff-baseline", option, "/dev/zero", "--runs-dir", sandbox.runs,
+                    says=f"{option} /dev/zero is not a regular file", isolated=True)
+
+
+def test_a_disk_another_run_holds_is_refused(sandbox: Sandbox, hibernated_disk: Path) -> None:
+    """The lab lock a run's machine keeps on its disk, held here as another run would hold it."""
+    with DiskLock(hibernated_disk, description="lab machine boot1"):
+        says = f"disk {hibernated_disk} is in use: lab lock {hibernated_disk}.lab-lock is held by pid {os.getpid()}"
+        sandbox.refuses("scenario", "poweroff-baseline", "--disk", hibernated_disk, "--runs-dir", sandbox.runs,
+                        says=says + " (lab machine boot1)")
+        sandbox.refuses("image", "set-signature", hibernated_disk, "0x1234", says="is in use: lab lock")
+    assert not is_held(hibernated_disk)
+
+
+@pytest.mark.parametrize(("image", "says"), [
+    ("../../images/debian-arm64", "image: '../../images/debian-arm64' does not match"),
+    ("/etc/passwd", "image: '/etc/passwd' does not match"),
+], ids=["dot-dot", "absolute"])
+def test_a_scenario_names_an_image_recipe_never_a_path(sandbox: Sandbox, image: str, says: str) -> None:
+    sandbox.refuses(*_scenario(sandbox, f"name: img\nimage: {image}\n{SCENARIO}"), says=says)
+
+
+def test_image_recipes_are_looked_up_by_name_only() -> None:
+    for name in ("../images/debian-arm64", "debian-arm64/../debian-arm64", ""):
+        with pytest.raises(UsageError, match="no image recipe named"):
+            ImageRecipe.named(name)
+    with pytest.raises(UsageError, match="--kernel-deb wants"):
+        ImageRecipe.named("debian-arm64").pinned("linux-image-cloud-arm64=../../x")
+
+
 def test_a_symlink_to_a_disk_image_file_is_a_disk(sandbox: Sandbox, hibernated_disk: Path) -> None:
     inspected = sandbox.lab("image", "inspect", _link(sandbox, "disk-link", hibernated_disk))
     assert inspected.status == 0, inspected.stderr
@@ -548,6 +594,9 @@ def test_console_bytes_that_are_not_utf8_survive_lines_verdict_result_and_junit(
     junit = ET.parse(write_junit(run_dir)).getroot()
     failure = junit.find("testcase[@name='run verdict']/failure")
     assert failure is not None and failure.get("message") == reason
+    page = write_html_report(run_dir).read_text()
+    assert not set(page) & {"\x00", "\x07", "\x1b", "\x0c"}, "report.html holds the guest's control characters"
+    assert "␛[31mred" in page
 
 
 # --- the pytest plugin --------------------------------------------------------------------------------------

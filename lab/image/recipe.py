@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,10 @@ DEFAULT_IMAGE = {arch.debian: f"debian-{arch.debian}" for arch in GUEST_ARCHES}
 GUEST_ROLE = "guest"
 KVM_HOST_ROLE = "kvm-host"
 _SCHEMA = load_schema("image-recipe")
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+"""An image's name: it names a recipe file and the image's cache directory."""
+KERNEL_DEB = re.compile(r"linux-image-[a-z0-9][a-z0-9+.-]*=[A-Za-z0-9.+~:-]+")
+"""A Debian kernel package and version, in Debian's own characters (as a matrix's `kernels` has them)."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,15 @@ class ImageRecipe:
     def pinned(self, kernel_deb: str) -> ImageRecipe:
         """This recipe with its kernel replaced by `linux-image-…=VERSION` (a bug report's exact kernel)."""
         package, _, version = kernel_deb.partition("=")
-        if not package.startswith("linux-image-") or not version:
+        if not KERNEL_DEB.fullmatch(kernel_deb):
             raise UsageError(f"--kernel-deb wants linux-image-…=VERSION, got {kernel_deb!r}")
         return dataclasses.replace(self, kernel_package=package, kernel_version=version)
 
     @classmethod
     def named(cls, name: str) -> ImageRecipe:
+        """The shipped recipe `name`; a name that is no recipe's (`../x`, a path) is never looked up."""
         path = IMAGES_DIR / f"{name}.yaml"
-        if not path.exists():
+        if not NAME.fullmatch(name) or not path.exists():
             known = ", ".join(sorted(p.stem for p in IMAGES_DIR.glob("*.yaml")))
             raise UsageError(f"no image recipe named {name!r} (known: {known})")
         return cls.load(path)
