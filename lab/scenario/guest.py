@@ -109,7 +109,8 @@ class Guest:
         self.cpus = cpus
         self.host = host
         self.trouble_quiet = trouble_quiet
-        """Seconds of console silence after a kernel panic, Oops or BUG that end any wait on the guest."""
+        """Seconds of console silence after a kernel panic, Oops or BUG that end any wait on the guest
+        (stretched by the host's patience, as the steps' timeouts are)."""
         self.trace_kvm = accel == "kvm" and image.qemu_arch == "aarch64"
         self.state = GuestState.OFF
         self.workdir = str(run_dir.path) if host is LOCAL else host.make_dir("run-")
@@ -225,7 +226,7 @@ class Guest:
     def _launch_once(self, name: str) -> Machine:
         port = self._free_port() if self.image.ssh is not None else None
         machine = Machine(self.spec(port), self.run_dir.boot(name), self.events.started, self.host,
-                          self.trouble_quiet)
+                          self.trouble_quiet * self.host.patience)
         machine.launch()
         self.machine = machine
         return machine
