@@ -66,3 +66,23 @@ class ChannelError(LabError):
     """A channel to the guest (serial, QMP, gdbstub, SSH) broke or answered nonsense."""
 
     exit_code = 1
+
+
+class KernelTrouble(LabError):
+    """The guest's kernel printed a panic, an Oops or a BUG, then fell silent: a console wait ended
+    early rather than at its timeout. Quotes the first such line."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, line: str, quiet: float, last_seen: Sequence[str] = (),
+                 seen_at: float | None = None, stopped_at: float | None = None) -> None:
+        self.what = what
+        self.line = line.strip()
+        self.quiet = quiet
+        self.last_seen = list(last_seen)
+        self.seen_at = seen_at
+        """When the line arrived, in seconds since the run started."""
+        self.stopped_at = stopped_at
+        """When the wait gave up, in seconds since the run started."""
+        super().__init__(f"kernel trouble while waiting for {what}: {self.line!r}, "
+                         f"then {quiet:g}s of silence")

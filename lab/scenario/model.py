@@ -46,6 +46,8 @@ class Scenario:
     memory_mib: int = 1024
     cpus: int = 2
     arches: tuple[str, ...] = ()
+    kernel_trouble_quiet: float | None = None
+    """Seconds of console silence after a kernel panic, Oops or BUG that end a wait; None: the lab's default."""
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -95,6 +97,7 @@ def load_scenario(path: Path) -> Scenario:
         memory_mib=data.get("memory_mib", 1024),
         cpus=data.get("cpus", 2),
         arches=tuple(data.get("arches", ())),
+        kernel_trouble_quiet=data.get("kernel_trouble_quiet"),
         source=data,
     )
 
