@@ -42,7 +42,8 @@ class ScriptedGuest:
         self.server.listen(1)
         self.script = script
         self.sent: dict[int, float] = {}
-        """When each script entry went out (monotonic), by index."""
+        """When each script entry went out (monotonic), by index: noted before sending, so a reader that
+        has seen an entry always finds its time."""
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -53,8 +54,8 @@ class ScriptedGuest:
             for index, (delay, text) in enumerate(self.script):
                 if self.done.wait(delay):
                     return
-                peer.sendall(text.replace("\n", "\r\n").encode())
                 self.sent[index] = time.monotonic()
+                peer.sendall(text.replace("\n", "\r\n").encode())
             self.done.wait()
 
     def close(self) -> None:
