@@ -1,4 +1,8 @@
-"""The `lab` command. Bad input gets one clear line and exit 2; a failed run exits 1."""
+"""The `lab` command. Bad input gets one clear line and exit 2; a failed run exits 1.
+
+Each command imports what it uses when it runs: a warm `lab images build` must not pay for loading
+the runner, the reports and the terminal library.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +11,51 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from rich.console import Console
-
-from lab.errors import LabError, MachineError, UsageError
-from lab.image.recipe import ImageRecipe
-from lab.image.store import ImageStore
-from lab.report.terminal import TerminalReport
-from lab.scenario.model import find_scenario, load_scenario, shipped_scenarios
-from lab.scenario.run import RunOptions, run_scenario
+from lab.disk.paths import checked_disk_path
+from lab.errors import LabError, MachineError, UsageError, printable
 from lab.vocabulary import host_arch
 
 
 def _images_build(args: argparse.Namespace) -> int:
+    from lab.image.recipe import GUEST_ROLE, ImageRecipe
+    from lab.image.store import ImageStore
+
     recipe = ImageRecipe.named(args.name or f"debian-{args.arch}")
     if args.kernel_deb:
         recipe = recipe.pinned(args.kernel_deb)
-    from lab.fleet.host_vm import qemu_builder
 
     def log(line: str) -> None:
         print(f"  {line}")
 
-    image, built = ImageStore().build(recipe, refresh=args.refresh, log=log, qemu_builder=qemu_builder(log))
+    builder = None
+    if recipe.qemu_builds:  # a host image: the runner's modules (paramiko among them) only when it needs them
+        from lab.fleet.host_vm import qemu_builder
+
+        builder = qemu_builder(log)
+    image, built = ImageStore().build(recipe, refresh=args.refresh, log=log, qemu_builder=builder)
+    if recipe.role == GUEST_ROLE and image.qemu_arch == "aarch64":
+        _find_conduit_sites(image.kernel)
     print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
     return 0
 
 
+def _find_conduit_sites(kernel: Path) -> None:
+    """Where the PSCI layer traps this kernel, found now (once per kernel) so the first run finds it cached."""
+    from lab.psci.symbols import KernelSymbolsError, find_conduit_sites
+
+    try:
+        find_conduit_sites(kernel)
+    except KernelSymbolsError as error:
+        print(f"  the PSCI layer will need --system-map for this kernel: {error}")
+
+
 def _images_list(args: argparse.Namespace) -> int:
+    from lab.image.store import ImageStore
+
     images = ImageStore().list()
     if not images:
         print("no images built yet: run `lab images build`")
@@ -47,7 +68,7 @@ def _images_list(args: argparse.Namespace) -> int:
 def _image_inspect(args: argparse.Namespace) -> int:
     from lab.disk.header import read_header
 
-    header = read_header(Path(args.disk))
+    header = read_header(checked_disk_path(Path(args.disk), args.force))
     print(json.dumps(header.to_json(), indent=2) if args.json else header.describe())
     return 0
 
@@ -55,12 +76,15 @@ def _image_inspect(args: argparse.Namespace) -> int:
 def _image_set_signature(args: argparse.Namespace) -> int:
     from lab.disk.header import parse_signature_value, set_signature
 
-    before, after = set_signature(Path(args.disk), parse_signature_value(args.value))
+    disk = checked_disk_path(Path(args.disk), args.force)
+    before, after = set_signature(disk, parse_signature_value(args.value))
     print(f"hw_sig 0x{before.hw_sig:08x} -> 0x{after.hw_sig:08x}; flags {', '.join(after.flag_names) or 'none'}")
     return 0
 
 
 def _scenario(args: argparse.Namespace) -> int:
+    from lab.scenario.model import find_scenario, load_scenario, shipped_scenarios
+
     if args.name == "list":
         for path in shipped_scenarios():
             scenario = load_scenario(path)
@@ -72,23 +96,47 @@ def _scenario(args: argparse.Namespace) -> int:
         print(find_scenario(args.target).path.read_text(), end="")
         return 0
     scenario = find_scenario(args.name)
+    disk = _free_disk(checked_disk_path(Path(args.disk), args.force_device, "--force-device")) if args.disk else None
+    files = {option: _input_file(getattr(args, option.strip("-").replace("-", "_")), option)
+             for option in ("--kernel", "--initrd", "--system-map")}
     if args.engine == "slurm":
         from lab.fleet.slurm import load_settings, srun_scenario
 
         return srun_scenario(args.argv, scenario, args.arch, args.accel, load_settings(partition=args.partition))
     _local_only(args)
-    def path(value: str | None) -> Path | None:
-        return Path(value) if value else None
+    from rich.console import Console
+
+    from lab.report.terminal import TerminalReport
+    from lab.scenario.run import RunOptions, run_scenario
 
     options = RunOptions(arch=args.arch, image=args.image, accel=args.accel, qemu=args.qemu, psci=args.psci,
-                         runs_root=Path(args.runs_dir), kernel=path(args.kernel), kernel_deb=args.kernel_deb,
-                         initrd=path(args.initrd), append=args.append, disk=path(args.disk),
-                         off2_contract=args.off2_contract, system_map=path(args.system_map),
+                         runs_root=Path(args.runs_dir), kernel=files["--kernel"], kernel_deb=args.kernel_deb,
+                         initrd=files["--initrd"], append=args.append, disk=disk,
+                         off2_contract=args.off2_contract, system_map=files["--system-map"],
                          host=args.host)
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
     report.verdict(result.verdict, result.run_dir, result.seconds)
     return 0 if result.verdict.passed else 1
+
+
+def _free_disk(disk: Path) -> Path:
+    """`disk` unless another run (or lab command) holds it: its copy could be caught half written."""
+    from lab.disk.lock import DiskBusy, holder
+
+    if (held_by := holder(disk)) is not None:
+        raise DiskBusy(disk, held_by)
+    return disk
+
+
+def _input_file(value: str | None, option: str) -> Path | None:
+    """A file the run reads whole and hashes: a device (`/dev/zero`) or a pipe would never end."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{option} {path} is not a regular file")
+    return path
 
 
 def _local_only(args: argparse.Namespace) -> None:
@@ -97,6 +145,8 @@ def _local_only(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from lab.fleet.engine import Engine
     from lab.fleet.matrix import load_matrix
     from lab.fleet.run import run_matrix
@@ -120,10 +170,15 @@ def _cell(args: argparse.Namespace) -> int:
     return run_spec(CellSpec.from_json(args.spec))
 
 
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"wants a whole number of at least 1, got {value!r}")
-    return int(value)
+def _count(most: int) -> Callable[[str], int]:
+    """A whole number from 1 to `most`, in ASCII digits (`isdigit` alone takes "²", which int() does not)."""
+
+    def parse(value: str) -> int:
+        if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= most:
+            raise argparse.ArgumentTypeError(f"wants a whole number from 1 to {most}, got {value!r}")
+        return int(value)
+
+    return parse
 
 
 def _qemu_build(args: argparse.Namespace) -> int:
@@ -218,8 +273,15 @@ def _engine_options(command: argparse.ArgumentParser, slurm: str) -> None:
                          "each host class's own")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line too, like every other usage error; `--help` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="lab", description="The hibernation lab.")
+    top = _Parser(prog="lab", description="The hibernation lab.")
     commands = top.add_subparsers(dest="command", required=True)
 
     images = commands.add_parser("images", help="build and list guest images")
@@ -227,7 +289,8 @@ def parser() -> argparse.ArgumentParser:
     build = images_sub.add_parser("build", help="build the default (or named) guest image")
     build.add_argument("name", nargs="?", help="image recipe name (default: debian-ARCH)")
     build.add_argument("--arch", default="arm64", choices=["arm64", "amd64"])
-    build.add_argument("--refresh", action="store_true", help="refresh the package lists first")
+    build.add_argument("--refresh", action="store_true", help="fetch the package lists and resolve the recipe again "
+                       "(otherwise the recorded resolution is used until LAB_RESOLUTION_MAX_AGE, default 7d)")
     build.add_argument("--kernel-deb", metavar="linux-image-…=VERSION", help="build with this Debian kernel")
     build.set_defaults(handler=_images_build)
     images_sub.add_parser("list", help="show cached images").set_defaults(handler=_images_list)
@@ -237,10 +300,12 @@ def parser() -> argparse.ArgumentParser:
     inspect = image_sub.add_parser("inspect", help="show the swap area's hibernation header")
     inspect.add_argument("disk")
     inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--force", action="store_true", help="read a block or character device too")
     inspect.set_defaults(handler=_image_inspect)
     signature = image_sub.add_parser("set-signature", help="set HW_SIG and hw_sig in the header")
     signature.add_argument("disk")
     signature.add_argument("value", help="decimal or 0x-hex, 1..0xffffffff")
+    signature.add_argument("--force", action="store_true", help="write to a block or character device too")
     signature.set_defaults(handler=_image_set_signature)
 
     scenario = commands.add_parser("scenario", help="run a scenario (or: list, show NAME)")
@@ -267,12 +332,14 @@ def parser() -> argparse.ArgumentParser:
     guest.add_argument("--initrd", help="an initramfs to boot instead of the image's")
     guest.add_argument("--append", help="extra kernel command-line arguments")
     guest.add_argument("--disk", help="a swap disk (raw or qcow2) to copy and use instead of a blank one")
+    guest.add_argument("--force-device", action="store_true",
+                       help="let --disk be a block or character device (copied whole into the run)")
     guest.add_argument("--system-map", help="the kernel's System.map, for a kernel whose kallsyms the lab cannot read")
     scenario.set_defaults(handler=_scenario)
 
     run = commands.add_parser("run", help="run a matrix: scenarios on kernels, PSCI personalities, accelerators")
     run.add_argument("--matrix", required=True, metavar="FILE", help="the matrix file (YAML, see matrices/)")
-    run.add_argument("--workers", type=_positive, metavar="N", help="runs at a time (default: the file's, else 1)")
+    run.add_argument("--workers", type=_count(64), metavar="N", help="runs at a time (default: the file's, else 1)")
     run.add_argument("--runs-dir", default="runs", help="where the matrix directory goes (default: ./runs)")
     _engine_options(run, "submit the cells as Slurm array jobs, one per host class; --workers per class "
                          "(docs/slurm.md)")
@@ -285,7 +352,7 @@ def parser() -> argparse.ArgumentParser:
                             help="native: runs here; arm64: cross-built for an arm64 KVM host")
     qemu_build.add_argument("--source-version", default=None, metavar="VERSION",
                             help="Debian's qemu source version (default: the one the series is written against)")
-    qemu_build.add_argument("--jobs", type=_positive, metavar="N", help="parallel compile jobs (default: all cores)")
+    qemu_build.add_argument("--jobs", type=_count(256), metavar="N", help="parallel compile jobs (default: all cores)")
     qemu_build.set_defaults(handler=_qemu_build)
     qemu_sub.add_parser("list", help="the QEMU builds the lab knows and what each reports").set_defaults(
         handler=_qemu_list)
@@ -313,8 +380,8 @@ def _host_commands(commands: argparse._SubParsersAction) -> None:
         command.add_argument("name", nargs="?", default="kvm-host", help="host image recipe (default: kvm-host)")
         command.add_argument("--kernel-deb", metavar="linux-image-…=VERSION",
                              help="the host's Debian kernel, e.g. linux-image-cloud-arm64=6.12.117-1")
-    start.add_argument("--memory", type=_positive, default=3072, metavar="MIB", help="host RAM (default: 3072)")
-    start.add_argument("--cpus", type=_positive, default=2, metavar="N", help="host CPUs (default: 2)")
+    start.add_argument("--memory", type=_count(1 << 20), default=3072, metavar="MIB", help="host RAM (default: 3072)")
+    start.add_argument("--cpus", type=_count(64), default=2, metavar="N", help="host CPUs (default: 2)")
     start.set_defaults(handler=_host_start)
     build.add_argument("--refresh", action="store_true", help="refresh the package lists first")
     build.set_defaults(handler=_host_build)
@@ -332,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except LabError as error:
-        print(f"lab: error: {error}", file=sys.stderr)
+        print(f"lab: error: {printable(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("lab: interrupted; QEMU stopped and logs kept", file=sys.stderr)

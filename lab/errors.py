@@ -1,12 +1,25 @@
 """The lab's error hierarchy: every error carries the data a user needs to act on it.
 
 `LabError.exit_code` decides the process exit status: 2 for usage and set-up problems
-(nothing was judged), 1 for a run that ran and failed.
+(nothing was judged), 1 for a run that ran and failed. Messages are shown on one line through
+`printable`, since they quote what the lab read: a guest's console, a file someone else wrote.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+
+
+def printable(text: str) -> str:
+    """`text` as one line that a terminal, a log or an XML file shows as it is.
+
+    C0 controls, line breaks included, become their pictures (a guest's ANSI colours show as ␛[31m, a
+    newline as ␊); the other characters that could break the line or drive a terminal become �.
+    """
+    return _UNPRINTABLE.sub(lambda m: chr(0x2400 + ord(m[0])) if m[0] < " " else "\N{REPLACEMENT CHARACTER}", text)
 
 
 class LabError(Exception):
@@ -32,7 +45,7 @@ class WaitTimeout(LabError):
         self.what = what
         self.seconds = seconds
         self.last_seen = list(last_seen)
-        tail = " | ".join(line.strip() for line in self.last_seen[-3:] if line.strip())
+        tail = " | ".join(printable(line.strip()) for line in self.last_seen[-3:] if line.strip())
         message = f"timed out after {seconds:.1f}s waiting for {what}"
         super().__init__(f"{message}; last seen: {tail}" if tail else message)
 
@@ -53,3 +66,23 @@ class ChannelError(LabError):
     """A channel to the guest (serial, QMP, gdbstub, SSH) broke or answered nonsense."""
 
     exit_code = 1
+
+
+class KernelTrouble(LabError):
+    """The guest's kernel printed a panic, an Oops or a BUG, then fell silent: a console wait ended
+    early rather than at its timeout. Quotes the first such line."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, line: str, quiet: float, last_seen: Sequence[str] = (),
+                 seen_at: float | None = None, stopped_at: float | None = None) -> None:
+        self.what = what
+        self.line = line.strip()
+        self.quiet = quiet
+        self.last_seen = list(last_seen)
+        self.seen_at = seen_at
+        """When the line arrived, in seconds since the run started."""
+        self.stopped_at = stopped_at
+        """When the wait gave up, in seconds since the run started."""
+        super().__init__(f"kernel trouble while waiting for {what}: {self.line!r}, "
+                         f"then {quiet:g}s of silence")

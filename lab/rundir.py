@@ -22,19 +22,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab.errors import SetupError
+from lab.errors import SetupError, UsageError
 from lab.events import Event, read_events
 
 RESULT_SCHEMA_VERSION = 2
+MAX_DIR_NAME = 200
+"""Longest run or matrix directory name in bytes; a file name has 255, `-N` and a boot's files need a few."""
 _BOOT_FILE = re.compile(r"^(?:boot|console|qmp|machine)-(?P<name>.+?)\.(?:json|log|jsonl)$")
 
 
 def read_console_file(path: Path) -> list[str]:
-    """A console log as lines; bytes that are not UTF-8 are replaced, carriage returns dropped."""
+    """A console log as lines; bytes that are not UTF-8 are replaced, carriage returns dropped.
+
+    Lines end at newlines only, as the serial console's reader splits them: a guest's form feed or
+    U+2028 stays inside its line (str.splitlines would break it there).
+    """
     try:
-        return path.read_text(errors="replace").replace("\r", "").splitlines()
+        lines = path.read_text(errors="replace").replace("\r", "").split("\n")
     except OSError:
         return []
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -69,7 +76,13 @@ def timestamp() -> str:
 
 
 def unique_dir(root: Path, stem: str) -> Path:
-    """A new directory `root/stem` (or `stem-N`), never one another run already uses."""
+    """A new directory `root/stem` (or `stem-N`), never one another run already uses.
+
+    `stem` is made from names in files people write (a scenario's, a matrix's): it must be one plain file
+    name, so that nothing a run writes lands outside `root`. The schemas say so first; this is the last word.
+    """
+    if stem in ("", ".", "..") or "/" in stem or "\0" in stem or len(stem.encode()) > MAX_DIR_NAME:
+        raise UsageError(f"{stem[:80]!r} cannot name a directory under {root}")
     for attempt in range(100):
         candidate = root / (stem + (f"-{attempt}" if attempt else ""))
         try:

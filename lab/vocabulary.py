@@ -88,7 +88,11 @@ CONSOLE_LABELS: dict[ConsoleMark, str] = {
     ConsoleMark.OOPS: "Oops/BUG",
 }
 KERNEL_TROUBLE = re.compile(r"Kernel panic|\bOops\b|BUG:|Call trace")
-"""What no healthy boot prints: the verdict's console health check and the fail-fast wait use it."""
+"""What no healthy boot prints: the verdict's console health check uses it."""
+KERNEL_FAULT = re.compile(
+    rf"\[\s*\d+\.\d+\][^\n]*(?:{CONSOLE_PATTERNS[ConsoleMark.PANIC].pattern}|{CONSOLE_PATTERNS[ConsoleMark.OOPS].pattern})")
+"""A kernel line (timestamped, so no userspace text) with a panic, an Oops or a BUG: the console's
+fail-fast wait ends once such a line is followed by silence (a WARN's `Call trace` alone is no fault)."""
 KERNEL_TIMESTAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
 """The kernel's own `[   1.234567]` prefix: seconds since the kernel started."""
 

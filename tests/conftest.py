@@ -90,15 +90,22 @@ def _no_orphan_qemu():
 
 
 def _qemu_children() -> list[str]:
-    """QEMU processes whose parent is this test process (xdist workers each check their own)."""
+    """QEMU processes whose parent is this test process (xdist workers each check their own).
+
+    Read from each thread's list of children, not from every process in /proc: this runs after
+    every test, and a /proc scan costs about 8 ms where this costs a tenth of one.
+    """
     leaked = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
         try:
-            fields = stat.read_text().rsplit(")", 1)
-            command = fields[0].split("(", 1)[1]
-            parent = int(fields[1].split()[1])
-        except (OSError, IndexError, ValueError):
+            pids = children.read_text().split()
+        except OSError:
             continue
-        if parent == os.getpid() and command.startswith("qemu-system"):
-            leaked.append(f"{stat.parent.name} {command}")
+        for pid in pids:
+            try:
+                command = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if command.startswith("qemu-system"):
+                leaked.append(f"{pid} {command}")
     return leaked

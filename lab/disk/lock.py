@@ -108,6 +108,11 @@ class DiskLock:
         self.release()
 
 
+def holder(disk: Path) -> str | None:
+    """Who holds the disk's lab lock (as DiskBusy says it), or None when no one does. Creates no lock file."""
+    return _holder_text(lock_path_for(disk)) if is_held(disk) else None
+
+
 def is_held(disk: Path) -> bool:
     """Whether anyone (this process included, through another DiskLock) holds the disk's lab lock.
 

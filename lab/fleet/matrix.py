@@ -6,6 +6,7 @@ into. Running them is lab.fleet.run's job, through an engine (lab.fleet.engine).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Mapping
@@ -13,19 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from lab.errors import UsageError
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
 from lab.paths import load_schema
 from lab.scenario.model import Scenario, find_scenario
-from lab.scenario.yaml_file import read_yaml, schema_message
 from lab.vocabulary import guest_arch
+from lab.yaml_file import first_schema_error, read_yaml, schema_message
 
 _SCHEMA = load_schema("matrix")
 _PATTERN_HINTS = {"kernels": "is neither `default` nor a Debian kernel as linux-image-…=VERSION",
                   "hosts": "is neither `local`, `ssh://USER@HOST:PORT` nor `kvm-host[:linux-image-…=VERSION]`",
-                  "name": "is not a name of lower-case letters, digits and dashes"}
+                  "name": "is not a name of lower-case letters, digits and dashes",
+                  "qemus": "is neither a QEMU build's name nor a path (control characters are not allowed)"}
+MAX_DIR_NAME = 120
+"""Longest cell directory name: room under the 255 bytes of a file name for the engines' suffixes."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,12 @@ class Cell:
 
     @property
     def dir_name(self) -> str:
-        """The id as a directory name that needs no quoting in a shell."""
-        return re.sub(r"[^A-Za-z0-9.+=_-]+", ".", self.id).strip(".")
+        """The id as a directory name that needs no quoting in a shell; one too long for a file name (a QEMU
+        binary's long path) is cut short and told apart from the others by a hash of the whole id."""
+        name = re.sub(r"[^A-Za-z0-9.+=_-]+", ".", self.id).strip(".")
+        if len(name) <= MAX_DIR_NAME:
+            return name
+        return f"{name[: MAX_DIR_NAME - 13]}.{hashlib.sha256(self.id.encode()).hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,10 @@ class Matrix:
 
 
 def _scenario_reference(entry: str, base: Path) -> str:
-    """Scenario files in a matrix are relative to the matrix file; bare names are shipped scenarios."""
+    """Scenario files in a matrix are relative to the matrix file; bare names are shipped scenarios.
+
+    `../` may lead anywhere: a scenario file is only read, and only its validated `name` becomes a path.
+    """
     if Path(entry).suffix in (".yaml", ".yml") or "/" in entry:
         return str(base / entry)
     return entry
@@ -98,6 +107,10 @@ def load_matrix(path: Path) -> Matrix:
     file = read_yaml(path, "matrix")
     file.validate(_SCHEMA, _PATTERN_HINTS)
     data = file.data
+    name = data.get("name", path.stem)
+    if "name" not in data and first_schema_error(_SCHEMA["properties"]["name"], name) is not None:
+        raise file.error((), f"the file's name {name!r} cannot name the matrix directory (lower-case letters, "
+                             "digits and dashes, at most 64): give the matrix a `name`")
     arch = data.get("arch", "arm64")
     scenarios: list[Scenario] = []
     for index, entry in enumerate(data["scenarios"]):
@@ -112,7 +125,7 @@ def load_matrix(path: Path) -> Matrix:
                              f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only, not {arch}")
         scenarios.append(scenario)
     return Matrix(
-        name=data.get("name", path.stem),
+        name=name,
         path=path,
         scenarios=tuple(scenarios),
         dimensions=Dimensions(
@@ -130,8 +143,7 @@ def load_matrix(path: Path) -> Matrix:
 
 def check_dimension(name: str, value: Any, given_as: str) -> None:
     """Validate a field given outside a matrix file (a command-line option) as the schema would in one."""
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(_SCHEMA["properties"][name]).iter_errors(value))
+    error = first_schema_error(_SCHEMA["properties"][name], value)
     if error is not None:
         raise UsageError(f"{given_as}: {schema_message(error, name, _PATTERN_HINTS)}")
 

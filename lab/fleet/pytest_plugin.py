@@ -96,7 +96,7 @@ def _settings(config: pytest.Config) -> LabSettings | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from lab.errors import LabError
+    from lab.errors import LabError, printable
     from lab.image.recipe import DEFAULT_IMAGE
     from lab.vocabulary import guest_arch
 
@@ -114,7 +114,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 print(f"lab: image {name} with kernel {kernel}")
                 settings.image_dir(name, kernel)
     except LabError as error:
-        raise pytest.UsageError(str(error)) from None
+        raise pytest.UsageError(printable(str(error))) from None
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -126,14 +126,21 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def _may_be_scenario(path: Path) -> bool:
-    """Scenario files are mappings with steps; a file that is not valid YAML is collected to show its error."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return True
-    except OSError:
+    """Scenario files are mappings with steps; a file that is not valid YAML is collected to show its error.
+
+    Only the top level is composed, from at most a scenario file's size: no alias is expanded here, and a
+    file the lab would refuse (an alias, too big, not UTF-8) is collected to show why.
+    """
+    from lab.errors import UsageError
+    from lab.yaml_file import read_text
+
+    if not path.is_file():
         return False
-    return isinstance(data, dict) and "steps" in data
+    try:
+        node = yaml.compose(read_text(path, "scenario"), Loader=yaml.SafeLoader)
+    except (UsageError, yaml.YAMLError, RecursionError):
+        return True
+    return isinstance(node, yaml.MappingNode) and any(key.value == "steps" for key, _ in node.value)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFile | None:
@@ -143,9 +150,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFi
 
 
 def _one_line(excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
-    from lab.errors import LabError
+    from lab.errors import LabError, printable
 
-    return str(excinfo.value) if excinfo.errisinstance((ScenarioFailed, LabError)) else None
+    if excinfo.errisinstance(LabError):
+        return printable(str(excinfo.value))
+    return str(excinfo.value) if excinfo.errisinstance(ScenarioFailed) else None
 
 
 class ScenarioFile(pytest.File):

@@ -37,8 +37,8 @@ from lab.paths import load_schema
 from lab.rundir import RunDirectory
 from lab.scenario.model import Scenario, Step
 from lab.scenario.steps import DEFAULT_TIMEOUTS
-from lab.scenario.yaml_file import read_yaml
 from lab.vocabulary import guest_arch
+from lab.yaml_file import read_yaml
 
 LAB_COMMAND = (sys.executable, "-m", "lab.cli")
 """How a node starts the lab: the controller's own interpreter, so the lab must live at the same path there."""

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import paramiko
 
 from lab.deadline import Deadline
+from lab.digest import sha256_file
 from lab.errors import ChannelError, SetupError, UsageError, WaitTimeout
 from lab.hosts.base import COMMAND_SECONDS, Completed, HostProcess
 
@@ -71,22 +72,6 @@ def parse_host_url(url: str) -> tuple[str, str, int]:
     except ValueError as error:
         raise UsageError(f"--host {url!r}: {error}") from error
     return parts.username or "root", parts.hostname, port
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256(path: Path) -> str:
-    """A file's sha256, remembered by path, size and modification time for the life of the process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(_COPY_CHUNK), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
 
 
 class _Forward:
@@ -367,7 +352,7 @@ class SshHost:
         A file is only ever put in the cache by renaming a copy whose sha256 was checked there, so a
         file present under its digest is taken as it is (hashing it again would cost seconds per run).
         """
-        sha256 = _sha256(local)
+        sha256 = sha256_file(local)
         cached = posixpath.join(FILE_CACHE, sha256)
         if self.run(["test", "-f", cached]).returncode == 0:
             return cached

@@ -7,7 +7,6 @@ What apt and dpkg-deb print (stanzas, control files, relation fields) is read wi
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +16,7 @@ from typing import Any
 
 from debian.deb822 import Deb822, Packages
 
+from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
 
 MIRROR = "http://deb.debian.org/debian"
@@ -36,14 +36,6 @@ class PackageVersion:
     @property
     def spec(self) -> str:
         return f"{self.name}:{self.arch}={self.version}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 SUITES = ("unstable", "testing", "trixie", "bookworm")
@@ -165,6 +157,18 @@ class PrivateApt:
             raise SetupError(f"{tool} {' '.join(args)} failed: {last}")
         return done.stdout
 
+    @property
+    def _lists_stamp(self) -> Path:
+        return self.root / "state/lists/.lab-updated"
+
+    def lists_updated(self) -> int | None:
+        """When the package lists were last fetched (ns since the epoch), None if never: a resolution
+        made from other lists than the current ones is out of date."""
+        try:
+            return self._lists_stamp.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
     def update(self, force: bool = False) -> bool:
         """Fetch the package lists when there are none yet, or when forced; True if it fetched.
 
@@ -172,11 +176,10 @@ class PrivateApt:
         for newer packages (`lab images build --refresh`).
         """
         self._prepare()
-        stamp = self.root / "state/lists/.lab-updated"
-        if stamp.exists() and not force:
+        if self._lists_stamp.exists() and not force:
             return False
         self._run("apt-get", "update", "-q")
-        stamp.touch()
+        self._lists_stamp.touch()
         return True
 
     def _stanza(self, name: str, arch: str, version: str | None) -> Packages:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
-from lab.image.debian import sha256_file
 from lab.vocabulary import guest_arch
 
 

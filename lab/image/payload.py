@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.digest import sha256_file
 from lab.errors import SetupError
 from lab.image import initramfs
-from lab.image.debian import sha256_file
 from lab.image.guest_image import GuestImage
 
 QEMU_PREFIX = "opt/lab-qemu"

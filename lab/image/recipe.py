@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import jsonschema
-import yaml
 
 from lab.errors import UsageError
 from lab.paths import IMAGES_DIR, load_schema
 from lab.vocabulary import GUEST_ARCHES, guest_arch
+from lab.yaml_file import read_yaml
 
 DEFAULT_KERNEL = "default"
 """The kernel an image recipe names itself, as opposed to one pinned by version."""
@@ -19,6 +18,10 @@ DEFAULT_IMAGE = {arch.debian: f"debian-{arch.debian}" for arch in GUEST_ARCHES}
 GUEST_ROLE = "guest"
 KVM_HOST_ROLE = "kvm-host"
 _SCHEMA = load_schema("image-recipe")
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+"""An image's name: it names a recipe file and the image's cache directory."""
+KERNEL_DEB = re.compile(r"linux-image-[a-z0-9][a-z0-9+.-]*=[A-Za-z0-9.+~:-]+")
+"""A Debian kernel package and version, in Debian's own characters (as a matrix's `kernels` has them)."""
 
 
 @dataclass(frozen=True)
@@ -49,14 +52,9 @@ class ImageRecipe:
 
     @classmethod
     def load(cls, path: Path) -> ImageRecipe:
-        try:
-            data = yaml.safe_load(path.read_text())
-            jsonschema.validate(data, _SCHEMA)
-        except (OSError, yaml.YAMLError) as error:
-            raise UsageError(f"cannot read image recipe {path}: {error}") from error
-        except jsonschema.ValidationError as error:
-            field = "/".join(str(part) for part in error.absolute_path) or "(top level)"
-            raise UsageError(f"{path}: {field}: {error.message}") from error
+        file = read_yaml(path, "image recipe")
+        file.validate(_SCHEMA)
+        data = file.data
         for name in ("modules", "extra_packages", "programs", "qemu_builds", "guest_images"):
             if name in data:
                 data[name] = tuple(data[name])
@@ -65,14 +63,15 @@ class ImageRecipe:
     def pinned(self, kernel_deb: str) -> ImageRecipe:
         """This recipe with its kernel replaced by `linux-image-…=VERSION` (a bug report's exact kernel)."""
         package, _, version = kernel_deb.partition("=")
-        if not package.startswith("linux-image-") or not version:
+        if not KERNEL_DEB.fullmatch(kernel_deb):
             raise UsageError(f"--kernel-deb wants linux-image-…=VERSION, got {kernel_deb!r}")
         return dataclasses.replace(self, kernel_package=package, kernel_version=version)
 
     @classmethod
     def named(cls, name: str) -> ImageRecipe:
+        """The shipped recipe `name`; a name that is no recipe's (`../x`, a path) is never looked up."""
         path = IMAGES_DIR / f"{name}.yaml"
-        if not path.exists():
+        if not NAME.fullmatch(name) or not path.exists():
             known = ", ".join(sorted(p.stem for p in IMAGES_DIR.glob("*.yaml")))
             raise UsageError(f"no image recipe named {name!r} (known: {known})")
         return cls.load(path)

@@ -3,6 +3,11 @@
 `ImageStore` resolves a recipe's packages through the private apt, builds (or finds in the cache)
 the image directory and assembles its initramfs; `find_image` is the one way runs, matrices and
 the pytest plugin find the image to boot.
+
+Resolving takes apt-cache about ten seconds per arch, so each resolution is recorded in the cache
+(`resolutions/`) with its time, and a warm build reads it and finds its image without running apt.
+A recorded resolution is used again until `--refresh`, until apt's package lists change, or until it
+is older than `LAB_RESOLUTION_MAX_AGE` (default a week).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -21,13 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
 from lab.image import initramfs
-from lab.image.closure import program_closure
-from lab.image.debian import PackageVersion, PrivateApt, extract, local_package, sha256_file
+from lab.image.debian import PackageVersion, PrivateApt, extract, local_package
 from lab.image.guest_image import GuestImage
-from lab.image.keys import CLIENT_KEY, ssh_server
-from lab.image.modules import collect_modules
 from lab.image.payload import FILE_CACHE, IMAGES_ROOT, ROLE_FILE, RUNS_ROOT, Payload, payload, payload_entries
 from lab.image.recipe import DEFAULT_KERNEL, GUEST_ROLE, ImageRecipe
 from lab.paths import cache_root
@@ -39,14 +43,34 @@ LATER_FIELDS = {"role": GUEST_ROLE, "programs": (), "qemu_builds": (), "guest_im
 """Recipe fields added after images were first cached: left out of the key while unused, so those keys stay."""
 QemuBuilder = Callable[[str], Path]
 """Builds (or finds built) the lab's patched QEMU for a target of `lab qemu build`; the binary's path."""
+RESOLUTION_FORMAT = 1
+"""Bumped when `resolve` would find other packages from the same lists: older records are then ignored."""
+MAX_AGE_VARIABLE = "LAB_RESOLUTION_MAX_AGE"
+DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 24 * 3600}
+
+
+def resolution_max_age() -> float:
+    """Seconds a recorded resolution stays good: `$LAB_RESOLUTION_MAX_AGE` as `3600`, `90m`, `12h` or `7d`."""
+    given = os.environ.get(MAX_AGE_VARIABLE, "").strip()
+    if not given:
+        return DEFAULT_MAX_AGE_SECONDS
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", given)
+    if match is None:
+        raise UsageError(f"{MAX_AGE_VARIABLE}={given!r}: want seconds, or a number with s, m, h or d (e.g. 7d)")
+    return float(match.group(1)) * _AGE_UNITS[match.group(2)]
+
+
+def _recipe_fields(recipe: ImageRecipe) -> dict[str, Any]:
+    """The recipe as keys see it: its init script aside, and the later fields left out while unused."""
+    return {k: v for k, v in recipe.__dict__.items()
+            if k != "init_script" and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
 
 def _cache_key(recipe: ImageRecipe, packages: list[PackageVersion], carried: Payload | None = None) -> str:
-    fields = {k: v for k, v in recipe.__dict__.items()
-              if k != "init_script" and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     material = {
         "format": IMAGE_FORMAT,
-        "recipe": fields,
+        "recipe": _recipe_fields(recipe),
         "packages": [p.spec for p in packages],
         "init": hashlib.sha256(recipe.init_script.read_bytes()).hexdigest(),
     }
@@ -61,6 +85,7 @@ class ImageStore:
     def __init__(self, root: Path | None = None) -> None:
         self.cache = root or cache_root()
         self.images = self.cache / "images"
+        self.resolutions = self.cache / "resolutions"
 
     def apt_for(self, recipe: ImageRecipe) -> PrivateApt:
         return PrivateApt(self.cache / "apt" / recipe.arch, recipe.suite, recipe.arch)
@@ -77,14 +102,12 @@ class ImageStore:
             (i for i in self.list() if i.name == name and i.manifest.get("kernel_pin") == kernel_pin), None
         )
 
-    def resolve(self, recipe: ImageRecipe, refresh: bool = False) -> list[PackageVersion]:
-        """The concrete kernel (binary and modules) and userland packages the recipe names today.
+    def resolve(self, apt: PrivateApt, recipe: ImageRecipe) -> list[PackageVersion]:
+        """The concrete kernel (binary and modules) and userland packages the recipe names in apt's lists.
 
         `linux-image-cloud-ARCH` is a metapackage: follow it to the versioned linux-image package,
         then (kernels packaged since 7.x) to its linux-binary and linux-modules packages.
         """
-        apt = self.apt_for(recipe)
-        apt.update(force=refresh)
         (kernel,) = apt.show([(recipe.kernel_package, recipe.kernel_version)], recipe.arch)
         for _ in range(3):
             parts = [(n, v) for n, v in kernel.depends if n.startswith(KERNEL_PACKAGE_PREFIXES)]
@@ -164,14 +187,24 @@ class ImageStore:
         self, recipe: ImageRecipe, refresh: bool, kernel_debs: tuple[Path, ...]
     ) -> tuple[ImageRecipe, list[tuple[PackageVersion, Path]], list[PackageVersion]]:
         """The recipe (with the user's kernel package, if given), the user's .deb files, every package."""
-        if not kernel_debs:
-            return recipe, [], self.resolve(recipe, refresh)
-        apt = self.apt_for(recipe)
-        apt.update(force=refresh)
         local = [(local_package(deb, recipe.arch), deb) for deb in kernel_debs]
-        packages = [p for p, _ in local] + self.userland(apt, recipe)
-        recipe = dataclasses.replace(recipe, kernel_package=local[0][0].name, kernel_version=local[0][0].version)
-        return recipe, local, packages
+        if local:
+            recipe = dataclasses.replace(recipe, kernel_package=local[0][0].name, kernel_version=local[0][0].version)
+        return recipe, local, self._packages(recipe, [p for p, _ in local], refresh)
+
+    def _packages(self, recipe: ImageRecipe, local: list[PackageVersion], refresh: bool) -> list[PackageVersion]:
+        """The recorded resolution while it holds, else the packages resolved now through apt (and recorded)."""
+        apt = self.apt_for(recipe)
+        record = self.resolutions / f"{recipe.name}-{_resolution_key(recipe, local)}.json"
+        lists = apt.lists_updated()
+        recorded = None if refresh else _recorded_packages(record, lists)
+        if recorded is not None:
+            return recorded
+        if apt.update(force=refresh):
+            lists = apt.lists_updated()
+        packages = [*local, *self.userland(apt, recipe)] if local else self.resolve(apt, recipe)
+        _record_packages(record, recipe, packages, lists)
+        return packages
 
     def _build(
         self, recipe: ImageRecipe, local: list[tuple[PackageVersion, Path]], packages: list[PackageVersion],
@@ -182,6 +215,7 @@ class ImageStore:
         if (target / "manifest.json").exists():
             return GuestImage.open(target), False
         apt = self.apt_for(recipe)
+        apt.update()
         debs = list(local)
         for package in packages[len(local):]:
             log(f"fetching {package.spec}")
@@ -200,6 +234,10 @@ class ImageStore:
         self, recipe: ImageRecipe, debs: list[tuple[PackageVersion, Path]], out: Path, log: Callable[[str], None],
         carried: Payload,
     ) -> dict[str, Any]:
+        from lab.image.closure import program_closure  # ELF reading and keys: a cache hit needs neither
+        from lab.image.keys import CLIENT_KEY, ssh_server
+        from lab.image.modules import collect_modules
+
         with tempfile.TemporaryDirectory(prefix="lab-extract-") as scratch:
             root = Path(scratch)
             for _, deb in debs:
@@ -278,6 +316,48 @@ def _program_entries(programs: dict[str, dict[str, bytes]], entries: list[initra
     directories = {e.path for e in entries if stat.S_ISDIR(e.mode)}
     return [*(initramfs.directory(d) for d in initramfs.parent_directories(files, directories)),
             *(initramfs.regular_file(path, data, 0o755) for path, data in sorted(files.items()))]
+
+
+def _resolution_key(recipe: ImageRecipe, local: list[PackageVersion]) -> str:
+    """What a resolution depends on: the recipe as written (its init script aside) and the user's kernel files."""
+    material = {
+        "format": RESOLUTION_FORMAT,
+        "recipe": _recipe_fields(recipe),
+        "local": [[p.spec, p.sha256] for p in local],
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _recorded_packages(record: Path, lists: int | None) -> list[PackageVersion] | None:
+    """The packages of a recorded resolution made from these same package lists within the maximum age."""
+    max_age = resolution_max_age()
+    try:
+        data = json.loads(record.read_text())
+        resolved = datetime.fromisoformat(data["resolved"])
+        packages = [PackageVersion(**fields) for fields in data["packages"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if data.get("format") != RESOLUTION_FORMAT or data.get("lists") != lists or lists is None:
+        return None
+    if (datetime.now(UTC) - resolved).total_seconds() > max_age:
+        return None
+    return packages
+
+
+def _record_packages(record: Path, recipe: ImageRecipe, packages: list[PackageVersion], lists: int | None) -> None:
+    """Written atomically: concurrent builders of other recipes do not hold this recipe's build lock."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "format": RESOLUTION_FORMAT,
+        "recipe": recipe.name,
+        "resolved": datetime.now(UTC).isoformat(timespec="seconds"),
+        "lists": lists,
+        "key": _cache_key(recipe, packages),
+        "packages": [dataclasses.asdict(p) for p in packages],
+    }
+    staging = record.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(data, indent=2) + "\n")
+    staging.replace(record)
 
 
 def find_image(name: str, kernel: str = DEFAULT_KERNEL, kernel_debs: tuple[Path, ...] = (),

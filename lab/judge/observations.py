@@ -43,9 +43,11 @@ class PowerOffObservation:
     """Set when the guest's power-off command itself returned, with the guest still running (it gave up)."""
     command_output: str = ""
     host_hvc_calls: list[dict[str, Any]] | None = None
+    """The guest's HVCs as the KVM host's kernel traced them (x0 = the function ID); None: not traced."""
     console: str = "uart"
     """The guest's console device; on `virtio` the kernel's power-down line is never seen (the device is gone)."""
-    """The guest's HVCs as the KVM host's kernel traced them (x0 = the function ID); None: not traced."""
+    kernel_trouble: str | None = None
+    """The kernel's panic, Oops or BUG line after which the console fell silent, ending the lab's wait early."""
 
 
 @dataclass
@@ -107,15 +109,35 @@ class DiskOperation:
 
 
 @dataclass
+class KernelTroubleObservation:
+    """A step stopped because the guest's kernel printed a panic, an Oops or a BUG and then fell silent."""
+
+    step_line: int
+    step: str
+    """The step as written (`boot expect=resumed`)."""
+    boot: str
+    line: str
+    """The first panic, Oops or BUG line on the boot's console, quoted."""
+    waiting_for: str
+    quiet_seconds: float
+    """How long the console stayed silent before the lab stopped waiting."""
+    seen_at: float | None = None
+    """When the line arrived, in seconds since the run started."""
+    stopped_at: float | None = None
+    """When the lab stopped waiting, in seconds since the run started."""
+
+
+@dataclass
 class Observations:
     boots: list[BootObservation] = field(default_factory=list)
     power_offs: list[PowerOffObservation] = field(default_factory=list)
     checks: list[CheckRequest] = field(default_factory=list)
     commands: list[CommandObservation] = field(default_factory=list)
     disk_operations: list[DiskOperation] = field(default_factory=list)
+    kernel_troubles: list[KernelTroubleObservation] = field(default_factory=list)
 
     def _lists(self) -> tuple[list[Any], ...]:
-        return self.boots, self.power_offs, self.checks, self.commands, self.disk_operations
+        return self.boots, self.power_offs, self.checks, self.commands, self.disk_operations, self.kernel_troubles
 
     def mark(self) -> tuple[int, ...]:
         """Where the record stands now; `since(mark)` is what was observed after."""
@@ -136,4 +158,5 @@ class Observations:
             "commands": [asdict(c) for c in self.commands],
             "disk_operations": [asdict(d) for d in self.disk_operations],
             "power_offs": [plain(p) for p in self.power_offs],
+            "kernel_troubles": [asdict(t) for t in self.kernel_troubles],
         }

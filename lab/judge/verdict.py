@@ -1,7 +1,8 @@
 """The verdict: classify each power-off from its witnesses, then hold the run to its expectations.
 
-Classification follows what can least be faked: a VMM that never saw a shutdown is a hang;
-a panic or reset is a crash; an image written (disk or console) is a hibernation, with
+Classification follows what can least be faked: a VMM that never saw a shutdown is a hang,
+unless the guest's kernel panicked, oopsed or hit a BUG and fell silent (a crash); a panic or
+reset is a crash; an image written (disk or console) is a hibernation, with
 SYSTEM_OFF2 only when a VMM-side witness saw it; anything else is a plain power-off.
 Witnesses inconsistent with the class are reported as disagreements.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from lab.judge.observations import Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
-from lab.judge.witnesses import NO_SHUTDOWN, Witness, collect_witnesses
+from lab.judge.witnesses import NO_SHUTDOWN, SILENT_AFTER_TROUBLE, Witness, collect_witnesses
 from lab.vocabulary import HIBERNATED, KERNEL_TROUBLE, PowerOffClass
 
 QEMU_DROPS_OFF2 = ("QEMU drops OFF2: this build reports SYSTEM_OFF2 like SYSTEM_OFF; the host kernel's "
@@ -94,6 +95,8 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
         kind = qmp.consistent_with[0]
     elif observation.command_status is not None:
         kind = PowerOffClass.ABORTED
+    elif qmp.consistent_with == SILENT_AFTER_TROUBLE:
+        kind = PowerOffClass.CRASH
     elif qmp.consistent_with == NO_SHUTDOWN:
         kind = PowerOffClass.HANG
     elif qmp.consistent_with == (PowerOffClass.CRASH,) or console.facts["panic"]:
@@ -129,6 +132,8 @@ def _power_off_checks(verdicts: list[PowerOffVerdict], observations: Observation
     for verdict, observation in zip(verdicts, observations.power_offs, strict=True):
         allowed = (observation.expect,) if observation.expect else IMPLICIT_EXPECTATIONS[observation.intent]
         detail = f"{observation.intent} ended as {verdict.kind}, expected {' or '.join(allowed)}"
+        if observation.kernel_trouble is not None:
+            detail += f"; kernel trouble, then silence: {observation.kernel_trouble!r}"
         if verdict.notes:
             detail += "; " + "; ".join(verdict.notes)
         if verdict.disagreements:
@@ -242,7 +247,11 @@ def judge(observations: Observations, boot_consoles: dict[str, list[str]], error
     failed = [c for c in checks if not c.passed]
     if error is not None:
         sick = next((c for c in failed if c.name.endswith(" console healthy")), None)
-        if sick is not None:
+        if observations.kernel_troubles:
+            trouble = observations.kernel_troubles[-1]
+            error = (f"{trouble.boot}: kernel trouble: {trouble.line!r}, then {trouble.quiet_seconds:g}s of "
+                     f"silence while waiting for {trouble.waiting_for} (`{trouble.step}`, line {trouble.step_line})")
+        elif sick is not None:
             error = f"{sick.name.removesuffix(' console healthy')}: kernel trouble ({sick.detail}); {error}"
         return RunVerdict(False, error, power_offs, checks)
     if failed:

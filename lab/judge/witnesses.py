@@ -29,6 +29,9 @@ NOT_POWERED_OFF = (PowerOffClass.HANG, PowerOffClass.ABORTED, PowerOffClass.VMM_
 """Classes where the guest never completed a power-off: witnesses of the guest alone cannot tell them apart."""
 NO_SHUTDOWN = (PowerOffClass.HANG, PowerOffClass.ABORTED)
 """What QEMU's silence means when QEMU itself was fine: the guest hung, or gave up and ran on."""
+SILENT_AFTER_TROUBLE = (PowerOffClass.CRASH, *NO_SHUTDOWN)
+"""QEMU's silence when the guest's kernel panicked, oopsed or hit a BUG and then fell silent: a crash
+that never reached the VMM (nothing reset the guest), which the lab stopped waiting for."""
 POWER_EVENTS = {"SHUTDOWN", "SUSPEND_DISK", "GUEST_PANICKED", "RESET", "POWERDOWN"}
 """QMP events that speak to how the guest went away (STOP/RESUME pairs from gdbstub traps do not)."""
 CONSOLE_WITNESS_MARKS = (ConsoleMark.HIBERNATION_ENTRY, ConsoleMark.IMAGE_SAVED, ConsoleMark.POWER_DOWN,
@@ -105,6 +108,10 @@ def _no_shutdown(observation: PowerOffObservation, facts: dict[str, Any], eviden
     if record.exit_code not in (None, 0) and not record.killed_by_lab:
         return Witness("vmm-qmp", facts, evidence, (PowerOffClass.VMM_CRASH,),
                        explanation=f"QEMU {describe_exit(record.exit_code)} without reporting a shutdown")
+    if observation.kernel_trouble is not None:
+        return Witness("vmm-qmp", facts, evidence, SILENT_AFTER_TROUBLE,
+                       explanation="QEMU reported no shutdown; the lab stopped waiting when the console fell "
+                                   "silent after kernel trouble")
     return Witness("vmm-qmp", facts, evidence, NO_SHUTDOWN,
                    explanation="QEMU reported no shutdown before the lab stopped waiting")
 

@@ -22,7 +22,7 @@ from lab.errors import ChannelError, MachineError, SetupError, WaitTimeout
 from lab.hosts.base import Host, HostProcess
 from lab.hosts.local import LOCAL
 from lab.machine.channels.qmp import QmpChannel
-from lab.machine.channels.serial import SerialConsole
+from lab.machine.channels.serial import TROUBLE_QUIET_SECONDS, SerialConsole
 from lab.machine.spec import CHANNELS, MachineSpec
 from lab.rundir import BootFiles, BootRecord, describe_exit
 
@@ -45,10 +45,13 @@ class Machine:
     """A launched QEMU with its serial console and QMP attached; use as a context manager.
 
     QEMU runs on `host` (this machine unless a lab host was given); its channels and console log
-    live where the host puts them, and reach the lab through the host's endpoints.
+    live where the host puts them, and reach the lab through the host's endpoints. `trouble_quiet`
+    is how long the console may stay silent after kernel trouble before a wait on it fails
+    (SerialConsole; None: waits run to their timeouts).
     """
 
-    def __init__(self, spec: MachineSpec, files: BootFiles, run_started: float, host: Host = LOCAL) -> None:
+    def __init__(self, spec: MachineSpec, files: BootFiles, run_started: float, host: Host = LOCAL,
+                 trouble_quiet: float | None = TROUBLE_QUIET_SECONDS) -> None:
         self.spec = spec.resolved()
         self.files = files
         self.name = files.name
@@ -67,7 +70,7 @@ class Machine:
             self._process: HostProcess | None = None
             self._locks = [DiskLock(disk.path, f"lab machine {self.name}") for disk in self.spec.disks] \
                 if host is LOCAL else []
-            self.console = SerialConsole(self.endpoints.local("console"), run_started)
+            self.console = SerialConsole(self.endpoints.local("console"), run_started, trouble_quiet)
             self.qmp = QmpChannel(self.endpoints.local("qmp"), files.qmp, run_started)
         except BaseException:
             self.endpoints.close()

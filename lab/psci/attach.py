@@ -14,7 +14,6 @@ from typing import Any
 from lab.errors import SetupError, UsageError
 from lab.image.guest_image import GuestImage
 from lab.machine.process import Machine
-from lab.paths import cache_root
 from lab.psci.firmware import PsciPersonality
 from lab.psci.layer import PsciLayer
 from lab.psci.symbols import find_conduit_sites
@@ -66,7 +65,7 @@ def psci_attacher(chosen: PsciPersonality, image: GuestImage, system_map: Path |
     """The layer for `image`'s kernel; symbols come from its kallsyms, or from a System.map the user gives."""
     if "nokaslr" not in image.kernel_append.split():
         raise SetupError(f"image {image.name} boots without nokaslr: the PSCI layer needs fixed kernel addresses")
-    sites = find_conduit_sites(image.kernel, cache_dir=cache_root() / "symbols", system_map=system_map)
+    sites = find_conduit_sites(image.kernel, system_map=system_map)
 
     def attach(machine: Machine, call_log: Path) -> PsciSession:
         layer = PsciLayer(machine.gdb_socket, sites, chosen, call_log, qemu_reports_off2=qemu_reports_off2)

@@ -4,22 +4,23 @@ Linux makes every PSCI call through `__arm_smccc_hvc` or `__arm_smccc_smc`. Thei
 Image's own kallsyms (found by vmlinux_to_elf, whose guess of the base address is wrong for arm64 Images,
 so only offsets from `_text` are used) or from a System.map. The conduit instruction itself is found by
 decoding the function's first words, because Debian's kernels put a BTI landing pad in front of it.
-Finding symbols takes seconds, so results are cached per kernel digest.
+Finding symbols takes seconds, so what was found (function and conduit offsets) is cached per kernel
+digest: a cache hit reads neither the kernel nor vmlinux_to_elf, only the digest the lab remembers.
+`lab images build` fills the cache, so the first run after a build finds its sites there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from vmlinux_to_elf.core.auto_unpack import VmlinuzDecompressor
-from vmlinux_to_elf.core.kallsyms import KallsymsFinder
-
+from lab.digest import sha256_file
 from lab.errors import SetupError
+from lab.paths import cache_root
 
 NOKASLR_TEXT_BASE = 0xFFFF_8000_8000_0000
 """`_text` of an arm64 kernel booted with `nokaslr` (48-bit VA, 4 KiB pages), as /proc/kallsyms shows it."""
@@ -46,7 +47,9 @@ _HINT_NAMES = {
 }
 _EXCEPTION_MASK = 0xFFE0001F
 _EXCEPTION_NAMES = {0xD4000001: "svc", 0xD4000002: "hvc", 0xD4000003: "smc"}
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+"""1 held the function offsets only, so every run decoded the Image again; such entries are upgraded."""
+_CONDUITS = ((HVC_FUNCTION, INSN_HVC_0), (SMC_FUNCTION, INSN_SMC_0))
 
 
 class KernelSymbolsError(SetupError):
@@ -122,6 +125,8 @@ def text_relative_offsets(symbols: dict[str, int], source: str) -> dict[str, int
 
 def kallsyms_offsets(image: bytes) -> dict[str, int]:
     """Conduit function offsets from the Image's embedded kallsyms table."""
+    from vmlinux_to_elf.core.kallsyms import KallsymsFinder
+
     try:
         finder = KallsymsFinder(image, 64)
     except Exception as error:
@@ -134,6 +139,19 @@ def kallsyms_offsets(image: bytes) -> dict[str, int]:
     return text_relative_offsets(symbols, "the kernel's kallsyms")
 
 
+def conduit_offsets(image: bytes, function_offsets: dict[str, int]) -> dict[str, int | None]:
+    """Each conduit function's conduit instruction, as an offset in the Image (None: no such function)."""
+    return {name: find_conduit_offset(image, function_offsets[name], word) if name in function_offsets else None
+            for name, word in _CONDUITS}
+
+
+def sites_at(offsets: dict[str, int | None], kernel_sha256: str, text_base: int = NOKASLR_TEXT_BASE) -> ConduitSites:
+    """Conduit instruction offsets turned into runtime addresses from `text_base`."""
+    hvc, smc = (offsets.get(name) for name, _ in _CONDUITS)
+    return ConduitSites(kernel_sha256=kernel_sha256, hvc=None if hvc is None else text_base + hvc,
+                        smc=None if smc is None else text_base + smc)
+
+
 def conduit_sites_from_image(
     image: bytes,
     function_offsets: dict[str, int],
@@ -141,16 +159,17 @@ def conduit_sites_from_image(
     text_base: int = NOKASLR_TEXT_BASE,
 ) -> ConduitSites:
     """Decode each conduit function and turn its instruction's file offset into a runtime address."""
-    sites: dict[str, int | None] = {}
-    for name, word in ((HVC_FUNCTION, INSN_HVC_0), (SMC_FUNCTION, INSN_SMC_0)):
-        offset = function_offsets.get(name)
-        sites[name] = None if offset is None else text_base + find_conduit_offset(image, offset, word)
-    return ConduitSites(kernel_sha256=kernel_sha256, hvc=sites[HVC_FUNCTION], smc=sites[SMC_FUNCTION])
+    return sites_at(conduit_offsets(image, function_offsets), kernel_sha256, text_base)
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hibernation-lab" / "symbols"
+    return cache_root() / "symbols"
+
+
+def _decompressed(kernel: Path) -> bytes:
+    from vmlinux_to_elf.core.auto_unpack import VmlinuzDecompressor
+
+    return VmlinuzDecompressor(kernel.read_bytes()).decompressed
 
 
 def find_conduit_sites(
@@ -163,38 +182,46 @@ def find_conduit_sites(
 
     The cache holds `_text`-relative offsets, so a different `text_base` reuses it.
     """
-    raw = kernel.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()
+    digest = sha256_file(kernel)
     cache_file = (cache_dir or default_cache_dir()) / f"{digest}.json"
-    image = VmlinuzDecompressor(raw).decompressed
-    offsets = _read_cache(cache_file)
-    if offsets is not None:
-        return conduit_sites_from_image(image, offsets, digest, text_base)
-    if system_map is not None:
-        offsets = text_relative_offsets(parse_system_map(system_map.read_text()), str(system_map))
-    else:
-        offsets = kallsyms_offsets(image)
-    sites = conduit_sites_from_image(image, offsets, digest, text_base)
-    _write_cache(cache_file, offsets)
-    return sites
+    functions, conduits = _read_cache(cache_file)
+    if conduits is not None:
+        return sites_at(conduits, digest, text_base)
+    image = _decompressed(kernel)
+    if functions is None and system_map is not None:
+        functions = text_relative_offsets(parse_system_map(system_map.read_text()), str(system_map))
+    elif functions is None:
+        functions = kallsyms_offsets(image)
+    conduits = conduit_offsets(image, functions)
+    _write_cache(cache_file, functions, conduits)
+    return sites_at(conduits, digest, text_base)
 
 
-def _read_cache(path: Path) -> dict[str, int] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
-        return None
-    offsets = data.get("function_offsets")
-    if not isinstance(offsets, dict) or not all(isinstance(value, int) for value in offsets.values()):
+def _offsets(data: dict[str, Any], name: str) -> dict[str, int | None] | None:
+    offsets = data.get(name)
+    if not isinstance(offsets, dict) or not all(v is None or isinstance(v, int) for v in offsets.values()):
         return None
     return offsets
 
 
-def _write_cache(path: Path, offsets: dict[str, int]) -> None:
+def _read_cache(path: Path) -> tuple[dict[str, int] | None, dict[str, int | None] | None]:
+    """(function offsets, conduit offsets) as cached; a format-1 entry has no conduit offsets yet."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(data, dict) or data.get("format") not in (1, _CACHE_FORMAT):
+        return None, None
+    functions = _offsets(data, "function_offsets")
+    if functions is None or None in functions.values():
+        return None, None
+    return functions, _offsets(data, "conduit_offsets") if data["format"] == _CACHE_FORMAT else None
+
+
+def _write_cache(path: Path, functions: dict[str, int], conduits: dict[str, int | None]) -> None:
     """Write atomically so a concurrent run never reads half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"format": _CACHE_FORMAT, "function_offsets": offsets}, indent=2))
+    temporary.write_text(json.dumps({"format": _CACHE_FORMAT, "function_offsets": functions,
+                                     "conduit_offsets": conduits}, indent=2))
     temporary.replace(path)

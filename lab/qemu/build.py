@@ -34,9 +34,10 @@ from pathlib import Path
 
 from debian.deb822 import Dsc
 
+from lab.digest import sha256_file
 from lab.errors import SetupError
 from lab.image.closure import program_closure
-from lab.image.debian import KEYRING, MIRROR, PrivateApt, binary_sources, extract, sha256_file
+from lab.image.debian import KEYRING, MIRROR, PrivateApt, binary_sources, extract
 from lab.paths import REPO_ROOT, cache_root
 from lab.qemu.builds import builds_root
 from lab.vocabulary import ARM64, host_arch

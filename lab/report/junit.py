@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from lab.errors import printable
 from lab.rundir import RunDirectory
 
 RUN_TESTCASE = "run verdict"
@@ -23,9 +24,10 @@ def _scenario_name(run_dir: RunDirectory, result: dict[str, Any] | None) -> str:
 
 
 def _testcase(suite: ET.Element, classname: str, name: str, seconds: float, failure: str | None) -> None:
-    case = ET.SubElement(suite, "testcase", classname=classname, name=name, time=f"{seconds:.3f}")
+    """Names and failures may quote the guest's console, whose control characters XML cannot hold."""
+    case = ET.SubElement(suite, "testcase", classname=classname, name=printable(name), time=f"{seconds:.3f}")
     if failure is not None:
-        ET.SubElement(case, "failure", message=failure, type="failure").text = failure
+        ET.SubElement(case, "failure", message=printable(failure), type="failure").text = printable(failure)
 
 
 def _properties(suite: ET.Element, environment: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ Leaving any state through `close()` stops QEMU (softly first) and ends the PSCI 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -24,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from lab.deadline import Deadline
-from lab.errors import ChannelError, LabError, MachineError, SetupError
+from lab.errors import ChannelError, KernelTrouble, LabError, MachineError, SetupError
 from lab.events import EventLog, PortTaken, QemuLaunched
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 from lab.hosts.trace import KvmTrace
 from lab.image.guest_image import GuestImage
+from lab.machine.channels.serial import TROUBLE_QUIET_SECONDS
 from lab.machine.channels.shell import CommandResult, GuestShell
 from lab.machine.channels.ssh import SshChannel
 from lab.machine.process import Machine
@@ -87,6 +89,8 @@ class PowerOff:
     """The power-off command's result when it returned with the guest still running; None when it never did."""
     console: str
     """The guest's console device (`uart`, `virtio`): a virtio console is gone before the kernel's last line."""
+    kernel_trouble: str | None = None
+    """The panic, Oops or BUG line after which the console fell silent and the lab stopped waiting."""
 
 
 class Guest:
@@ -94,7 +98,7 @@ class Guest:
 
     def __init__(self, image: GuestImage, run_dir: RunDirectory, events: EventLog, accel: str,
                  build: QemuBuild, psci: GuestPsci | None = None, memory_mib: int = 1024, cpus: int = 2,
-                 host: Host = LOCAL) -> None:
+                 host: Host = LOCAL, trouble_quiet: float = TROUBLE_QUIET_SECONDS) -> None:
         self.image = image
         self.run_dir = run_dir
         self.events = events
@@ -104,6 +108,9 @@ class Guest:
         self.memory_mib = memory_mib
         self.cpus = cpus
         self.host = host
+        self.trouble_quiet = trouble_quiet
+        """Seconds of console silence after a kernel panic, Oops or BUG that end any wait on the guest
+        (stretched by the host's patience, as the steps' timeouts are)."""
         self.trace_kvm = accel == "kvm" and image.qemu_arch == "aarch64"
         self.state = GuestState.OFF
         self.workdir = str(run_dir.path) if host is LOCAL else host.make_dir("run-")
@@ -218,7 +225,8 @@ class Guest:
 
     def _launch_once(self, name: str) -> Machine:
         port = self._free_port() if self.image.ssh is not None else None
-        machine = Machine(self.spec(port), self.run_dir.boot(name), self.events.started, self.host)
+        machine = Machine(self.spec(port), self.run_dir.boot(name), self.events.started, self.host,
+                          self.trouble_quiet * self.host.patience)
         machine.launch()
         self.machine = machine
         return machine
@@ -249,7 +257,9 @@ class Guest:
         """Have the guest run `command` (hibernate, poweroff, crash) and wait for QEMU to exit.
 
         A command that returns instead (hibernation refused: too little swap, say) means the guest gave
-        up and runs on: the wait ends there, with the command's status, not at the timeout.
+        up and runs on: the wait ends there, with the command's status, not at the timeout. A kernel
+        panic, Oops or BUG followed by silence ends it too (the guest crashed and hangs), except after
+        `crash`, whose panic is the point: QEMU's exit is awaited.
         """
         shell = self.running_shell(intent)
         machine = self.machine
@@ -260,16 +270,20 @@ class Guest:
         deadline = Deadline(timeout)
         token = shell.start(command)
         wait_error = None
+        trouble: str | None = None
         gave_up: CommandResult | None = None
-        try:
-            gave_up = shell.wait(token, command, deadline.remaining)
-        except ChannelError:
+        with contextlib.ExitStack() as waits:
+            if intent == "crash":
+                waits.enter_context(machine.console.expecting_trouble())
             try:
-                machine.wait_exit(max(deadline.remaining, 1.0), f"QEMU to exit after `{command}`")
+                try:
+                    gave_up = shell.wait(token, command, deadline.remaining)
+                except ChannelError:
+                    machine.wait_exit(max(deadline.remaining, 1.0), f"QEMU to exit after `{command}`")
+            except KernelTrouble as error:
+                wait_error, trouble = str(error), error.line
             except LabError as error:
                 wait_error = str(error)
-        except LabError as error:
-            wait_error = str(error)
         session = self.psci_session
         hvc_calls = [call.as_record() for call in self._trace.read()] if self._trace is not None else None
         self.close()
@@ -278,7 +292,7 @@ class Guest:
             self.state = GuestState.HIBERNATED
         return PowerOff(machine.record, wait_error is not None, wait_error, session is not None,
                         list(session.calls) if session is not None else [], hvc_calls, gave_up,
-                        machine.spec.console)
+                        machine.spec.console, trouble)
 
     def vmm_fault(self) -> str | None:
         """What is wrong with QEMU itself (died, stopped), to name a step's failure by its real cause."""

@@ -12,10 +12,13 @@ from typing import Any
 
 from lab.errors import UsageError
 from lab.paths import SCENARIOS_DIR, load_schema
-from lab.scenario.yaml_file import YamlFile, read_yaml
+from lab.yaml_file import YamlFile, read_yaml
 
 _SCHEMA = load_schema("scenario")
+_PATTERN_HINTS = {"name": "is not a name of lower-case letters, digits and dashes"}
 DEFAULT_PERSONALITY = "kvm"
+MAX_STEPS = 1000
+"""Most steps one run may take, each repeat counted as often as it runs: nested repeats multiply."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Scenario:
     memory_mib: int = 1024
     cpus: int = 2
     arches: tuple[str, ...] = ()
+    kernel_trouble_quiet: float | None = None
+    """Seconds of console silence after a kernel panic, Oops or BUG that end a wait; None: the lab's default."""
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -69,22 +74,30 @@ def _steps(file: YamlFile, items: list[dict[str, Any]], at: tuple[Any, ...]) -> 
     return tuple(built)
 
 
+def _steps_taken(steps: tuple[Step, ...]) -> int:
+    return sum(step.params["times"] * _steps_taken(step.children) if step.kind == "repeat" else 1 for step in steps)
+
+
 def load_scenario(path: Path) -> Scenario:
     file = read_yaml(path, "scenario")
     data = file.data
     if isinstance(data, dict) and isinstance(data.get("steps"), list):
         _normalise(data["steps"])
-    file.validate(_SCHEMA)
+    file.validate(_SCHEMA, _PATTERN_HINTS)
+    steps = _steps(file, data["steps"], ("steps",))
+    if (taken := _steps_taken(steps)) > MAX_STEPS:
+        raise file.error(("steps",), f"the repeats add up to {taken} steps; a run takes at most {MAX_STEPS}")
     return Scenario(
         name=data["name"],
         description=" ".join(data["description"].split()),
         path=path,
-        steps=_steps(file, data["steps"], ("steps",)),
+        steps=steps,
         psci=data.get("psci", DEFAULT_PERSONALITY),
         image=data.get("image"),
         memory_mib=data.get("memory_mib", 1024),
         cpus=data.get("cpus", 2),
         arches=tuple(data.get("arches", ())),
+        kernel_trouble_quiet=data.get("kernel_trouble_quiet"),
         source=data,
     )
 

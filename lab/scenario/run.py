@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from lab import __version__
+from lab.digest import sha256_file
 from lab.errors import LabError, SetupError, UsageError
 from lab.events import EventLog, Listener, RunEnded, RunStarted
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 from lab.hosts.logins import open_host
 from lab.hosts.trace import kvm_trace_problem
-from lab.image.debian import sha256_file
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
 from lab.image.store import find_image
@@ -28,6 +28,7 @@ from lab.judge.observations import Observations
 from lab.judge.off2_contract import Off2Contract, contract_for
 from lab.judge.verdict import RunVerdict, judge
 from lab.machine.accel import AccelChoice, choose_accel
+from lab.machine.channels.serial import trouble_quiet_seconds
 from lab.psci.attach import GuestPsci, parse_personality, psci_attacher
 from lab.psci.firmware import PsciPersonality
 from lab.qemu.builds import QemuBuild, build_json, describe_build
@@ -133,6 +134,7 @@ class RunSetup:
             "boot_inputs": image.boot_inputs(),
             "disk_input": {"path": str(options.disk), "sha256": sha256_file(options.disk)} if options.disk else None,
             "kernel_append": f"{image.kernel_append} lab.swap=vda",
+            "kernel_trouble_quiet": self.guest.trouble_quiet,
         }
 
 
@@ -146,7 +148,8 @@ def set_up(scenario: Scenario, options: RunOptions, run_dir: RunDirectory, event
     psci = psci_for(scenario, options, image, accel.name, build)
     contract = contract_for(image.qemu_arch, accel.name, psci is not None, build.off2_reporting,
                             options.off2_contract)
-    guest = Guest(image, run_dir, events, accel.name, build, psci, scenario.memory_mib, scenario.cpus, host)
+    guest = Guest(image, run_dir, events, accel.name, build, psci, scenario.memory_mib, scenario.cpus, host,
+                  trouble_quiet_seconds(scenario.kernel_trouble_quiet))
     return RunSetup(image, build, accel, psci, contract, guest)
 
 

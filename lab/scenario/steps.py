@@ -16,7 +16,7 @@ from typing import Any
 
 from lab.deadline import Deadline
 from lab.disk import header as hibernation_header
-from lab.errors import ChannelError, LabError, WaitTimeout
+from lab.errors import ChannelError, KernelTrouble, LabError, WaitTimeout
 from lab.events import EventLog, RepeatRound
 from lab.judge.observations import (
     BootObservation,
@@ -25,6 +25,7 @@ from lab.judge.observations import (
     DiskOperation,
     Evidence,
     EvidenceObservation,
+    KernelTroubleObservation,
     Observations,
     PowerOffObservation,
 )
@@ -104,7 +105,7 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
         record=ended.record, timed_out=ended.timed_out, psci_active=ended.psci_active,
         psci_personality=guest.psci.personality if guest.psci else None, psci_calls=ended.psci_calls,
         disk_header=header, disk_error=disk_error, off2_contract=ctx.off2_contract,
-        host_hvc_calls=ended.host_hvc_calls, console=ended.console,
+        host_hvc_calls=ended.host_hvc_calls, console=ended.console, kernel_trouble=ended.kernel_trouble,
         command_status=ended.gave_up.status if ended.gave_up else None,
         command_output=ended.gave_up.output if ended.gave_up else "",
     ))
@@ -221,13 +222,19 @@ class VmmFault(LabError):
 
 
 def _step(ctx: RunContext, step: Step, details: dict[str, Any]) -> None:
+    """Run one step; a wait it could not finish is put down to QEMU when QEMU failed, and recorded as
+    the guest's kernel trouble when the kernel panicked, oopsed or hit a BUG and fell silent."""
     try:
         STEPS[step.kind](ctx, step, details)
-    except (ChannelError, WaitTimeout) as error:
+    except (ChannelError, WaitTimeout, KernelTrouble) as error:
         fault = ctx.guest.vmm_fault()
-        if fault is None:
-            raise
-        raise VmmFault(f"{fault} during `{step.describe()}` ({error})") from error
+        if fault is not None:
+            raise VmmFault(f"{fault} during `{step.describe()}` ({error})") from error
+        if isinstance(error, KernelTrouble):
+            ctx.observations.kernel_troubles.append(KernelTroubleObservation(
+                step.line, step.describe(), ctx.guest.boot_name, error.line, error.what, error.quiet,
+                error.seen_at, error.stopped_at))
+        raise
 
 
 def run_steps(ctx: RunContext, steps: tuple[Step, ...]) -> None:

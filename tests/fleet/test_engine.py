@@ -21,8 +21,8 @@ from lab.scenario.model import find_scenario
 
 PINNED_KERNEL = "linux-image-cloud-arm64=6.12.117-1"
 MATRIX_FIELDS = {"matrix", "file", "arch", "workers", "started", "seconds", "counts", "passed", "cells"}
-CELL_FIELDS = {"id", "scenario", "kernel", "psci", "accel", "qemu", "status", "reason", "start", "seconds", "run_dir",
-               "host"}
+CELL_FIELDS = {"id", "scenario", "kernel", "psci", "accel", "qemu", "qemu_host", "status", "reason", "start", "seconds",
+               "run_dir", "host"}
 
 Ending = Callable[[RunDirectory], bool]
 """Writes what a cell's process left in its run directory; says whether it reached a verdict."""
@@ -189,7 +189,6 @@ def test_a_cell_that_never_started_took_no_time_and_ran_nowhere(tmp_path):
     mark_not_run([waiting])
     assert waiting.to_json(matrix_started=0.0) == {
         "id": "poweroff-baseline[kernel=default]", "scenario": "poweroff-baseline", "kernel": "default", "psci": None,
-        "accel": None, "qemu": None, "status": "NOT-RUN", "reason": "interrupted before it started", "start": None,
-        "seconds": 0.0,
-        "run_dir": None, "host": None,
+        "accel": None, "qemu": None, "qemu_host": None, "status": "NOT-RUN", "reason": "interrupted before it started",
+        "start": None, "seconds": 0.0, "run_dir": None, "host": None,
     }

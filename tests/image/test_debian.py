@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from debian.deb822 import PkgRelation
 
+from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
-from lab.image.debian import Candidate, PrivateApt, local_package, pinned_relations, sha256_file, stanzas
+from lab.image.debian import Candidate, PrivateApt, local_package, pinned_relations, stanzas
 
 APT_CACHE_SHOW = Path(__file__).parent / "data" / "apt-cache-show-arm64.txt"
 

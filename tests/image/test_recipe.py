@@ -44,5 +44,5 @@ def test_host_fields_are_validated(tmp_path, line, field):
     key = line.split(":")[0]
     kept = [existing for existing in text.splitlines() if not existing.startswith(f"{key}:")]
     (tmp_path / "r.yaml").write_text("\n".join([*kept, line]) + "\n")
-    with pytest.raises(UsageError, match=f"r.yaml: {field}:"):
+    with pytest.raises(UsageError, match=rf"r\.yaml:\d+: {field}:"):
         ImageRecipe.load(tmp_path / "r.yaml")

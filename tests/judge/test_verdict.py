@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import UsageError
-from lab.judge.observations import BootObservation, Observations, PowerOffObservation
+from lab.judge.observations import BootObservation, KernelTroubleObservation, Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
 from lab.judge.verdict import QEMU_DROPS_OFF2, classify, judge
 from lab.rundir import BootRecord
@@ -230,3 +230,35 @@ def test_the_labs_own_quit_after_a_timeout_is_no_guest_power_off(tmp_path):
     verdict = classify(observation(tmp_path, "[ 4.0] PM: hibernation: hibernation entry\n", [quit_], [], NO_IMAGE,
                                    timed_out=True))
     assert verdict.kind == "hang"
+
+
+OOPS = "[   19.123232] Internal error: Oops: 0000000096000006 [#1] SMP"
+
+
+def test_a_power_off_that_ended_in_kernel_trouble_and_silence_is_a_crash_not_a_hang(tmp_path):
+    console = f"[ 4.0] PM: hibernation: hibernation entry\n{OOPS}\n[   19.123232] Call trace:\n"
+    quit_ = {"event": "SHUTDOWN", "data": {"guest": False, "reason": "host-qmp-quit"}, "lab_seconds": 30.0}
+    hung = dataclasses.replace(observation(tmp_path, console, [quit_], [], NO_IMAGE, timed_out=True,
+                                           expect="hibernate-off2"), kernel_trouble=OOPS)
+    verdict = classify(hung)
+    assert verdict.kind == "crash"
+    assert not [d for d in verdict.disagreements if d.startswith("vmm-qmp")]
+    qmp = next(w for w in verdict.witnesses if w.name == "vmm-qmp")
+    assert "after kernel trouble" in qmp.explanation
+    judged = judge(Observations(power_offs=[hung]), {"boot1": console.splitlines()}, None)
+    assert not judged.passed
+    assert judged.reason.startswith("boot1 power-off: hibernate ended as crash, expected hibernate-off2; "
+                                    f"kernel trouble, then silence: {OOPS!r}")
+
+
+def test_a_run_stopped_by_kernel_trouble_says_so_not_timed_out():
+    trouble = KernelTroubleObservation(
+        step_line=11, step="boot expect=resumed", boot="boot2", line=OOPS,
+        waiting_for="boot2 to become ready", quiet_seconds=5.0, seen_at=70.3, stopped_at=75.4)
+    error = f"kernel trouble while waiting for boot2 to become ready: {OOPS!r}, then 5s of silence"
+    verdict = judge(Observations(kernel_troubles=[trouble]), {"boot2": [OOPS]}, error)
+    assert not verdict.passed and verdict.status == "FAIL"
+    assert verdict.reason == (f"boot2: kernel trouble: {OOPS!r}, then 5s of silence while waiting for "
+                              "boot2 to become ready (`boot expect=resumed`, line 11)")
+    assert "timed out" not in verdict.reason
+    assert [c.name for c in verdict.checks if not c.passed] == ["boot2 console healthy"]

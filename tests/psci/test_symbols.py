@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
 
 import pytest
 
+from lab.psci import symbols
 from lab.psci.symbols import (
     HVC_FUNCTION,
     INSN_HVC_0,
@@ -136,11 +138,41 @@ def test_find_sites_with_a_system_map_and_the_cache(tmp_path: Path) -> None:
     cached = json.loads((cache / f"{sites.kernel_sha256}.json").read_text())
     assert cached["function_offsets"] == {HVC_FUNCTION: 0x43CB0, SMC_FUNCTION: 0x43C80}
 
+    assert cached["conduit_offsets"] == {HVC_FUNCTION: 0x43CB4, SMC_FUNCTION: 0x43C84}
+
     system_map.unlink()
     assert find_conduit_sites(kernel, cache) == sites
 
 
+def test_a_cache_hit_reads_no_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = tmp_path / "Image"
+    kernel.write_bytes(synthetic_image())
+    system_map = tmp_path / "System.map"
+    system_map.write_text("ffff800080000000 T _text\nffff8000800000b0 T __arm_smccc_hvc\n")
+    sites = find_conduit_sites(kernel, tmp_path / "cache", system_map=system_map)
+
+    def no_reading(kernel: Path) -> bytes:
+        raise AssertionError("the kernel was read on a cache hit")
+
+    monkeypatch.setattr(symbols, "_decompressed", no_reading)
+    assert find_conduit_sites(kernel, tmp_path / "cache") == sites == ConduitSites(
+        sites.kernel_sha256, NOKASLR_TEXT_BASE + 0xB4, None)
+
+
+def test_a_cache_entry_with_function_offsets_only_is_completed(tmp_path: Path) -> None:
+    kernel = tmp_path / "Image"
+    kernel.write_bytes(synthetic_image())
+    digest = hashlib.sha256(synthetic_image()).hexdigest()
+    entry = tmp_path / "cache" / f"{digest}.json"
+    entry.parent.mkdir()
+    entry.write_text(json.dumps({"format": 1, "function_offsets": {HVC_FUNCTION: 0xB0, SMC_FUNCTION: 0x80}}))
+    sites = find_conduit_sites(kernel, tmp_path / "cache")
+    assert (sites.hvc, sites.smc) == (NOKASLR_TEXT_BASE + 0xB4, NOKASLR_TEXT_BASE + 0x84)
+    assert json.loads(entry.read_text())["conduit_offsets"] == {HVC_FUNCTION: 0xB4, SMC_FUNCTION: 0x84}
+
+
 def test_default_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("LAB_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "hibernation-lab" / "symbols"
     monkeypatch.delenv("XDG_CACHE_HOME")

@@ -61,3 +61,11 @@ def test_bad_yaml_and_missing_scenario_are_usage_errors(tmp_path):
         load_scenario(_write(tmp_path, "name: demo\n  bad: [\n"))
     with pytest.raises(UsageError, match="no scenario named 'nope'"):
         find_scenario("nope")
+
+
+def test_a_scenario_may_set_its_kernel_trouble_quiet_time(tmp_path):
+    body = "name: demo\ndescription: demo\nsteps:\n  - boot\n"
+    assert load_scenario(_write(tmp_path, body)).kernel_trouble_quiet is None
+    assert load_scenario(_write(tmp_path, "kernel_trouble_quiet: 12.5\n" + body)).kernel_trouble_quiet == 12.5
+    with pytest.raises(UsageError, match="kernel_trouble_quiet"):
+        load_scenario(_write(tmp_path, "kernel_trouble_quiet: 0\n" + body))
