@@ -393,6 +393,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `lab` command. SIGINT and SIGTERM always stop it cleanly, even when it was started with SIGINT
+    ignored (a script's background job): srun and the matrix engines stop their labs with SIGINT."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,12 @@ HOST_TOOLS = {
     "needs_systemd_analyze": HostTool("systemd-analyze", "apt-get install systemd"),
 }
 HOST_MARKERS = (*HOST_TOOLS, "depends_on_kvm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C is Python's KeyboardInterrupt here, whoever started pytest: a script's background job starts
+    with SIGINT ignored, which its children inherit, and the tests send SIGINT to the labs they start."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(tryfirst=True)
