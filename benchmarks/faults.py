@@ -46,7 +46,7 @@ PYTHON = sys.executable
 LAB_TIMEOUT = 900.0
 """Seconds a run may take before this script calls the lab itself hung and kills its session."""
 OOPS_KERNEL = "linux-image-cloud-arm64=6.12.117-1"
-ARTIFACTS = ("result.json", "junit.xml", "report.html")
+ARTIFACTS = {"result.json": "R", "junit.xml": "J", "report.html": "H"}
 
 
 # -- scenarios the cases need beyond the shipped ones -------------------------------------------------
@@ -289,7 +289,7 @@ def judge(row: Row, run: Run, exit_status: int | None, wall: float, fault_wall: 
     else:
         lab_output = run.output().strip().splitlines()
         row.reason = lab_output[-1] if lab_output else "-"
-    row.artifacts = "".join(name[0].upper() if (run_dir / name).is_file() else "-" for name in ARTIFACTS)
+    row.artifacts = "".join(letter if (run_dir / name).is_file() else "-" for name, letter in ARTIFACTS.items())
     records = events(run_dir)
     end = next((r for r in records if r.get("kind") == "run-end"), None)
     if end is not None:
@@ -634,7 +634,7 @@ def table(rows: list[Row]) -> None:
     print(f"{'case':<20} {'exit':>4} {'verdict':<7} {'class':<14} {'reason':<58} {'fault→verdict':>13} "
           f"{'files':<7} leftovers")
     for row in rows:
-        seconds = f"{row.fault_to_verdict:.1f}s" if row.fault_to_verdict is not None else "-"
+        seconds = f"{row.fault_to_verdict:.2f}s" if row.fault_to_verdict is not None else "-"
         exit_status = "-" if row.exit is None else str(row.exit)
         print(f"{row.case:<20} {exit_status:>4} {row.status:<7} {short(row.classes, 14):<14} "
               f"{short(row.reason, 58):<58} {seconds:>13} {row.artifacts:<7} {', '.join(row.leftovers) or 'none'}")
