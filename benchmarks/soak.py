@@ -98,12 +98,12 @@ def main() -> int:
     for scenario in SCENARIOS:
         mine = [o for o in outcomes if o.scenario == scenario]
         print(f"\n{scenario} ({len(mine)} runs, {sum(o.status == 'PASS' for o in mine)} passed)")
-        print(f"  {'phase':<16} {'n':>3} {'min':>7} {'median':>7} {'max':>7}  (seconds)")
+        print(f"  {'phase':<20} {'n':>3} {'min':>7} {'median':>7} {'max':>7}  (seconds)")
         names = list(dict.fromkeys(name for o in mine for name in o.phases))
         for name in names:
             values = [o.phases[name] for o in mine if name in o.phases]
-            print(f"  {name:<16} {len(values):>3} {spread(values)}")
-        print(f"  {'wall':<16} {len(mine):>3} {spread([o.wall for o in mine])}")
+            print(f"  {name:<20} {len(values):>3} {spread(values)}")
+        print(f"  {'wall':<20} {len(mine):>3} {spread([o.wall for o in mine])}")
     return 0
 
 
