@@ -476,10 +476,24 @@ def corrupt_image(ctx: Context) -> list[str]:
     return ["--disk", str(disk)]
 
 
+def data_end(disk: Path, chunk: int = 1 << 20) -> int:
+    """The offset just past the last non-zero MiB of a disk: where the hibernation image ends."""
+    end = 0
+    with disk.open("rb") as handle:
+        offset = 0
+        while data := handle.read(chunk):
+            if data.strip(b"\0"):
+                end = offset + len(data)
+            offset += len(data)
+    return end
+
+
 def truncated_swap(ctx: Context) -> list[str]:
+    """The disk cut in the middle of its image (the header still says S1SUSPEND: the image's tail is gone)."""
     disk = hibernated_disk(ctx)
-    size = disk.stat().st_size
-    os.truncate(disk, size // 8)
+    end = data_end(disk)
+    os.truncate(disk, end // 2 // (1 << 20) * (1 << 20))
+    ctx.work.joinpath("truncated-at").write_text(f"{end // 2 >> 20} MiB of an image ending at {end >> 20} MiB\n")
     return ["--disk", str(disk)]
 
 
@@ -606,7 +620,7 @@ CASES: dict[str, tuple[str, Callable[[Context], Row]]] = {
                    scenario_case("small-swap", "hibernate-resume", "hibernate", setup=small_swap)),
     "corrupt-image": ("every 8th page of a hibernation image inverted on disk, then resumed (--disk)",
                       scenario_case("corrupt-image", "resume-only", setup=corrupt_image)),
-    "truncated-swap": ("a disk holding a hibernation image cut to 1/8 of its size, then resumed (--disk)",
+    "truncated-swap": ("a disk holding a hibernation image cut in the middle of the image, then resumed (--disk)",
                        scenario_case("truncated-swap", "resume-only", setup=truncated_swap)),
     "full-fs": ("the runs directory on a 4 MiB tmpfs",
                 scenario_case("full-fs", "hibernate-resume", runs=full_fs, teardown=unmount)),
