@@ -86,3 +86,10 @@ class KernelTrouble(LabError):
         """When the wait gave up, in seconds since the run started."""
         super().__init__(f"kernel trouble while waiting for {what}: {self.line!r}, "
                          f"then {quiet:g}s of silence")
+
+
+class RunDirectoryFull(LabError):
+    """The run directory's filesystem is full: the run stops, and its results go into the room kept for them."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(f"the run directory's filesystem is full ({error.strerror}: {error.filename or 'a run file'})")

@@ -13,7 +13,9 @@ from), `qemu-NAME.cmdline` (the command, for people), `qemu-NAME.stderr` and `bo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shlex
 import signal
@@ -27,6 +29,8 @@ from lab.events import Event, read_events
 
 RESULT_SCHEMA_VERSION = 2
 MAX_DIR_NAME = 200
+ROOM_BYTES = 1 << 20
+"""Kept free for result.json, junit.xml, report.html and the last events: a few hundred KiB at most."""
 """Longest run or matrix directory name in bytes; a file name has 255, `-N` and a boot's files need a few."""
 _BOOT_FILE = re.compile(r"^(?:boot|console|qmp|machine)-(?P<name>.+?)\.(?:json|log|jsonl)$")
 
@@ -215,6 +219,18 @@ class RunDirectory:
     @classmethod
     def create(cls, root: Path, stem: str) -> RunDirectory:
         return cls(unique_dir(root, stem))
+
+    @property
+    def room(self) -> Path:
+        return self.path / ".room"
+
+    def keep_room(self, size: int = ROOM_BYTES) -> None:
+        """Set aside `size` bytes for the results, so a run on a filesystem that fills up still writes them."""
+        with contextlib.suppress(OSError), self.room.open("wb") as room:
+            os.posix_fallocate(room.fileno(), 0, size)
+
+    def free_room(self) -> None:
+        self.room.unlink(missing_ok=True)
 
     def __str__(self) -> str:
         return str(self.path)

@@ -15,6 +15,7 @@ import ctypes
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from lab.deadline import Deadline
 from lab.disk.lock import DiskLock
@@ -71,6 +72,7 @@ class Machine:
             self._locks = [DiskLock(disk.path, f"lab machine {self.name}") for disk in self.spec.disks] \
                 if host is LOCAL else []
             self.console = SerialConsole(self.endpoints.local("console"), run_started, trouble_quiet)
+            self.console.vmm_fault = self._silent_console_fault
             self.qmp = QmpChannel(self.endpoints.local("qmp"), files.qmp, run_started)
         except BaseException:
             self.endpoints.close()
@@ -145,8 +147,9 @@ class Machine:
     def _is_stopped(self, pid: int) -> bool:
         """Whether QEMU sits in the stopped state (SIGSTOP), running nothing; a lost host tells nothing."""
         try:
-            stat = self.host.run(["cat", f"/proc/{pid}/stat"], timeout=10).text()
-        except (ChannelError, SetupError, WaitTimeout):
+            stat = Path(f"/proc/{pid}/stat").read_text() if self.host is LOCAL else \
+                self.host.run(["cat", f"/proc/{pid}/stat"], timeout=10).text()
+        except (OSError, ChannelError, SetupError, WaitTimeout):
             return False
         fields = stat.rsplit(")", 1)[-1].split()
         return bool(fields) and fields[0] in ("T", "t")
@@ -161,7 +164,19 @@ class Machine:
             return f"QEMU {describe_exit(code)}"
         if code is None and self._is_stopped(process.pid):
             return "QEMU is stopped (SIGSTOP) and runs nothing"
+        if code is None and (io_error := next((e for e in self.qmp.events if e["event"] == "BLOCK_IO_ERROR"), None)):
+            data = io_error.get("data", {})
+            why = "no space left on its disk" if data.get("nospace") else data.get("reason", "an I/O error")
+            return f"QEMU paused the guest on a disk write error ({why})"
         return None
+
+    def _silent_console_fault(self) -> str | None:
+        """`fault()` as a silent console sees it: a QEMU that exited cleanly is not at fault (its console's
+        end is on the way)."""
+        process = self._process
+        if process is not None and process.poll() == 0:
+            return None
+        return self.fault()
 
     def _stop(self, process: HostProcess) -> None:
         """Soft first (QMP `quit` lets QEMU flush and exit by itself), then SIGTERM, then SIGKILL."""

@@ -6,6 +6,7 @@ observations only: the verdict never sees a machine or a channel, just what they
 
 from __future__ import annotations
 
+import errno
 import platform
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 from lab import __version__
 from lab.digest import sha256_file
-from lab.errors import LabError, SetupError, UsageError
+from lab.errors import LabError, RunDirectoryFull, SetupError, UsageError
 from lab.events import EventLog, Listener, RunEnded, RunStarted
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
@@ -153,6 +154,13 @@ def set_up(scenario: Scenario, options: RunOptions, run_dir: RunDirectory, event
     return RunSetup(image, build, accel, psci, contract, guest)
 
 
+def _full(error: OSError) -> RunDirectoryFull:
+    """A run directory that cannot be written (its filesystem is full) ends the run; any other OSError is a bug."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RunDirectoryFull(error)
+    raise error
+
+
 def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
     """Run one scenario into its run directory; a set-up error is re-raised after the artifacts are written."""
     started = time.monotonic()
@@ -162,6 +170,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     run_dir = RunDirectory(options.run_dir) if options.run_dir else RunDirectory.create(
         options.runs_root, f"{timestamp()}-{scenario.name}")
     run_dir.path.mkdir(parents=True, exist_ok=True)
+    run_dir.keep_room()
     events = EventLog(run_dir.events, started)
     events.listeners.extend(listeners)
     run_dir.write_scenario(scenario.source)
@@ -184,6 +193,8 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
         failure = error
     except KeyboardInterrupt:
         interrupted = True
+    except OSError as error:
+        failure = _full(error)
     finally:
         try:
             if setup is not None:
@@ -191,8 +202,11 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
                 setup.guest.collect()
         except LabError as error:
             failure = failure or error
+        except OSError as error:
+            failure = failure or _full(error)
         finally:
             host.close()
+            run_dir.free_room()
     reason = "interrupted" if interrupted else str(failure) if failure is not None else None
     consoles = {boot.name: boot.read_console() for boot in run_dir.boots()}
     verdict = judge(observations, consoles, reason, set_up_failed=setup is None and failure is not None)

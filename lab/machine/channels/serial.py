@@ -17,7 +17,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +32,8 @@ KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\] [^\n]*\n")
 TROUBLE_QUIET_SECONDS = 5.0
 """How long the console must stay silent after kernel trouble before a wait gives up (the default)."""
 TROUBLE_QUIET_ENV = "LAB_KERNEL_TROUBLE_QUIET"
+FAULT_POLL_SECONDS = 2.0
+"""How often a silent console asks whether QEMU itself is at fault (stopped, paused, gone)."""
 
 
 def trouble_quiet_seconds(configured: float | None = None) -> float:
@@ -89,6 +91,9 @@ class SerialConsole:
         self._arrivals = _Arrivals()
         self._trouble_expected = 0
         self.closed = False
+        self.vmm_fault: Callable[[], str | None] | None = None
+        """Asked after every FAULT_POLL_SECONDS of silence: what is wrong with QEMU (stopped, paused on a
+        full disk), so that a wait ends when nothing can ever answer it, not at its timeout."""
 
     def connect(self, timeout: float) -> None:
         def attempt() -> socket.socket | None:
@@ -142,12 +147,15 @@ class SerialConsole:
                 assert self.trouble is not None and self.trouble_quiet is not None
                 raise KernelTrouble(what, self.trouble[1], self.trouble_quiet, self.last_lines(),
                                     seen_at=self.trouble[0], stopped_at=time.monotonic() - self.started)
-            slice_ = deadline.remaining if quiet_left is None else min(deadline.remaining, quiet_left)
+            slice_ = min(deadline.remaining, FAULT_POLL_SECONDS)
+            slice_ = slice_ if quiet_left is None else min(slice_, quiet_left)
             try:
                 index = self._peer.expect(["\n", pexpect.EOF], timeout=max(slice_, 0.01))
             except pexpect.TIMEOUT:
                 if deadline.expired:
                     raise WaitTimeout(what, timeout, self.last_lines()) from None
+                if self.vmm_fault is not None and (fault := self.vmm_fault()):
+                    raise ChannelError(f"{fault} while waiting for {what}") from None
                 continue
             self._record(self._peer.before + ("\n" if index == 0 else ""))
             if index == 1:
