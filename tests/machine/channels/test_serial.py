@@ -103,7 +103,8 @@ def test_an_oops_then_silence_ends_the_wait_after_the_quiet_time_quoting_the_oop
     assert trouble.exit_code == 1
     assert trouble.last_seen[-1] == OOPS_REPORT[-1]
     assert trouble.seen_at is not None and trouble.stopped_at is not None
-    assert QUIET <= trouble.stopped_at - trouble.seen_at < QUIET + MARGIN
+    # seen_at is noted when the Oops line is recorded, a little after the silence began to count
+    assert QUIET - 0.05 <= trouble.stopped_at - trouble.seen_at < QUIET + MARGIN
 
 
 @pytest.mark.parametrize("line", [
