@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shlex
 import signal
 import subprocess
@@ -27,8 +26,7 @@ from lab.deadline import Deadline
 from lab.fleet.host_vm import RunningHost, build_host_image, start_host
 from lab.hosts.known import known_host
 from lab.image.guest_image import GuestImage
-from lab.machine.channels.ssh import parse_public_key
-from tests.conftest import _qemu_children
+from tests.support.kvm_host import host_client, qemu_besides, read_line, run_on_host
 
 pytestmark = pytest.mark.guest
 
@@ -58,37 +56,21 @@ def host(host_image) -> Iterator[RunningHost]:
 def _no_orphan_qemu(host):
     """The module's host QEMU lives across tests; any other QEMU a test leaves behind is a leak."""
     yield
-    leaked = [line for line in _qemu_children() if not line.startswith(f"{host.machine.pid} ")]
+    leaked = qemu_besides(host)
     assert not leaked, f"QEMU processes left running: {leaked}"
 
 
 @pytest.fixture(scope="module")
 def client(host) -> Iterator[paramiko.SSHClient]:
-    """A paramiko client that accepts the host's own key and no other."""
-    ssh = paramiko.SSHClient()
-    key = parse_public_key(host.host_key)
-    ssh.get_host_keys().add(f"[127.0.0.1]:{host.port}", key.get_name(), key)
-    ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
-    ssh.connect("127.0.0.1", host.port, username=host.user, pkey=paramiko.PKey.from_path(host.client_key),
-                allow_agent=False, look_for_keys=False, timeout=30, banner_timeout=30, auth_timeout=30)
-    yield ssh
-    ssh.close()
-
-
-def run(client: paramiko.SSHClient, command: str, timeout: float = 60) -> str:
-    """Run a shell command on the host; its output (stdout then stderr), failing the test on a non-zero exit."""
-    _, stdout, stderr = client.exec_command(command, timeout=timeout)
-    output = stdout.read().decode() + stderr.read().decode()
-    status = stdout.channel.recv_exit_status()
-    assert status == 0, f"`{command}` exited {status}: {output}"
-    return output
+    with host_client(host) as ssh:
+        yield ssh
 
 
 def test_the_host_is_ready_with_kvm_in_vhe_mode_and_recorded_with_its_key(host, client):
     assert host.kvm.available and "VHE mode initialized successfully" in host.kvm.detail
     assert re.fullmatch(r"ssh://root@127\.0\.0\.1:\d+", host.url)
     assert host.kernel_release == host.image.kernel_release
-    assert run(client, "stat -c '%F %t:%T' /dev/kvm").strip() == "character special file a:e8"
+    assert run_on_host(client, "stat -c '%F %t:%T' /dev/kvm").strip() == "character special file a:e8"
     console = (host.log_dir / f"console-{host.machine.name}.log").read_text(errors="replace")
     assert "lab-init: kvm /dev/kvm ready" in console and "lab-init: no swap (lab.swap=none)" in console
     known = known_host(host.url)
@@ -98,25 +80,25 @@ def test_the_host_is_ready_with_kvm_in_vhe_mode_and_recorded_with_its_key(host, 
 
 
 def test_tracefs_offers_the_kvm_hvc_tracepoint(client):
-    fields = run(client, "cat /sys/kernel/tracing/events/kvm/kvm_hvc_arm64/format")
+    fields = run_on_host(client, "cat /sys/kernel/tracing/events/kvm/kvm_hvc_arm64/format")
     assert "field:unsigned long r0;" in fields
 
 
 def test_debian_qemu_the_patched_qemu_and_qemu_img_answer(host, client):
-    assert "QEMU emulator version 11." in run(client, "qemu-system-aarch64 --version")
+    assert "QEMU emulator version 11." in run_on_host(client, "qemu-system-aarch64 --version")
     (patched,) = host.image.manifest["qemu_builds"]
-    assert "QEMU emulator version 10.2.2" in run(client, shlex.join([*patched["command"], "--version"]))
-    assert run(client, "qemu-img --version").startswith("qemu-img version 11.")
-    assert run(client, "qemu-io --version").startswith("qemu-io version 11.")
+    assert "QEMU emulator version 10.2.2" in run_on_host(client, shlex.join([*patched["command"], "--version"]))
+    assert run_on_host(client, "qemu-img --version").startswith("qemu-img version 11.")
+    assert run_on_host(client, "qemu-io --version").startswith("qemu-io version 11.")
 
 
 def test_the_guest_image_is_pre_seeded_in_the_file_cache_by_sha256(host, client):
     guest = host.image.manifest["guest_images"]["debian-arm64"]
     for name, entry in guest["files"].items():
         in_cache, in_image = entry["cache"], f"{guest['directory']}/{name}"
-        assert run(client, f"sha256sum {in_cache}").split()[0] == entry["sha256"], name
-        assert run(client, f"stat -c %s {in_image}").strip() == str(entry["size"]), name
-        cached, named = run(client, f"stat -c %i {in_cache} {in_image}").split()
+        assert run_on_host(client, f"sha256sum {in_cache}").split()[0] == entry["sha256"], name
+        assert run_on_host(client, f"stat -c %s {in_image}").strip() == str(entry["size"]), name
+        cached, named = run_on_host(client, f"stat -c %i {in_cache} {in_image}").split()
         assert cached == named, f"{name}: not a hard link of its cache entry"
 
 
@@ -146,28 +128,12 @@ def test_a_direct_tcpip_channel_carries_bytes_to_a_port_on_the_host(client):
     assert listener_out.read().decode() == "from-lab\n"
 
 
-def _read_line(process: subprocess.Popen[str], pattern: str, timeout: float, what: str) -> re.Match[str]:
-    """The first line of the process's output that matches, read within `timeout`."""
-    deadline = Deadline(timeout)
-    seen: list[str] = []
-    assert process.stdout is not None
-    while not deadline.expired:
-        ready, _, _ = select.select([process.stdout], [], [], deadline.remaining)
-        line = process.stdout.readline() if ready else ""
-        if ready and not line:
-            break
-        seen.append(line)
-        if match := re.search(pattern, line):
-            return match
-    raise AssertionError(f"no {what} within {timeout:.0f}s; last output: {seen[-5:]}")
-
-
 def test_lab_host_start_boots_a_pinned_612_host_and_stops_it_on_sigterm():
     """The host kernel as a dimension, from the command line, and a clean stop: no QEMU, no hosts-file entry."""
     command = [sys.executable, "-m", "lab.cli", "host", "start", "--kernel-deb", HOST_612]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     try:
-        ready = _read_line(process, r"^ready: (ssh://root@127\.0\.0\.1:\d+) \(kernel (\S+), kvm: (\S+)\)",
+        ready = read_line(process, r"^ready: (ssh://root@127\.0\.0\.1:\d+) \(kernel (\S+), kvm: (\S+)\)",
                            HOST_START_SECONDS, "`ready:` line from lab host start")
         url, release, kvm = ready.groups()
         assert release.startswith("6.12.117") and kvm == "yes"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from lab.deadline import Deadline
 from lab.fleet.host_vm import RunningHost, build_host_image, start_host
 from lab.hosts.known import known_host
 from lab.machine.channels.ssh import parse_public_key
-from tests.conftest import _qemu_children
+from tests.support.kvm_host import host_client, qemu_besides, read_line, run_on_host
 
 pytestmark = pytest.mark.guest
 
@@ -57,34 +56,17 @@ def host() -> Iterator[RunningHost]:
         yield running
 
 
-def _qemu_besides(host: RunningHost) -> list[str]:
-    return [line for line in _qemu_children() if not line.startswith(f"{host.machine.pid} ")]
-
-
 @pytest.fixture(autouse=True)
 def _no_orphan_qemu(host) -> Iterator[None]:
     """The module's host QEMU lives across tests; any other QEMU a test leaves behind is a leak."""
     yield
-    assert not _qemu_besides(host), "QEMU processes left running"
+    assert not qemu_besides(host), "QEMU processes left running"
 
 
 @pytest.fixture(scope="module")
 def client(host) -> Iterator[paramiko.SSHClient]:
-    ssh = paramiko.SSHClient()
-    key = parse_public_key(host.host_key)
-    ssh.get_host_keys().add(f"[127.0.0.1]:{host.port}", key.get_name(), key)
-    ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
-    ssh.connect("127.0.0.1", host.port, username=host.user, pkey=paramiko.PKey.from_path(host.client_key),
-                allow_agent=False, look_for_keys=False, timeout=30, banner_timeout=30, auth_timeout=30)
-    yield ssh
-    ssh.close()
-
-
-def on_host(client: paramiko.SSHClient, command: str) -> str:
-    _, stdout, stderr = client.exec_command(command, timeout=60)
-    output = stdout.read().decode() + stderr.read().decode()
-    assert stdout.channel.recv_exit_status() == 0, f"`{command}` on the host: {output}"
-    return output
+    with host_client(host) as ssh:
+        yield ssh
 
 
 def lab_scenario(runs: Path, *args: str, env: dict[str, str] | None = None,
@@ -107,10 +89,10 @@ def leaves_nothing(host, client) -> Iterator[None]:
     """After the test: no QEMU of this process, none on the host, no run directory on the host."""
     yield
     deadline = Deadline(30)
-    while "qemu-system" in on_host(client, "ps -o comm"):
+    while "qemu-system" in run_on_host(client, "ps -o comm"):
         assert not deadline.expired, "a QEMU is still running on the host"
         time.sleep(0.5)
-    assert on_host(client, "ls -A /run/lab/runs 2>/dev/null || true").strip() == ""
+    assert run_on_host(client, "ls -A /run/lab/runs 2>/dev/null || true").strip() == ""
 
 
 def test_hibernate_resume_on_kvm_with_stock_qemu_sees_off2_in_the_host_kernel(host, tmp_path, leaves_nothing):
@@ -205,29 +187,13 @@ def test_a_host_with_another_key_is_refused(host, tmp_path):
 ], ids=["no-dev-kvm", "no-tracefs", "no-qemu"])
 def test_a_host_without_what_kvm_runs_need_is_a_set_up_error(host, client, tmp_path, break_it, mend_it, fragment,
                                                              leaves_nothing):
-    on_host(client, break_it)
+    run_on_host(client, break_it)
     try:
         done, run_dir = lab_scenario(tmp_path, "poweroff-baseline", "--host", host.url, "--accel", "kvm",
                                      timeout=300)
     finally:
-        on_host(client, mend_it)
+        run_on_host(client, mend_it)
     _set_up_error(done, run_dir, fragment)
-
-
-def _read_line(process: subprocess.Popen[str], prefix: str, timeout: float) -> str:
-    """The first line of the process's output that starts with `prefix`, read within `timeout`."""
-    deadline = Deadline(timeout)
-    assert process.stdout is not None
-    seen: list[str] = []
-    while not deadline.expired:
-        ready, _, _ = select.select([process.stdout], [], [], deadline.remaining)
-        line = process.stdout.readline() if ready else ""
-        if ready and not line:
-            break
-        seen.append(line)
-        if line.startswith(prefix):
-            return line
-    raise AssertionError(f"no `{prefix}` line within {timeout:.0f}s: {seen[-5:]}")
 
 
 def test_a_612_host_kernel_falls_back_to_system_off_and_a_host_that_dies_ends_the_run(host, tmp_path):
@@ -235,7 +201,7 @@ def test_a_612_host_kernel_falls_back_to_system_off_and_a_host_that_dies_ends_th
     starter = subprocess.Popen([*LAB, "host", "start", "--kernel-deb", HOST_612], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        ready = _read_line(starter, "ready: ", HOST_START_SECONDS)
+        ready = read_line(starter, r"^ready: ", HOST_START_SECONDS, "`ready:` line from lab host start").string
         url = ready.split()[1]
         assert "kernel 6.12.117" in ready and "kvm: yes" in ready
         scenario = tmp_path / "hibernate-off.yaml"
@@ -276,5 +242,5 @@ def test_a_612_host_kernel_falls_back_to_system_off_and_a_host_that_dies_ends_th
         if starter.poll() is None:
             starter.send_signal(signal.SIGTERM)
             starter.wait(60)
-    assert not _qemu_besides(host)
+    assert not qemu_besides(host)
     assert known_host(url) is None, "a host that died leaves no entry in the hosts file"
