@@ -3,7 +3,8 @@
 QEMU's TCG PSCI is v1.1, so a Linux guest never issues SYSTEM_OFF2 there. `PsciLayer` puts a breakpoint
 on the kernel's `hvc #0` / `smc #0`, and for each trap asks `PsciFirmware` what to do: answer (write x0,
 move pc past the instruction), power off (rewrite x0 to SYSTEM_OFF and let QEMU execute it, so QEMU
-reports an ordinary guest shutdown; a QEMU that reports SYSTEM_OFF2 itself gets the call as it is), or
+reports an ordinary guest shutdown; a QEMU that reports SYSTEM_OFF2 itself gets the call as it is; the VM
+then stays stopped until QEMU exits), or
 pass the call through to QEMU untouched (step over it). Every
 trapped call is logged as one JSON line, so a run can later be judged from what the guest asked for.
 """
@@ -217,7 +218,7 @@ class PsciLayer:
                 remote.write_register(0, POWER_OFF_FUNCTION)
             record(None)
             if self._step(remote, stop):
-                remote.resume()
+                self._hold_until_qemu_ends(remote)
             return
         value: int | None = None
         stepped = False
@@ -244,6 +245,22 @@ class PsciLayer:
             self.qemu_exited = True
             return False
         return after.code == SIGTRAP
+
+    def _hold_until_qemu_ends(self, remote: GdbRemote) -> None:
+        """Keep the VM stopped after the power-off call until QEMU exits by itself.
+
+        QEMU's PSCI has queued the shutdown and this vCPU's own power-off by the time the step reports;
+        resumed at once, the vCPU can run on before its power-off lands, read the call's x0 back as if
+        it had returned and fall back to plain SYSTEM_OFF (seen once in CI). QEMU's main loop shuts down
+        a stopped VM just the same. Should QEMU not end in time, the guest is resumed with what it got.
+        """
+        try:
+            ended = remote.wait_stop(self.request_timeout, sent="QEMU's exit after the power-off")
+        except WaitTimeout:
+            remote.resume()
+            return
+        if ended.kind is not StopKind.SIGNAL:
+            self.qemu_exited = True
 
     def _record(self, call: PsciCall) -> None:
         with self._lock:
