@@ -4,7 +4,8 @@ Accelerators are *tried*, not guessed from /dev/kvm: each probe starts a paused,
 QEMU with only that accelerator and asks it over QMP. QEMU serves QMP commands only from its main
 loop, which runs after the accelerator is initialised (with a single `-accel` it exits when that
 fails), and `query-kvm` says whether KVM is the one in use; a process that merely stays up proves
-nothing. The probe is always stopped and reaped.
+nothing. KVM must then boot the default image's kernel, when it is built, as it must for a run.
+Every probe is stopped and reaped.
 
 Every QEMU build the lab knows (Debian's, the lab's own patched ones) is listed with what it
 reports about SYSTEM_OFF2, asked of the build itself over QMP, and the OFF2 contract that arm64
@@ -38,7 +39,7 @@ from lab.judge.off2_contract import contract_for
 from lab.machine.accel import NO_MACHINE, PROBE_ARGS, PROBE_REAP_SECONDS, early_exit, kvm_status, launched, probe_accel
 from lab.qemu.builds import known_builds
 from lab.vocabulary import GUEST_ARCHES as ALL_GUEST_ARCHES
-from lab.vocabulary import host_arch
+from lab.vocabulary import guest_arch, host_arch
 
 Status = Literal["ok", "warn", "missing"]
 AREAS = ("host", "qemu", "accel", "system-off2", "gdbstub", "images", "python")
@@ -156,10 +157,16 @@ def _binary_finding(binary: str) -> Finding:
     return Finding("qemu", "ok", f"{binary} {version} >= {MIN_QEMU_MAJOR} ({path})")
 
 
+def _default_kernel(guest: str) -> Path | None:
+    """The default image's kernel for `guest`, when built: KVM counts as working only if it boots it, as in runs."""
+    image = ImageStore().latest(DEFAULT_IMAGE[guest_arch(guest).debian])
+    return image.kernel if image else None
+
+
 def _accel_finding(guest: str) -> Finding:
     binary = f"qemu-system-{guest}"
     path = shutil.which(binary)
-    kvm_allowed, kvm_reason = kvm_status(guest)
+    kvm_allowed, kvm_reason = kvm_status(guest, _default_kernel(guest))
     lab_pick = "kvm" if kvm_allowed else "tcg"
     if path is None:
         detail = f"{guest} guests: not probed, {binary} not found (the lab would pick {lab_pick}: {kvm_reason})"

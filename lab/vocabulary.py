@@ -93,6 +93,8 @@ KERNEL_FAULT = re.compile(
     rf"\[\s*\d+\.\d+\][^\n]*(?:{CONSOLE_PATTERNS[ConsoleMark.PANIC].pattern}|{CONSOLE_PATTERNS[ConsoleMark.OOPS].pattern})")
 """A kernel line (timestamped, so no userspace text) with a panic, an Oops or a BUG: the console's
 fail-fast wait ends once such a line is followed by silence (a WARN's `Call trace` alone is no fault)."""
+KERNEL_BANNER = re.compile(r"Linux version \d")
+"""The kernel's first printed line: the accelerator probe waits for it on an early console."""
 KERNEL_TIMESTAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
 """The kernel's own `[   1.234567]` prefix: seconds since the kernel started."""
 

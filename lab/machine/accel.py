@@ -18,14 +18,21 @@ from lab.errors import ChannelError, UsageError, WaitTimeout
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 from lab.machine.channels.qmp import QmpChannel
-from lab.vocabulary import host_arch
+from lab.vocabulary import KERNEL_BANNER, host_arch
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 PROBE_QMP_SECONDS = 5.0
 PROBE_REAP_SECONDS = 5.0
-PROBE_ARGS = ("-display", "none", "-nodefaults", "-no-user-config", "-monitor", "none", "-serial", "none", "-S")
+BARE_ARGS = ("-display", "none", "-nodefaults", "-no-user-config", "-monitor", "none")
+PROBE_ARGS = (*BARE_ARGS, "-serial", "none", "-S")
 NO_MACHINE = ("-machine", "none")
+LAB_MACHINE = {"aarch64": "virt", "x86_64": "q35"}
+PROBE_BOOT_SECONDS = 20.0
+PROBE_POLL_SECONDS = 0.2
+EARLY_CONSOLE = {"aarch64": "earlycon", "x86_64": "earlyprintk=ttyS0"}
+"""Kernel arguments that print the banner on the first serial port before any driver is up."""
+STOPPED_STATES = frozenset({"internal-error", "guest-panicked", "io-error", "shutdown"})
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,11 @@ class AccelChoice:
     reason: str
 
 
-def kvm_status(guest_arch: str) -> tuple[bool, str]:
-    """Whether KVM can run `guest_arch` guests on this host, with the reason when it cannot."""
+def kvm_status(guest_arch: str, kernel: Path | None = None) -> tuple[bool, str]:
+    """Whether KVM can run `guest_arch` guests on this host, with the reason when it cannot.
+
+    With `kernel`, KVM must also start that kernel: a run passes the kernel it is about to boot.
+    """
     host = host_arch()
     if host != guest_arch:
         return False, f"host is {host}, guest is {guest_arch}: KVM needs the same arch"
@@ -56,7 +66,7 @@ def kvm_status(guest_arch: str) -> tuple[bool, str]:
     binary = shutil.which(f"qemu-system-{guest_arch}")
     if binary is None:
         return False, f"qemu-system-{guest_arch} not found"
-    return _probe_kvm(binary, guest_arch)
+    return _probe_kvm(binary, guest_arch, kernel)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,10 @@ class ProbeOutcome:
 def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 @contextmanager
@@ -139,15 +153,63 @@ def probe_accel(binary: str, accel: str, machine: tuple[str, ...]) -> ProbeOutco
     return ProbeOutcome(problem is None, problem or "")
 
 
+def _kernel_banner(socket_path: Path, console: Path, process: subprocess.Popen[str]) -> str | None:
+    """None once the kernel's banner is on the early console; else why it never came."""
+    channel = QmpChannel(socket_path, socket_path.with_name("qmp-events.jsonl"), time.monotonic())
+    deadline = time.monotonic() + PROBE_BOOT_SECONDS
+    try:
+        channel.connect(PROBE_QMP_SECONDS, peer_gone=lambda: process.poll() is not None)
+        while time.monotonic() < deadline:
+            if console.exists() and KERNEL_BANNER.search(console.read_text(errors="replace")):
+                return None
+            status = channel.execute("query-status", timeout=PROBE_QMP_SECONDS).get("status")
+            if status in STOPPED_STATES:
+                process.terminate()
+                return f"the VM stopped ({status}): {first_line(process.communicate(timeout=PROBE_REAP_SECONDS)[1])}"
+            time.sleep(PROBE_POLL_SECONDS)
+    except (WaitTimeout, ChannelError) as error:
+        return early_exit(process, PROBE_REAP_SECONDS) if process.poll() is not None else str(error)
+    finally:
+        channel.close()
+    return f"no kernel banner on the early console within {PROBE_BOOT_SECONDS:g}s"
+
+
+def probe_kernel(binary: str, accel: str, guest_arch: str, kernel: Path) -> ProbeOutcome:
+    """Boot `kernel` (no initramfs) on the lab's machine model until it prints its banner.
+
+    A paused machine proves that a vCPU can be made, not that it runs a kernel: seen here, a KVM
+    that starts machines but whose instruction emulation stops the x86 kernel's decompressor
+    with an internal error. The process is always stopped and reaped.
+    """
+    with tempfile.TemporaryDirectory(prefix="lab-probe-") as scratch:
+        socket_path = Path(scratch) / "qmp.sock"
+        console = Path(scratch) / "console.log"
+        cpu = ("-cpu", "host") if accel == "kvm" else ("-cpu", "max")
+        command = [binary, "-machine", LAB_MACHINE[guest_arch], *cpu, "-accel", accel, "-m", "256", "-no-reboot",
+                   *BARE_ARGS, "-serial", f"file:{console}", "-kernel", str(kernel),
+                   "-append", f"{EARLY_CONSOLE[guest_arch]} panic=-1", "-qmp", f"unix:{socket_path},server=on,wait=off"]
+        try:
+            with launched(command) as process:
+                problem = _kernel_banner(socket_path, console, process)
+        except OSError as failure:
+            return ProbeOutcome(False, f"cannot start {binary}: {failure.strerror}")
+    return ProbeOutcome(problem is None, problem or "")
+
+
 @functools.cache
-def _probe_kvm(binary: str, guest_arch: str) -> tuple[bool, str]:
+def _probe_kvm(binary: str, guest_arch: str, kernel: Path | None) -> tuple[bool, str]:
     """Start the lab's own machine model paused under KVM: /dev/kvm can answer ioctls and still
-    refuse a vCPU (seen here: x86 guests abort on MSR writes without nested virtualisation)."""
-    machine = {"aarch64": "virt", "x86_64": "q35"}[guest_arch]
-    outcome = probe_accel(binary, "kvm", ("-machine", machine, "-cpu", "host"))
-    if outcome.works:
+    refuse a vCPU (seen here: x86 guests abort on MSR writes without nested virtualisation); then
+    boot `kernel` on it, when given."""
+    outcome = probe_accel(binary, "kvm", ("-machine", LAB_MACHINE[guest_arch], "-cpu", "host"))
+    if not outcome.works:
+        return False, f"a KVM machine fails to start: {outcome.error}"
+    if kernel is None:
         return True, "/dev/kvm answers and a paused KVM machine starts"
-    return False, f"a KVM machine fails to start: {outcome.error}"
+    started = probe_kernel(binary, "kvm", guest_arch, kernel)
+    if not started.works:
+        return False, f"a KVM machine starts but the kernel does not boot on it: {started.error}"
+    return True, "/dev/kvm answers and the kernel boots on a KVM machine"
 
 
 def _kvm_on(host: Host, guest_arch: str) -> tuple[bool, str]:
@@ -161,13 +223,15 @@ def _kvm_on(host: Host, guest_arch: str) -> tuple[bool, str]:
     return True, f"/dev/kvm on host {host.name}"
 
 
-def choose_accel(guest_arch: str, requested: str | None = None, host: Host = LOCAL) -> AccelChoice:
-    """`requested` ('kvm' or 'tcg') is honoured or refused with the reason; None means best available."""
+def choose_accel(guest_arch: str, requested: str | None = None, host: Host = LOCAL,
+                 kernel: Path | None = None) -> AccelChoice:
+    """`requested` ('kvm' or 'tcg') is honoured or refused with the reason; None means best available,
+    where KVM must boot `kernel` (the run's own) to count."""
     if requested not in (None, "kvm", "tcg"):
         raise UsageError(f"unknown accelerator {requested!r} (use kvm or tcg)")
-    usable, reason = kvm_status(guest_arch) if host is LOCAL else _kvm_on(host, guest_arch)
-    if requested == "kvm" and not usable:
-        raise UsageError(f"--accel kvm is not possible here: {reason}")
     if requested == "tcg":
         return AccelChoice("tcg", "requested")
+    usable, reason = kvm_status(guest_arch, kernel) if host is LOCAL else _kvm_on(host, guest_arch)
+    if requested == "kvm" and not usable:
+        raise UsageError(f"--accel kvm is not possible here: {reason}")
     return AccelChoice("kvm", reason) if usable else AccelChoice("tcg", reason)

@@ -143,7 +143,7 @@ def set_up(scenario: Scenario, options: RunOptions, run_dir: RunDirectory, event
            host: Host) -> RunSetup:
     image = image_for(scenario, options)
     build = describe_build(options.qemu, image.qemu_arch, host)
-    accel = choose_accel(image.qemu_arch, options.accel, host)
+    accel = choose_accel(image.qemu_arch, options.accel, host, image.kernel)
     if accel.name == "kvm" and image.qemu_arch == "aarch64" and (problem := kvm_trace_problem(host)):
         raise SetupError(f"cannot witness KVM's PSCI calls on {host.name}: {problem}")
     psci = psci_for(scenario, options, image, accel.name, build)
