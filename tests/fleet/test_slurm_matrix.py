@@ -32,6 +32,12 @@ description: The first boot may take {seconds} s to be ready, which no boot mana
 steps:
   - boot: {{expect: fresh, timeout: {seconds}}}
 """
+NEVER_RESUMED = """\
+name: quick-fail
+description: Expects its first boot to be a resume, which a first boot never is, so the run fails once the guest is up.
+steps:
+  - boot: {expect: resumed, timeout: 60}
+"""
 IDLE = """\
 name: idle
 description: Boots, then idles in the guest for ten minutes, unless a time limit or a cancel ends it sooner.
@@ -235,8 +241,8 @@ def test_without_a_shared_runs_directory_the_job_copies_its_run_back(slurm_clust
 
 @guest
 def test_lab_scenario_on_slurm_shows_its_output_live_and_passes_its_exit_status(slurm_cluster, tmp_path):
-    scenario = tmp_path / "slow-fail.yaml"
-    scenario.write_text(QUICK_FAIL.format(seconds=4))
+    scenario = tmp_path / "never-resumed.yaml"
+    scenario.write_text(NEVER_RESUMED)
     env = _env(slurm_cluster)
     srun = _start_lab(env, "scenario", str(scenario), "--engine", "slurm", "--runs-dir", str(tmp_path / "runs"))
     try:
@@ -249,7 +255,7 @@ def test_lab_scenario_on_slurm_shows_its_output_live_and_passes_its_exit_status(
     assert first.startswith("quick-fail on debian-arm64 (tcg")
     assert still_running, "the first line came only when the run had ended"
     assert srun.returncode == 1, err
-    assert "FAIL timed out after 4.0s waiting for boot1 to become ready" in rest
+    assert "FAIL boot1 came up resumed: boot1 came up fresh, expected resumed" in rest
     assert "lab: on Slurm: srun --job-name=lab-quick-fail -C tcg -p tcg --time=6 " in err
     assert [(job["state"], job["node"]) for job in _jobs(slurm_cluster, "lab-quick-fail")] == [("FAILED", "tcg1")]
 
