@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,8 @@ PROBE_BOOT_SECONDS = 20.0
 PROBE_POLL_SECONDS = 0.2
 EARLY_CONSOLE = {"aarch64": "earlycon", "x86_64": "earlyprintk=ttyS0"}
 """Kernel arguments that print the banner on the first serial port before any driver is up."""
+QMP_SOCKET = "qmp.sock"
+CONSOLE_LOG = "console.log"
 STOPPED_STATES = frozenset({"internal-error", "guest-panicked", "io-error", "shutdown"})
 
 
@@ -135,27 +137,35 @@ def _accel_in_use(socket_path: Path, process: subprocess.Popen[str], accel: str)
     return None
 
 
-def probe_accel(binary: str, accel: str, machine: tuple[str, ...]) -> ProbeOutcome:
-    """Start a paused QEMU with only `accel` (and `machine`); it works when QMP confirms that accelerator.
-
-    A process that merely stays up proves nothing: only QEMU answers QMP, and it does so once its
-    accelerator is set up. The process is always stopped and reaped.
-    """
-    with tempfile.TemporaryDirectory(prefix="lab-probe-") as scratch:
-        socket_path = Path(scratch) / "qmp.sock"
-        command = [binary, *machine, "-accel", accel, *PROBE_ARGS,
-                   "-qmp", f"unix:{socket_path},server=on,wait=off"]
+def _probe(binary: str, args: Callable[[Path], list[str]],
+           judge: Callable[[Path, subprocess.Popen[str]], str | None]) -> ProbeOutcome:
+    """Start `binary` with `args(scratch)` and a QMP socket in a scratch directory; `judge` says what
+    went wrong, or None. The process is always stopped and reaped."""
+    with tempfile.TemporaryDirectory(prefix="lab-probe-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        command = [binary, *args(scratch), "-qmp", f"unix:{scratch / QMP_SOCKET},server=on,wait=off"]
         try:
             with launched(command) as process:
-                problem = _accel_in_use(socket_path, process, accel)
+                problem = judge(scratch, process)
         except OSError as failure:
             return ProbeOutcome(False, f"cannot start {binary}: {failure.strerror}")
     return ProbeOutcome(problem is None, problem or "")
 
 
-def _kernel_banner(socket_path: Path, console: Path, process: subprocess.Popen[str]) -> str | None:
+def probe_accel(binary: str, accel: str, machine: tuple[str, ...]) -> ProbeOutcome:
+    """Start a paused QEMU with only `accel` (and `machine`); it works when QMP confirms that accelerator.
+
+    A process that merely stays up proves nothing: only QEMU answers QMP, and it does so once its
+    accelerator is set up.
+    """
+    return _probe(binary, lambda _: [*machine, "-accel", accel, *PROBE_ARGS],
+                  lambda scratch, process: _accel_in_use(scratch / QMP_SOCKET, process, accel))
+
+
+def _kernel_banner(scratch: Path, process: subprocess.Popen[str]) -> str | None:
     """None once the kernel's banner is on the early console; else why it never came."""
-    channel = QmpChannel(socket_path, socket_path.with_name("qmp-events.jsonl"), time.monotonic())
+    console = scratch / CONSOLE_LOG
+    channel = QmpChannel(scratch / QMP_SOCKET, scratch / "qmp-events.jsonl", time.monotonic())
     deadline = time.monotonic() + PROBE_BOOT_SECONDS
     try:
         channel.connect(PROBE_QMP_SECONDS, peer_gone=lambda: process.poll() is not None)
@@ -179,21 +189,13 @@ def probe_kernel(binary: str, accel: str, guest_arch: str, kernel: Path) -> Prob
 
     A paused machine proves that a vCPU can be made, not that it runs a kernel: seen here, a KVM
     that starts machines but whose instruction emulation stops the x86 kernel's decompressor
-    with an internal error. The process is always stopped and reaped.
+    with an internal error.
     """
-    with tempfile.TemporaryDirectory(prefix="lab-probe-") as scratch:
-        socket_path = Path(scratch) / "qmp.sock"
-        console = Path(scratch) / "console.log"
-        cpu = ("-cpu", "host") if accel == "kvm" else ("-cpu", "max")
-        command = [binary, "-machine", LAB_MACHINE[guest_arch], *cpu, "-accel", accel, "-m", "256", "-no-reboot",
-                   *BARE_ARGS, "-serial", f"file:{console}", "-kernel", str(kernel),
-                   "-append", f"{EARLY_CONSOLE[guest_arch]} panic=-1", "-qmp", f"unix:{socket_path},server=on,wait=off"]
-        try:
-            with launched(command) as process:
-                problem = _kernel_banner(socket_path, console, process)
-        except OSError as failure:
-            return ProbeOutcome(False, f"cannot start {binary}: {failure.strerror}")
-    return ProbeOutcome(problem is None, problem or "")
+    cpu = "host" if accel == "kvm" else "max"
+    return _probe(binary, lambda scratch: [
+        "-machine", LAB_MACHINE[guest_arch], "-cpu", cpu, "-accel", accel, "-m", "256", "-no-reboot", *BARE_ARGS,
+        "-serial", f"file:{scratch / CONSOLE_LOG}", "-kernel", str(kernel),
+        "-append", f"{EARLY_CONSOLE[guest_arch]} panic=-1"], _kernel_banner)
 
 
 @functools.cache
