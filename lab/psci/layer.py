@@ -23,7 +23,7 @@ from lab.errors import ChannelError, WaitTimeout
 from lab.machine.channels.gdbstub import AARCH64_PC, GdbError, GdbPeerClosed, GdbRemote, StopKind, StopReply
 from lab.psci.firmware import POWER_OFF_FUNCTION, PsciAction, PsciFirmware, PsciPersonality, to_register, to_signed
 from lab.psci.symbols import ConduitSites
-from lab.vocabulary import psci_function_name
+from lab.vocabulary import PSCI_CPU_OFF, psci_function_name
 
 SIGTRAP = 5
 INSTRUCTION_BYTES = 4
@@ -43,7 +43,7 @@ class PsciCall:
     seconds: float
     action: PsciAction
     response: int | None
-    """The signed value the guest read back in x0; None when the call did not return (power-off, CPU_OFF)."""
+    """The signed value the guest read back in x0; None when it did not return (a power-off, a CPU_OFF carried out)."""
 
     @property
     def name(self) -> str:
@@ -59,6 +59,11 @@ class PsciCall:
             "response": self.response,
             "action": str(self.action),
         }
+
+
+def _turned_off(function_id: int, x0_after: int) -> bool:
+    """A CPU_OFF that QEMU carried out halts its vCPU past the conduit with x0 untouched: no response."""
+    return function_id & 0xFFFFFFFF == PSCI_CPU_OFF and x0_after == function_id
 
 
 class PsciLayer:
@@ -226,7 +231,7 @@ class PsciLayer:
             stepped = self._step(remote, stop)
             if stepped:
                 after = remote.read_registers()
-                if after[AARCH64_PC] == pc + INSTRUCTION_BYTES:
+                if after[AARCH64_PC] == pc + INSTRUCTION_BYTES and not _turned_off(function_id, after[0]):
                     value = to_signed(after[0])
         finally:
             # A SYSTEM_OFF passed through may end QEMU before the step reports; log the call anyway.

@@ -2,7 +2,8 @@
 
 QEMU queues a vCPU's own power-off behind the step that executed SYSTEM_OFF; a layer that resumed the
 VM at once let the guest read the call back as returned and fall back to SYSTEM_OFF. These tests pin
-the order: step, then no resume while QEMU exits, and a resume only if QEMU never does.
+the order: step, then no resume while QEMU exits, and a resume only if QEMU never does. A CPU_OFF
+that QEMU carries out is the other call that does not return, and is logged without a response.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
+
+import pytest
 
 from lab.machine.channels.gdbstub import AARCH64_PC, encode_le_hex, frame, register_size
 from lab.psci.firmware import PsciAction, PsciPersonality
 from lab.psci.layer import PsciLayer
 from lab.psci.symbols import ConduitSites
-from lab.vocabulary import PSCI_SYSTEM_OFF, PSCI_SYSTEM_OFF2_64
+from lab.vocabulary import PSCI_CPU_OFF, PSCI_SYSTEM_OFF, PSCI_SYSTEM_OFF2_64, PSCI_VERSION
 from tests.support.fake_gdbstub import FakeStub
 
 HVC_SITE = 0xFFFF800080043CB4
@@ -29,6 +33,18 @@ def registers(x0: int, pc: int) -> str:
     """A `g` reply: x0 and pc set, every other core register 0."""
     values = {0: x0, AARCH64_PC: pc}
     return "".join(encode_le_hex(values.get(number, 0), register_size(number)) for number in range(34))
+
+
+def session_reply(payload: str) -> list[bytes]:
+    """QEMU's answers to the packets of a session that are not about the trapped call."""
+    replies = {"qSupported:swbreak+;vContSupported+": "PacketSize=1000;vContSupported+", "vCont?": "vCont;c;C;s;S"}
+    if payload in replies:
+        return [frame(replies[payload])]
+    if payload == "^C":
+        return [frame(f"T02thread:{THREAD};")]
+    if payload.startswith(("Z0,", "Hg", "P", "D")):
+        return [frame("OK")]
+    return [frame("")]
 
 
 class PoweringOffQemu:
@@ -42,17 +58,8 @@ class PoweringOffQemu:
         self._stepped = False
 
     def handle(self, payload: str) -> list[bytes] | None:
-        replies = {
-            "qSupported:swbreak+;vContSupported+": "PacketSize=1000;vContSupported+",
-            "vCont?": "vCont;c;C;s;S",
-            "g": registers(PSCI_SYSTEM_OFF2_64, HVC_SITE),
-        }
-        if payload in replies:
-            return [frame(replies[payload])]
-        if payload == "^C":
-            return [frame(f"T02thread:{THREAD};")]
-        if payload.startswith(("Z0,", "Hg", "P", "D")):
-            return [frame("OK")]
+        if payload == "g":
+            return [frame(registers(PSCI_SYSTEM_OFF2_64, HVC_SITE))]
         if payload == "vCont;c":
             if self._stepped:
                 self.resumed_after_step.set()
@@ -63,7 +70,7 @@ class PoweringOffQemu:
             if self.exit_after is not None:
                 threading.Timer(self.exit_after, self._exit).start()
             return [frame(f"T05thread:{THREAD};")]
-        return [frame("")]
+        return session_reply(payload)
 
     def _exit(self) -> None:
         assert self.stub is not None
@@ -71,8 +78,36 @@ class PoweringOffQemu:
         self.stub.sock.close()
 
 
+class PassingThroughQemu:
+    """A guest that traps once on `function_id`; QEMU's step leaves x0 = `x0_after` past the conduit."""
+
+    def __init__(self, function_id: int, x0_after: int) -> None:
+        self.function_id = function_id
+        self.x0_after = x0_after
+        self.stub: FakeStub | None = None
+        self._stepped = False
+
+    def handle(self, payload: str) -> list[bytes] | None:
+        if payload == "g":
+            after = registers(self.x0_after, HVC_SITE + 4)
+            return [frame(after if self._stepped else registers(self.function_id, HVC_SITE))]
+        if payload == "vCont;c":
+            return [] if self._stepped else [frame(f"T05thread:{THREAD};")]
+        if payload == f"vCont;s:{THREAD}":
+            self._stepped = True
+            return [frame(f"T05thread:{THREAD};")]
+        return session_reply(payload)
+
+
+class ScriptedQemu(Protocol):
+    stub: FakeStub | None
+
+    def handle(self, payload: str) -> list[bytes] | None: ...
+
+
 @contextmanager
-def layer_on(qemu: PoweringOffQemu, tmp_path: Path, request_timeout: float = 2.0) -> Iterator[PsciLayer]:
+def layer_on(qemu: ScriptedQemu, tmp_path: Path, request_timeout: float = 2.0,
+             personality: PsciPersonality = PsciPersonality.KVM) -> Iterator[PsciLayer]:
     path = tmp_path / "gdb.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
@@ -83,7 +118,7 @@ def layer_on(qemu: PoweringOffQemu, tmp_path: Path, request_timeout: float = 2.0
         qemu.stub = FakeStub(connection, qemu.handle)
 
     threading.Thread(target=accept, daemon=True).start()
-    layer = PsciLayer(path, ConduitSites("0" * 64, HVC_SITE, None), PsciPersonality.KVM,
+    layer = PsciLayer(path, ConduitSites("0" * 64, HVC_SITE, None), personality,
                       request_timeout=request_timeout)
     try:
         layer.attach(timeout=2.0)
@@ -116,3 +151,20 @@ def test_a_qemu_that_does_not_exit_gets_its_guest_back(tmp_path: Path) -> None:
         assert time.monotonic() - started >= 0.3
         assert layer.error is None
         assert not layer.qemu_exited
+
+
+@pytest.mark.parametrize(("function_id", "x0_after", "response"), [
+    (PSCI_CPU_OFF, PSCI_CPU_OFF, None),
+    (PSCI_CPU_OFF, -3 & (2**64 - 1), -3),
+    (PSCI_VERSION, 0x10001, 0x10001),
+], ids=["cpu-off-carried-out", "cpu-off-denied", "version-answered-by-qemu"])
+def test_a_passed_through_call_logs_what_the_guest_read_back(
+        tmp_path: Path, function_id: int, x0_after: int, response: int | None) -> None:
+    qemu = PassingThroughQemu(function_id, x0_after)
+    with layer_on(qemu, tmp_path, personality=PsciPersonality.NONE) as layer:
+        deadline = time.monotonic() + 5.0
+        while not layer.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert layer.error is None
+        [call] = layer.calls
+        assert (call.function_id, call.action, call.response) == (function_id, PsciAction.PASS_THROUGH, response)
