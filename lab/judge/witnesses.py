@@ -62,6 +62,14 @@ def _function_id(call: dict[str, Any]) -> int:
     return int(value, 16) if isinstance(value, str) else int(value)
 
 
+def _call_evidence(call: dict[str, Any]) -> str:
+    """One logged call as the guest made it and what it got; a call that did not return got nothing."""
+    made = f"{call.get('name', hex(_function_id(call)))}({', '.join(str(a) for a in call.get('args', []))})"
+    response = call.get("response")
+    got = call.get("action") if response is None else f"{call.get('action')} {response}"
+    return f"{made} on vCPU {call.get('vcpu')} -> {got}"
+
+
 def qmp_witness(observation: PowerOffObservation) -> Witness:
     """What QEMU itself reported over QMP, and how the process ended."""
     record = observation.record
@@ -136,11 +144,8 @@ def psci_witness(observation: PowerOffObservation) -> Witness:
         "system_off_calls": len(plain_off),
         "system_reset_calls": len(resets),
     }
-    evidence = [
-        f"{c.get('name', hex(_function_id(c)))}({', '.join(str(a) for a in c.get('args', []))})"
-        f" on vCPU {c.get('vcpu')} -> {c.get('action')} {c.get('response', '')}".rstrip()
-        for c in calls if _function_id(c) in SYSTEM_OFF2_IDS | {PSCI_SYSTEM_OFF} | SYSTEM_RESET_IDS
-    ]
+    evidence = [_call_evidence(c) for c in calls
+                if _function_id(c) in SYSTEM_OFF2_IDS | {PSCI_SYSTEM_OFF} | SYSTEM_RESET_IDS]
     if off2_accepted:
         return Witness("vmm-psci", facts, evidence, (PowerOffClass.HIBERNATE_OFF2,),
                        explanation="the guest called SYSTEM_OFF2 and the VM powered off")

@@ -53,6 +53,8 @@ def test_refused_off2_then_system_off_is_hibernate_off_with_the_fallback_explain
     psci = next(w for w in verdict.witnesses if w.name == "vmm-psci")
     assert psci.facts["system_off2_refused"] == 1
     assert "after SYSTEM_OFF2 was refused" in psci.explanation
+    assert psci.evidence == ["SYSTEM_OFF2_64(0x0, 0x0, 0x0) on vCPU 0 -> return -2",
+                             "SYSTEM_OFF(0x0, 0x0, 0x0) on vCPU 0 -> pass-through"]
 
 
 def test_plain_poweroff_is_never_a_hibernation(tmp_path):
