@@ -36,6 +36,10 @@ class SetupError(LabError):
     """Something the lab needs on this host is missing (QEMU, an image, a package)."""
 
 
+LAST_SEEN = "; last seen: "
+"""Where a timeout's message ends and the console lines it saw last begin."""
+
+
 class WaitTimeout(LabError):
     """A bounded wait ran out: says what it waited for and what it saw last."""
 
@@ -47,7 +51,7 @@ class WaitTimeout(LabError):
         self.last_seen = list(last_seen)
         tail = " | ".join(printable(line.strip()) for line in self.last_seen[-3:] if line.strip())
         message = f"timed out after {seconds:.1f}s waiting for {what}"
-        super().__init__(f"{message}; last seen: {tail}" if tail else message)
+        super().__init__(f"{message}{LAST_SEEN}{tail}" if tail else message)
 
 
 class MachineError(LabError):

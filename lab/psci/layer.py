@@ -63,7 +63,7 @@ class PsciCall:
 
 def _turned_off(function_id: int, x0_after: int) -> bool:
     """A CPU_OFF that QEMU carried out halts its vCPU past the conduit with x0 untouched: no response."""
-    return function_id & 0xFFFFFFFF == PSCI_CPU_OFF and x0_after == function_id
+    return x0_after == function_id == PSCI_CPU_OFF
 
 
 class PsciLayer:

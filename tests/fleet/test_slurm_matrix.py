@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.errors import LAST_SEEN
 from lab.machine.accel import kvm_status
 from lab.paths import REPO_ROOT
 from lab.rundir import RunDirectory
@@ -83,7 +84,7 @@ def _jobs(cluster: LocalSlurmCluster, name: str) -> list[dict[str, str]]:
 
 def _without_console_tail(reason: str) -> str:
     """A timeout's reason ends with the console lines seen so far, which depend on how fast the guest got going."""
-    return reason.split("; last seen: ")[0]
+    return reason.split(LAST_SEEN)[0]
 
 
 def _qemu_of(run_dir: Path) -> list[str]:

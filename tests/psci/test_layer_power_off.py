@@ -18,9 +18,10 @@ from typing import Protocol
 
 import pytest
 
+from lab.deadline import wait_until
 from lab.machine.channels.gdbstub import AARCH64_PC, encode_le_hex, frame, register_size
-from lab.psci.firmware import PsciAction, PsciPersonality
-from lab.psci.layer import PsciLayer
+from lab.psci.firmware import PsciAction, PsciPersonality, to_register
+from lab.psci.layer import INSTRUCTION_BYTES, PsciLayer
 from lab.psci.symbols import ConduitSites
 from lab.vocabulary import PSCI_CPU_OFF, PSCI_SYSTEM_OFF, PSCI_SYSTEM_OFF2_64, PSCI_VERSION
 from tests.support.fake_gdbstub import FakeStub
@@ -89,7 +90,7 @@ class PassingThroughQemu:
 
     def handle(self, payload: str) -> list[bytes] | None:
         if payload == "g":
-            after = registers(self.x0_after, HVC_SITE + 4)
+            after = registers(self.x0_after, HVC_SITE + INSTRUCTION_BYTES)
             return [frame(after if self._stepped else registers(self.function_id, HVC_SITE))]
         if payload == "vCont;c":
             return [] if self._stepped else [frame(f"T05thread:{THREAD};")]
@@ -155,16 +156,13 @@ def test_a_qemu_that_does_not_exit_gets_its_guest_back(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("function_id", "x0_after", "response"), [
     (PSCI_CPU_OFF, PSCI_CPU_OFF, None),
-    (PSCI_CPU_OFF, -3 & (2**64 - 1), -3),
+    (PSCI_CPU_OFF, to_register(-3), -3),
     (PSCI_VERSION, 0x10001, 0x10001),
 ], ids=["cpu-off-carried-out", "cpu-off-denied", "version-answered-by-qemu"])
 def test_a_passed_through_call_logs_what_the_guest_read_back(
         tmp_path: Path, function_id: int, x0_after: int, response: int | None) -> None:
     qemu = PassingThroughQemu(function_id, x0_after)
     with layer_on(qemu, tmp_path, personality=PsciPersonality.NONE) as layer:
-        deadline = time.monotonic() + 5.0
-        while not layer.calls and time.monotonic() < deadline:
-            time.sleep(0.01)
+        [call] = wait_until(lambda: layer.calls or None, 5.0, "the layer to log the trapped call")
         assert layer.error is None
-        [call] = layer.calls
         assert (call.function_id, call.action, call.response) == (function_id, PsciAction.PASS_THROUGH, response)
