@@ -31,6 +31,8 @@ HEADER_SPAN = max(PAGE_SIZES)
 IMAGE_SIGNATURE = "S1SUSPEND"
 SWAP_SIGNATURES = ("SWAPSPACE2", "SWAP-SPACE")
 U32_MAX = 0xFFFF_FFFF
+SECTOR_SIZE = 512
+"""What QEMU sizes disks in: a region's offset and a disk's size are whole sectors."""
 
 FLAG_PLATFORM_MODE = 1
 FLAG_NOCOMPRESS = 2
@@ -268,12 +270,29 @@ def _require_u32(value: int) -> None:
         raise UsageError(f"signature value {value} is outside 0..0x{U32_MAX:X} (hw_sig is a u32)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SwapRegion:
+    """Where a swap area lies inside a disk: a partition, or a swap file's blocks in its filesystem.
+
+    The whole disk is a swap area of its own (the busybox guests' swap disk): region None.
+    """
+
+    offset: int
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.offset % min(PAGE_SIZES) or self.offset < 0 or self.size <= 0:
+            raise UsageError(f"a swap area at byte {self.offset} of {self.size} bytes is not page-aligned")
+
+
 @dataclass(frozen=True)
 class _Disk:
     path: Path
     format: str
     size: int
     host: Host
+    offset: int = 0
+    """Where the swap area starts, in bytes from the start of the disk; `size` is the area's."""
 
 
 def _run_qemu_tool(host: Host, args: list[str], disk: Path) -> str:
@@ -294,14 +313,20 @@ def _run_qemu_tool(host: Host, args: list[str], disk: Path) -> str:
     return result.text()
 
 
-def _open_disk(disk: Path, host: Host) -> _Disk:
+def _open_disk(disk: Path, host: Host, region: SwapRegion | None = None) -> _Disk:
     """Find the disk's format and virtual size; -U so a disk a VM holds can still be inspected."""
     if host is LOCAL:
         if not disk.exists():
             raise UsageError(f"no such disk image: {disk}")
         disk = disk.resolve()
     info = json.loads(_run_qemu_tool(host, ["qemu-img", "info", "-U", "--output=json", str(disk)], disk))
-    return _Disk(disk, info["format"], int(info["virtual-size"]), host)
+    size = int(info["virtual-size"])
+    if region is None:
+        return _Disk(disk, info["format"], size, host)
+    if region.offset + region.size > size:
+        raise UsageError(f"{disk}: a swap area at byte {region.offset} of {region.size} bytes ends past the "
+                         f"disk's {size} bytes")
+    return _Disk(disk, info["format"], region.size, host, region.offset)
 
 
 def _require_write_access(disk: _Disk) -> None:
@@ -322,14 +347,17 @@ def _read_start(disk: _Disk, for_update: bool) -> bytes:
     if for_update:
         _require_write_access(disk)
     length = min(HEADER_SPAN, disk.size)
+    block = SECTOR_SIZE
+    # qemu-img dd's count ends the copy at count blocks from the input's start, skipped ones included.
     share = [] if for_update else ["-U"]
     scratch = disk.host.make_dir("lab-header-")
     try:
         copy = posixpath.join(scratch, "start.raw")
         _run_qemu_tool(
             disk.host,
-            ["qemu-img", "dd", *share, "-f", disk.format, "-O", "raw", f"bs={HEADER_SPAN}", "count=1",
-             f"if={disk.path}", f"of={copy}"],
+            ["qemu-img", "dd", *share, "-f", disk.format, "-O", "raw", f"bs={block}",
+             f"count={(disk.offset + length) // block}", f"skip={disk.offset // block}", f"if={disk.path}",
+             f"of={copy}"],
             disk.path,
         )
         data = disk.host.read_file(copy)
@@ -351,18 +379,20 @@ def _write_start(disk: _Disk, page: bytes) -> None:
         pattern = posixpath.join(scratch, "header-page.bin")
         disk.host.write_file(pattern, page)
         stdout = _run_qemu_tool(
-            disk.host, ["qemu-io", "-f", disk.format, "-c", f"write -s {pattern} 0 {len(page)}", str(disk.path)],
+            disk.host,
+            ["qemu-io", "-f", disk.format, "-c", f"write -s {pattern} {disk.offset} {len(page)}", str(disk.path)],
             disk.path,
         )
     finally:
         disk.host.remove_tree(scratch)
-    if f"wrote {len(page)}/{len(page)} bytes at offset 0" not in stdout:
+    if f"wrote {len(page)}/{len(page)} bytes at offset {disk.offset}" not in stdout:
         raise DiskAccessError(f"qemu-io did not confirm writing the header of {disk.path}: {stdout.strip()}")
 
 
-def read_header(disk: Path, host: Host = LOCAL) -> HibernationHeader:
-    """Inspect a disk's header without locking it, so a disk in use can be looked at too."""
-    opened = _open_disk(disk, host)
+def read_header(disk: Path, host: Host = LOCAL, region: SwapRegion | None = None) -> HibernationHeader:
+    """Inspect a swap area's header (the whole disk's, or a region's) without locking the disk, so a
+    disk in use can be looked at too."""
+    opened = _open_disk(disk, host, region)
     return parse_header(_read_start(opened, for_update=False), opened.size, str(disk))
 
 
@@ -372,6 +402,7 @@ def _edit_image_header(
     edit: Callable[[HibernationHeader, bytearray], None],
     blocking_problems: Callable[[HibernationHeader], tuple[str, ...]],
     host: Host,
+    region: SwapRegion | None,
 ) -> tuple[HibernationHeader, HibernationHeader]:
     """Read-modify-write the header page under both locks; returns the header before and after.
 
@@ -379,7 +410,7 @@ def _edit_image_header(
     own directory there), so no lab VM can start between the read and the write; the read and the
     write both open the disk read-write, so QEMU refuses them while a VM has it.
     """
-    opened = _open_disk(disk, host)
+    opened = _open_disk(disk, host, region)
     lock = DiskLock(opened.path, description=f"lab image: {action}") if host is LOCAL else nullcontext()
     with lock:
         data = _read_start(opened, for_update=True)
@@ -401,7 +432,8 @@ def _edit_image_header(
     return before, after
 
 
-def set_signature(disk: Path, value: int, host: Host = LOCAL) -> tuple[HibernationHeader, HibernationHeader]:
+def set_signature(disk: Path, value: int, host: Host = LOCAL,
+                  region: SwapRegion | None = None) -> tuple[HibernationHeader, HibernationHeader]:
     """Set HW_SIG and hw_sig = value, so a kernel whose running signature differs refuses the image."""
     _require_u32(value)
 
@@ -411,10 +443,11 @@ def set_signature(disk: Path, value: int, host: Host = LOCAL) -> tuple[Hibernati
         struct.pack_into("<I", page, tail + _FLAGS_AT, header.flags | FLAG_HW_SIG)
 
     action = f"set the hardware signature to 0x{value:08x}"
-    return _edit_image_header(disk, action, set_hw_sig, lambda header: header.problems, host)
+    return _edit_image_header(disk, action, set_hw_sig, lambda header: header.problems, host, region)
 
 
-def discard_image(disk: Path, host: Host = LOCAL) -> tuple[HibernationHeader, HibernationHeader]:
+def discard_image(disk: Path, host: Host = LOCAL,
+                  region: SwapRegion | None = None) -> tuple[HibernationHeader, HibernationHeader]:
     """Put the original swap signature back, as the kernel does on resume: the next boot is cold.
 
     Only the original signature has to be sound; a bad image offset is no reason to keep an image.
@@ -425,5 +458,6 @@ def discard_image(disk: Path, host: Host = LOCAL) -> tuple[HibernationHeader, Hi
         page[tail + _SIG_AT : tail + _SIG_AT + 10] = page[tail + _ORIG_SIG_AT : tail + _ORIG_SIG_AT + 10]
 
     return _edit_image_header(
-        disk, "discard the hibernation image", restore_signature, lambda header: header.signature_problems, host
+        disk, "discard the hibernation image", restore_signature, lambda header: header.signature_problems, host,
+        region,
     )
