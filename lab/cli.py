@@ -20,10 +20,27 @@ from lab.errors import LabError, MachineError, UsageError, printable
 from lab.vocabulary import host_arch
 
 
+def _system_image_build(args: argparse.Namespace) -> int:
+    from lab.image.system import SystemImageBuilder
+    from lab.image.system_recipe import SystemRecipe
+
+    if args.kernel_deb:
+        raise UsageError(f"{args.name} is a system image: its kernel comes from its recipe, not --kernel-deb")
+    recipe = SystemRecipe.named(args.name)
+    image, built = SystemImageBuilder().build(recipe, refresh=args.refresh, log=lambda line: print(f"  {line}"))
+    if image.qemu_arch == "aarch64":
+        _find_conduit_sites(image.kernel)
+    print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
+    return 0
+
+
 def _images_build(args: argparse.Namespace) -> int:
     from lab.image.recipe import GUEST_ROLE, ImageRecipe
     from lab.image.store import ImageStore
+    from lab.image.system_recipe import is_system_recipe
 
+    if args.name and is_system_recipe(args.name):
+        return _system_image_build(args)
     recipe = ImageRecipe.named(args.name or f"debian-{args.arch}")
     if args.kernel_deb:
         recipe = recipe.pinned(args.kernel_deb)

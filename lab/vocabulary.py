@@ -51,6 +51,32 @@ def host_arch() -> str:
     return next((arch.qemu for arch in GUEST_ARCHES if machine in arch.names), machine)
 
 
+class HibernateVia(StrEnum):
+    """How a guest is told to hibernate."""
+
+    SYSFS = "sysfs"
+    """`echo disk > /sys/power/state`: the kernel alone."""
+    SYSTEMD = "systemd"
+    """`systemctl hibernate`: logind's checks, systemd-sleep choosing the swap area, then the kernel."""
+
+
+class ImageOn(StrEnum):
+    """Where the hibernation image is written."""
+
+    PARTITION = "partition"
+    FILE = "file"
+    """A swap file in the root filesystem, found by the kernel through `resume_offset`."""
+
+
+class ResumeFrom(StrEnum):
+    """How the resuming boot learns where the image is."""
+
+    CMDLINE = "cmdline"
+    """`resume=` (and `resume_offset=`) on the kernel command line."""
+    INITRAMFS = "initramfs"
+    """Only the initramfs's own configuration (initramfs-tools' `RESUME=`)."""
+
+
 class ConsoleMark(StrEnum):
     """Console lines that mean something to the lab, named once for every reader."""
 
@@ -63,10 +89,12 @@ class ConsoleMark(StrEnum):
     RESTARTING = "restarting"
     PANIC = "panic"
     OOPS = "oops"
+    SYSTEMD_HIBERNATE = "systemd_hibernate"
+    SYSTEMD_RETURNED = "systemd_returned"
 
 
 CONSOLE_PATTERNS: dict[ConsoleMark, re.Pattern[str]] = {
-    ConsoleMark.READY: re.compile(r"lab-init: ready"),
+    ConsoleMark.READY: re.compile(r"lab-(?:init|system): ready"),
     ConsoleMark.HIBERNATION_ENTRY: re.compile(r"PM: hibernation: hibernation entry"),
     ConsoleMark.IMAGE_SAVED: re.compile(r"PM: Image saving done|PM: hibernation: Wrote \d+ kbytes"),
     ConsoleMark.POWER_DOWN: re.compile(r"reboot: Power down|ACPI: PM: Preparing to enter system sleep state S[45]"),
@@ -75,7 +103,10 @@ CONSOLE_PATTERNS: dict[ConsoleMark, re.Pattern[str]] = {
     ConsoleMark.RESTARTING: re.compile(r"reboot: Restarting system"),
     ConsoleMark.PANIC: re.compile(r"Kernel panic"),
     ConsoleMark.OOPS: re.compile(r"Internal error: Oops|\bOops\b|BUG:"),
+    ConsoleMark.SYSTEMD_HIBERNATE: re.compile(r"Starting \S*systemd-hibernate\.service"),
+    ConsoleMark.SYSTEMD_RETURNED: re.compile(r"Finished \S*systemd-hibernate\.service"),
 }
+"""systemd's status lines keep their colour sequences in the console log: `\\S*` steps over them."""
 CONSOLE_LABELS: dict[ConsoleMark, str] = {
     ConsoleMark.READY: "lab-init ready",
     ConsoleMark.HIBERNATION_ENTRY: "hibernation entry",
@@ -86,6 +117,8 @@ CONSOLE_LABELS: dict[ConsoleMark, str] = {
     ConsoleMark.RESTARTING: "restarting",
     ConsoleMark.PANIC: "Kernel panic",
     ConsoleMark.OOPS: "Oops/BUG",
+    ConsoleMark.SYSTEMD_HIBERNATE: "systemd hibernates",
+    ConsoleMark.SYSTEMD_RETURNED: "systemd returned",
 }
 KERNEL_TROUBLE = re.compile(r"Kernel panic|\bOops\b|BUG:|Call trace")
 """What no healthy boot prints: the verdict's console health check uses it."""

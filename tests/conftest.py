@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab.image.guest_image import GuestImage
-from lab.image.recipe import DEFAULT_IMAGE
+from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_SYSTEM_IMAGE
 from lab.image.store import ImageStore
 
 
@@ -66,6 +66,15 @@ def _built_default(arch: str) -> GuestImage:
     image = ImageStore().latest(DEFAULT_IMAGE[arch])
     if image is None:
         pytest.fail(f"the default {arch} image is not built: run ./bootstrap (the README's test command does)")
+    return image
+
+
+@pytest.fixture(scope="session")
+def system_image() -> GuestImage:
+    """The arm64 system image; `./bootstrap --tests` (the README's test command) builds it."""
+    image = ImageStore().latest(DEFAULT_SYSTEM_IMAGE["arm64"])
+    if image is None:
+        pytest.fail("the arm64 system image is not built: run ./bootstrap --tests (the README's test command does)")
     return image
 
 

@@ -51,3 +51,23 @@ def test_scenario_list_and_show():
     assert "hibernate-resume" in listed.stdout and "no-stale-resume" in listed.stdout
     shown = lab("scenario", "show", "hibernate-resume")
     assert shown.returncode == 0 and "name: hibernate-resume" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("hibernation", "message"),
+    [
+        ("{via: systemd}", "`hibernation: via: systemd` needs a system image (guest: system)"),
+        ("{image_on: file}", "image debian-arm64 has no swap file: `image_on: file` needs a system image"),
+        ("{resume_from: initramfs}", "image debian-arm64 resumes through the lab's own init"),
+        ("{via: hibernate}", "hibernation/via:"),
+        ("{image_size: -1}", "hibernation/image_size:"),
+    ],
+)
+def test_a_hibernation_path_the_guest_cannot_take_is_one_line(hibernation, message, tmp_path):
+    """Refused before anything boots: the run directory says why, and the user gets one line."""
+    scenario = tmp_path / "paths.yaml"
+    scenario.write_text(f"name: paths\ndescription: x\nhibernation: {hibernation}\nsteps:\n  - boot\n")
+    done = lab("scenario", str(scenario), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

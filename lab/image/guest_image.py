@@ -16,7 +16,30 @@ from typing import Any
 
 from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
-from lab.vocabulary import guest_arch
+from lab.vocabulary import ImageOn, ResumeFrom, guest_arch
+
+SYSTEM_KIND = "system"
+SWAP_DISK_DEVICE = "/dev/vda"
+"""The busybox guests' swap disk: the whole of the run's one disk."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwapArea:
+    """Where a run's hibernation image goes: in the disk file (for the host's disk witness and header
+    edits) and in the guest (a block device and a byte offset in it, for the guest's own look)."""
+
+    image_on: ImageOn
+    disk_offset: int = 0
+    """Bytes from the start of the run's disk to the area's first page."""
+    size: int | None = None
+    """The area's size in bytes; None: the whole disk."""
+    guest_device: str
+    guest_offset: int = 0
+    resume_arguments: tuple[str, ...] = ()
+    """What names this area on a kernel command line (`resume=`, and `resume_offset=` for a file)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"resume_arguments": list(self.resume_arguments)}
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,52 @@ class GuestImage:
         return self.manifest["name"]
 
     @property
+    def is_system(self) -> bool:
+        """A whole system on a GPT disk (systemd, its own initramfs), not a busybox initramfs guest."""
+        return self.manifest.get("kind") == SYSTEM_KIND
+
+    def swap_area(self, image_on: ImageOn = ImageOn.PARTITION) -> SwapArea:
+        """The swap area a run writes its image to; a busybox guest has one, its whole swap disk."""
+        if not self.is_system:
+            if image_on is not ImageOn.PARTITION:
+                raise UsageError(f"image {self.name} has no swap file: `image_on: {image_on}` needs a system image")
+            return SwapArea(image_on=image_on, guest_device=SWAP_DISK_DEVICE)
+        system = self.manifest["system"]
+        partitions = {p["label"]: p for p in system["partitions"]}
+        if image_on is ImageOn.FILE:
+            swap_file = system["swap_file"]
+            root = partitions[swap_file["partition"]]
+            return SwapArea(
+                image_on=image_on, disk_offset=swap_file["offset"], size=swap_file["size"],
+                guest_device=f"/dev/disk/by-partuuid/{root['uuid']}", guest_offset=swap_file["offset"] - root["offset"],
+                resume_arguments=(f"resume=PARTUUID={root['uuid']}", f"resume_offset={swap_file['resume_offset']}"),
+            )
+        swap = partitions["lab-swap"]
+        return SwapArea(image_on=image_on, disk_offset=swap["offset"], size=swap["size"],
+                        guest_device=f"/dev/disk/by-partuuid/{swap['uuid']}",
+                        resume_arguments=(f"resume=PARTUUID={swap['uuid']}",))
+
+    def boot_arguments(self, area: SwapArea, resume_from: ResumeFrom) -> str:
+        """What a boot adds to the kernel command line: which swap area the guest turns on, and (with
+        `resume_from: cmdline`) where the resuming kernel finds the image."""
+        if not self.is_system:
+            return "lab.swap=vda"
+        resume = area.resume_arguments if resume_from is ResumeFrom.CMDLINE else ()
+        return " ".join((f"lab.swap={area.image_on}", *resume))
+
+    def require_resume_path(self, area: SwapArea, resume_from: ResumeFrom) -> None:
+        """Refuse, before anything boots, a resume path this image cannot take."""
+        if not self.is_system:
+            if resume_from is not ResumeFrom.CMDLINE:
+                raise UsageError(f"image {self.name} resumes through the lab's own init: `resume_from: {resume_from}` "
+                                 "needs a system image")
+            return
+        generator = self.manifest["system"]["initramfs_generator"]
+        if resume_from is ResumeFrom.INITRAMFS and area.image_on is ImageOn.FILE:
+            raise UsageError(f"image {self.name}'s {generator} initramfs is set to resume from the swap partition "
+                             "(RESUME=); a swap file needs `resume_from: cmdline`")
+
+    @property
     def arch(self) -> str:
         return self.manifest["arch"]
 
@@ -71,11 +140,12 @@ class GuestImage:
 
     @property
     def initramfs(self) -> Path:
-        return self.initrd_file or self.path / "initramfs.cpio"
+        return self.initrd_file or self.path / ("initrd.img" if self.is_system else "initramfs.cpio")
 
     @property
     def swap_template(self) -> Path:
-        return self.path / "swap.raw"
+        """The disk a run starts from: a blank swap disk, or a system image's whole GPT disk."""
+        return self.path / ("disk.raw" if self.is_system else "swap.raw")
 
     @property
     def kernel_append(self) -> str:

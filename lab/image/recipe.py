@@ -15,6 +15,8 @@ from lab.yaml_file import read_yaml
 DEFAULT_KERNEL = "default"
 """The kernel an image recipe names itself, as opposed to one pinned by version."""
 DEFAULT_IMAGE = {arch.debian: f"debian-{arch.debian}" for arch in GUEST_ARCHES}
+DEFAULT_SYSTEM_IMAGE = {arch.debian: f"debian-{arch.debian}-system" for arch in GUEST_ARCHES}
+"""The image a `guest: system` scenario boots on each arch."""
 GUEST_ROLE = "guest"
 KVM_HOST_ROLE = "kvm-host"
 _SCHEMA = load_schema("image-recipe")
@@ -70,7 +72,12 @@ class ImageRecipe:
     @classmethod
     def named(cls, name: str) -> ImageRecipe:
         """The shipped recipe `name`; a name that is no recipe's (`../x`, a path) is never looked up."""
+        from lab.image.system_recipe import is_system_recipe
+
         path = IMAGES_DIR / f"{name}.yaml"
+        if NAME.fullmatch(name) and is_system_recipe(name):
+            raise UsageError(f"{name} is a system image: it is built with `lab images build {name}` and boots with "
+                             "its own kernel (no --kernel-deb, no lab host payload)")
         if not NAME.fullmatch(name) or not path.exists():
             known = ", ".join(sorted(p.stem for p in IMAGES_DIR.glob("*.yaml")))
             raise UsageError(f"no image recipe named {name!r} (known: {known})")

@@ -35,7 +35,8 @@ that never reached the VMM (nothing reset the guest), which the lab stopped wait
 POWER_EVENTS = {"SHUTDOWN", "SUSPEND_DISK", "GUEST_PANICKED", "RESET", "POWERDOWN"}
 """QMP events that speak to how the guest went away (STOP/RESUME pairs from gdbstub traps do not)."""
 CONSOLE_WITNESS_MARKS = (ConsoleMark.HIBERNATION_ENTRY, ConsoleMark.IMAGE_SAVED, ConsoleMark.POWER_DOWN,
-                         ConsoleMark.RESTARTING, ConsoleMark.PANIC, ConsoleMark.OOPS)
+                         ConsoleMark.RESTARTING, ConsoleMark.PANIC, ConsoleMark.OOPS, ConsoleMark.SYSTEMD_HIBERNATE)
+"""`systemd_hibernate` says who asked (systemd-sleep, on a system guest); it changes no classification."""
 
 
 @dataclass

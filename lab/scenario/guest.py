@@ -30,7 +30,7 @@ from lab.events import EventLog, PortTaken, QemuLaunched
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 from lab.hosts.trace import KvmTrace
-from lab.image.guest_image import GuestImage
+from lab.image.guest_image import GuestImage, SwapArea
 from lab.machine.channels.serial import TROUBLE_QUIET_SECONDS
 from lab.machine.channels.shell import CommandResult, GuestShell
 from lab.machine.channels.ssh import SshChannel
@@ -98,8 +98,13 @@ class Guest:
 
     def __init__(self, image: GuestImage, run_dir: RunDirectory, events: EventLog, accel: str,
                  build: QemuBuild, psci: GuestPsci | None = None, memory_mib: int = 1024, cpus: int = 2,
-                 host: Host = LOCAL, trouble_quiet: float = TROUBLE_QUIET_SECONDS) -> None:
+                 host: Host = LOCAL, trouble_quiet: float = TROUBLE_QUIET_SECONDS, swap_area: SwapArea | None = None,
+                 boot_append: str = "lab.swap=vda") -> None:
         self.image = image
+        self.swap_area = swap_area or image.swap_area()
+        """Where the guest writes its hibernation image, in the run's disk and in the guest."""
+        self.boot_append = boot_append
+        """What every boot adds to the image's kernel command line (the swap area, resume=, a compressor)."""
         self.run_dir = run_dir
         self.events = events
         self.accel = accel
@@ -166,7 +171,7 @@ class Guest:
         append = with_console(self.image.kernel_append, self.image.qemu_arch, console)
         return MachineSpec(
             arch=self.image.qemu_arch, kernel=Path(self._host_file(self.image.kernel)),
-            initrd=Path(self._host_file(self.image.initramfs)), append=f"{append} lab.swap=vda",
+            initrd=Path(self._host_file(self.image.initramfs)), append=f"{append} {self.boot_append}",
             disks=(self.disk,), accel=self.accel, memory_mib=self.memory_mib, cpus=self.cpus, qemu=self.build.path,
             loader=self.build.loader, gdbstub=self.psci is not None, ssh_port=ssh_port, console=console,
         )

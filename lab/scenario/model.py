@@ -12,6 +12,7 @@ from typing import Any
 
 from lab.errors import UsageError
 from lab.paths import SCENARIOS_DIR, load_schema
+from lab.vocabulary import HibernateVia, ImageOn, ResumeFrom
 from lab.yaml_file import YamlFile, read_yaml
 
 _SCHEMA = load_schema("scenario")
@@ -35,6 +36,28 @@ class Step:
         return self.kind + (" " + " ".join(f"{k}={v}" for k, v in shown.items()) if shown else "")
 
 
+@dataclass(frozen=True, kw_only=True)
+class HibernationPaths:
+    """How the guest hibernates and resumes: the scenario's `hibernation` block."""
+
+    via: HibernateVia = HibernateVia.SYSFS
+    image_on: ImageOn = ImageOn.PARTITION
+    resume_from: ResumeFrom = ResumeFrom.CMDLINE
+    compressor: str | None = None
+    image_size: int | None = None
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> HibernationPaths:
+        return cls(via=HibernateVia(data.get("via", HibernateVia.SYSFS)),
+                   image_on=ImageOn(data.get("image_on", ImageOn.PARTITION)),
+                   resume_from=ResumeFrom(data.get("resume_from", ResumeFrom.CMDLINE)),
+                   compressor=data.get("compressor"), image_size=data.get("image_size"))
+
+    @property
+    def kernel_arguments(self) -> tuple[str, ...]:
+        return (f"hibernate.compressor={self.compressor}",) if self.compressor else ()
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -48,6 +71,9 @@ class Scenario:
     arches: tuple[str, ...] = ()
     kernel_trouble_quiet: float | None = None
     """Seconds of console silence after a kernel panic, Oops or BUG that end a wait; None: the lab's default."""
+    system: bool = False
+    """`guest: system`: a whole Debian system (debian-ARCH-system) unless `image` names another."""
+    hibernation: HibernationPaths = field(default_factory=HibernationPaths)
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -98,6 +124,8 @@ def load_scenario(path: Path) -> Scenario:
         cpus=data.get("cpus", 2),
         arches=tuple(data.get("arches", ())),
         kernel_trouble_quiet=data.get("kernel_trouble_quiet"),
+        system=data.get("guest") == "system",
+        hibernation=HibernationPaths.of(data.get("hibernation", {})),
         source=data,
     )
 

@@ -23,7 +23,7 @@ from lab.hosts.local import LOCAL
 from lab.hosts.logins import open_host
 from lab.hosts.trace import kvm_trace_problem
 from lab.image.guest_image import GuestImage
-from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
+from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL, DEFAULT_SYSTEM_IMAGE
 from lab.image.store import find_image
 from lab.judge.observations import Observations
 from lab.judge.off2_contract import Off2Contract, contract_for
@@ -41,7 +41,7 @@ from lab.rundir import RunDirectory, timestamp
 from lab.scenario.guest import Guest
 from lab.scenario.model import Scenario
 from lab.scenario.steps import RunContext, run_steps
-from lab.vocabulary import guest_arch
+from lab.vocabulary import HibernateVia, guest_arch
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ class RunResult:
 
 def image_for(scenario: Scenario, options: RunOptions, log: Callable[[str], None] = print) -> GuestImage:
     """The image to boot: the default (or named) one, one with a bug report's kernel, plus overrides."""
-    name = options.image or scenario.image or DEFAULT_IMAGE[guest_arch(options.arch).debian]
+    defaults = DEFAULT_SYSTEM_IMAGE if scenario.system else DEFAULT_IMAGE
+    name = options.image or scenario.image or defaults[guest_arch(options.arch).debian]
     kernel_is_deb = options.kernel is not None and options.kernel.suffix == ".deb"
     debs = (options.kernel,) if kernel_is_deb and options.kernel else ()
     image = find_image(name, options.kernel_deb or DEFAULT_KERNEL, debs, log)
@@ -134,7 +135,8 @@ class RunSetup:
                       "inputs": image.manifest.get("inputs", []), "outputs": image.manifest.get("outputs", {})},
             "boot_inputs": image.boot_inputs(),
             "disk_input": {"path": str(options.disk), "sha256": sha256_file(options.disk)} if options.disk else None,
-            "kernel_append": f"{image.kernel_append} lab.swap=vda",
+            "kernel_append": f"{image.kernel_append} {self.guest.boot_append}",
+            "swap_area": self.guest.swap_area.to_json(),
             "kernel_trouble_quiet": self.guest.trouble_quiet,
         }
 
@@ -149,8 +151,15 @@ def set_up(scenario: Scenario, options: RunOptions, run_dir: RunDirectory, event
     psci = psci_for(scenario, options, image, accel.name, build)
     contract = contract_for(image.qemu_arch, accel.name, psci is not None, build.off2_reporting,
                             options.off2_contract)
+    paths = scenario.hibernation
+    area = image.swap_area(paths.image_on)
+    image.require_resume_path(area, paths.resume_from)
+    if paths.via is HibernateVia.SYSTEMD and not image.is_system:
+        raise UsageError(f"`hibernation: via: systemd` needs a system image (guest: system); "
+                         f"{image.name} has no systemd")
     guest = Guest(image, run_dir, events, accel.name, build, psci, scenario.memory_mib, scenario.cpus, host,
-                  trouble_quiet_seconds(scenario.kernel_trouble_quiet))
+                  trouble_quiet_seconds(scenario.kernel_trouble_quiet), swap_area=area,
+                  boot_append=" ".join((image.boot_arguments(area, paths.resume_from), *paths.kernel_arguments)))
     return RunSetup(image, build, accel, psci, contract, guest)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from lab.deadline import Deadline
 from lab.disk import header as hibernation_header
+from lab.disk.header import SwapRegion
 from lab.errors import ChannelError, KernelTrouble, LabError, WaitTimeout
 from lab.events import EventLog, RepeatRound
 from lab.judge.observations import (
@@ -32,14 +33,27 @@ from lab.judge.observations import (
 from lab.judge.verdict import step_expectations
 from lab.machine.channels.shell import CommandResult, GuestShell
 from lab.scenario.guest import Guest, GuestState
-from lab.scenario.model import Scenario, Step
+from lab.scenario.model import HibernationPaths, Scenario, Step
+from lab.vocabulary import HibernateVia
 
 DEFAULT_TIMEOUTS = {"boot": 120.0, "hibernate": 180.0, "poweroff": 60.0, "crash": 60.0, "run": 60.0}
 POWER_OFF_COMMANDS = {
-    "hibernate": "echo disk > /sys/power/state",
     "poweroff": "poweroff -f",
     "crash": "echo c > /proc/sysrq-trigger",
 }
+HIBERNATE_COMMANDS = {
+    HibernateVia.SYSFS: "echo disk > /sys/power/state",
+    HibernateVia.SYSTEMD: (
+        "systemctl hibernate && while systemctl list-jobs --no-legend | grep -q hibernate; do sleep 0.2; done"
+    ),
+}
+"""`systemctl hibernate` returns once logind has queued the hibernation: the command then waits for the
+job to finish, which it does after the resume (or when systemd-sleep fails), so its status is the outcome."""
+
+
+def hibernate_command(paths: HibernationPaths) -> str:
+    command = HIBERNATE_COMMANDS[paths.via]
+    return command if paths.image_size is None else f"echo {paths.image_size} > /sys/power/image_size && {command}"
 
 
 @dataclass
@@ -89,16 +103,23 @@ def _mark(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     outcome.update(token=token, marker_pid=ctx.evidence.marker_pid, boot_id=ctx.evidence.boot_id)
 
 
+def _swap_region(ctx: RunContext) -> SwapRegion | None:
+    """Where the guest's swap area lies in the run's disk; None: the whole disk is the swap area."""
+    area = ctx.guest.swap_area
+    return None if area.size is None else SwapRegion(offset=area.disk_offset, size=area.size)
+
+
 def _read_disk_header(ctx: RunContext) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        return hibernation_header.read_header(ctx.guest.disk.path, ctx.guest.host).to_json(), None
+        return hibernation_header.read_header(ctx.guest.disk.path, ctx.guest.host, _swap_region(ctx)).to_json(), None
     except LabError as error:
         return None, str(error)
 
 
 def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     guest = ctx.guest
-    ended = guest.power_off(POWER_OFF_COMMANDS[step.kind], step.kind, _timeout(step, ctx), step.params.get("mode"))
+    command = hibernate_command(ctx.scenario.hibernation) if step.kind == "hibernate" else POWER_OFF_COMMANDS[step.kind]
+    ended = guest.power_off(command, step.kind, _timeout(step, ctx), step.params.get("mode"))
     header, disk_error = _read_disk_header(ctx)
     ctx.observations.power_offs.append(PowerOffObservation(
         boot=ended.record.name, intent=step.kind, expect=step.params.get("expect"), step_line=step.line,
@@ -117,7 +138,7 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 
 def _disk_operation(ctx: RunContext, step: Step, outcome: dict[str, Any], operation: str, change) -> None:
     ctx.guest.require(GuestState.OFF, GuestState.HIBERNATED, doing=step.kind)
-    before, after = change(ctx.guest.disk.path, ctx.guest.host)
+    before, after = change(ctx.guest.disk.path, ctx.guest.host, _swap_region(ctx))
     ctx.observations.disk_operations.append(DiskOperation(step.line, operation, before.to_json(), after.to_json()))
     outcome.update(before=before.to_json(), after=after.to_json())
 
@@ -125,7 +146,7 @@ def _disk_operation(ctx: RunContext, step: Step, outcome: dict[str, Any], operat
 def _alter_signature(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     value = step.params["value"]
     _disk_operation(ctx, step, outcome, f"set-signature 0x{value:08x}",
-                    lambda disk, host: hibernation_header.set_signature(disk, value, host))
+                    lambda disk, host, region: hibernation_header.set_signature(disk, value, host, region))
 
 
 def _discard_image(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
@@ -149,10 +170,12 @@ def _evidence(ctx: RunContext, shell: GuestShell, step: Step, boot: str) -> Evid
     )
 
 
-def _guest_swap_signature(shell: GuestShell) -> str:
+def _guest_swap_signature(shell: GuestShell, device: str, offset: int) -> str:
+    """The signature as the guest reads it from its swap area's block device (not through a file's page
+    cache, which may predate what the kernel wrote around the image)."""
     output = shell.succeed(
         "for tail in 4086 65526; do"
-        " s=$(dd if=/dev/vda bs=1 skip=$tail count=10 2>/dev/null | tr -d '\\0');"
+        f" s=$(dd if={device} bs=1 skip=$(({offset} + tail)) count=10 2>/dev/null | tr -d '\\0');"
         " case $s in S1SUSPEND|SWAPSPACE2|SWAP-SPACE) echo $s; exit 0;; esac; done; echo none"
     )
     return output.strip()
@@ -163,7 +186,9 @@ def _check(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     boot = ctx.guest.boot_name
     wants = step.params
     evidence = _evidence(ctx, shell, step, boot) if {"evidence", "boot_id"} & wants.keys() else None
-    swap_signature = _guest_swap_signature(shell) if "swap_signature" in wants else None
+    area = ctx.guest.swap_area
+    swap_signature = _guest_swap_signature(shell, area.guest_device, area.guest_offset) \
+        if "swap_signature" in wants else None
     ctx.observations.checks.append(CheckRequest(
         step_line=step.line, boot=boot, expectations=dict(wants),
         evidence=evidence, swap_signature=swap_signature, console_text=ctx.guest.console_text(),

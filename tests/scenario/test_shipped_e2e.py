@@ -36,8 +36,11 @@ def _console(run_dir: Path, boot: str) -> str:
 
 
 @pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda p: p.stem)
-def test_shipped_scenario_passes(path: Path, tmp_path: Path, default_image) -> None:
-    result = _run(load_scenario(path), tmp_path)
+def test_shipped_scenario_passes(path: Path, tmp_path: Path, default_image, request: pytest.FixtureRequest) -> None:
+    scenario = load_scenario(path)
+    if scenario.system:
+        request.getfixturevalue("system_image")
+    result = _run(scenario, tmp_path)
     assert result.verdict.passed, result.verdict.reason
     run_dir = result.run_dir
     summary = json.loads((run_dir / "result.json").read_text())
@@ -87,7 +90,37 @@ def _both_commands_went_over_ssh_through_new_forwards(run_dir: Path) -> None:
     assert all(ports.values()), "port 22 forwarded from 127.0.0.1 only"
 
 
+def _system_resumed_through_systemd_and_its_initramfs(run_dir: Path) -> None:
+    """systemd hibernated it, initramfs-tools' local-premount handed the image to the kernel, and the
+    kernel's command line named the swap partition, not the busybox guests' whole disk."""
+    summary = json.loads((run_dir / "result.json").read_text())
+    cmdline = summary["environment"]["kernel_append"]
+    assert "lab.swap=partition" in cmdline and "resume=PARTUUID=" in cmdline
+    assert "systemd-hibernate.service" in _console(run_dir, "boot1")
+    resumed = _console(run_dir, "boot2")
+    assert "Running /scripts/local-premount" in resumed
+    assert "PM: hibernation: resume from hibernation" in resumed
+    [power_off] = summary["observations"]["power_offs"]
+    assert power_off["disk_header"]["image_present"] is True
+    assert power_off["disk_header"]["swap"]["label"] == "lab-swap"
+
+
+def _system_resumed_from_its_swap_file(run_dir: Path) -> None:
+    """The image went into /swapfile: found through resume_offset, its header read at that block."""
+    summary = json.loads((run_dir / "result.json").read_text())
+    area = summary["environment"]["swap_area"]
+    assert area["image_on"] == "file"
+    offset = next(a for a in area["resume_arguments"] if a.startswith("resume_offset="))
+    assert offset in summary["environment"]["kernel_append"]
+    assert "lab-system: swap on /swapfile" in _console(run_dir, "boot1")
+    [power_off] = summary["observations"]["power_offs"]
+    assert power_off["disk_header"]["image_present"] is True
+    assert power_off["disk_header"]["swap"]["label"] == "lab-swapfile"
+
+
 GUEST_FACTS = {
+    "system-hibernate-resume": _system_resumed_through_systemd_and_its_initramfs,
+    "system-swapfile-resume": _system_resumed_from_its_swap_file,
     "ssh-hibernate-resume": _both_commands_went_over_ssh_through_new_forwards,
     "hibernate-resume": _guest_saw_psci_1_3,
     "psci-reject-zero-type": _guest_was_refused_then_fell_back,

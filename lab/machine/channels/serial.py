@@ -29,6 +29,11 @@ from lab.errors import ChannelError, KernelTrouble, UsageError, WaitTimeout
 from lab.vocabulary import KERNEL_FAULT
 
 KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\] [^\n]*\n")
+SYSTEMD_STATUS_LINE = re.compile(r"\[\s*(?:OK|FAILED|DEPEND|TIME|INFO|WARN|\*+)\s*\] [^\n]*\n")
+"""systemd's own status lines on the console (`[  OK  ] Started …`), as a system guest prints them
+while it boots, hibernates and resumes; like kernel lines, they may land in the middle of a command's output."""
+TERMINAL_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|\][^\x07\x1b]*(?:\x07|\x1b\\))")
+"""Colour and cursor sequences (CSI) and terminal titles or shell-integration marks (OSC)."""
 TROUBLE_QUIET_SECONDS = 5.0
 """How long the console must stay silent after kernel trouble before a wait gives up (the default)."""
 TROUBLE_QUIET_ENV = "LAB_KERNEL_TROUBLE_QUIET"
@@ -54,8 +59,10 @@ def trouble_quiet_seconds(configured: float | None = None) -> float:
 
 
 def without_kernel_lines(text: str) -> str:
-    """Remove kernel log lines, including ones printed into the middle of a userspace line."""
-    return KERNEL_LINE.sub("", text.replace("\r", ""))
+    """Remove kernel log lines and systemd's status lines (with their colours), including ones printed
+    into the middle of a userspace line."""
+    plain = TERMINAL_ESCAPE.sub("", text.replace("\r", ""))
+    return SYSTEMD_STATUS_LINE.sub("", KERNEL_LINE.sub("", plain))
 
 
 class _Arrivals:

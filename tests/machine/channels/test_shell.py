@@ -137,3 +137,11 @@ def test_guest_that_goes_away_is_a_channel_error(sockets):
 def test_kernel_lines_are_removed_even_mid_line():
     text = "QUJD[    5.100000] msg one\r\nREVG\r\n[   6.0] whole line\r\nrest\r\n"
     assert without_kernel_lines(text) == "QUJDREVG\nrest\n"
+
+
+def test_systemd_status_lines_and_escapes_are_removed_even_mid_line():
+    """A system guest's systemd prints coloured status lines on the console while a command's output
+    is on its way, and systemd's shell integration marks prompts with OSC sequences."""
+    text = ("QUJD\x1b[0;32m[  OK  ]\x1b[0m Finished \x1b[0;1;39msystemd-hibernate.service\x1b[0m.\r\nREVG\r\n"
+            "[FAILED] Failed to start x.service.\r\n\x1b]3008;start=1;type=shell\x07rest\r\n")
+    assert without_kernel_lines(text) == "QUJDREVG\nrest\n"
