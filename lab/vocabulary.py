@@ -75,6 +75,17 @@ class ResumeFrom(StrEnum):
     """`resume=` (and `resume_offset=`) on the kernel command line."""
     INITRAMFS = "initramfs"
     """Only the initramfs's own configuration (initramfs-tools' `RESUME=`)."""
+    EFI_VARIABLE = "efi-variable"
+    """systemd's `HibernateLocation` EFI variable (systemd >= 255): UEFI, and systemd in the initrd (dracut)."""
+
+
+class InitramfsGenerator(StrEnum):
+    """What makes a system image's initramfs, and so what can find a hibernation image at boot."""
+
+    INITRAMFS_TOOLS = "initramfs-tools"
+    """Debian's and Ubuntu's: its local-premount script resumes from `resume=` or its own `RESUME=`."""
+    DRACUT = "dracut"
+    """Fedora's, RHEL's and Amazon Linux's: systemd in the initrd, which also reads `HibernateLocation`."""
 
 
 class ConsoleMark(StrEnum):
@@ -103,10 +114,13 @@ CONSOLE_PATTERNS: dict[ConsoleMark, re.Pattern[str]] = {
     ConsoleMark.RESTARTING: re.compile(r"reboot: Restarting system"),
     ConsoleMark.PANIC: re.compile(r"Kernel panic"),
     ConsoleMark.OOPS: re.compile(r"Internal error: Oops|\bOops\b|BUG:"),
-    ConsoleMark.SYSTEMD_HIBERNATE: re.compile(r"Starting \S*systemd-hibernate\.service"),
-    ConsoleMark.SYSTEMD_RETURNED: re.compile(r"Finished \S*systemd-hibernate\.service"),
+    ConsoleMark.SYSTEMD_HIBERNATE: re.compile(
+        r"lab-system: systemd-sleep pre hibernate|Starting \S*systemd-hibernate\.service"),
+    ConsoleMark.SYSTEMD_RETURNED: re.compile(
+        r"lab-system: systemd-sleep post hibernate|Finished \S*systemd-hibernate\.service"),
 }
-"""systemd's status lines keep their colour sequences in the console log: `\\S*` steps over them."""
+"""A system image's sleep hook says when systemd-sleep hibernates and returns (images/system/lab-sleep); systemd's
+own status lines, which say so while it boots or shuts down, keep their colours in the log: `\\S*` steps over them."""
 CONSOLE_LABELS: dict[ConsoleMark, str] = {
     ConsoleMark.READY: "lab-init ready",
     ConsoleMark.HIBERNATION_ENTRY: "hibernation entry",

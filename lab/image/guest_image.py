@@ -16,7 +16,7 @@ from typing import Any
 
 from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
-from lab.vocabulary import ImageOn, ResumeFrom, guest_arch
+from lab.vocabulary import ImageOn, InitramfsGenerator, ResumeFrom, guest_arch
 
 SYSTEM_KIND = "system"
 SWAP_DISK_DEVICE = "/dev/vda"
@@ -114,14 +114,24 @@ class GuestImage:
         resume = area.resume_arguments if resume_from is ResumeFrom.CMDLINE else ()
         return " ".join((f"lab.swap={area.image_on}", *resume))
 
-    def require_resume_path(self, area: SwapArea, resume_from: ResumeFrom) -> None:
-        """Refuse, before anything boots, a resume path this image cannot take."""
+    def require_resume_path(self, area: SwapArea, resume_from: ResumeFrom, uefi: bool = False) -> None:
+        """Refuse, before anything boots, a resume path this image (booted this way) cannot take."""
         if not self.is_system:
             if resume_from is not ResumeFrom.CMDLINE:
                 raise UsageError(f"image {self.name} resumes through the lab's own init: `resume_from: {resume_from}` "
                                  "needs a system image")
             return
         generator = self.manifest["system"]["initramfs_generator"]
+        if resume_from is ResumeFrom.EFI_VARIABLE:
+            if not uefi:
+                raise UsageError("`resume_from: efi-variable` needs UEFI (firmware: uefi): systemd keeps "
+                                 "HibernateLocation in an EFI variable")
+            if generator != InitramfsGenerator.DRACUT:
+                raise UsageError(f"`resume_from: efi-variable` needs systemd in the initrd; image {self.name}'s "
+                                 f"{generator} initramfs has none (use debian-{self.arch}-system-dracut)")
+        if resume_from is ResumeFrom.INITRAMFS and generator != InitramfsGenerator.INITRAMFS_TOOLS:
+            raise UsageError(f"`resume_from: initramfs` is initramfs-tools' RESUME=; image {self.name}'s initramfs "
+                             f"is made by {generator}")
         if resume_from is ResumeFrom.INITRAMFS and area.image_on is ImageOn.FILE:
             raise UsageError(f"image {self.name}'s {generator} initramfs is set to resume from the swap partition "
                              "(RESUME=); a swap file needs `resume_from: cmdline`")

@@ -10,6 +10,7 @@ A failed or interrupted build leaves nothing in the cache: it happens in a stagi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,12 +30,15 @@ from lab.image.debian import MIRROR, PrivateApt
 from lab.image.guest_image import SYSTEM_KIND, GuestImage
 from lab.image.system_recipe import SYSTEM_FILES_DIR, SystemRecipe
 from lab.paths import cache_root
+from lab.vocabulary import InitramfsGenerator
 
 SYSTEM_FORMAT = 1
 MMDEBSTRAP_TIMEOUT = 3600
 SWAP_FILE = "swapfile"
 UNITS = ("lab-shell.service", "lab-swap.service", "lab-ready.service")
 SCRIPTS = ("swap-on", "mark-ready")
+SLEEP_HOOK = "lab-sleep"
+"""Installed in /usr/lib/systemd/system-sleep/: says on the console when systemd-sleep hibernates and returns."""
 MASKED = (
     "serial-getty@.service", "getty@.service", "systemd-firstboot.service", "apt-daily.timer",
     "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer", "dpkg-db-backup.timer",
@@ -84,12 +88,13 @@ def resolve_versions(apt: PrivateApt, recipe: SystemRecipe) -> dict[str, str]:
 
 
 def _files_digest() -> dict[str, str]:
-    return {name: sha256_file(SYSTEM_FILES_DIR / name) for name in (*UNITS, *SCRIPTS)}
+    return {name: sha256_file(SYSTEM_FILES_DIR / name) for name in (*UNITS, *SCRIPTS, SLEEP_HOOK)}
 
 
 def cache_key(recipe: SystemRecipe, versions: dict[str, str]) -> str:
-    material = {"format": SYSTEM_FORMAT, "recipe": repr(recipe), "versions": versions, "files": _files_digest()}
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+    material = {"format": SYSTEM_FORMAT, "recipe": dataclasses.asdict(recipe), "versions": versions,
+                "files": _files_digest()}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _run_logged(args: list[str], log_file: Path, timeout: float, what: str) -> None:
@@ -193,8 +198,9 @@ class SystemImageBuilder:
                 "swap_file": {"path": f"/{SWAP_FILE}", "size": recipe.disk.swap_file_mib * gpt.MIB,
                               "resume_offset": swap_file_block, "partition": root_part.label,
                               "offset": root_part.offset + swap_file_block * gpt.BLOCK_SIZE},
-                "initramfs_generator": "initramfs-tools",
-                "initramfs_resume": f"PARTUUID={swap_part.uuid}",
+                "initramfs_generator": str(recipe.initramfs_generator),
+                "initramfs_resume": f"PARTUUID={swap_part.uuid}"
+                if recipe.initramfs_generator is InitramfsGenerator.INITRAMFS_TOOLS else None,
                 "esp": esp.label,
             },
             "ssh": None,
@@ -213,10 +219,14 @@ class SystemImageBuilder:
                   for name in (*recipe.packages, recipe.kernel_package)]
         pinned += [f"{name}={version}" for name, version in versions.items()
                    if name not in recipe.packages and name != recipe.kernel_package]
-        resume_conf = (
-            'mkdir -p "$1/etc/initramfs-tools/conf.d" && '
-            f'echo RESUME=PARTUUID={swap.uuid} > "$1/etc/initramfs-tools/conf.d/resume"'
-        )
+        resume_conf = {
+            InitramfsGenerator.INITRAMFS_TOOLS: (
+                'mkdir -p "$1/etc/initramfs-tools/conf.d" && '
+                f'echo RESUME=PARTUUID={swap.uuid} > "$1/etc/initramfs-tools/conf.d/resume"'),
+            InitramfsGenerator.DRACUT: (
+                'mkdir -p "$1/etc/dracut.conf.d" && printf \'%s\\n\' \'hostonly="no"\' '
+                '\'add_dracutmodules+=" systemd resume "\' > "$1/etc/dracut.conf.d/90-lab.conf"'),
+        }[recipe.initramfs_generator]
         _run_logged([
             "mmdebstrap", f"--arch={recipe.arch}", "--variant=minbase", "--format=directory",
             "--aptopt=Acquire::Check-Valid-Until \"false\"", "--skip=cleanup/apt/cache", "--skip=essential/unlink",
@@ -273,6 +283,10 @@ def _configure(root: Path, recipe: SystemRecipe, root_part: gpt.Partition) -> No
     for script in SCRIPTS:
         shutil.copyfile(SYSTEM_FILES_DIR / script, scripts / script)
         (scripts / script).chmod(0o755)
+    hooks = root / "usr/lib/systemd/system-sleep"
+    hooks.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SYSTEM_FILES_DIR / SLEEP_HOOK, hooks / SLEEP_HOOK)
+    (hooks / SLEEP_HOOK).chmod(0o755)
     for unit in MASKED:
         (units / unit).unlink(missing_ok=True)
         (units / unit).symlink_to("/dev/null")

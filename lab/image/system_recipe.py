@@ -14,7 +14,7 @@ from pathlib import Path
 from lab.errors import UsageError
 from lab.image.guest_image import SYSTEM_KIND
 from lab.paths import IMAGES_DIR, load_schema
-from lab.vocabulary import guest_arch
+from lab.vocabulary import InitramfsGenerator, guest_arch
 from lab.yaml_file import read_yaml
 
 SYSTEM_FILES_DIR = IMAGES_DIR / "system"
@@ -44,6 +44,7 @@ class SystemRecipe:
     disk: DiskSizes
     kernel_append: str
     description: str = ""
+    initramfs_generator: InitramfsGenerator = InitramfsGenerator.INITRAMFS_TOOLS
 
     @classmethod
     def load(cls, path: Path) -> SystemRecipe:
@@ -53,6 +54,10 @@ class SystemRecipe:
         data.pop("kind")
         data["packages"] = tuple(data["packages"])
         data["disk"] = DiskSizes(**data["disk"])
+        generator = data["initramfs_generator"] = InitramfsGenerator(
+            data.get("initramfs_generator", InitramfsGenerator.INITRAMFS_TOOLS))
+        if generator not in data["packages"]:
+            raise file.error(("packages",), f"the initramfs generator {generator} is not among the packages")
         return cls(**data)
 
     @classmethod

@@ -57,6 +57,29 @@ class Disk:
     format: str = "raw"
 
 
+FIRMWARE_CODE = {"aarch64": Path("/usr/share/AAVMF/AAVMF_CODE.fd"), "x86_64": Path("/usr/share/OVMF/OVMF_CODE_4M.fd")}
+FIRMWARE_VARS = {"aarch64": Path("/usr/share/AAVMF/AAVMF_VARS.fd"), "x86_64": Path("/usr/share/OVMF/OVMF_VARS_4M.fd")}
+FIRMWARE_PACKAGES = {"aarch64": "qemu-efi-aarch64", "x86_64": "ovmf"}
+
+
+@dataclass(frozen=True)
+class Uefi:
+    """UEFI firmware (AAVMF, OVMF) on the machine's flash: its code, read-only, and a variable store of the run's
+    own (a copy, so that what the guest writes there, systemd's HibernateLocation say, stays with the run)."""
+
+    code: Path
+    variables: Path
+
+    @classmethod
+    def template(cls, arch: str) -> tuple[Path, Path]:
+        """Debian's firmware code and blank variable store for `arch`, or one line naming the package."""
+        code, variables = FIRMWARE_CODE.get(arch), FIRMWARE_VARS.get(arch)
+        if code is None or variables is None or not code.is_file() or not variables.is_file():
+            raise SetupError(f"UEFI firmware for {arch} not found: apt-get install {FIRMWARE_PACKAGES.get(arch, '?')} "
+                             "(./bootstrap --tests installs it)")
+        return code, variables
+
+
 @dataclass(frozen=True)
 class MachineSpec:
     """Everything that decides a QEMU command line; nothing else does."""
@@ -82,6 +105,9 @@ class MachineSpec:
     console: str = "uart"
     """The guest's console device: `uart` (the machine's own serial port, which shows the earliest boot)
     or `virtio` (a virtconsole: far fewer exits per character, which a nested KVM guest needs)."""
+    uefi: Uefi | None = None
+    """Boot through UEFI firmware and the boot loader on the disk's EFI system partition; None: QEMU loads
+    `kernel` and `initrd` itself (direct kernel boot), which the spec still names for the PSCI layer."""
 
 
     @property
@@ -121,6 +147,13 @@ class MachineSpec:
             return [*chardev, "-device", "virtio-serial-pci,romfile=", "-device", "virtconsole,chardev=console"]
         return [*chardev, "-serial", "chardev:console"]
 
+    def _boot_args(self) -> list[str]:
+        if self.uefi is not None:
+            return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.uefi.code}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi.variables}"]
+        initrd = ["-initrd", str(self.initrd)] if self.initrd is not None else []
+        return ["-kernel", str(self.kernel), "-append", self.append, *initrd]
+
     def _launcher(self) -> list[str]:
         if self.loader is None:
             return [self.qemu_binary]
@@ -135,13 +168,11 @@ class MachineSpec:
             *(["-S"] if paused else []),
             *self._machine_args(),
             "-accel", self.accel, "-smp", str(self.cpus), "-m", str(self.memory_mib),
-            "-kernel", str(self.kernel), "-append", self.append,
+            *self._boot_args(),
             *self._console_args(channels, console_log),
             "-chardev", f"socket,id=qmp,{channels['qmp']},server=on,wait=off",
             "-mon", "chardev=qmp,mode=control",
         ]
-        if self.initrd is not None:
-            args += ["-initrd", str(self.initrd)]
         if self.keep_after_shutdown:
             args.append("-no-shutdown")
         for index, disk in enumerate(self.disks):
@@ -162,6 +193,8 @@ class MachineSpec:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["disks"] = [{"path": str(d.path), "format": d.format} for d in self.disks]
+        if self.uefi is not None:
+            data["uefi"] = {"code": str(self.uefi.code), "variables": str(self.uefi.variables)}
         for name in ("kernel", "initrd", "qemu", "loader"):
             data[name] = None if data[name] is None else str(data[name])
         return data
@@ -174,4 +207,6 @@ class MachineSpec:
             if values.get(name) is not None:
                 values[name] = Path(values[name])
         values["disks"] = tuple(Disk(Path(d["path"]), d.get("format", "raw")) for d in values.get("disks", ()))
+        if values.get("uefi") is not None:
+            values["uefi"] = Uefi(Path(values["uefi"]["code"]), Path(values["uefi"]["variables"]))
         return cls(**values)

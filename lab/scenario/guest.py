@@ -19,23 +19,25 @@ import contextlib
 import json
 import re
 import secrets
+import shutil
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from lab.deadline import Deadline
-from lab.errors import ChannelError, KernelTrouble, LabError, MachineError, SetupError
+from lab.errors import ChannelError, KernelTrouble, LabError, MachineError, SetupError, UsageError
 from lab.events import EventLog, PortTaken, QemuLaunched
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 from lab.hosts.trace import KvmTrace
+from lab.image.boot_loader import install_boot_entry, systemd_boot
 from lab.image.guest_image import GuestImage, SwapArea
 from lab.machine.channels.serial import TROUBLE_QUIET_SECONDS
 from lab.machine.channels.shell import CommandResult, GuestShell
 from lab.machine.channels.ssh import SshChannel
 from lab.machine.process import Machine
-from lab.machine.spec import Disk, MachineSpec, free_local_port, with_console
+from lab.machine.spec import Disk, MachineSpec, Uefi, free_local_port, with_console
 from lab.psci.attach import GuestPsci, PsciSession
 from lab.qemu.builds import QemuBuild
 from lab.rundir import BootRecord, RunDirectory
@@ -99,12 +101,18 @@ class Guest:
     def __init__(self, image: GuestImage, run_dir: RunDirectory, events: EventLog, accel: str,
                  build: QemuBuild, psci: GuestPsci | None = None, memory_mib: int = 1024, cpus: int = 2,
                  host: Host = LOCAL, trouble_quiet: float = TROUBLE_QUIET_SECONDS, swap_area: SwapArea | None = None,
-                 boot_append: str = "lab.swap=vda") -> None:
+                 boot_append: str = "lab.swap=vda", uefi: bool = False) -> None:
         self.image = image
         self.swap_area = swap_area or image.swap_area()
         """Where the guest writes its hibernation image, in the run's disk and in the guest."""
         self.boot_append = boot_append
         """What every boot adds to the image's kernel command line (the swap area, resume=, a compressor)."""
+        self.uefi: Uefi | None = None
+        if uefi:
+            self._require_uefi()
+            code, variables = Uefi.template(image.qemu_arch)
+            self.uefi = Uefi(code, run_dir.path / "efi-vars.fd")
+            shutil.copyfile(variables, self.uefi.variables)
         self.run_dir = run_dir
         self.events = events
         self.accel = accel
@@ -141,12 +149,36 @@ class Guest:
             raise SetupError(f"qemu-img {args[0]} failed on {self.host.name}: {done.last_error_line()}")
         return done.text()
 
+    def _require_uefi(self) -> None:
+        if not self.image.is_system:
+            raise UsageError(f"`firmware: uefi` boots a system image's boot loader; {self.image.name} has none "
+                             "(guest: system)")
+        if self.host is not LOCAL:
+            raise UsageError(f"`firmware: uefi` runs on this machine only, not on lab host {self.host.name}")
+
     def prepare_disk(self, source: Path | None = None) -> None:
-        """The run's own swap disk: a copy of the user's disk (format kept) or of the image's blank one."""
+        """The run's own disk: a copy of the user's disk (format kept) or of the image's (a blank swap disk, or a
+        system's GPT disk, whose EFI system partition then gets the boot loader and this run's command line)."""
         origin = self._host_file(source or self.image.swap_template)
         disk_format = json.loads(self._qemu_img("info", "-U", "--output=json", origin, timeout=60))["format"]
         self.disk = Disk(Path(self.workdir) / f"swap.{disk_format}", disk_format)
         self._qemu_img("convert", "-O", disk_format, "-S", "4k", origin, str(self.disk.path))
+        if self.uefi is not None:
+            if disk_format != "raw":
+                raise UsageError(f"`firmware: uefi` needs a raw disk to write its boot entry into, not {disk_format}")
+            install_boot_entry(self.disk.path, self.image, systemd_boot(self.image), self.command_line())
+
+    def command_line(self) -> str:
+        """The kernel command line of every boot: the image's, on the console device this accelerator gets,
+        with what the run adds (the swap area, resume=, a compressor)."""
+        append = with_console(self.image.kernel_append, self.image.qemu_arch, self.console_device)
+        return f"{append} {self.boot_append}"
+
+    @property
+    def console_device(self) -> str:
+        """A KVM guest gets a virtio console: on the UART every character is an exit to the VMM, which on a
+        nested KVM host costs a minute of boot log."""
+        return "virtio" if self.accel == "kvm" else "uart"
 
     def collect(self) -> None:
         """Bring the swap disk home from a lab host (compressed as qcow2) and clear the host's run directory."""
@@ -165,15 +197,13 @@ class Guest:
         return f"boot{self.boot_count}"
 
     def spec(self, ssh_port: int | None = None) -> MachineSpec:
-        """The machine of the next boot. A KVM guest gets a virtio console: on the UART every character
-        is an exit to the VMM, which on a nested KVM host costs a minute of boot log."""
-        console = "virtio" if self.accel == "kvm" else "uart"
-        append = with_console(self.image.kernel_append, self.image.qemu_arch, console)
+        """The machine of the next boot."""
         return MachineSpec(
             arch=self.image.qemu_arch, kernel=Path(self._host_file(self.image.kernel)),
-            initrd=Path(self._host_file(self.image.initramfs)), append=f"{append} {self.boot_append}",
+            initrd=Path(self._host_file(self.image.initramfs)), append=self.command_line(),
             disks=(self.disk,), accel=self.accel, memory_mib=self.memory_mib, cpus=self.cpus, qemu=self.build.path,
-            loader=self.build.loader, gdbstub=self.psci is not None, ssh_port=ssh_port, console=console,
+            loader=self.build.loader, gdbstub=self.psci is not None, ssh_port=ssh_port, console=self.console_device,
+            uefi=self.uefi,
         )
 
     def require(self, *states: GuestState, doing: str) -> None:

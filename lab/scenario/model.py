@@ -71,6 +71,8 @@ class Scenario:
     arches: tuple[str, ...] = ()
     kernel_trouble_quiet: float | None = None
     """Seconds of console silence after a kernel panic, Oops or BUG that end a wait; None: the lab's default."""
+    uefi: bool = False
+    """`firmware: uefi`: boot through UEFI firmware and a boot loader (system guests only)."""
     system: bool = False
     """`guest: system`: a whole Debian system (debian-ARCH-system) unless `image` names another."""
     hibernation: HibernationPaths = field(default_factory=HibernationPaths)
@@ -125,6 +127,7 @@ def load_scenario(path: Path) -> Scenario:
         arches=tuple(data.get("arches", ())),
         kernel_trouble_quiet=data.get("kernel_trouble_quiet"),
         system=data.get("guest") == "system",
+        uefi=data.get("firmware") == "uefi",
         hibernation=HibernationPaths.of(data.get("hibernation", {})),
         source=data,
     )

@@ -135,7 +135,8 @@ class RunSetup:
                       "inputs": image.manifest.get("inputs", []), "outputs": image.manifest.get("outputs", {})},
             "boot_inputs": image.boot_inputs(),
             "disk_input": {"path": str(options.disk), "sha256": sha256_file(options.disk)} if options.disk else None,
-            "kernel_append": f"{image.kernel_append} {self.guest.boot_append}",
+            "kernel_append": self.guest.command_line(),
+            "firmware": {"code": str(self.guest.uefi.code), "boot_loader": "systemd-boot"} if self.guest.uefi else None,
             "swap_area": self.guest.swap_area.to_json(),
             "kernel_trouble_quiet": self.guest.trouble_quiet,
         }
@@ -153,13 +154,14 @@ def set_up(scenario: Scenario, options: RunOptions, run_dir: RunDirectory, event
                             options.off2_contract)
     paths = scenario.hibernation
     area = image.swap_area(paths.image_on)
-    image.require_resume_path(area, paths.resume_from)
+    image.require_resume_path(area, paths.resume_from, scenario.uefi)
     if paths.via is HibernateVia.SYSTEMD and not image.is_system:
         raise UsageError(f"`hibernation: via: systemd` needs a system image (guest: system); "
                          f"{image.name} has no systemd")
     guest = Guest(image, run_dir, events, accel.name, build, psci, scenario.memory_mib, scenario.cpus, host,
                   trouble_quiet_seconds(scenario.kernel_trouble_quiet), swap_area=area,
-                  boot_append=" ".join((image.boot_arguments(area, paths.resume_from), *paths.kernel_arguments)))
+                  boot_append=" ".join((image.boot_arguments(area, paths.resume_from), *paths.kernel_arguments)),
+                  uefi=scenario.uefi)
     return RunSetup(image, build, accel, psci, contract, guest)
 
 

@@ -94,3 +94,19 @@ def test_building_a_foreign_system_needs_binfmt_misc(tmp_path: Path) -> None:
     (tmp_path / "qemu-aarch64").write_text("disabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n")
     with pytest.raises(SetupError, match="qemu-user-static binfmt-support"):
         require_builder(recipe, binfmt=tmp_path)
+
+
+def test_efi_variable_resume_needs_uefi_and_systemd_in_the_initrd() -> None:
+    tools = GuestImage(Path("/nowhere"), SYSTEM_MANIFEST)
+    dracut_manifest = {**SYSTEM_MANIFEST, "name": "debian-arm64-system-dracut",
+                       "system": {**SYSTEM_MANIFEST["system"], "initramfs_generator": "dracut"}}
+    dracut = GuestImage(Path("/nowhere"), dracut_manifest)
+    area = tools.swap_area(ImageOn.PARTITION)
+    with pytest.raises(UsageError, match="needs UEFI"):
+        dracut.require_resume_path(area, ResumeFrom.EFI_VARIABLE, uefi=False)
+    with pytest.raises(UsageError, match="has none \\(use debian-arm64-system-dracut\\)"):
+        tools.require_resume_path(area, ResumeFrom.EFI_VARIABLE, uefi=True)
+    with pytest.raises(UsageError, match="initramfs is made by dracut"):
+        dracut.require_resume_path(area, ResumeFrom.INITRAMFS)
+    dracut.require_resume_path(area, ResumeFrom.EFI_VARIABLE, uefi=True)
+    assert dracut.boot_arguments(area, ResumeFrom.EFI_VARIABLE) == "lab.swap=partition"

@@ -14,6 +14,7 @@ import pytest
 
 from lab.scenario.model import Scenario, load_scenario, shipped_scenarios
 from lab.scenario.run import RunOptions, RunResult, run_scenario
+from lab.vocabulary import CONSOLE_PATTERNS, ConsoleMark
 
 pytestmark = pytest.mark.guest
 
@@ -96,10 +97,11 @@ def _system_resumed_through_systemd_and_its_initramfs(run_dir: Path) -> None:
     summary = json.loads((run_dir / "result.json").read_text())
     cmdline = summary["environment"]["kernel_append"]
     assert "lab.swap=partition" in cmdline and "resume=PARTUUID=" in cmdline
-    assert "systemd-hibernate.service" in _console(run_dir, "boot1")
+    assert CONSOLE_PATTERNS[ConsoleMark.SYSTEMD_HIBERNATE].search(_console(run_dir, "boot1"))
     resumed = _console(run_dir, "boot2")
     assert "Running /scripts/local-premount" in resumed
     assert "PM: hibernation: resume from hibernation" in resumed
+    assert CONSOLE_PATTERNS[ConsoleMark.SYSTEMD_RETURNED].search(resumed)
     [power_off] = summary["observations"]["power_offs"]
     assert power_off["disk_header"]["image_present"] is True
     assert power_off["disk_header"]["swap"]["label"] == "lab-swap"

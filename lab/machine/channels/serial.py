@@ -32,6 +32,8 @@ KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\] [^\n]*\n")
 SYSTEMD_STATUS_LINE = re.compile(r"\[\s*(?:OK|FAILED|DEPEND|TIME|INFO|WARN|\*+)\s*\] [^\n]*\n")
 """systemd's own status lines on the console (`[  OK  ] Started …`), as a system guest prints them
 while it boots, hibernates and resumes; like kernel lines, they may land in the middle of a command's output."""
+LAB_SYSTEM_LINE = re.compile(r"lab-system: [^\n]*\n")
+"""A system image's own console marks (images/system): printed by its units, never part of a command's output."""
 TERMINAL_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|\][^\x07\x1b]*(?:\x07|\x1b\\))")
 """Colour and cursor sequences (CSI) and terminal titles or shell-integration marks (OSC)."""
 TROUBLE_QUIET_SECONDS = 5.0
@@ -62,7 +64,7 @@ def without_kernel_lines(text: str) -> str:
     """Remove kernel log lines and systemd's status lines (with their colours), including ones printed
     into the middle of a userspace line."""
     plain = TERMINAL_ESCAPE.sub("", text.replace("\r", ""))
-    return SYSTEMD_STATUS_LINE.sub("", KERNEL_LINE.sub("", plain))
+    return LAB_SYSTEM_LINE.sub("", SYSTEMD_STATUS_LINE.sub("", KERNEL_LINE.sub("", plain)))
 
 
 class _Arrivals:
