@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import UsageError
-from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL
+from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL, DEFAULT_SYSTEM_IMAGE
 from lab.paths import load_schema
 from lab.scenario.model import Scenario, find_scenario
 from lab.vocabulary import guest_arch
@@ -150,7 +150,8 @@ def check_dimension(name: str, value: Any, given_as: str) -> None:
 
 def image_name(scenario: Scenario, arch: str) -> str:
     """The image recipe a cell boots; its kernel dimension replaces that image's kernel."""
-    return scenario.image or DEFAULT_IMAGE[guest_arch(arch).debian]
+    defaults = DEFAULT_SYSTEM_IMAGE if scenario.system else DEFAULT_IMAGE
+    return scenario.image or defaults[guest_arch(arch).debian]
 
 
 @dataclass(frozen=True)

@@ -107,12 +107,6 @@ class Guest:
         """Where the guest writes its hibernation image, in the run's disk and in the guest."""
         self.boot_append = boot_append
         """What every boot adds to the image's kernel command line (the swap area, resume=, a compressor)."""
-        self.uefi: Uefi | None = None
-        if uefi:
-            self._require_uefi()
-            code, variables = Uefi.template(image.qemu_arch)
-            self.uefi = Uefi(code, run_dir.path / "efi-vars.fd")
-            shutil.copyfile(variables, self.uefi.variables)
         self.run_dir = run_dir
         self.events = events
         self.accel = accel
@@ -125,6 +119,12 @@ class Guest:
         """Seconds of console silence after a kernel panic, Oops or BUG that end any wait on the guest
         (stretched by the host's patience, as the steps' timeouts are)."""
         self.trace_kvm = accel == "kvm" and image.qemu_arch == "aarch64"
+        self.uefi: Uefi | None = None
+        if uefi:
+            self._require_uefi()
+            code, variables = Uefi.template(image.qemu_arch)
+            self.uefi = Uefi(code, run_dir.path / "efi-vars.fd")
+            shutil.copyfile(variables, self.uefi.variables)
         self.state = GuestState.OFF
         self.workdir = str(run_dir.path) if host is LOCAL else host.make_dir("run-")
         self.disk = Disk(Path(self.workdir) / "swap.raw")
