@@ -77,6 +77,12 @@ def _images_list(args: argparse.Namespace) -> int:
     if not images:
         print("no images built yet: run `lab images build`")
     for image in images:
+        if image.is_system:
+            system = image.manifest["system"]
+            print(f"{image.name:<16} {image.manifest['built']}  {image.path}\n    system: kernel "
+                  f"{image.kernel_release}, {len(image.manifest['packages'])} packages, initramfs by "
+                  f"{system['initramfs_generator']}, swap file resume_offset={system['swap_file']['resume_offset']}")
+            continue
         packages = ", ".join(f"{i['package']} {i['version']}" for i in image.manifest["inputs"] if "package" in i)
         print(f"{image.name:<16} {image.manifest['built']}  {image.path}\n    {packages}")
     return 0

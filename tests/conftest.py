@@ -69,13 +69,27 @@ def _built_default(arch: str) -> GuestImage:
     return image
 
 
+def _built_system(name: str) -> GuestImage:
+    """A system image; `./bootstrap --tests` (the README's test command) builds them."""
+    image = ImageStore().latest(name)
+    if image is None:
+        pytest.fail(f"the system image {name} is not built: run ./bootstrap --tests (the README's test command does)")
+    return image
+
+
 @pytest.fixture(scope="session")
 def system_image() -> GuestImage:
-    """The arm64 system image; `./bootstrap --tests` (the README's test command) builds it."""
-    image = ImageStore().latest(DEFAULT_SYSTEM_IMAGE["arm64"])
-    if image is None:
-        pytest.fail("the arm64 system image is not built: run ./bootstrap --tests (the README's test command does)")
-    return image
+    return _built_system(DEFAULT_SYSTEM_IMAGE["arm64"])
+
+
+@pytest.fixture(scope="session")
+def system_x86_image() -> GuestImage:
+    return _built_system(DEFAULT_SYSTEM_IMAGE["amd64"])
+
+
+@pytest.fixture(scope="session")
+def system_dracut_image() -> GuestImage:
+    return _built_system("debian-arm64-system-dracut")
 
 
 @pytest.fixture(scope="session")

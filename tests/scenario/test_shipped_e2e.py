@@ -40,7 +40,8 @@ def _console(run_dir: Path, boot: str) -> str:
 def test_shipped_scenario_passes(path: Path, tmp_path: Path, default_image, request: pytest.FixtureRequest) -> None:
     scenario = load_scenario(path)
     if scenario.system:
-        request.getfixturevalue("system_image")
+        request.getfixturevalue("system_dracut_image" if scenario.image == "debian-arm64-system-dracut"
+                                else "system_image")
     result = _run(scenario, tmp_path)
     assert result.verdict.passed, result.verdict.reason
     run_dir = result.run_dir
