@@ -73,7 +73,7 @@ def _find_conduit_sites(kernel: Path) -> None:
 def _images_list(args: argparse.Namespace) -> int:
     from lab.image.store import ImageStore
 
-    images = ImageStore().list()
+    images = ImageStore().cached()
     if not images:
         print("no images built yet: run `lab images build`")
     for image in images:
@@ -387,7 +387,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _host_commands(commands: argparse._SubParsersAction) -> None:
+def _host_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     host = commands.add_parser("host", help="lab hosts: an emulated arm64 KVM host that runs guests' QEMU over SSH")
     host_sub = host.add_subparsers(dest="host_command", required=True)
     start = host_sub.add_parser(
@@ -423,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.handler(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except LabError as error:
         print(f"lab: error: {printable(str(error))}", file=sys.stderr)
         return error.exit_code

@@ -248,7 +248,7 @@ def _image_findings() -> list[Finding]:
     """The newest build of each cached image; the default arm64 image is the one the lab needs."""
     store = ImageStore()
     try:
-        images = store.list()
+        images = store.cached()
     except LabError as error:
         return [Finding("images", "missing", f"image cache {store.images} unreadable: {error}",
                         "remove the broken directory, then run ./bootstrap")]

@@ -25,4 +25,5 @@ SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 
 def load_schema(name: str) -> dict[str, Any]:
     """One of the JSON schemas that scenario, matrix and image recipe files are validated against."""
-    return json.loads((SCHEMAS_DIR / f"{name}.json").read_text())
+    schema: dict[str, Any] = json.loads((SCHEMAS_DIR / f"{name}.json").read_text())
+    return schema

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -56,7 +57,8 @@ def redirect_output(run_dir: Path) -> None:
     with RunDirectory(run_dir).output_log.open("a") as log:
         os.dup2(log.fileno(), sys.stdout.fileno())
         os.dup2(log.fileno(), sys.stderr.fileno())
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
 
 
 def run_cell(scenario: Callable[[], Scenario], options: RunOptions) -> int:
@@ -99,7 +101,7 @@ class CellSpec:
     def from_json(cls, text: str) -> CellSpec:
         try:
             data: dict[str, Any] = json.loads(text)
-            options = {name: Path(value) if name in _PATH_OPTIONS and value is not None else value
+            options: dict[str, Any] = {name: Path(value) if name in _PATH_OPTIONS and value is not None else value
                        for name, value in data["options"].items()}
             spec = cls(Path(data["scenario"]), RunOptions(**options), data.get("copy_back"),
                        Path(data["dest"]) if data.get("dest") else None)

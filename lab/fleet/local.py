@@ -86,12 +86,13 @@ class LocalEngine:
                 while waiting and len(running) < workers:
                     run = waiting.popleft()
                     run.outcome.run_dir.mkdir(parents=True)
-                    process = spawn.Process(target=_run_cell, args=(run.cell, run.options, os.getpid()),
+                    process: BaseProcess = spawn.Process(target=_run_cell, args=(run.cell, run.options, os.getpid()),
                                             name=run.cell.id, daemon=True)
                     run.outcome.start(self.host)
                     process.start()
                     running[process.sentinel] = (process, run.outcome)
-                for sentinel in multiprocessing.connection.wait(list(running), timeout=1.0):
+                ended = set(multiprocessing.connection.wait(list(running), timeout=1.0))
+                for sentinel in [sentinel for sentinel in running if sentinel in ended]:
                     process, outcome = running.pop(sentinel)
                     process.join()
                     _settle(outcome, process.exitcode)

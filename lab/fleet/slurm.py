@@ -148,7 +148,7 @@ def load_settings(matrix_section: Mapping[str, Any] | None = None, partition: st
 
 def _step_seconds(step: Step) -> float:
     if step.kind == "repeat":
-        return step.params["times"] * sum(_step_seconds(child) for child in step.children)
+        return float(step.params["times"] * sum(_step_seconds(child) for child in step.children))
     return float(step.params.get("timeout", DEFAULT_TIMEOUTS.get(step.kind, UNTIMED_STEP_SECONDS)))
 
 

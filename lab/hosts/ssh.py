@@ -104,8 +104,9 @@ class _Forward:
     def _pump(self, client: socket.socket, remote: paramiko.Channel) -> None:
         """Bytes both ways until either side closes (or the forward is stopped)."""
         with contextlib.closing(client), contextlib.closing(remote):
+            ends: list[socket.socket | paramiko.Channel] = [client, remote]
             while not self._stop.is_set():
-                ready, _, _ = select.select([client, remote], [], [], 0.2)
+                ready, _, _ = select.select(ends, [], [], 0.2)
                 try:
                     if client in ready:
                         data = client.recv(65536)
@@ -399,7 +400,8 @@ class SshHost:
         """A local TCP port on 127.0.0.1 carried to the same port on the host's loopback."""
         listener = self._listen(socket.AF_INET, ("127.0.0.1", 0))
         self._forwards.append(_Forward(self._transport, listener, ("127.0.0.1", port)))
-        return listener.getsockname()[1]
+        local_port: int = listener.getsockname()[1]
+        return local_port
 
     def _cleanup(self) -> None:
         for forward in self._forwards:

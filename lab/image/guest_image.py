@@ -78,7 +78,7 @@ class GuestImage:
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return str(self.manifest["name"])
 
     @property
     def is_system(self) -> bool:
@@ -138,7 +138,7 @@ class GuestImage:
 
     @property
     def arch(self) -> str:
-        return self.manifest["arch"]
+        return str(self.manifest["arch"])
 
     @property
     def qemu_arch(self) -> str:

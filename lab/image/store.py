@@ -90,7 +90,7 @@ class ImageStore:
     def apt_for(self, recipe: ImageRecipe) -> PrivateApt:
         return PrivateApt(self.cache / "apt" / recipe.arch, recipe.suite, recipe.arch)
 
-    def list(self) -> list[GuestImage]:
+    def cached(self) -> list[GuestImage]:
         if not self.images.exists():
             return []
         found = [GuestImage.open(p) for p in self.images.iterdir() if (p / "manifest.json").exists()]
@@ -99,7 +99,7 @@ class ImageStore:
     def latest(self, name: str, kernel_pin: str | None = None) -> GuestImage | None:
         """The newest build of recipe `name` (with its own kernel, or the pinned `NAME=VERSION` one)."""
         return next(
-            (i for i in self.list() if i.name == name and i.manifest.get("kernel_pin") == kernel_pin), None
+            (i for i in self.cached() if i.name == name and i.manifest.get("kernel_pin") == kernel_pin), None
         )
 
     def resolve(self, apt: PrivateApt, recipe: ImageRecipe) -> list[PackageVersion]:

@@ -30,7 +30,8 @@ def free_local_port() -> int:
     """A TCP port nothing listens on at 127.0.0.1 right now (another process may take it before QEMU does)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def console_device(arch: str, console: str) -> str:

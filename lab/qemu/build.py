@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from debian.deb822 import Dsc
 
@@ -462,7 +463,7 @@ def build_qemu(target: str, version: str = SOURCE_VERSION, jobs: int | None = No
     return QemuBuild(chosen, version, jobs, say, progress).run()
 
 
-def build_records() -> list[dict[str, object]]:
+def build_records() -> list[dict[str, Any]]:
     """What `lab qemu list` shows of the lab's own builds, for every target."""
     root = builds_root()
     if not root.is_dir():

@@ -19,8 +19,8 @@ RUN_TESTCASE = "run verdict"
 
 def _scenario_name(run_dir: RunDirectory, result: dict[str, Any] | None) -> str:
     if result is not None:
-        return result["scenario"]["name"]
-    return (run_dir.read_scenario() or {}).get("name", run_dir.path.name)
+        return str(result["scenario"]["name"])
+    return str((run_dir.read_scenario() or {}).get("name", run_dir.path.name))
 
 
 def _testcase(suite: ET.Element, classname: str, name: str, seconds: float, failure: str | None) -> None:

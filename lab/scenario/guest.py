@@ -233,7 +233,7 @@ class Guest:
         self.shell = shell = GuestShell(machine.console, self.host.patience)
         self.state = GuestState.RUNNING
         match = machine.console.expect(_BOOT_ENDED, timeout, f"{name} to become ready")
-        outcome = _BOOT_OUTCOMES[ConsoleMark(match.lastgroup)]
+        outcome = _BOOT_OUTCOMES[ConsoleMark(match.lastgroup or "")]
         status = None
         if outcome == "resumed" and self._pending is not None:
             token, command = self._pending

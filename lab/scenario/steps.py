@@ -12,13 +12,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lab.deadline import Deadline
 from lab.disk import header as hibernation_header
-from lab.disk.header import SwapRegion
+from lab.disk.header import HibernationHeader, SwapRegion
 from lab.errors import ChannelError, KernelTrouble, LabError, WaitTimeout
 from lab.events import EventLog, RepeatRound
+from lab.hosts.base import Host
 from lab.judge.observations import (
     BootObservation,
     CheckRequest,
@@ -70,7 +72,7 @@ class RunContext:
 
 def _timeout(step: Step, ctx: RunContext) -> float:
     """The step's timeout, stretched by the host's patience (an emulated KVM host is slower)."""
-    return step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind]) * ctx.guest.host.patience
+    return float(step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind])) * ctx.guest.host.patience
 
 
 def _boot(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
@@ -136,7 +138,11 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
                    image_on_disk=bool(header and header.get("image_present")))
 
 
-def _disk_operation(ctx: RunContext, step: Step, outcome: dict[str, Any], operation: str, change) -> None:
+DiskChange = Callable[[Path, Host, SwapRegion | None], tuple[HibernationHeader, HibernationHeader]]
+"""A change to the swap disk's header on the host: (header before, header after)."""
+
+
+def _disk_operation(ctx: RunContext, step: Step, outcome: dict[str, Any], operation: str, change: DiskChange) -> None:
     ctx.guest.require(GuestState.OFF, GuestState.HIBERNATED, doing=step.kind)
     before, after = change(ctx.guest.disk.path, ctx.guest.host, _swap_region(ctx))
     ctx.observations.disk_operations.append(DiskOperation(step.line, operation, before.to_json(), after.to_json()))

@@ -73,7 +73,7 @@ class StopReply:
         return number - 1 if number > 0 else None
 
 
-def checksum(data: bytes) -> int:
+def checksum(data: bytes | bytearray) -> int:
     return sum(data) & 0xFF
 
 

@@ -1,0 +1,29 @@
+"""The checks the project declares in pyproject.toml, run as tests: `ruff check` over the tree and
+`mypy --strict` over the package, each from this venv, so CI fails when either finds anything."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from lab.paths import REPO_ROOT
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert path is not None, f"{name} is a test dependency: pip install -e '.[test]'"
+    return path
+
+
+def test_ruff_finds_nothing():
+    done = subprocess.run([_tool("ruff"), "check", "--no-cache", "."], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_mypy_strict_finds_nothing(tmp_path):
+    done = subprocess.run([_tool("mypy"), "--strict", "--cache-dir", str(tmp_path / "mypy-cache"), "lab"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
