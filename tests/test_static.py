@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -27,3 +28,12 @@ def test_mypy_strict_finds_nothing(tmp_path):
     done = subprocess.run([_tool("mypy"), "--strict", "--cache-dir", str(tmp_path / "mypy-cache"), "lab"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_no_guard_is_an_assert_statement():
+    """`python -O` strips asserts: a guard in the package must raise instead."""
+    asserts = [f"{path.relative_to(REPO_ROOT)}:{node.lineno}"
+               for path in sorted((REPO_ROOT / "lab").rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Assert)]
+    assert asserts == []

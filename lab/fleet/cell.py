@@ -114,7 +114,8 @@ class CellSpec:
 
 def _copy_back(spec: CellSpec, run_dir: Path) -> None:
     """Copy the staged run directory to the controller's; remove the scratch copy only once it is there."""
-    assert spec.copy_back is not None and spec.dest is not None
+    if spec.copy_back is None or spec.dest is None:
+        raise UsageError("a staged cell needs both a copy-back command and a destination")
     print(f"lab: copying the run directory back: {spec.copy_back}")
     env = {**os.environ, "LAB_RUN_DIR": str(run_dir), "LAB_DEST": str(spec.dest)}
     try:
@@ -135,7 +136,8 @@ def run_spec(spec: CellSpec) -> int:
     """`lab cell`: one cell on this node, its output in output.log, copied back when it was staged."""
     handle_interrupts()
     run_dir = spec.options.run_dir
-    assert run_dir is not None
+    if run_dir is None:
+        raise UsageError("a cell spec needs a run directory")
     redirect_output(run_dir)
     code = run_cell(lambda: find_scenario(str(spec.scenario)), spec.options)
     if spec.copy_back is not None:

@@ -196,7 +196,8 @@ def start_host(name: str = DEFAULT_HOST, kernel_deb: str | None = None, memory_m
         machine.resume()
         kvm = _wait_ready(machine, deadline.remaining)
         port = machine.spec.ssh_port
-        assert port is not None
+        if port is None:
+            raise SetupError(f"host image {image.name} has no SSH port forward")
         channel = SshChannel.from_files(port, login.user, login.host_key, login.client_key)
         try:
             channel.connect(max(min(SSH_SECONDS, deadline.remaining), 1.0))

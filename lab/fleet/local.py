@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
+from lab.errors import UsageError
 from lab.fleet.cell import INTERRUPTED_EXIT, handle_interrupts, redirect_output, run_cell
 from lab.fleet.engine import CellOutcome, CellRun, mark_not_run, settle
 from lab.fleet.matrix import Cell
@@ -33,7 +34,8 @@ def _run_cell(cell: Cell, options: RunOptions, parent: int) -> None:
     """A worker process: one cell's run, which must not start once the matrix that spawned it is gone."""
     set_parent_death_signal(signal.SIGTERM)
     handle_interrupts()
-    assert options.run_dir is not None
+    if options.run_dir is None:
+        raise UsageError(f"cell {cell.id} has no run directory")
     redirect_output(options.run_dir)
 
     def scenario() -> Scenario:

@@ -170,12 +170,11 @@ class SshProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = Deadline(timeout if timeout is not None else 1e9)
-        while self.poll() is None:
+        while (code := self.poll()) is None:
             if deadline.expired:
                 raise subprocess.TimeoutExpired(f"pid {self.pid} on {self.host.name}", timeout or 0)
             time.sleep(min(0.05, deadline.remaining))
-        assert self.returncode is not None
-        return self.returncode
+        return code
 
     def _signal(self, name: str) -> None:
         if self.poll() is None:
@@ -253,7 +252,9 @@ class SshHost:
             self._cleanup()
             raise SetupError(f"host {login.url} cannot be reached: {error}") from error
         transport = self._client.get_transport()
-        assert transport is not None
+        if transport is None:
+            self._cleanup()
+            raise SetupError(f"host {login.url} closed the SSH connection as it was made")
         transport.set_keepalive(5)
         self._transport = transport
 

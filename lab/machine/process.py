@@ -120,6 +120,13 @@ class Machine:
         return self._process is not None and self._process.poll() is None
 
     @property
+    def _launched(self) -> HostProcess:
+        """QEMU's process; raises rather than hand out None before launch()."""
+        if self._process is None:
+            raise MachineError(f"machine {self.name} used before launch()", self.record.command, "")
+        return self._process
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
@@ -131,9 +138,8 @@ class Machine:
         except WaitTimeout:
             if self.running:
                 raise
-        assert self._process is not None
         try:
-            code = self._process.wait(max(deadline.remaining, 1.0))
+            code = self._launched.wait(max(deadline.remaining, 1.0))
         except subprocess.TimeoutExpired:
             raise WaitTimeout(what, timeout, self.console.last_lines()) from None
         self._note_exit(code)

@@ -390,7 +390,8 @@ class QemuBuild:
             process = subprocess.Popen(command, cwd=build, env={**env, "NINJA_STATUS": "[%f/%t] "},
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True)
-            assert process.stdout is not None
+            if process.stdout is None:
+                raise SetupError("ninja started without its output pipe")
             deadline = time.monotonic() + STEP_TIMEOUT
             try:
                 for line in process.stdout:

@@ -213,8 +213,16 @@ class Guest:
 
     def running_shell(self, doing: str) -> GuestShell:
         self.require(GuestState.RUNNING, doing=doing)
-        assert self.shell is not None
+        if self.shell is None:
+            raise GuestStateError(f"`{doing}`: the guest is {self.state} but has no shell")
         return self.shell
+
+    @property
+    def _booted(self) -> Machine:
+        """The QEMU of the current boot; raises rather than hand out None between boots."""
+        if self.machine is None:
+            raise GuestStateError(f"the guest is {self.state} and has no QEMU")
+        return self.machine
 
     def boot(self, timeout: float) -> BootOutcome:
         """Launch QEMU on the run's disk and wait until the guest is up, fresh or resumed."""
@@ -276,8 +284,7 @@ class Guest:
         Every boot is a new QEMU with a new port forward, so a channel never outlives its machine.
         """
         self.require(GuestState.RUNNING, doing="run over ssh")
-        assert self.machine is not None
-        login, port = self.image.ssh, self.machine.spec.ssh_port
+        login, port = self.image.ssh, self._booted.spec.ssh_port
         if login is None or port is None:
             raise GuestStateError(f"`over: ssh` needs an image with an SSH server; {self.image.name} has none "
                                   "(built before SSH, or booted with a user's initramfs)")
@@ -297,8 +304,7 @@ class Guest:
         `crash`, whose panic is the point: QEMU's exit is awaited.
         """
         shell = self.running_shell(intent)
-        machine = self.machine
-        assert machine is not None
+        machine = self._booted
         self._close_ssh()
         if mode is not None:
             shell.succeed(f"echo {mode} > /sys/power/disk")

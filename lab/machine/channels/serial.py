@@ -154,8 +154,7 @@ class SerialConsole:
         """
         while True:
             quiet_left = self._quiet_left(wait_started)
-            if quiet_left is not None and quiet_left <= 0:
-                assert self.trouble is not None and self.trouble_quiet is not None
+            if quiet_left is not None and quiet_left <= 0 and self.trouble and self.trouble_quiet is not None:
                 raise KernelTrouble(what, self.trouble[1], self.trouble_quiet, self.last_lines(),
                                     seen_at=self.trouble[0], stopped_at=time.monotonic() - self.started)
             slice_ = min(deadline.remaining, FAULT_POLL_SECONDS)
