@@ -583,7 +583,8 @@ def test_console_bytes_that_are_not_utf8_survive_lines_verdict_result_and_junit(
                         qmp_events=[{"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-shutdown"},
                                      "lab_seconds": 17.2}])
     observations = Observations(power_offs=[PowerOffObservation(
-        "boot1", "poweroff", "poweroff", 3, record, timed_out=False, psci_active=False, psci_personality=None)])
+        boot="boot1", intent="poweroff", expect="poweroff", step_line=3, record=record, timed_out=False,
+        psci_active=False, psci_personality=None)])
     verdict = judge(observations, {"boot1": lines}, reason)
     assert verdict.power_offs[0].kind == "poweroff"
     write_result(run_dir, {"name": "hostile", "path": "-", "description": "-"}, verdict, observations, [], {}, 1.0)

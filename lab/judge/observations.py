@@ -23,7 +23,7 @@ class BootObservation:
     detail: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PowerOffObservation:
     """Everything the VMM, the console and the disk said about one power-off."""
 
@@ -108,7 +108,7 @@ class DiskOperation:
     after: dict[str, Any]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KernelTroubleObservation:
     """A step stopped because the guest's kernel printed a panic, an Oops or a BUG and then fell silent."""
 

@@ -24,15 +24,20 @@ NOT_OBSERVABLE = ("OFF2 not observable with this QEMU: it reports SYSTEM_OFF2 li
                   "ran; the hibernation itself is judged from the console and the disk")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PowerOffVerdict:
     boot: str
     intent: str
     kind: str
     witnesses: list[Witness]
-    disagreements: list[str]
     off2_observable: bool
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def disagreements(self) -> list[str]:
+        """Each witness whose account does not fit the class, and why."""
+        return [f"{w.name} is not consistent with {self.kind}: {w.explanation}"
+                for w in self.witnesses if w.opinion and self.kind not in w.consistent_with]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,15 +113,11 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
             kind = PowerOffClass.HIBERNATE_OFF if off2_observable else PowerOffClass.HIBERNATE
     else:
         kind = PowerOffClass.POWEROFF
-    disagreements = [
-        f"{w.name} is not consistent with {kind}: {w.explanation}"
-        for w in witnesses if w.opinion and kind not in w.consistent_with
-    ]
     notes = [] if off2_observable else [NOT_OBSERVABLE]
     if seen["host-kvm"].opinion and not contract.observable:
         notes.append(QEMU_DROPS_OFF2)
-    return PowerOffVerdict(observation.boot, observation.intent, kind, witnesses, disagreements,
-                           off2_observable, notes)
+    return PowerOffVerdict(boot=observation.boot, intent=observation.intent, kind=kind, witnesses=witnesses,
+                           off2_observable=off2_observable, notes=notes)
 
 
 IMPLICIT_EXPECTATIONS = {

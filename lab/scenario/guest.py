@@ -76,13 +76,13 @@ class BootOutcome:
     """After a resume: the exit status of the `echo disk` that hibernated the guest."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PowerOff:
     """What one power-off left: the boot's record, whether the lab stopped waiting, the PSCI calls."""
 
     record: BootRecord
-    timed_out: bool
     wait_error: str | None
+    """Why the lab stopped waiting for QEMU to exit; None when it exited."""
     psci_active: bool
     psci_calls: list[dict[str, Any]]
     host_hvc_calls: list[dict[str, Any]] | None
@@ -93,6 +93,10 @@ class PowerOff:
     """The guest's console device (`uart`, `virtio`): a virtio console is gone before the kernel's last line."""
     kernel_trouble: str | None = None
     """The panic, Oops or BUG line after which the console fell silent and the lab stopped waiting."""
+
+    @property
+    def timed_out(self) -> bool:
+        return self.wait_error is not None
 
 
 class Guest:
@@ -331,9 +335,9 @@ class Guest:
         if intent == "hibernate" and gave_up is None:
             self._pending = (token, command)
             self.state = GuestState.HIBERNATED
-        return PowerOff(machine.record, wait_error is not None, wait_error, session is not None,
-                        list(session.calls) if session is not None else [], hvc_calls, gave_up,
-                        machine.spec.console, trouble)
+        return PowerOff(record=machine.record, wait_error=wait_error, psci_active=session is not None,
+                        psci_calls=list(session.calls) if session is not None else [], host_hvc_calls=hvc_calls,
+                        gave_up=gave_up, console=machine.spec.console, kernel_trouble=trouble)
 
     def vmm_fault(self) -> str | None:
         """What is wrong with QEMU itself (died, stopped), to name a step's failure by its real cause."""

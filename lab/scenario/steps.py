@@ -263,8 +263,8 @@ def _step(ctx: RunContext, step: Step, details: dict[str, Any]) -> None:
             raise VmmFault(f"{fault} during `{step.describe()}` ({error})") from error
         if isinstance(error, KernelTrouble):
             ctx.observations.kernel_troubles.append(KernelTroubleObservation(
-                step.line, step.describe(), ctx.guest.boot_name, error.line, error.what, error.quiet,
-                error.seen_at, error.stopped_at))
+                step_line=step.line, step=step.describe(), boot=ctx.guest.boot_name, line=error.line,
+                waiting_for=error.what, quiet_seconds=error.quiet, seen_at=error.seen_at, stopped_at=error.stopped_at))
         raise
 
 
