@@ -35,7 +35,7 @@ def _system_image_build(args: argparse.Namespace) -> int:
 
 
 def _images_build(args: argparse.Namespace) -> int:
-    from lab.image.recipe import GUEST_ROLE, ImageRecipe
+    from lab.image.recipe import ImageRecipe, ImageRole
     from lab.image.store import ImageStore
     from lab.image.system_recipe import is_system_recipe
 
@@ -54,7 +54,7 @@ def _images_build(args: argparse.Namespace) -> int:
 
         builder = qemu_builder(log)
     image, built = ImageStore().build(recipe, refresh=args.refresh, log=log, qemu_builder=builder)
-    if recipe.role == GUEST_ROLE and image.qemu_arch == "aarch64":
+    if recipe.role is ImageRole.GUEST and image.qemu_arch == "aarch64":
         _find_conduit_sites(image.kernel)
     print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
     return 0

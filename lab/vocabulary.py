@@ -227,3 +227,29 @@ class PowerOffClass(StrEnum):
 
 
 HIBERNATED = (PowerOffClass.HIBERNATE_OFF2, PowerOffClass.HIBERNATE_OFF, PowerOffClass.HIBERNATE)
+
+
+class Intent(StrEnum):
+    """What a power-off step asks of the guest (the step's kind)."""
+
+    HIBERNATE = "hibernate"
+    POWEROFF = "poweroff"
+    CRASH = "crash"
+
+
+class BootKind(StrEnum):
+    """How a boot came up."""
+
+    FRESH = "fresh"
+    RESUMED = "resumed"
+    """The kernel restored a hibernation image."""
+    PANICKED = "panicked"
+
+
+class RunStatus(StrEnum):
+    """A run's verdict in one word."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+    """Nothing was judged: the lab could not set the run up."""

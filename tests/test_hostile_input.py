@@ -47,6 +47,7 @@ from lab.report.junit import write_junit
 from lab.report.result import write_result
 from lab.rundir import BootRecord, RunDirectory, read_console_file, unique_dir
 from lab.scenario.model import find_scenario
+from lab.vocabulary import Intent
 from lab.yaml_file import MAX_BYTES
 from tests.disk.test_header import hibernate_into, make_swap_area
 
@@ -583,7 +584,7 @@ def test_console_bytes_that_are_not_utf8_survive_lines_verdict_result_and_junit(
                         qmp_events=[{"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-shutdown"},
                                      "lab_seconds": 17.2}])
     observations = Observations(power_offs=[PowerOffObservation(
-        boot="boot1", intent="poweroff", expect="poweroff", step_line=3, record=record, timed_out=False,
+        boot="boot1", intent=Intent.POWEROFF, expect="poweroff", step_line=3, record=record, timed_out=False,
         psci_active=False, psci_personality=None)])
     verdict = judge(observations, {"boot1": lines}, reason)
     assert verdict.power_offs[0].kind == "poweroff"

@@ -10,6 +10,7 @@ the lab from writing to a disk a VM has open; the lab's own DiskLock covers the 
 
 from __future__ import annotations
 
+import enum
 import json
 import posixpath
 import re
@@ -34,18 +35,18 @@ U32_MAX = 0xFFFF_FFFF
 SECTOR_SIZE = 512
 """What QEMU sizes disks in: a region's offset and a disk's size are whole sectors."""
 
-FLAG_PLATFORM_MODE = 1
-FLAG_NOCOMPRESS = 2
-FLAG_CRC32 = 4
-FLAG_HW_SIG = 8
-FLAG_LZ4 = 16
-FLAG_NAMES = {
-    FLAG_PLATFORM_MODE: "PLATFORM_MODE",
-    FLAG_NOCOMPRESS: "NOCOMPRESS",
-    FLAG_CRC32: "CRC32",
-    FLAG_HW_SIG: "HW_SIG",
-    FLAG_LZ4: "LZ4",
-}
+
+class ImageFlag(enum.IntFlag):
+    """The header's flags: the kernel's SF_* bits (kernel/power/swap.c); bits it may add later are kept."""
+
+    PLATFORM_MODE = 1
+    NOCOMPRESS = 2
+    CRC32 = 4
+    HW_SIG = 8
+    LZ4 = 16
+
+
+_KNOWN_FLAGS = sum(ImageFlag)
 
 # The header's tail, at the end of the first page: hw_sig, crc32, image, flags, orig_sig, sig.
 _TAIL = struct.Struct("<IIQI10s10s")
@@ -95,7 +96,7 @@ class HibernationHeader:
     page_size: int
     signature: str
     original_signature: str
-    flags: int
+    flags: ImageFlag
     hw_sig: int
     image_offset: int
     crc32: int
@@ -108,8 +109,8 @@ class HibernationHeader:
 
     @property
     def flag_names(self) -> tuple[str, ...]:
-        names = [name for bit, name in FLAG_NAMES.items() if self.flags & bit]
-        unknown = self.flags & ~sum(FLAG_NAMES)
+        names = [flag.name or "" for flag in ImageFlag if flag in self.flags]
+        unknown = self.flags & ~_KNOWN_FLAGS
         names += [f"0x{1 << bit:x}" for bit in range(32) if unknown & (1 << bit)]
         return tuple(names)
 
@@ -149,7 +150,7 @@ class HibernationHeader:
             "signature": self.signature,
             "original_signature": self.original_signature,
             "image_present": self.image_present,
-            "flags": self.flags,
+            "flags": int(self.flags),
             "flag_names": list(self.flag_names),
             "hw_sig": self.hw_sig,
             "image_offset": self.image_offset,
@@ -240,7 +241,7 @@ def parse_header(data: bytes, disk_size: int, source: str) -> HibernationHeader:
         page_size=page_size,
         signature=signature,
         original_signature=original,
-        flags=flags,
+        flags=ImageFlag(flags),
         hw_sig=hw_sig,
         image_offset=image_offset,
         crc32=crc32,
@@ -440,7 +441,7 @@ def set_signature(disk: Path, value: int, host: Host = LOCAL,
     def set_hw_sig(header: HibernationHeader, page: bytearray) -> None:
         tail = header.page_size - _TAIL.size
         struct.pack_into("<I", page, tail + _HW_SIG_AT, value)
-        struct.pack_into("<I", page, tail + _FLAGS_AT, header.flags | FLAG_HW_SIG)
+        struct.pack_into("<I", page, tail + _FLAGS_AT, header.flags | ImageFlag.HW_SIG)
 
     action = f"set the hardware signature to 0x{value:08x}"
     return _edit_image_header(disk, action, set_hw_sig, lambda header: header.problems, host, region)

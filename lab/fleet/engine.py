@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,13 +23,27 @@ if TYPE_CHECKING:
     from lab.scenario.run import RunOptions
 
 
+class CellStatus(StrEnum):
+    """Where a cell is: waiting or running, or over with its run's verdict or the engine's account."""
+
+    WAITING = "WAITING"
+    RUNNING = "RUNNING"
+    PASS = "PASS"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+    INTERRUPTED = "INTERRUPTED"
+    """Stopped by Ctrl-C while it ran."""
+    NOT_RUN = "NOT-RUN"
+    """An interrupt came before it started."""
+
+
 @dataclass
 class CellOutcome:
     """What became of a cell; `run_dir` exists once the cell has started, `host` is where it ran."""
 
     cell: Cell
     run_dir: Path
-    status: str = "WAITING"
+    status: CellStatus = CellStatus.WAITING
     reason: str = ""
     seconds: float = 0.0
     started: float = 0.0
@@ -36,14 +51,14 @@ class CellOutcome:
 
     @property
     def finished(self) -> bool:
-        return self.status not in ("WAITING", "RUNNING")
+        return self.status not in (CellStatus.WAITING, CellStatus.RUNNING)
 
     def start(self, host: str, ago: float = 0.0) -> None:
         """The cell runs on `host` since `ago` seconds (an engine may learn of a start late); its time counts
         from then, on this machine's monotonic clock."""
-        self.status, self.started, self.host = "RUNNING", time.monotonic() - ago, host
+        self.status, self.started, self.host = CellStatus.RUNNING, time.monotonic() - ago, host
 
-    def end(self, status: str, reason: str) -> None:
+    def end(self, status: CellStatus, reason: str) -> None:
         """The cell is over; one that never started took no time."""
         self.status, self.reason = status, reason
         self.seconds = time.monotonic() - self.started if self.started else 0.0
@@ -102,12 +117,12 @@ def settle(outcome: CellOutcome, reached_verdict: bool, otherwise: str) -> None:
     run_dir = RunDirectory(outcome.run_dir)
     result = run_dir.read_result() if reached_verdict else None
     if result is not None:
-        outcome.end(result["verdict"]["status"], result["verdict"]["reason"])
+        outcome.end(CellStatus(result["verdict"]["status"]), result["verdict"]["reason"])
     else:
-        outcome.end("ERROR", _last_line(run_dir.output_log).removeprefix("lab: error: ") or otherwise)
+        outcome.end(CellStatus.ERROR, _last_line(run_dir.output_log).removeprefix("lab: error: ") or otherwise)
 
 
 def mark_not_run(outcomes: list[CellOutcome]) -> None:
     """Cells an interrupt came before: they never started, and the record says so."""
     for outcome in outcomes:
-        outcome.end("NOT-RUN", "interrupted before it started")
+        outcome.end(CellStatus.NOT_RUN, "interrupted before it started")

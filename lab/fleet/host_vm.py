@@ -23,7 +23,7 @@ from lab.deadline import Deadline
 from lab.errors import ChannelError, MachineError, SetupError, UsageError, WaitTimeout
 from lab.hosts.known import KnownHost, forget_host, hosts_dir, record_host
 from lab.image.guest_image import GuestImage
-from lab.image.recipe import KVM_HOST_ROLE, ImageRecipe
+from lab.image.recipe import ImageRecipe, ImageRole
 from lab.image.store import ImageStore
 from lab.machine.channels.ssh import HOST, SshChannel
 from lab.machine.process import Machine
@@ -93,9 +93,9 @@ def qemu_builder(log: Callable[[str], None]) -> Callable[[str], Path]:
 
 def host_recipe(name: str, kernel_deb: str | None = None) -> ImageRecipe:
     recipe = ImageRecipe.named(name)
-    if recipe.role != KVM_HOST_ROLE:
+    if recipe.role is not ImageRole.KVM_HOST:
         raise UsageError(f"image {name} is not a lab host (role {recipe.role}); `lab host` boots recipes with "
-                         f"role: {KVM_HOST_ROLE}")
+                         f"role: {ImageRole.KVM_HOST}")
     return recipe.pinned(kernel_deb) if kernel_deb else recipe
 
 
@@ -186,7 +186,7 @@ def start_host(name: str = DEFAULT_HOST, kernel_deb: str | None = None, memory_m
     """
     image = image or host_image(name, kernel_deb, log)
     login = image.ssh
-    if image.manifest.get("role") != KVM_HOST_ROLE or login is None:
+    if image.manifest.get("role") != ImageRole.KVM_HOST or login is None:
         raise UsageError(f"{image.path} is not a lab host image with an SSH server")
     deadline = Deadline(boot_timeout)
     log_dir = unique_dir(hosts_dir() / "logs", f"{image.name}-{timestamp()}")

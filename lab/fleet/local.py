@@ -20,7 +20,7 @@ from multiprocessing.process import BaseProcess
 
 from lab.errors import UsageError
 from lab.fleet.cell import INTERRUPTED_EXIT, handle_interrupts, redirect_output, run_cell
-from lab.fleet.engine import CellOutcome, CellRun, mark_not_run, settle
+from lab.fleet.engine import CellOutcome, CellRun, CellStatus, mark_not_run, settle
 from lab.fleet.matrix import Cell
 from lab.machine.process import set_parent_death_signal
 from lab.scenario.model import Scenario
@@ -49,7 +49,7 @@ def _run_cell(cell: Cell, options: RunOptions, parent: int) -> None:
 def _settle(outcome: CellOutcome, exit_code: int | None) -> None:
     """A worker stopped by an interrupt is INTERRUPTED; any other ended on its own."""
     if exit_code == INTERRUPTED_EXIT or exit_code in _STOPPED_BY_SIGNAL:
-        outcome.end("INTERRUPTED", "interrupted")
+        outcome.end(CellStatus.INTERRUPTED, "interrupted")
     else:
         settle(outcome, reached_verdict=exit_code in (0, 1), otherwise=f"worker exited with status {exit_code}")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from lab.fleet.engine import CellOutcome
+from lab.fleet.engine import CellOutcome, CellStatus
 from lab.fleet.matrix import Matrix
 from lab.report.html import write_matrix_report
 from lab.report.junit import write_matrix_junit
@@ -29,7 +29,7 @@ class MatrixResult:
 
     @property
     def passed(self) -> bool:
-        return all(outcome.status == "PASS" for outcome in self.outcomes)
+        return all(outcome.status is CellStatus.PASS for outcome in self.outcomes)
 
     @property
     def report(self) -> Path:

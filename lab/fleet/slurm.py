@@ -32,7 +32,7 @@ from typing import Any
 
 from lab.errors import LabError, SetupError, UsageError
 from lab.fleet.cell import CellSpec
-from lab.fleet.engine import CellOutcome, CellRun, mark_not_run, settle
+from lab.fleet.engine import CellOutcome, CellRun, CellStatus, mark_not_run, settle
 from lab.paths import load_schema
 from lab.rundir import RunDirectory
 from lab.scenario.model import Scenario, Step
@@ -300,7 +300,7 @@ def _keep_a_run_directory(outcome: CellOutcome) -> None:
 
 def _end_error(outcome: CellOutcome, reason: str) -> None:
     """An ERROR the engine caused."""
-    outcome.end("ERROR", reason)
+    outcome.end(CellStatus.ERROR, reason)
     _keep_a_run_directory(outcome)
 
 
@@ -322,12 +322,12 @@ class SlurmEngine:
             self._submit(runs, workers, tasks, on_finished)
             self._follow(tasks, on_finished)
         except KeyboardInterrupt:
-            self._cancel(tasks, "INTERRUPTED", "cancelled by Ctrl-C")
+            self._cancel(tasks, CellStatus.INTERRUPTED, "cancelled by Ctrl-C")
             mark_not_run([run.outcome for run in runs if not run.outcome.finished])
             raise
         except Exception as error:
             why = f"cancelled: the lab stopped following its jobs ({error})"
-            self._cancel(tasks, "ERROR", why)
+            self._cancel(tasks, CellStatus.ERROR, why)
             for run in runs:
                 if not run.outcome.finished:
                     _end_error(run.outcome, f"never started: {why}")
@@ -441,7 +441,7 @@ class SlurmEngine:
     def _pending(self, task: _Task, record: Mapping[str, str]) -> None:
         """A queued task waits as long as Slurm makes it; one that cannot start is cancelled after start_timeout."""
         reason = record.get("Reason", "None")
-        if task.outcome.status == "WAITING":
+        if task.outcome.status is CellStatus.WAITING:
             task.outcome.reason = f"slurm job {task.id} pending: {reason}"
         blocker = NEVER_STARTS.get(reason.split(",")[0])
         if blocker is None:
@@ -457,7 +457,7 @@ class SlurmEngine:
 
     def _started(self, task: _Task, record: Mapping[str, str]) -> None:
         """Record the node; the cell's time counts from Slurm's StartTime (polling notices starts late)."""
-        if task.outcome.status != "WAITING":
+        if task.outcome.status is not CellStatus.WAITING:
             return
         since = _seconds_since(record.get("StartTime"))
         ago = min(max(since or 0.0, 0.0), time.monotonic() - task.submitted)
@@ -497,7 +497,7 @@ class SlurmEngine:
     def _forgotten(self, task: _Task) -> None:
         """Neither slurmctld nor a jobcomp log knows the task any more: its run directory is all there is."""
         if RunDirectory(task.outcome.run_dir).read_result() is not None:
-            if task.outcome.status == "WAITING":
+            if task.outcome.status is CellStatus.WAITING:
                 task.outcome.start("unknown")
             settle(task.outcome, reached_verdict=True, otherwise="")
         else:
@@ -506,7 +506,7 @@ class SlurmEngine:
 
     # -- stopping
 
-    def _cancel(self, tasks: list[_Task], status: str, why: str) -> None:
+    def _cancel(self, tasks: list[_Task], status: CellStatus, why: str) -> None:
         """scancel every job of the matrix, wait (bounded) until Slurm confirms each task ended, and end its cell:
         `status` with `why` if it had started, NOT-RUN (or ERROR, when the lab failed) if it had not."""
         previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
@@ -542,7 +542,7 @@ class SlurmEngine:
         except SetupError:
             return None
 
-    def _stopped(self, task: _Task, record: Mapping[str, str] | None, status: str, why: str) -> None:
+    def _stopped(self, task: _Task, record: Mapping[str, str] | None, status: CellStatus, why: str) -> None:
         outcome = task.outcome
         state = (record or {}).get("JobState")
         if record is not None and state in ("COMPLETED", "FAILED"):
@@ -550,7 +550,7 @@ class SlurmEngine:
             return
         node = _node(record) if record is not None else outcome.host
         if node is None:
-            if status == "INTERRUPTED":
+            if status is CellStatus.INTERRUPTED:
                 mark_not_run([outcome])
             else:
                 _end_error(outcome, f"never started: {why}")

@@ -33,13 +33,13 @@ from lab.image import initramfs
 from lab.image.debian import PackageVersion, PrivateApt, extract, local_package
 from lab.image.guest_image import GuestImage
 from lab.image.payload import FILE_CACHE, IMAGES_ROOT, ROLE_FILE, RUNS_ROOT, Payload, payload, payload_entries
-from lab.image.recipe import DEFAULT_KERNEL, GUEST_ROLE, ImageRecipe
+from lab.image.recipe import DEFAULT_KERNEL, ImageRecipe, ImageRole
 from lab.paths import cache_root
 
 IMAGE_FORMAT = 1
 KERNEL_PACKAGE_PREFIXES = ("linux-image-", "linux-binary-", "linux-modules-")
 BASE_DIRECTORIES = ("bin", "dev", "etc", "etc/lab", "lib", "lib/modules", "proc", "run", "sys", "tmp")
-LATER_FIELDS = {"role": GUEST_ROLE, "programs": (), "qemu_builds": (), "guest_images": ()}
+LATER_FIELDS = {"role": ImageRole.GUEST, "programs": (), "qemu_builds": (), "guest_images": ()}
 """Recipe fields added after images were first cached: left out of the key while unused, so those keys stay."""
 QemuBuilder = Callable[[str], Path]
 """Builds (or finds built) the lab's patched QEMU for a target of `lab qemu build`; the binary's path."""
@@ -275,7 +275,7 @@ class ImageStore:
             entries += ssh_entries
             programs = {path: program_closure(root, path, recipe.arch) for path in recipe.programs}
             entries += _program_entries(programs, entries)
-            if recipe.role != GUEST_ROLE:
+            if recipe.role is not ImageRole.GUEST:
                 entries.append(initramfs.regular_file(ROLE_FILE, f"{recipe.role}\n".encode()))
             entries += payload_entries(carried.files, {e.path for e in entries if stat.S_ISDIR(e.mode)})
             initramfs.write_newc_file(out / "initramfs.cpio", entries)
@@ -304,7 +304,7 @@ class ImageStore:
         if programs:
             manifest["programs"] = {f"/{path.lstrip('/')}": sorted(files) for path, files in programs.items()}
         manifest |= carried.manifest
-        if recipe.role != GUEST_ROLE:
+        if recipe.role is not ImageRole.GUEST:
             manifest["layout"] = {"file_cache": f"/{FILE_CACHE}", "images": f"/{IMAGES_ROOT}", "runs": f"/{RUNS_ROOT}"}
         return manifest
 

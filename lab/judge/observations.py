@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lab.rundir import BootRecord
+from lab.vocabulary import BootKind, Intent
 
 
 @dataclass
@@ -16,7 +17,7 @@ class BootObservation:
     """How a boot came up: fresh (init reached `ready`) or resumed (kernel logged hibernation exit)."""
 
     boot: str
-    outcome: str
+    outcome: BootKind
     expect: str
     step_line: int
     hibernate_command_status: int | None = None
@@ -28,7 +29,7 @@ class PowerOffObservation:
     """Everything the VMM, the console and the disk said about one power-off."""
 
     boot: str
-    intent: str
+    intent: Intent
     expect: str | None
     step_line: int
     record: BootRecord

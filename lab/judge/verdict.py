@@ -16,7 +16,7 @@ from typing import Any
 from lab.judge.observations import Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
 from lab.judge.witnesses import NO_SHUTDOWN, SILENT_AFTER_TROUBLE, Witness, collect_witnesses
-from lab.vocabulary import HIBERNATED, KERNEL_TROUBLE, PowerOffClass
+from lab.vocabulary import HIBERNATED, KERNEL_TROUBLE, BootKind, Intent, PowerOffClass, RunStatus
 
 QEMU_DROPS_OFF2 = ("QEMU drops OFF2: this build reports SYSTEM_OFF2 like SYSTEM_OFF; the host kernel's "
                    "kvm_hvc_arm64 trace is the VMM-side witness of how the guest powered off")
@@ -27,8 +27,8 @@ NOT_OBSERVABLE = ("OFF2 not observable with this QEMU: it reports SYSTEM_OFF2 li
 @dataclass(kw_only=True)
 class PowerOffVerdict:
     boot: str
-    intent: str
-    kind: str
+    intent: Intent
+    kind: PowerOffClass
     witnesses: list[Witness]
     off2_observable: bool
     notes: list[str] = field(default_factory=list)
@@ -72,8 +72,8 @@ class RunVerdict:
     """Nothing was judged: the lab could not set the run up (its reason says what was missing)."""
 
     @property
-    def status(self) -> str:
-        return "PASS" if self.passed else "ERROR" if self.set_up_failed else "FAIL"
+    def status(self) -> RunStatus:
+        return RunStatus.PASS if self.passed else RunStatus.ERROR if self.set_up_failed else RunStatus.FAIL
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -120,10 +120,10 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
                            off2_observable=off2_observable, notes=notes)
 
 
-IMPLICIT_EXPECTATIONS = {
-    "hibernate": HIBERNATED,
-    "poweroff": (PowerOffClass.POWEROFF,),
-    "crash": (PowerOffClass.CRASH,),
+IMPLICIT_EXPECTATIONS: dict[Intent, tuple[PowerOffClass, ...]] = {
+    Intent.HIBERNATE: HIBERNATED,
+    Intent.POWEROFF: (PowerOffClass.POWEROFF,),
+    Intent.CRASH: (PowerOffClass.CRASH,),
 }
 """What a power-off step without `expect:` is held to: the class its intent obviously implies."""
 
@@ -149,7 +149,7 @@ def _boot_checks(observations: Observations) -> list[Check]:
         if boot.expect != "any":
             checks.append(Check(f"{boot.boot} came up {boot.expect}", boot.outcome == boot.expect,
                                 f"{boot.boot} came up {boot.outcome}, expected {boot.expect}", boot.step_line))
-        if boot.outcome == "resumed":
+        if boot.outcome is BootKind.RESUMED:
             status = boot.hibernate_command_status
             checks.append(Check(
                 f"{boot.boot} resumed userspace", status == 0,
@@ -213,7 +213,7 @@ def _command_checks(observations: Observations) -> list[Check]:
 
 
 def _console_health(observations: Observations, boot_consoles: dict[str, list[str]]) -> list[Check]:
-    crashed = {p.boot for p in observations.power_offs if p.intent == "crash"}
+    crashed = {p.boot for p in observations.power_offs if p.intent is Intent.CRASH}
     checks = []
     for boot, lines in boot_consoles.items():
         if boot in crashed:

@@ -41,7 +41,7 @@ from lab.machine.spec import Disk, MachineSpec, Uefi, free_local_port, with_cons
 from lab.psci.attach import GuestPsci, PsciSession
 from lab.qemu.builds import QemuBuild
 from lab.rundir import BootRecord, RunDirectory
-from lab.vocabulary import CONSOLE_PATTERNS, ConsoleMark
+from lab.vocabulary import CONSOLE_PATTERNS, BootKind, ConsoleMark, Intent
 
 PORT_ATTEMPTS = 3
 PORT_TAKEN = re.compile(r"host forwarding|Address already in use")
@@ -49,7 +49,8 @@ PORT_TAKEN = re.compile(r"host forwarding|Address already in use")
 BOOT_ENDINGS = (ConsoleMark.READY, ConsoleMark.RESUMED, ConsoleMark.PANIC)
 """What ends a boot's wait: init is ready, the kernel resumed an image, or the kernel panicked."""
 _BOOT_ENDED = "|".join(f"(?P<{mark}>{CONSOLE_PATTERNS[mark].pattern})" for mark in BOOT_ENDINGS)
-_BOOT_OUTCOMES = {ConsoleMark.READY: "fresh", ConsoleMark.RESUMED: "resumed", ConsoleMark.PANIC: "panicked"}
+_BOOT_OUTCOMES = {ConsoleMark.READY: BootKind.FRESH, ConsoleMark.RESUMED: BootKind.RESUMED,
+                  ConsoleMark.PANIC: BootKind.PANICKED}
 
 
 class GuestState(StrEnum):
@@ -70,8 +71,7 @@ class GuestStateError(LabError):
 @dataclass(frozen=True)
 class BootOutcome:
     name: str
-    outcome: str
-    """fresh, resumed or panicked."""
+    outcome: BootKind
     hibernate_command_status: int | None = None
     """After a resume: the exit status of the `echo disk` that hibernated the guest."""
 
@@ -247,11 +247,11 @@ class Guest:
         match = machine.console.expect(_BOOT_ENDED, timeout, f"{name} to become ready")
         outcome = _BOOT_OUTCOMES[ConsoleMark(match.lastgroup or "")]
         status = None
-        if outcome == "resumed" and self._pending is not None:
+        if outcome is BootKind.RESUMED and self._pending is not None:
             token, command = self._pending
             status = shell.wait(token, command, timeout).status
         self._pending = None
-        if outcome != "panicked":
+        if outcome is not BootKind.PANICKED:
             shell.wait_responsive(timeout)
         return BootOutcome(name, outcome, status)
 
@@ -299,7 +299,7 @@ class Guest:
         self._ssh = channel
         return channel, True
 
-    def power_off(self, command: str, intent: str, timeout: float, mode: str | None = None) -> PowerOff:
+    def power_off(self, command: str, intent: Intent, timeout: float, mode: str | None = None) -> PowerOff:
         """Have the guest run `command` (hibernate, poweroff, crash) and wait for QEMU to exit.
 
         A command that returns instead (hibernation refused: too little swap, say) means the guest gave
@@ -318,7 +318,7 @@ class Guest:
         trouble: str | None = None
         gave_up: CommandResult | None = None
         with contextlib.ExitStack() as waits:
-            if intent == "crash":
+            if intent is Intent.CRASH:
                 waits.enter_context(machine.console.expecting_trouble())
             try:
                 try:
@@ -332,7 +332,7 @@ class Guest:
         session = self.psci_session
         hvc_calls = [call.as_record() for call in self._trace.read()] if self._trace is not None else None
         self.close()
-        if intent == "hibernate" and gave_up is None:
+        if intent is Intent.HIBERNATE and gave_up is None:
             self._pending = (token, command)
             self.state = GuestState.HIBERNATED
         return PowerOff(record=machine.record, wait_error=wait_error, psci_active=session is not None,

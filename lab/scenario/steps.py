@@ -36,12 +36,12 @@ from lab.judge.verdict import step_expectations
 from lab.machine.channels.shell import CommandResult, GuestShell
 from lab.scenario.guest import Guest, GuestState
 from lab.scenario.model import HibernationPaths, Scenario, Step
-from lab.vocabulary import HibernateVia
+from lab.vocabulary import HibernateVia, Intent
 
 DEFAULT_TIMEOUTS = {"boot": 120.0, "hibernate": 180.0, "poweroff": 60.0, "crash": 60.0, "run": 60.0}
 POWER_OFF_COMMANDS = {
-    "poweroff": "poweroff -f",
-    "crash": "echo c > /proc/sysrq-trigger",
+    Intent.POWEROFF: "poweroff -f",
+    Intent.CRASH: "echo c > /proc/sysrq-trigger",
 }
 HIBERNATE_COMMANDS = {
     HibernateVia.SYSFS: "echo disk > /sys/power/state",
@@ -120,11 +120,12 @@ def _read_disk_header(ctx: RunContext) -> tuple[dict[str, Any] | None, str | Non
 
 def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     guest = ctx.guest
-    command = hibernate_command(ctx.scenario.hibernation) if step.kind == "hibernate" else POWER_OFF_COMMANDS[step.kind]
-    ended = guest.power_off(command, step.kind, _timeout(step, ctx), step.params.get("mode"))
+    intent = Intent(step.kind)
+    command = hibernate_command(ctx.scenario.hibernation) if intent is Intent.HIBERNATE else POWER_OFF_COMMANDS[intent]
+    ended = guest.power_off(command, intent, _timeout(step, ctx), step.params.get("mode"))
     header, disk_error = _read_disk_header(ctx)
     ctx.observations.power_offs.append(PowerOffObservation(
-        boot=ended.record.name, intent=step.kind, expect=step.params.get("expect"), step_line=step.line,
+        boot=ended.record.name, intent=intent, expect=step.params.get("expect"), step_line=step.line,
         record=ended.record, timed_out=ended.timed_out, psci_active=ended.psci_active,
         psci_personality=guest.psci.personality if guest.psci else None, psci_calls=ended.psci_calls,
         disk_header=header, disk_error=disk_error, off2_contract=ctx.off2_contract,

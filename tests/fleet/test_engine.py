@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 import lab.fleet.run
-from lab.fleet.engine import CellOutcome, CellRun, mark_not_run, settle
+from lab.fleet.engine import CellOutcome, CellRun, CellStatus, mark_not_run, settle
 from lab.fleet.matrix import Cell, load_matrix
 from lab.fleet.run import run_matrix
 from lab.image.guest_image import GuestImage
@@ -65,7 +65,7 @@ class CannedEngine:
             if index == self.interrupt_after:
                 run.outcome.run_dir.mkdir()
                 run.outcome.start("node07")
-                run.outcome.end("INTERRUPTED", "interrupted")
+                run.outcome.end(CellStatus.INTERRUPTED, "interrupted")
                 mark_not_run([later.outcome for later in runs[index + 1:]])
                 raise KeyboardInterrupt
             run.outcome.run_dir.mkdir()

@@ -12,6 +12,7 @@ from lab.judge.observations import BootObservation, KernelTroubleObservation, Ob
 from lab.judge.off2_contract import Off2Contract
 from lab.judge.verdict import QEMU_DROPS_OFF2, classify, judge
 from lab.rundir import BootRecord
+from lab.vocabulary import BootKind, Intent
 
 HIBERNATE_CONSOLE = """\
 [    4.09] PM: hibernation: hibernation entry
@@ -35,7 +36,7 @@ def observation(tmp_path: Path, console: str, events: list, calls: list | None, 
     log.write_text(console)
     record = BootRecord("boot1", ["qemu"], log, tmp_path / "qmp.jsonl", 0.0, exit_code=0, qmp_events=events)
     return PowerOffObservation(
-        boot="boot1", intent=intent, expect=expect, step_line=3, record=record, timed_out=timed_out,
+        boot="boot1", intent=Intent(intent), expect=expect, step_line=3, record=record, timed_out=timed_out,
         psci_active=calls is not None, psci_personality="kvm" if calls is not None else None,
         psci_calls=calls or [], disk_header=header, off2_contract=contract,
     )
@@ -139,7 +140,8 @@ def test_run_verdict_holds_power_offs_to_their_expectation(tmp_path, expect, pas
 
 
 def test_resumed_boot_that_did_not_finish_the_hibernate_command_fails():
-    observations = Observations(boots=[BootObservation("boot2", "resumed", "resumed", 5, hibernate_command_status=1)])
+    observations = Observations(boots=[BootObservation("boot2", BootKind.RESUMED, "resumed", 5,
+                                                       hibernate_command_status=1)])
     verdict = judge(observations, {}, None)
     assert not verdict.passed
     assert "boot2 resumed userspace" in verdict.reason
