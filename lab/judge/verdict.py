@@ -10,7 +10,8 @@ Witnesses inconsistent with the class are reported as disagreements.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from lab.judge.observations import Observations, PowerOffObservation
@@ -49,17 +50,36 @@ class PowerOffVerdict:
         }
 
 
+class CheckKind(StrEnum):
+    """What a check holds the run to; its name says the same in words, for people."""
+
+    POWER_OFF = "power-off"
+    CAME_UP = "came-up"
+    RESUMED_USERSPACE = "resumed-userspace"
+    EVIDENCE = "evidence"
+    BOOT_ID = "boot-id"
+    SWAP_SIGNATURE = "swap-signature"
+    CONSOLE_SHOWS = "console-shows"
+    CONSOLE_NEVER_SHOWS = "console-never-shows"
+    COMMAND = "command"
+    CONSOLE_HEALTHY = "console-healthy"
+
+
 @dataclass
 class Check:
-    """One expectation and whether the run met it."""
+    """One expectation and whether the run met it: `kind` and `boot` say which, `name` says it in words."""
 
     name: str
     passed: bool
     detail: str
     line: int = 0
+    _: KW_ONLY
+    kind: CheckKind
+    boot: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail, "line": self.line}
+        return {"name": self.name, "kind": self.kind, "boot": self.boot, "passed": self.passed,
+                "detail": self.detail, "line": self.line}
 
 
 @dataclass
@@ -139,7 +159,8 @@ def _power_off_checks(verdicts: list[PowerOffVerdict], observations: Observation
             detail += "; " + "; ".join(verdict.notes)
         if verdict.disagreements:
             detail += "; witnesses disagree: " + "; ".join(verdict.disagreements)
-        checks.append(Check(f"{verdict.boot} power-off", verdict.kind in allowed, detail, observation.step_line))
+        checks.append(Check(f"{verdict.boot} power-off", verdict.kind in allowed, detail, observation.step_line,
+                            kind=CheckKind.POWER_OFF, boot=verdict.boot))
     return checks
 
 
@@ -148,14 +169,15 @@ def _boot_checks(observations: Observations) -> list[Check]:
     for boot in observations.boots:
         if boot.expect != "any":
             checks.append(Check(f"{boot.boot} came up {boot.expect}", boot.outcome == boot.expect,
-                                f"{boot.boot} came up {boot.outcome}, expected {boot.expect}", boot.step_line))
+                                f"{boot.boot} came up {boot.outcome}, expected {boot.expect}", boot.step_line,
+                                kind=CheckKind.CAME_UP, boot=boot.boot))
         if boot.outcome is BootKind.RESUMED:
             status = boot.hibernate_command_status
             checks.append(Check(
                 f"{boot.boot} resumed userspace", status == 0,
                 "the shell that hibernated completed `echo disk` after resume with status "
                 f"{status}" if status is not None else "no hibernate command was pending",
-                boot.step_line,
+                boot.step_line, kind=CheckKind.RESUMED_USERSPACE, boot=boot.boot,
             ))
     return checks
 
@@ -173,28 +195,31 @@ def _evidence_checks(observations: Observations) -> list[Check]:
                 f"token {'found' if found.token_found else 'absent'}, marker process "
                 f"{'alive' if found.marker_alive else 'gone'}"
                 + ("" if found.planted else " (nothing was planted: add a mark step)"), line,
+                kind=CheckKind.EVIDENCE, boot=request.boot,
             ))
         if "boot_id" in wants and found is not None:
             planted = found.planted.boot_id if found.planted else None
             same = found.boot_id == planted
             checks.append(Check(
                 f"boot_id {wants['boot_id']} in {request.boot}", same == (wants["boot_id"] == "same"),
-                f"boot_id {found.boot_id}, planted under {planted}", line,
+                f"boot_id {found.boot_id}, planted under {planted}", line, kind=CheckKind.BOOT_ID, boot=request.boot,
             ))
         if "swap_signature" in wants:
             checks.append(Check(
                 f"swap signature {wants['swap_signature']} in {request.boot}",
                 request.swap_signature == wants["swap_signature"],
-                f"the guest sees {request.swap_signature}", line,
+                f"the guest sees {request.swap_signature}", line, kind=CheckKind.SWAP_SIGNATURE, boot=request.boot,
             ))
         for pattern in wants.get("console_required", []):
             hit = re.search(pattern, request.console_text)
             checks.append(Check(f"console shows /{pattern}/ in {request.boot}", hit is not None,
-                                f"found: {hit.group(0)!r}" if hit else "not on the console", line))
+                                f"found: {hit.group(0)!r}" if hit else "not on the console", line,
+                                kind=CheckKind.CONSOLE_SHOWS, boot=request.boot))
         for pattern in wants.get("console_forbidden", []):
             hit = re.search(pattern, request.console_text)
             checks.append(Check(f"console never shows /{pattern}/ in {request.boot}", hit is None,
-                                f"found: {hit.group(0)!r}" if hit else "absent", line))
+                                f"found: {hit.group(0)!r}" if hit else "absent", line,
+                                kind=CheckKind.CONSOLE_NEVER_SHOWS, boot=request.boot))
     return checks
 
 
@@ -208,7 +233,7 @@ def _command_checks(observations: Observations) -> list[Check]:
             detail += f"; output {'contains' if command.output_contains in command.output else 'lacks'}"
             detail += f" {command.output_contains!r}"
         checks.append(Check(f"`{command.command}` in {command.boot} over {command.channel}", ok, detail,
-                            command.step_line))
+                            command.step_line, kind=CheckKind.COMMAND, boot=command.boot))
     return checks
 
 
@@ -220,7 +245,8 @@ def _console_health(observations: Observations, boot_consoles: dict[str, list[st
             continue
         bad = [line.strip() for line in lines if KERNEL_TROUBLE.search(line)]
         checks.append(Check(f"{boot} console healthy", not bad,
-                            f"found: {bad[0]!r}" if bad else "no panic, Oops, BUG: or Call trace"))
+                            f"found: {bad[0]!r}" if bad else "no panic, Oops, BUG: or Call trace",
+                            kind=CheckKind.CONSOLE_HEALTHY, boot=boot))
     return checks
 
 
@@ -247,13 +273,13 @@ def judge(observations: Observations, boot_consoles: dict[str, list[str]], error
     checks = _expectation_checks(power_offs, observations) + _console_health(observations, boot_consoles)
     failed = [c for c in checks if not c.passed]
     if error is not None:
-        sick = next((c for c in failed if c.name.endswith(" console healthy")), None)
+        sick = next((c for c in failed if c.kind is CheckKind.CONSOLE_HEALTHY), None)
         if observations.kernel_troubles:
             trouble = observations.kernel_troubles[-1]
             error = (f"{trouble.boot}: kernel trouble: {trouble.line!r}, then {trouble.quiet_seconds:g}s of "
                      f"silence while waiting for {trouble.waiting_for} (`{trouble.step}`, line {trouble.step_line})")
         elif sick is not None:
-            error = f"{sick.name.removesuffix(' console healthy')}: kernel trouble ({sick.detail}); {error}"
+            error = f"{sick.boot}: kernel trouble ({sick.detail}); {error}"
         return RunVerdict(False, error, power_offs, checks)
     if failed:
         first = failed[0]

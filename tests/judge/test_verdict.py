@@ -10,7 +10,7 @@ import pytest
 from lab.errors import UsageError
 from lab.judge.observations import BootObservation, KernelTroubleObservation, Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
-from lab.judge.verdict import QEMU_DROPS_OFF2, classify, judge
+from lab.judge.verdict import QEMU_DROPS_OFF2, CheckKind, classify, judge
 from lab.rundir import BootRecord
 from lab.vocabulary import BootKind, Intent
 
@@ -180,6 +180,9 @@ def test_an_aborted_run_leads_with_the_kernel_trouble_that_explains_it():
         "boot2: kernel trouble (found: '[ 5.1] Internal error: Oops: 0000000096000006 [#1] SMP'); "
         "timed out after 120.0s waiting for boot2 to become ready"
     )
+    sick = next(check for check in verdict.checks if not check.passed)
+    assert (sick.kind, sick.boot) == (CheckKind.CONSOLE_HEALTHY, "boot2")
+    assert sick.to_json()["kind"] == "console-healthy" and sick.to_json()["boot"] == "boot2"
 
 
 def kvm_observation(tmp_path: Path, console: str, hvc_ids: list[str], header: dict, contract: str = "none",
