@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from lab import logs
 from lab.disk.paths import checked_disk_path
 from lab.errors import LabError, MachineError, UsageError, printable
 from lab.vocabulary import host_arch
@@ -305,6 +306,9 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="lab", description="The hibernation lab.")
+    top.add_argument("-v", "--verbose", action="count", default=0,
+                     help="debug traces of QEMU's launch and shutdown and of the lab's connections (-vv: also "
+                          "qemu.qmp's and paramiko's own logs)")
     commands = top.add_subparsers(dest="command", required=True)
 
     images = commands.add_parser("images", help="build and list guest images")
@@ -422,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    logs.configure(args.verbose)
     try:
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)

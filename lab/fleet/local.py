@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
+from lab import logs
 from lab.errors import UsageError
 from lab.fleet.cell import INTERRUPTED_EXIT, handle_interrupts, redirect_output, run_cell
 from lab.fleet.engine import CellOutcome, CellRun, CellStatus, mark_not_run, settle
@@ -34,6 +35,7 @@ def _run_cell(cell: Cell, options: RunOptions, parent: int) -> None:
     """A worker process: one cell's run, which must not start once the matrix that spawned it is gone."""
     set_parent_death_signal(signal.SIGTERM)
     handle_interrupts()
+    logs.configure()
     if options.run_dir is None:
         raise UsageError(f"cell {cell.id} has no run directory")
     redirect_output(options.run_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import posixpath
 import secrets
 import select
@@ -35,7 +36,9 @@ from lab.deadline import Deadline
 from lab.digest import sha256_file
 from lab.errors import ChannelError, SetupError, UsageError, WaitTimeout
 from lab.hosts.base import COMMAND_SECONDS, Completed, HostProcess
+from lab.hosts.ssh_login import LoginRefused, log_in
 
+_log = logging.getLogger(__name__)
 FILE_CACHE = "/var/cache/lab/files"
 """Where an SSH host keeps the files runs need, by sha256 (the kvm-host image pre-seeds it)."""
 RUNS_ROOT = "/run/lab/runs"
@@ -238,25 +241,21 @@ class SshHost:
         self._forwards: list[_Forward] = []
         self._scratch = Path(tempfile.mkdtemp(prefix="lab-host-"))
         try:
-            self._client.connect(login.host, login.port, username=login.user, pkey=login.client_key,
-                                 timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                                 allow_agent=False, look_for_keys=False)
-        except paramiko.BadHostKeyException as error:
+            problem = log_in(self._client, (login.host, login.port), login.user, login.client_key, timeout,
+                             host_key_from="the one pinned for it", client_key_from="the lab's")
+        except LoginRefused as refused:
             self._cleanup()
-            raise SetupError(f"host {login.url} presented a host key other than the one pinned for it: "
-                             f"{error.key.get_name()} {error.key.get_base64()}") from error
-        except paramiko.AuthenticationException as error:
+            raise SetupError(f"host {login.url} {refused}") from refused
+        if problem is not None:
             self._cleanup()
-            raise SetupError(f"host {login.url} refused the lab's client key: {error}") from error
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            self._cleanup()
-            raise SetupError(f"host {login.url} cannot be reached: {error}") from error
+            raise SetupError(f"host {login.url} cannot be reached: {problem}")
         transport = self._client.get_transport()
         if transport is None:
             self._cleanup()
             raise SetupError(f"host {login.url} closed the SSH connection as it was made")
         transport.set_keepalive(5)
         self._transport = transport
+        _log.debug("host %s: logged in", login.url)
 
     @property
     def _known_as(self) -> str:
@@ -415,5 +414,6 @@ class SshHost:
             self._scratch.rmdir()
 
     def close(self) -> None:
+        _log.debug("host %s: closing the SSH connection", self.name)
         self._cleanup()
 

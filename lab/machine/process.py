@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import signal
 import subprocess
 import time
@@ -27,6 +28,7 @@ from lab.machine.channels.serial import TROUBLE_QUIET_SECONDS, SerialConsole
 from lab.machine.spec import CHANNELS, MachineSpec
 from lab.rundir import BootFiles, BootRecord, describe_exit
 
+_log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 SOFT_STOP_SECONDS = 3.0
 """How long QEMU gets to exit after QMP `quit` before it is sent SIGTERM."""
@@ -106,6 +108,8 @@ class Machine:
             lock.acquire()
         self.files.write_machine({**self.spec.to_json(), "host": self.host.name}, self.record.command)
         self._process = self.host.start(self.record.command, self.files.stderr, setup=_die_with_parent)
+        _log.debug("%s: QEMU pid %s started on %s: %s", self.name, self._process.pid, self.host.name,
+                   " ".join(self.record.command))
         self.record.launched_at = time.monotonic() - self.run_started
         deadline = Deadline(timeout)
         process = self._process
@@ -191,6 +195,7 @@ class Machine:
                 self.qmp.execute("quit", timeout=SOFT_STOP_SECONDS)
         for stop in (None, process.terminate, process.kill):
             if stop is not None:
+                _log.debug("%s: QEMU pid %s still running: %s", self.name, process.pid, stop.__name__)
                 stop()
             try:
                 process.wait(SOFT_STOP_SECONDS if stop is None else SIGNAL_WAIT_SECONDS)
@@ -210,6 +215,7 @@ class Machine:
                 self._stop(process)
             if process is not None and process.returncode is not None:
                 self._note_exit(process.returncode)
+                _log.debug("%s: QEMU pid %s reaped: %s", self.name, process.pid, describe_exit(process.returncode))
         finally:
             self.qmp.close()
             self.record.qmp_events = list(self.qmp.events)

@@ -23,8 +23,7 @@ from qemu.qmp import EventListener, QMPClient, QMPError, Runstate
 from lab.deadline import Deadline, wait_until
 from lab.errors import ChannelError
 
-logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
-
+_log = logging.getLogger(__name__)
 ATTEMPT_SECONDS = 2.0
 MIN_ATTEMPT_SECONDS = 0.05
 Answer = TypeVar("Answer")
@@ -90,6 +89,7 @@ class QmpChannel:
             return True
 
         wait_until(attempt, timeout, f"QMP on {self.socket_path}", lambda: last_problem)
+        _log.debug("QMP connected on %s", self.socket_path)
         self.connected = True
         self._pump = asyncio.run_coroutine_threadsafe(self._record_events(), self._loop)
 
@@ -138,6 +138,7 @@ class QmpChannel:
         if not self._thread.is_alive():
             self._loop.close()
             return
+        _log.debug("QMP disconnecting from %s", self.socket_path)
         if self._pump is not None:
             self._pump.cancel()
         with contextlib.suppress(QMPError, EOFError, TimeoutError, OSError, asyncio.CancelledError):
