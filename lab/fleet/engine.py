@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lab.lines import last_file_lines
 from lab.rundir import RunDirectory
 
 if TYPE_CHECKING:
@@ -99,14 +100,6 @@ class Engine(Protocol):
         """
 
 
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
 def settle(outcome: CellOutcome, reached_verdict: bool, otherwise: str) -> None:
     """End a cell whose process ended on its own, from what it left in its run directory.
 
@@ -119,7 +112,8 @@ def settle(outcome: CellOutcome, reached_verdict: bool, otherwise: str) -> None:
     if result is not None:
         outcome.end(CellStatus(result["verdict"]["status"]), result["verdict"]["reason"])
     else:
-        outcome.end(CellStatus.ERROR, _last_line(run_dir.output_log).removeprefix("lab: error: ") or otherwise)
+        last_words = " ".join(last_file_lines(run_dir.output_log)).removeprefix("lab: error: ")
+        outcome.end(CellStatus.ERROR, last_words or otherwise)
 
 
 def mark_not_run(outcomes: list[CellOutcome]) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 from lab.errors import LabError, SetupError, UsageError
 from lab.fleet.cell import CellSpec
 from lab.fleet.engine import CellOutcome, CellRun, CellStatus, mark_not_run, settle
+from lab.lines import last_file_lines
 from lab.paths import load_schema
 from lab.rundir import RunDirectory
 from lab.scenario.model import Scenario, Step
@@ -261,11 +262,8 @@ def _seconds_since(stamp: str | None) -> float | None:
 
 
 def _last_lines(path: Path, count: int) -> list[str]:
-    try:
-        lines = [" ".join(line.split()) for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return []
-    return lines[-count:]
+    """The file's last lines, each with its runs of spaces (a console's columns) closed up."""
+    return [" ".join(line.split()) for line in last_file_lines(path, count)]
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 from lab.errors import ChannelError, UsageError, WaitTimeout
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
+from lab.lines import last_lines
 from lab.machine.channels.qmp import QmpChannel
 from lab.vocabulary import KERNEL_BANNER, host_arch
 
@@ -79,11 +80,6 @@ class ProbeOutcome:
     error: str = ""
 
 
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
@@ -111,7 +107,7 @@ def early_exit(process: subprocess.Popen[str], seconds: float) -> str | None:
         _, stderr = process.communicate(timeout=seconds)
     except subprocess.TimeoutExpired:
         return None
-    return last_line(stderr) or f"exited with status {process.returncode}"
+    return " ".join(last_lines(stderr)) or f"exited with status {process.returncode}"
 
 
 def _accel_in_use(socket_path: Path, process: subprocess.Popen[str], accel: str) -> str | None:

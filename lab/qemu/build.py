@@ -39,6 +39,7 @@ from lab.digest import sha256_file
 from lab.errors import SetupError
 from lab.image.closure import program_closure
 from lab.image.debian import KEYRING, MIRROR, PrivateApt, binary_sources, extract
+from lab.lines import last_file_lines
 from lab.paths import REPO_ROOT, cache_root
 from lab.qemu.builds import builds_root
 from lab.vocabulary import ARM64, host_arch
@@ -174,13 +175,8 @@ def build_key(version: str, series: Series, target: BuildTarget) -> str:
     return f"{upstream}-{series.sha256[:12]}-{target.name}-f{BUILD_FORMAT}"
 
 
-def _tail(path: Path, lines: int = 1) -> str:
-    try:
-        text = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no output"
-    return " | ".join(text[-lines:]) or "no output"
-
+def _tail(path: Path) -> str:
+    return " | ".join(last_file_lines(path)) or "no output"
 
 class QemuBuild:
     """One build of the series for one target; `run()` returns the installed binary."""
