@@ -89,7 +89,7 @@ def _images_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_inspect(args: argparse.Namespace) -> int:
+def _disk_inspect(args: argparse.Namespace) -> int:
     from lab.disk.header import read_header
 
     header = read_header(checked_disk_path(Path(args.disk), args.force))
@@ -97,7 +97,7 @@ def _image_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_set_signature(args: argparse.Namespace) -> int:
+def _disk_set_signature(args: argparse.Namespace) -> int:
     from lab.disk.header import parse_signature_value, set_signature
 
     disk = checked_disk_path(Path(args.disk), args.force)
@@ -106,19 +106,25 @@ def _image_set_signature(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scenario(args: argparse.Namespace) -> int:
-    from lab.scenario.model import find_scenario, load_scenario, shipped_scenarios
+def _scenarios_list(args: argparse.Namespace) -> int:
+    from lab.scenario.model import load_scenario, shipped_scenarios
 
-    if args.name == "list":
-        for path in shipped_scenarios():
-            scenario = load_scenario(path)
-            print(f"{scenario.name:<40} {scenario.description[:70]}")
-        return 0
-    if args.name == "show":
-        if not args.target:
-            raise UsageError("usage: lab scenario show NAME")
-        print(find_scenario(args.target).path.read_text(), end="")
-        return 0
+    for path in shipped_scenarios():
+        scenario = load_scenario(path)
+        print(f"{scenario.name:<40} {scenario.description[:70]}")
+    return 0
+
+
+def _scenarios_show(args: argparse.Namespace) -> int:
+    from lab.scenario.model import find_scenario
+
+    print(find_scenario(args.name).path.read_text(), end="")
+    return 0
+
+
+def _scenario(args: argparse.Namespace) -> int:
+    from lab.scenario.model import find_scenario
+
     scenario = find_scenario(args.name)
     disk = _free_disk(checked_disk_path(Path(args.disk), args.force_device, "--force-device")) if args.disk else None
     files = {option: _input_file(getattr(args, option.strip("-").replace("-", "_")), option)
@@ -208,7 +214,8 @@ def _count(most: int) -> Callable[[str], int]:
 def _qemu_build(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from lab.qemu.build import SOURCE_VERSION, build_qemu
+    from lab.qemu.builder import build_qemu
+    from lab.qemu.recipe import SOURCE_VERSION
 
     def say(line: str) -> None:
         print(f"lab qemu build: {line}", flush=True)
@@ -230,8 +237,7 @@ def _qemu_build(args: argparse.Namespace) -> int:
 
 
 def _qemu_list(args: argparse.Namespace) -> int:
-    from lab.qemu.build import build_records
-    from lab.qemu.builds import known_builds
+    from lab.qemu.builds import build_records, known_builds
 
     for build in known_builds("aarch64"):
         print(build.describe())
@@ -322,22 +328,29 @@ def parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=_images_build)
     images_sub.add_parser("list", help="show cached images").set_defaults(handler=_images_list)
 
-    image = commands.add_parser("image", help="inspect or alter a disk's hibernation header")
-    image_sub = image.add_subparsers(dest="image_command", required=True)
-    inspect = image_sub.add_parser("inspect", help="show the swap area's hibernation header")
+    disk = commands.add_parser("disk", help="inspect or alter a swap disk's hibernation header")
+    disk_sub = disk.add_subparsers(dest="disk_command", required=True)
+    inspect = disk_sub.add_parser("inspect", help="show the swap area's hibernation header")
     inspect.add_argument("disk")
     inspect.add_argument("--json", action="store_true")
     inspect.add_argument("--force", action="store_true", help="read a block or character device too")
-    inspect.set_defaults(handler=_image_inspect)
-    signature = image_sub.add_parser("set-signature", help="set HW_SIG and hw_sig in the header")
+    inspect.set_defaults(handler=_disk_inspect)
+    signature = disk_sub.add_parser("set-signature", help="set HW_SIG and hw_sig in the header")
     signature.add_argument("disk")
     signature.add_argument("value", help="decimal or 0x-hex, 1..0xffffffff")
     signature.add_argument("--force", action="store_true", help="write to a block or character device too")
-    signature.set_defaults(handler=_image_set_signature)
+    signature.set_defaults(handler=_disk_set_signature)
 
-    scenario = commands.add_parser("scenario", help="run a scenario (or: list, show NAME)")
-    scenario.add_argument("name", help="scenario name or file, or `list` / `show`")
-    scenario.add_argument("target", nargs="?", help="with `show`: the scenario to show")
+    scenarios = commands.add_parser("scenarios", help="the shipped scenarios: list them, show one")
+    scenarios_sub = scenarios.add_subparsers(dest="scenarios_command", required=True)
+    scenarios_sub.add_parser("list", help="every shipped scenario and what it checks").set_defaults(
+        handler=_scenarios_list)
+    show = scenarios_sub.add_parser("show", help="print a scenario file")
+    show.add_argument("name", help="scenario name or file")
+    show.set_defaults(handler=_scenarios_show)
+
+    scenario = commands.add_parser("scenario", help="run a scenario")
+    scenario.add_argument("name", help="scenario name (see `lab scenarios list`) or file")
     scenario.add_argument("--arch", default="arm64")
     scenario.add_argument("--image", help="image recipe name or built image directory")
     scenario.add_argument("--accel", choices=["kvm", "tcg"], help="force an accelerator")

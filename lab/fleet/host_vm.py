@@ -28,7 +28,8 @@ from lab.image.store import ImageStore
 from lab.machine.channels.ssh import HOST, SshChannel
 from lab.machine.process import Machine
 from lab.machine.spec import MachineSpec, free_local_port
-from lab.qemu.build import TARGETS, QemuBuild
+from lab.qemu.builder import QemuBuilder
+from lab.qemu.recipe import TARGETS
 from lab.rundir import BootFiles, timestamp, unique_dir
 
 DEFAULT_HOST = "kvm-host"
@@ -83,7 +84,7 @@ class RunningHost:
 def qemu_builder(log: Callable[[str], None]) -> Callable[[str], Path]:
     """The lab's patched QEMU for a target, built first if it is not yet (saying how long that takes)."""
     def build(target: str) -> Path:
-        job = QemuBuild(TARGETS[target], say=lambda line: log(f"lab qemu build: {line}"))
+        job = QemuBuilder(TARGETS[target], say=lambda line: log(f"lab qemu build: {line}"))
         if not job.done:
             log(f"the lab's patched QEMU for {target} is not built yet: building it now "
                 "(`lab qemu build --target arm64`; about 15 minutes on two idle cores, up to 45 when busy)")
