@@ -130,7 +130,8 @@ def _scenario(args: argparse.Namespace) -> int:
     files = {option: _input_file(getattr(args, option.strip("-").replace("-", "_")), option)
              for option in ("--kernel", "--initrd", "--system-map")}
     if args.engine == "slurm":
-        from lab.fleet.slurm import load_settings, srun_scenario
+        from lab.fleet.slurm_settings import load_settings
+        from lab.fleet.slurm_srun import srun_scenario
 
         return srun_scenario(args.argv, scenario, args.arch, args.accel, load_settings(partition=args.partition))
     _local_only(args)
@@ -184,7 +185,8 @@ def _run(args: argparse.Namespace) -> int:
     matrix = load_matrix(Path(args.matrix))
     engine: Engine | None = None
     if args.engine == "slurm":
-        from lab.fleet.slurm import SlurmEngine, load_settings
+        from lab.fleet.slurm import SlurmEngine
+        from lab.fleet.slurm_settings import load_settings
 
         engine = SlurmEngine(load_settings(matrix.slurm, args.partition))
     else:
