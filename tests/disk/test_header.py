@@ -355,7 +355,7 @@ def test_update_is_refused_at_the_read_while_a_vm_holds_the_disk(
     running_vm_disks: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Raw included: a read-only open of a raw disk succeeds under a running VM, the read for an update must not."""
-    monkeypatch.setattr(header_module, "_write_start", lambda disk, page: pytest.fail("the update got to its write"))
+    monkeypatch.setattr(header_module, "write_start", lambda disk, page: pytest.fail("the update got to its write"))
     for disk in running_vm_disks:
         with pytest.raises(DiskBusy, match=r'QEMU refused its image lock \(Failed to get "write" lock\)'):
             set_signature(disk, 0x1234)
