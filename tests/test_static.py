@@ -37,3 +37,18 @@ def test_no_guard_is_an_assert_statement():
                for node in ast.walk(ast.parse(path.read_text()))
                if isinstance(node, ast.Assert)]
     assert asserts == []
+
+
+def test_modules_and_functions_stay_small():
+    """One concern per module (under ~400 lines, 420 at most) and functions under 60 lines."""
+    too_long = []
+    for path in sorted((REPO_ROOT / "lab").rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(REPO_ROOT)
+        if len(text.splitlines()) > 420:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        too_long += [f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(text))
+                     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                     and (node.end_lineno or node.lineno) - node.lineno + 1 > 60]
+    assert too_long == []

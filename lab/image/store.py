@@ -242,21 +242,7 @@ class ImageStore:
             root = Path(scratch)
             for _, deb in debs:
                 extract(deb, root)
-            kernels = sorted(root.glob("usr/lib/modules/*/vmlinuz")) or sorted(root.glob("boot/vmlinuz-*"))
-            if not kernels:
-                raise SetupError("the kernel packages hold no vmlinuz")
-            kernel = kernels[0]
-            release = kernel.parent.name if kernel.name == "vmlinuz" else kernel.name[len("vmlinuz-"):]
-            modules_root = next(
-                (p for p in (root / "usr/lib/modules" / release, root / "lib/modules" / release) if p.is_dir()), None
-            )
-            if modules_root is None:
-                raise SetupError(f"no modules for kernel {release} in the kernel packages")
-            busybox = root / "usr/bin/busybox"
-            if not busybox.exists():
-                busybox = root / "bin/busybox"
-            if not busybox.exists():
-                raise SetupError(f"{recipe.userland_package} holds no busybox binary")
+            kernel, release, modules_root, busybox = _unpacked_parts(root, recipe)
             log(f"assembling initramfs for {release}")
             shutil.copyfile(kernel, out / "vmlinuz")
             config = next((c for c in (modules_root / "config", root / f"boot/config-{release}") if c.exists()), None)
@@ -294,10 +280,7 @@ class ImageStore:
             "swap_size_mib": recipe.swap_size_mib,
             "modules": [name for name, _ in modules],
             "ssh": ssh,
-            "inputs": [
-                {"package": p.name, "arch": p.arch, "version": p.version, "sha256": p.sha256} for p, _ in debs
-            ] + [{"file": "images/init", "sha256": sha256_file(recipe.init_script)}]
-              + [{"file": str(f.source), "sha256": f.sha256} for f in carried.files],
+            "inputs": _inputs(recipe, debs, carried),
             "outputs": {name: sha256_file(out / name) for name in outputs},
             "role": recipe.role,
         }
@@ -307,6 +290,33 @@ class ImageStore:
         if recipe.role is not ImageRole.GUEST:
             manifest["layout"] = {"file_cache": f"/{FILE_CACHE}", "images": f"/{IMAGES_ROOT}", "runs": f"/{RUNS_ROOT}"}
         return manifest
+
+
+def _inputs(recipe: ImageRecipe, debs: list[tuple[PackageVersion, Path]], carried: Payload) -> list[dict[str, str]]:
+    """Every input of an image with its sha256: the packages, the init script, the files it carries."""
+    return ([{"package": p.name, "arch": p.arch, "version": p.version, "sha256": p.sha256} for p, _ in debs]
+            + [{"file": "images/init", "sha256": sha256_file(recipe.init_script)}]
+            + [{"file": str(f.source), "sha256": f.sha256} for f in carried.files])
+
+
+def _unpacked_parts(root: Path, recipe: ImageRecipe) -> tuple[Path, str, Path, Path]:
+    """In the unpacked packages: the kernel, its release, its modules' directory and busybox."""
+    kernels = sorted(root.glob("usr/lib/modules/*/vmlinuz")) or sorted(root.glob("boot/vmlinuz-*"))
+    if not kernels:
+        raise SetupError("the kernel packages hold no vmlinuz")
+    kernel = kernels[0]
+    release = kernel.parent.name if kernel.name == "vmlinuz" else kernel.name[len("vmlinuz-"):]
+    modules_root = next(
+        (p for p in (root / "usr/lib/modules" / release, root / "lib/modules" / release) if p.is_dir()), None
+    )
+    if modules_root is None:
+        raise SetupError(f"no modules for kernel {release} in the kernel packages")
+    busybox = root / "usr/bin/busybox"
+    if not busybox.exists():
+        busybox = root / "bin/busybox"
+    if not busybox.exists():
+        raise SetupError(f"{recipe.userland_package} holds no busybox binary")
+    return kernel, release, modules_root, busybox
 
 
 def _program_entries(programs: dict[str, dict[str, bytes]], entries: list[initramfs.Entry]) -> list[initramfs.Entry]:

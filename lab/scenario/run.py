@@ -172,9 +172,8 @@ def _full(error: OSError) -> RunDirectoryFull:
     raise error
 
 
-def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
-    """Run one scenario into its run directory; a set-up error is re-raised after the artifacts are written."""
-    started = time.monotonic()
+def _run_directory(scenario: Scenario, options: RunOptions) -> RunDirectory:
+    """The run's directory (a new one, or the one a matrix cell was given), with room kept for its last files."""
     arch = guest_arch(options.arch)
     if scenario.arches and arch not in {guest_arch(a) for a in scenario.arches}:
         raise UsageError(f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only")
@@ -182,6 +181,13 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
         options.runs_root, f"{timestamp()}-{scenario.name}")
     run_dir.path.mkdir(parents=True, exist_ok=True)
     run_dir.keep_room()
+    return run_dir
+
+
+def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
+    """Run one scenario into its run directory; a set-up error is re-raised after the artifacts are written."""
+    started = time.monotonic()
+    run_dir = _run_directory(scenario, options)
     events = EventLog(run_dir.events, started)
     events.listeners.extend(listeners)
     run_dir.write_scenario(scenario.source)
