@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lab.rundir import BootRecord
-from lab.vocabulary import BootKind, Intent
+from lab.vocabulary import BootKind, Intent, PowerInterface
 
 
 @dataclass
@@ -49,6 +49,8 @@ class PowerOffObservation:
     """The guest's console device; on `virtio` the kernel's power-down line is never seen (the device is gone)."""
     kernel_trouble: str | None = None
     """The kernel's panic, Oops or BUG line after which the console fell silent, ending the lab's wait early."""
+    power_interface: PowerInterface = PowerInterface.PSCI
+    """How the guest tells the platform it powers off (PSCI on arm64, ACPI on x86_64)."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 from lab.judge.observations import Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
 from lab.judge.witnesses import NO_SHUTDOWN, SILENT_AFTER_TROUBLE, Witness, collect_witnesses
-from lab.vocabulary import HIBERNATED, KERNEL_TROUBLE, BootKind, Intent, PowerOffClass, RunStatus
+from lab.vocabulary import HIBERNATE_SIGNALLED, HIBERNATED, KERNEL_TROUBLE, BootKind, Intent, PowerOffClass, RunStatus
 
 QEMU_DROPS_OFF2 = ("QEMU drops OFF2: this build reports SYSTEM_OFF2 like SYSTEM_OFF; the host kernel's "
                    "kvm_hvc_arm64 trace is the VMM-side witness of how the guest powered off")
@@ -114,7 +114,8 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
     qmp, console, disk = seen["vmm-qmp"], seen["guest-console"], seen["disk"]
     vmm_side = [seen["vmm-qmp"], seen["vmm-psci"], seen["host-kvm"]]
     contract = Off2Contract.parse(observation.off2_contract)
-    saw_off2 = any(w.opinion and w.consistent_with == (PowerOffClass.HIBERNATE_OFF2,) for w in vmm_side)
+    signalled = HIBERNATE_SIGNALLED[observation.power_interface]
+    saw_off2 = any(w.opinion and w.consistent_with == (signalled,) for w in vmm_side)
     off2_observable = contract.observable or any(w.opinion for w in vmm_side[1:])
     if qmp.consistent_with in ((PowerOffClass.VMM_CRASH,), (PowerOffClass.VMM_HANG,)):
         kind = qmp.consistent_with[0]
@@ -127,10 +128,7 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
     elif qmp.consistent_with == (PowerOffClass.CRASH,) or console.facts["panic"]:
         kind = PowerOffClass.CRASH
     elif disk.facts.get("image_present") or console.facts["image_saved"]:
-        if saw_off2:
-            kind = PowerOffClass.HIBERNATE_OFF2
-        else:
-            kind = PowerOffClass.HIBERNATE_OFF if off2_observable else PowerOffClass.HIBERNATE
+        kind = signalled if saw_off2 else PowerOffClass.HIBERNATE_OFF if off2_observable else PowerOffClass.HIBERNATE
     else:
         kind = PowerOffClass.POWEROFF
     notes = [] if off2_observable else [NOT_OBSERVABLE]
@@ -148,10 +146,20 @@ IMPLICIT_EXPECTATIONS: dict[Intent, tuple[PowerOffClass, ...]] = {
 """What a power-off step without `expect:` is held to: the class its intent obviously implies."""
 
 
+def _expected(observation: PowerOffObservation) -> tuple[str, ...]:
+    """The classes a power-off is held to. A scenario written for both arches says `hibernate-off2`; on an
+    ACPI guest that means its counterpart, `hibernate-s4`."""
+    if not observation.expect:
+        return IMPLICIT_EXPECTATIONS[observation.intent]
+    if observation.expect == PowerOffClass.HIBERNATE_OFF2:
+        return (HIBERNATE_SIGNALLED[observation.power_interface],)
+    return (observation.expect,)
+
+
 def _power_off_checks(verdicts: list[PowerOffVerdict], observations: Observations) -> list[Check]:
     checks = []
     for verdict, observation in zip(verdicts, observations.power_offs, strict=True):
-        allowed = (observation.expect,) if observation.expect else IMPLICIT_EXPECTATIONS[observation.intent]
+        allowed = _expected(observation)
         detail = f"{observation.intent} ended as {verdict.kind}, expected {' or '.join(allowed)}"
         if observation.kernel_trouble is not None:
             detail += f"; kernel trouble, then silence: {observation.kernel_trouble!r}"

@@ -15,6 +15,7 @@ from lab.judge.off2_contract import Off2Contract
 from lab.rundir import describe_exit, read_console_file
 from lab.vocabulary import (
     CONSOLE_PATTERNS,
+    HIBERNATE_SIGNALLED,
     HIBERNATED,
     PSCI_SYSTEM_OFF,
     SYSTEM_OFF2_IDS,
@@ -96,7 +97,7 @@ def qmp_witness(observation: PowerOffObservation) -> Witness:
     contract = Off2Contract.parse(observation.off2_contract)
     facts["off2_contract"] = str(contract)
     if (signal := contract.seen(events)) is not None:
-        return Witness("vmm-qmp", facts, evidence, (PowerOffClass.HIBERNATE_OFF2,),
+        return Witness("vmm-qmp", facts, evidence, (HIBERNATE_SIGNALLED[observation.power_interface],),
                        explanation=f"{signal['event']} reported a hibernate power-off (contract {contract})")
     if not contract.observable:
         return Witness("vmm-qmp", facts, evidence, (*HIBERNATED, PowerOffClass.POWEROFF),

@@ -126,6 +126,7 @@ class RunSetup:
             "qemu_build": build_json(self.build),
             "host": f"{platform.system()} {platform.machine()} {platform.release()}",
             "lab_host": host.name,
+            "guest_arch": image.qemu_arch,
             "accel": self.accel.name,
             "accel_reason": self.accel.reason,
             "psci_personality": self.psci.personality if self.psci else None,

@@ -36,7 +36,7 @@ from lab.judge.verdict import step_expectations
 from lab.machine.channels.shell import CommandResult, GuestShell
 from lab.scenario.guest import Guest, GuestState
 from lab.scenario.model import HibernationPaths, Scenario, Step
-from lab.vocabulary import HibernateVia, Intent
+from lab.vocabulary import HibernateVia, Intent, guest_arch
 
 DEFAULT_TIMEOUTS = {"boot": 120.0, "hibernate": 180.0, "poweroff": 60.0, "crash": 60.0, "run": 60.0}
 POWER_OFF_COMMANDS = {
@@ -132,6 +132,7 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
         host_hvc_calls=ended.host_hvc_calls, console=ended.console, kernel_trouble=ended.kernel_trouble,
         command_status=ended.gave_up.status if ended.gave_up else None,
         command_output=ended.gave_up.output if ended.gave_up else "",
+        power_interface=guest_arch(guest.image.arch).power_interface,
     ))
     if ended.wait_error is not None:
         outcome["wait_error"] = ended.wait_error

@@ -12,7 +12,7 @@ from lab.judge.observations import BootObservation, KernelTroubleObservation, Ob
 from lab.judge.off2_contract import Off2Contract
 from lab.judge.verdict import QEMU_DROPS_OFF2, CheckKind, classify, judge
 from lab.rundir import BootRecord
-from lab.vocabulary import BootKind, Intent
+from lab.vocabulary import BootKind, Intent, PowerInterface
 
 HIBERNATE_CONSOLE = """\
 [    4.09] PM: hibernation: hibernation entry
@@ -89,6 +89,20 @@ def test_suspend_disk_from_an_off2_aware_qemu_counts_without_the_layer(tmp_path)
                                    contract="suspend-disk"))
     assert verdict.kind == "hibernate-off2"
     assert verdict.off2_observable and verdict.disagreements == []
+
+
+def test_acpi_s4_on_an_x86_guest_is_hibernate_s4_and_meets_a_hibernate_off2_expectation(tmp_path):
+    """A scenario for both arches says `hibernate-off2`; an x86 guest meets it with ACPI S4, classed as such."""
+    suspend = {"event": "SUSPEND_DISK", "data": {}, "lab_seconds": 7.9}
+    acpi = dataclasses.replace(observation(tmp_path, HIBERNATE_CONSOLE, [suspend, SHUTDOWN], None, IMAGE,
+                                           expect="hibernate-off2", contract="suspend-disk"),
+                               power_interface=PowerInterface.ACPI)
+    verdict = judge(Observations(power_offs=[acpi]), {"boot1": HIBERNATE_CONSOLE.splitlines()}, None)
+    assert verdict.power_offs[0].kind == "hibernate-s4" and verdict.power_offs[0].disagreements == []
+    assert verdict.passed, verdict.reason
+    plain = dataclasses.replace(acpi, record=dataclasses.replace(acpi.record, qmp_events=[SHUTDOWN]))
+    failed = judge(Observations(power_offs=[plain]), {"boot1": HIBERNATE_CONSOLE.splitlines()}, None)
+    assert failed.reason.startswith("boot1 power-off: hibernate ended as hibernate-off, expected hibernate-s4")
 
 
 def test_off2_aware_qemu_without_its_signal_saw_a_plain_system_off(tmp_path):

@@ -193,6 +193,6 @@ def test_x86_64_acpi_s4_is_the_counterpart_of_off2(name, tmp_path, default_x86_i
     assert events[-2:] == ["SUSPEND_DISK", "SHUTDOWN"], "QEMU reported ACPI S4 before the power-off"
     assert "ACPI: PM: Preparing to enter system sleep state S4" in _console(result.run_dir, "boot1")
     assert not (result.run_dir / "psci-boot1.jsonl").exists(), "no PSCI layer on x86"
-    assert result.verdict.power_offs[0].kind == "hibernate-off2"
+    assert result.verdict.power_offs[0].kind == "hibernate-s4"
     if name == "ssh-hibernate-resume":
         _both_commands_went_over_ssh_through_new_forwards(result.run_dir)
