@@ -67,11 +67,12 @@ def _find_conduit_sites(kernel: Path) -> None:
 
 
 def images_list(args: argparse.Namespace) -> int:
-    from lab.image.store import ImageStore
+    from lab.image.store import ImageStore, picked_by_runs
 
     images = ImageStore().cached()
     if not images:
         print("no images built yet: run `lab images build`")
+    picked = picked_by_runs(images)
     for image in images:
         if image.is_system:
             system = image.manifest["system"]
@@ -80,7 +81,8 @@ def images_list(args: argparse.Namespace) -> int:
                   f"{system['initramfs_generator']}, swap file resume_offset={system['swap_file']['resume_offset']}")
             continue
         packages = ", ".join(f"{i['package']} {i['version']}" for i in image.manifest["inputs"] if "package" in i)
-        print(f"{image.name:<16} {image.manifest['built']}  {image.path}\n    {packages}")
+        use = image.describe_use(picked.get(image.name) is image)
+        print(f"{image.name:<16} {image.manifest['built']}  {image.path}  ({use})\n    {packages}")
     return 0
 
 

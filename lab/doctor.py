@@ -34,7 +34,7 @@ from packaging.requirements import Requirement
 from lab.errors import LabError
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE
-from lab.image.store import ImageStore
+from lab.image.store import ImageStore, picked_by_runs
 from lab.judge.off2_contract import contract_for
 from lab.machine.accel import NO_MACHINE, PROBE_ARGS, PROBE_REAP_SECONDS, early_exit, kvm_status, launched, probe_accel
 from lab.qemu.builds import known_builds
@@ -245,7 +245,8 @@ def _gdbstub_finding() -> Finding:
 
 
 def _image_findings() -> list[Finding]:
-    """The newest build of each cached image; the default arm64 image is the one the lab needs."""
+    """The build runs pick of each cached image, and the newest build pinned to each other kernel; the default
+    arm64 image is the one the lab needs."""
     store = ImageStore()
     try:
         images = store.cached()
@@ -254,18 +255,21 @@ def _image_findings() -> list[Finding]:
                         "remove the broken directory, then run ./bootstrap")]
     if not images:
         return [Finding("images", "missing", f"none: run ./bootstrap (cache: {store.images})", "run ./bootstrap")]
-    newest: dict[str, GuestImage] = {}
-    builds: dict[str, int] = {}
+    picked = picked_by_runs(images)
+    pinned: dict[tuple[str, str | None], GuestImage] = {}
     for image in images:
-        newest.setdefault(image.name, image)
-        builds[image.name] = builds.get(image.name, 0) + 1
+        if image.kernel_pin:
+            pinned.setdefault((image.name, image.kernel_pin), image)
+    shown = [*picked.values(), *pinned.values()]
     findings = []
-    for name, image in newest.items():
-        older = f" (+{builds[name] - 1} older)" if builds[name] > 1 else ""
-        findings.append(Finding("images", "ok", f"{name} {image.kernel_release}, built {image.manifest['built']}, "
-                                                f"{image.path}{older}"))
+    for image in shown:
+        builds = sum(other.name == image.name and other.kernel_pin == image.kernel_pin for other in images)
+        older = f", +{builds - 1} older" if builds > 1 else ""
+        use = image.describe_use(picked.get(image.name) is image)
+        findings.append(Finding("images", "ok", f"{image.name} {image.kernel_release} ({use}{older}), built "
+                                                f"{image.manifest['built']}, {image.path}"))
     default = DEFAULT_IMAGE["arm64"]
-    if default not in newest:
+    if default not in picked:
         findings.append(Finding("images", "missing", f"default image {default} not built", "run ./bootstrap"))
     return findings
 

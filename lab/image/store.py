@@ -99,7 +99,7 @@ class ImageStore:
     def latest(self, name: str, kernel_pin: str | None = None) -> GuestImage | None:
         """The newest build of recipe `name` (with its own kernel, or the pinned `NAME=VERSION` one)."""
         return next(
-            (i for i in self.cached() if i.name == name and i.manifest.get("kernel_pin") == kernel_pin), None
+            (i for i in self.cached() if i.name == name and i.kernel_pin == kernel_pin), None
         )
 
     def resolve(self, apt: PrivateApt, recipe: ImageRecipe) -> list[PackageVersion]:
@@ -368,6 +368,16 @@ def _record_packages(record: Path, recipe: ImageRecipe, packages: list[PackageVe
     staging = record.with_suffix(f".{os.getpid()}.tmp")
     staging.write_text(json.dumps(data, indent=2) + "\n")
     staging.replace(record)
+
+
+def picked_by_runs(images: list[GuestImage]) -> dict[str, GuestImage]:
+    """Of `images` (newest first), the one a run of each recipe boots by default: its newest build with the
+    recipe's own kernel. A build pinned to another kernel is booted only when asked for (`--kernel-deb`)."""
+    picked: dict[str, GuestImage] = {}
+    for image in images:
+        if image.kernel_pin is None:
+            picked.setdefault(image.name, image)
+    return picked
 
 
 def find_image(name: str, kernel: str = DEFAULT_KERNEL, kernel_debs: tuple[Path, ...] = (),
