@@ -19,8 +19,10 @@ from lab.judge.off2_contract import Off2Contract
 from lab.judge.witnesses import NO_SHUTDOWN, SILENT_AFTER_TROUBLE, Witness, collect_witnesses
 from lab.vocabulary import HIBERNATE_SIGNALLED, HIBERNATED, KERNEL_TROUBLE, BootKind, Intent, PowerOffClass, RunStatus
 
-QEMU_DROPS_OFF2 = ("QEMU drops OFF2: this build reports SYSTEM_OFF2 like SYSTEM_OFF; the host kernel's "
-                   "kvm_hvc_arm64 trace is the VMM-side witness of how the guest powered off")
+QEMU_DROPS_OFF2 = ("QEMU drops OFF2: the host kernel's kvm_hvc_arm64 trace shows the guest's SYSTEM_OFF2, which "
+                   "this QEMU build reports like SYSTEM_OFF")
+HOST_SAW_PLAIN_OFF = ("the host kernel's kvm_hvc_arm64 trace shows a plain SYSTEM_OFF (0x84000008){after} and no "
+                      "SYSTEM_OFF2: the guest fell back, as it does when the host's KVM does not offer SYSTEM_OFF2")
 NOT_OBSERVABLE = ("OFF2 not observable with this QEMU: it reports SYSTEM_OFF2 like SYSTEM_OFF and no PSCI layer "
                   "ran; the hibernation itself is judged from the console and the disk")
 
@@ -133,9 +135,19 @@ def classify(observation: PowerOffObservation) -> PowerOffVerdict:
         kind = PowerOffClass.POWEROFF
     notes = [] if off2_observable else [NOT_OBSERVABLE]
     if seen["host-kvm"].opinion and not contract.observable:
-        notes.append(QEMU_DROPS_OFF2)
+        notes += _host_trace_note(seen["host-kvm"].facts)
     return PowerOffVerdict(boot=observation.boot, intent=observation.intent, kind=kind, witnesses=witnesses,
                            off2_observable=off2_observable, notes=notes)
+
+
+def _host_trace_note(facts: dict[str, Any]) -> list[str]:
+    """What the host kernel's trace showed of the power-off, where QEMU could not say it."""
+    if facts.get("system_off2"):
+        return [QEMU_DROPS_OFF2]
+    if facts.get("system_off"):
+        after = ", after PSCI_FEATURES" if facts.get("psci_features") else ""
+        return [HOST_SAW_PLAIN_OFF.format(after=after)]
+    return []
 
 
 IMPLICIT_EXPECTATIONS: dict[Intent, tuple[PowerOffClass, ...]] = {

@@ -197,9 +197,10 @@ def _psci_items(run_dir: RunDirectory, boots: dict[str, dict[str, Any]]) -> list
         for call in files.read_psci():
             label = _psci_label(call)
             if label is not None:
+                outcome = call.get("action") if call.get("response") is None else \
+                    f"{call.get('action')} {call.get('response')}"
                 detail = (f"{files.name}: {call.get('name')}({', '.join(call.get('args', []))}) on vCPU "
-                          f"{call.get('vcpu')} at guest +{call.get('seconds', 0):.3f}s: {call.get('action')} "
-                          f"{call.get('response')}")
+                          f"{call.get('vcpu')} at guest +{call.get('seconds', 0):.3f}s: {outcome}")
                 items.append(Item("PSCI", boots[files.name]["launched_at"] + call.get("seconds", 0), None, label,
                                   detail, files.name))
     return items

@@ -220,9 +220,12 @@ def test_on_kvm_with_stock_qemu_the_host_trace_tells_off2_and_the_note_says_qemu
 
 
 def test_on_a_host_kernel_without_off2_the_trace_shows_system_off_and_the_class_is_hibernate_off(tmp_path):
-    verdict = classify(kvm_observation(tmp_path, VIRTIO_HIBERNATE_CONSOLE, ["0x84000008"], IMAGE))
+    verdict = classify(kvm_observation(tmp_path, VIRTIO_HIBERNATE_CONSOLE, ["0x8400000a", "0x84000008"], IMAGE))
     assert verdict.kind == "hibernate-off"
     assert verdict.disagreements == []
+    assert QEMU_DROPS_OFF2 not in verdict.notes, "the trace shows no SYSTEM_OFF2 for QEMU to drop"
+    assert any(note.startswith("the host kernel's kvm_hvc_arm64 trace shows a plain SYSTEM_OFF (0x84000008), after "
+                               "PSCI_FEATURES and no SYSTEM_OFF2") for note in verdict.notes), verdict.notes
 
 
 def test_a_patched_qemu_on_kvm_agrees_with_the_trace_and_drops_the_note(tmp_path):

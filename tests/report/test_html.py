@@ -91,6 +91,9 @@ def test_timeline_shows_the_witnesses_of_the_power_offs(run_dir: Path) -> None:
     assert "13 checks passed (boot1 hibernate-off2, boot2 crash)" in text
     assert "the guest called SYSTEM_OFF2 and the VM powered off" in text
     assert "approximate" in text
+    events = write_html_report(RunDirectory(run_dir)).read_text()
+    assert "SYSTEM_OFF2_64(0x0, 0x0, 0x0) on vCPU 0 at guest +43.156s: power-off</code>" in events, \
+        "a call that did not return has no response to show"
 
 
 def test_links_resolve_to_every_log_and_nothing_is_external(run_dir: Path) -> None:
