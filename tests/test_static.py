@@ -7,6 +7,7 @@ import ast
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from lab.paths import REPO_ROOT
@@ -52,3 +53,10 @@ def test_modules_and_functions_stay_small():
                      if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
                      and (node.end_lineno or node.lineno) - node.lineno + 1 > 60]
     assert too_long == []
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists the packages by hand (to ship the top-level data as lab.shipped.*): none left out."""
+    listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(REPO_ROOT).parts) for path in (REPO_ROOT / "lab").rglob("__init__.py")}
+    assert found <= listed

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import SetupError
-from lab.paths import REPO_ROOT
+from lab.paths import QEMU_DIR
 from lab.vocabulary import host_arch
 
 SOURCE_PACKAGE = "qemu"
 SOURCE_VERSION = "1:10.2.2+ds-1"
 """The Debian source the series is written against (sid's deb-src serves it)."""
-PATCHES_DIR = REPO_ROOT / "qemu" / "patches"
+PATCHES_DIR = QEMU_DIR / "patches"
 BUILD_FORMAT = 1
 """Part of the cache key: bump it when what a build is made of changes (flags, tools)."""
 TOOLS = ("meson==1.9.0", "ninja==1.13.2")
