@@ -5,6 +5,7 @@ series and the schemas travel in the wheel as package data; nothing is read from
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from lab.paths import REPO_ROOT
 
 LOCAL_ONLY = (".git", ".venv", "build", "runs", "*.egg-info", "__pycache__", ".*_cache")
 """What a checkout may hold besides its sources; the wheel is built from a copy without them, as from a clean clone."""
+OUTSIDE_THE_CHECKOUT = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+"""The installed lab runs as a user's would: nothing on the path leads back to the checkout."""
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +36,22 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _lab(installed: Path, cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(installed / "lab"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(installed / "lab"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=OUTSIDE_THE_CHECKOUT)
 
 
 def test_the_installed_lab_lists_and_shows_its_scenarios_from_its_own_package(installed, tmp_path):
     probe = ("import json, lab.paths as p; print(json.dumps([str(p.SCENARIOS_DIR), str(p.IMAGES_DIR), "
              "str(p.QEMU_DIR / 'patches' / 'series'), str(p.IMAGES_DIR / 'init')]))")
     done = subprocess.run([str(installed / "python"), "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60, check=True)
+                          timeout=60, check=True, env=OUTSIDE_THE_CHECKOUT)
     venv = installed.parent.resolve()
     for path in map(Path, json.loads(done.stdout)):
         assert path.resolve().is_relative_to(venv) and path.exists(), path
+    packaged = Path(json.loads(done.stdout)[1]).parent
+    for name in ("images", "scenarios", "qemu"):
+        shipped = {p.relative_to(REPO_ROOT / name) for p in (REPO_ROOT / name).rglob("*") if p.is_file()}
+        assert shipped <= {p.relative_to(packaged / name) for p in (packaged / name).rglob("*")}, name
     listed = _lab(installed, tmp_path, "scenarios", "list")
     assert listed.returncode == 0, listed.stderr
     assert "hibernate-resume" in listed.stdout and "psci-none" in listed.stdout

@@ -17,7 +17,8 @@ from typing import Any
 
 from lab.deadline import Deadline
 from lab.disk import header as hibernation_header
-from lab.disk.header import HibernationHeader, SwapRegion
+from lab.disk.header import HibernationHeader
+from lab.disk.qemu_tools import SwapRegion
 from lab.errors import ChannelError, KernelTrouble, LabError, WaitTimeout
 from lab.events import EventLog, RepeatRound
 from lab.hosts.base import Host
