@@ -74,14 +74,14 @@ def images_list(args: argparse.Namespace) -> int:
         print("no images built yet: run `lab images build`")
     picked = picked_by_runs(images)
     for image in images:
+        use = image.describe_use(picked.get(image.name) is image)
         if image.is_system:
             system = image.manifest["system"]
-            print(f"{image.name:<16} {image.manifest['built']}  {image.path}\n    system: kernel "
+            print(f"{image.name:<16} {image.manifest['built']}  {image.path}  ({use})\n    system: kernel "
                   f"{image.kernel_release}, {len(image.manifest['packages'])} packages, initramfs by "
                   f"{system['initramfs_generator']}, swap file resume_offset={system['swap_file']['resume_offset']}")
             continue
         packages = ", ".join(f"{i['package']} {i['version']}" for i in image.manifest["inputs"] if "package" in i)
-        use = image.describe_use(picked.get(image.name) is image)
         print(f"{image.name:<16} {image.manifest['built']}  {image.path}  ({use})\n    {packages}")
     return 0
 
