@@ -31,12 +31,22 @@ from typing import Literal
 
 from packaging.requirements import Requirement
 
-from lab.errors import LabError
+from lab.errors import LabError, SetupError
+from lab.hosts.base import HostProcess
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE
 from lab.image.store import ImageStore, picked_by_runs
 from lab.judge.off2_contract import contract_for
-from lab.machine.accel import NO_MACHINE, PROBE_ARGS, PROBE_REAP_SECONDS, early_exit, kvm_status, launched, probe_accel
+from lab.machine.accel import (
+    NO_MACHINE,
+    OUTPUT,
+    PROBE_ARGS,
+    PROBE_REAP_SECONDS,
+    early_exit,
+    kvm_status,
+    launched,
+    probe_accel,
+)
 from lab.qemu.builds import known_builds
 from lab.vocabulary import GUEST_ARCHES as ALL_GUEST_ARCHES
 from lab.vocabulary import guest_arch, host_arch
@@ -200,12 +210,12 @@ def _off2_findings() -> list[Finding]:
     return findings
 
 
-def _gdb_answers(sock_path: Path, process: subprocess.Popen[str]) -> str | None:
+def _gdb_answers(sock_path: Path, process: HostProcess) -> str | None:
     """None when the gdbstub answers a stop-reason query with a whole packet; otherwise what went wrong."""
     deadline = time.monotonic() + GDB_PROBE_SECONDS
     while not sock_path.exists():
         if process.poll() is not None or time.monotonic() > deadline:
-            return early_exit(process, PROBE_REAP_SECONDS) or "no gdbstub socket appeared"
+            return early_exit(process, sock_path.with_name(OUTPUT), PROBE_REAP_SECONDS) or "no gdbstub socket appeared"
         time.sleep(0.05)
     reply = b""
     with socket.socket(socket.AF_UNIX) as client:
@@ -235,10 +245,10 @@ def _gdbstub_finding() -> Finding:
         command = [path, "-machine", "virt", "-cpu", "max", "-accel", "tcg", *PROBE_ARGS,
                    "-gdb", f"unix:{sock_path},server=on,wait=off"]
         try:
-            with launched(command) as process:
+            with launched(command, Path(scratch) / OUTPUT) as process:
                 problem = _gdb_answers(sock_path, process)
-        except OSError as failure:
-            problem = f"cannot start {binary}: {failure.strerror}"
+        except SetupError as failure:
+            problem = str(failure)
     if problem is None:
         return Finding("gdbstub", "ok", f"{binary} -gdb answers on a unix socket (the TCG PSCI layer's channel)")
     return Finding("gdbstub", "missing", f"{binary} -gdb: {problem}", _install_fix(binary))

@@ -40,7 +40,8 @@ def set_parent_death_signal(signum: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For Host.start: every QEMU the lab starts dies with the lab (SIGKILL when its parent goes)."""
     set_parent_death_signal(signal.SIGKILL)
 
 
@@ -107,7 +108,7 @@ class Machine:
         for lock in self._locks:
             lock.acquire()
         self.files.write_machine({**self.spec.to_json(), "host": self.host.name}, self.record.command)
-        self._process = self.host.start(self.record.command, self.files.stderr, setup=_die_with_parent)
+        self._process = self.host.start(self.record.command, self.files.stderr, setup=die_with_parent)
         _log.debug("%s: QEMU pid %s started on %s: %s", self.name, self._process.pid, self.host.name,
                    " ".join(self.record.command))
         self.record.launched_at = time.monotonic() - self.run_started
