@@ -9,6 +9,7 @@ lines and an SSH login, records the host in the hosts file, and stops it on the 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -31,6 +32,8 @@ from lab.machine.spec import MachineSpec, free_local_port
 from lab.qemu.builder import QemuBuilder
 from lab.qemu.recipe import TARGETS
 from lab.rundir import BootFiles, timestamp, unique_dir
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "kvm-host"
 BOOT_SECONDS = 300.0
@@ -214,11 +217,13 @@ def start_host(name: str = DEFAULT_HOST, kernel_deb: str | None = None, memory_m
             image_dir=str(image.path), kernel_release=release, kvm=kvm.available, kvm_detail=kvm.detail,
             pid=os.getpid(), qemu_pid=machine.pid, started=datetime.now(UTC).isoformat(timespec="seconds"),
             log_dir=str(log_dir)))
+        _log.debug("lab host %s ready at %s (kernel %s, kvm: %s)", image.name, host.url, release, kvm.available)
         try:
             yield host
         finally:
             forget_host(host.url, os.getpid())
     finally:
+        _log.debug("lab host %s stopping (QEMU pid %s)", image.name, machine.pid)
         if reader is not None:
             reader.stop()
         machine.close()
