@@ -48,6 +48,8 @@ class PowerOffObservation:
     """The guest's console device; on `virtio` the kernel's power-down line is never seen (the device is gone)."""
     kernel_trouble: str | None = None
     """The kernel's panic, Oops or BUG line after which the console fell silent, ending the lab's wait early."""
+    trial: str | None = None
+    """A hibernation the kernel only tries (`pm_test=devices`, `test_resume`): it returns, with 0 if it went well."""
 
 
 @dataclass
@@ -135,6 +137,8 @@ class Observations:
     commands: list[CommandObservation] = field(default_factory=list)
     disk_operations: list[DiskOperation] = field(default_factory=list)
     kernel_troubles: list[KernelTroubleObservation] = field(default_factory=list)
+    kernel_phases: dict[str, Any] = field(default_factory=dict)
+    """The kernel's own PM phases per boot and their spread (`lab.judge.phase_summary`), read once the run ends."""
 
     def _lists(self) -> tuple[list[Any], ...]:
         return self.boots, self.power_offs, self.checks, self.commands, self.disk_operations, self.kernel_troubles
@@ -159,4 +163,5 @@ class Observations:
             "disk_operations": [asdict(d) for d in self.disk_operations],
             "power_offs": [plain(p) for p in self.power_offs],
             "kernel_troubles": [asdict(t) for t in self.kernel_troubles],
+            "kernel_phases": self.kernel_phases,
         }

@@ -127,9 +127,25 @@ IMPLICIT_EXPECTATIONS = {
 """What a power-off step without `expect:` is held to: the class its intent obviously implies."""
 
 
+def _trial_check(verdict: PowerOffVerdict, observation: PowerOffObservation) -> Check:
+    """A hibernation the kernel only tries comes back: by default it must return, with status 0."""
+    allowed = (observation.expect,) if observation.expect else (PowerOffClass.ABORTED,)
+    status = observation.command_status
+    passed = verdict.kind in allowed and (verdict.kind != PowerOffClass.ABORTED or status == 0)
+    detail = (f"hibernate ({observation.trial}) ended as {verdict.kind}"
+              + (f" with status {status}" if status is not None else "") + f", expected {' or '.join(allowed)}"
+              + (" with status 0" if PowerOffClass.ABORTED in allowed else ""))
+    if observation.kernel_trouble is not None:
+        detail += f"; kernel trouble, then silence: {observation.kernel_trouble!r}"
+    return Check(f"{verdict.boot} {observation.trial}", passed, detail, observation.step_line)
+
+
 def _power_off_checks(verdicts: list[PowerOffVerdict], observations: Observations) -> list[Check]:
     checks = []
     for verdict, observation in zip(verdicts, observations.power_offs, strict=True):
+        if observation.trial is not None:
+            checks.append(_trial_check(verdict, observation))
+            continue
         allowed = (observation.expect,) if observation.expect else IMPLICIT_EXPECTATIONS[observation.intent]
         detail = f"{observation.intent} ended as {verdict.kind}, expected {' or '.join(allowed)}"
         if observation.kernel_trouble is not None:

@@ -27,6 +27,7 @@ from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL, DEFAULT_SYSTEM_IMAGE
 from lab.image.store import find_image
 from lab.judge.observations import Observations
 from lab.judge.off2_contract import Off2Contract, contract_for
+from lab.judge.phase_summary import kernel_phases
 from lab.judge.verdict import RunVerdict, judge
 from lab.machine.accel import AccelChoice, choose_accel
 from lab.machine.channels.serial import trouble_quiet_seconds
@@ -40,6 +41,7 @@ from lab.report.result import write_result
 from lab.rundir import RunDirectory, timestamp
 from lab.scenario.guest import Guest
 from lab.scenario.model import Scenario
+from lab.scenario.pm_knobs import kernel_debug_append
 from lab.scenario.steps import RunContext, run_steps
 from lab.vocabulary import HibernateVia, guest_arch
 
@@ -160,7 +162,9 @@ def set_up(scenario: Scenario, options: RunOptions, run_dir: RunDirectory, event
                          f"{image.name} has no systemd")
     guest = Guest(image, run_dir, events, accel.name, build, psci, scenario.memory_mib, scenario.cpus, host,
                   trouble_quiet_seconds(scenario.kernel_trouble_quiet), swap_area=area,
-                  boot_append=" ".join((image.boot_arguments(area, paths.resume_from), *paths.kernel_arguments)),
+                  boot_append=" ".join(filter(None, (image.boot_arguments(area, paths.resume_from),
+                                                     *paths.kernel_arguments,
+                                                     kernel_debug_append(scenario.pm_debug, scenario.initcall_debug)))),
                   uefi=scenario.uefi)
     return RunSetup(image, build, accel, psci, contract, guest)
 
@@ -220,6 +224,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
             run_dir.free_room()
     reason = "interrupted" if interrupted else str(failure) if failure is not None else None
     consoles = {boot.name: boot.read_console() for boot in run_dir.boots()}
+    observations.kernel_phases = kernel_phases(consoles)
     verdict = judge(observations, consoles, reason, set_up_failed=setup is None and failure is not None)
     seconds = time.monotonic() - started
     described = {"name": scenario.name, "path": str(scenario.path), "description": scenario.description}
@@ -230,6 +235,6 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     write_artifacts(run_dir)
     if interrupted:
         raise KeyboardInterrupt
-    if setup is None and failure is not None:
+    if failure is not None and (setup is None or isinstance(failure, UsageError)):
         raise failure
     return RunResult(run_dir.path, verdict, seconds)
