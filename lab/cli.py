@@ -136,7 +136,7 @@ def _scenario(args: argparse.Namespace) -> int:
                          runs_root=Path(args.runs_dir), kernel=files["--kernel"], kernel_deb=args.kernel_deb,
                          initrd=files["--initrd"], append=args.append, disk=disk,
                          off2_contract=args.off2_contract, system_map=files["--system-map"],
-                         host=args.host)
+                         host=args.host, catalogue=Path(args.catalogue) if args.catalogue else None)
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
     report.verdict(result.verdict, result.run_dir, result.seconds)
@@ -345,6 +345,9 @@ def parser() -> argparse.ArgumentParser:
                           help="how this QEMU reports SYSTEM_OFF2 over QMP: none, unsupported, suspend-disk, "
                                "event:NAME, shutdown-reason:REASON (default: asked of the QEMU build itself)")
     scenario.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    scenario.add_argument("--catalogue", metavar="FILE",
+                          help="your own kernel log catalogue (YAML: label, pattern, severity, advice), "
+                               "matched after the shipped one")
     scenario.add_argument("--host", metavar="ssh://USER@HOST:PORT",
                           help="run QEMU on a lab host over SSH (its key pinned: see `lab host list`)")
     _engine_options(scenario, "run on a node of the scenario's host class with srun, output live (docs/slurm.md)")

@@ -56,5 +56,8 @@ class TerminalReport:
                 self.console.print(f"    [yellow]note:[/] {escape(note)}")
             for disagreement in power_off.disagreements:
                 self.console.print(f"    [yellow]disagreement:[/] {escape(disagreement)}")
+        for finding in verdict.findings:
+            self.console.print(f"  [yellow]finding[/] {escape(finding.headline())}")
+            self.console.print(f"    advice: {escape(finding.advice)}")
         status = "[bold green]PASS[/]" if verdict.passed else "[bold red]FAIL[/]"
         self.console.print(f"{status} {escape(verdict.reason)}  {escape(f'[{seconds:.1f}s, {run_dir}]')}")

@@ -25,6 +25,7 @@ from lab.hosts.trace import kvm_trace_problem
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL, DEFAULT_SYSTEM_IMAGE
 from lab.image.store import find_image
+from lab.judge.catalogue import catalogue
 from lab.judge.observations import Observations
 from lab.judge.off2_contract import Off2Contract, contract_for
 from lab.judge.phase_summary import kernel_phases
@@ -67,6 +68,8 @@ class RunOptions:
     host: str | None = None
     """A lab host to run QEMU on, as ssh://user@host:port; None: this machine."""
     system_map: Path | None = None
+    catalogue: Path | None = None
+    """A user's kernel log catalogue, matched after the shipped one."""
 
 
 @dataclass
@@ -179,6 +182,7 @@ def _full(error: OSError) -> RunDirectoryFull:
 def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
     """Run one scenario into its run directory; a set-up error is re-raised after the artifacts are written."""
     started = time.monotonic()
+    catalogue(options.catalogue)
     arch = guest_arch(options.arch)
     if scenario.arches and arch not in {guest_arch(a) for a in scenario.arches}:
         raise UsageError(f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only")
@@ -225,7 +229,8 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     reason = "interrupted" if interrupted else str(failure) if failure is not None else None
     consoles = {boot.name: boot.read_console() for boot in run_dir.boots()}
     observations.kernel_phases = kernel_phases(consoles)
-    verdict = judge(observations, consoles, reason, set_up_failed=setup is None and failure is not None)
+    verdict = judge(observations, consoles, reason, set_up_failed=setup is None and failure is not None,
+                    entries=catalogue(options.catalogue))
     seconds = time.monotonic() - started
     described = {"name": scenario.name, "path": str(scenario.path), "description": scenario.description}
     environment = setup.environment(options, host) if setup is not None else {"lab": __version__,
