@@ -140,7 +140,28 @@ def _scenario(args: argparse.Namespace) -> int:
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
     report.verdict(result.verdict, result.run_dir, result.seconds)
+    if args.triage and not result.verdict.passed:
+        _triage_run(result.run_dir, options.catalogue)
     return 0 if result.verdict.passed else 1
+
+
+def _triage(args: argparse.Namespace) -> int:
+    _triage_run(Path(args.run_dir), Path(args.catalogue) if args.catalogue else None)
+    return 0
+
+
+def _triage_run(run_dir: Path, user_catalogue: Path | None) -> None:
+    from rich.console import Console
+
+    from lab.report.terminal import TerminalReport
+    from lab.scenario.triage import triage
+
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"triage of {run_dir}: the pm_test ladder, then test_resume")
+    found = triage(run_dir, [TerminalReport(console)], user_catalogue)
+    print(f"pm_test ladder: {found.summary}")
+    print(f"test_resume: {found.test_resume.describe()}")
+    print(f"written: {found.path}")
 
 
 def _free_disk(disk: Path) -> Path:
@@ -361,7 +382,15 @@ def parser() -> argparse.ArgumentParser:
     guest.add_argument("--force-device", action="store_true",
                        help="let --disk be a block or character device (copied whole into the run)")
     guest.add_argument("--system-map", help="the kernel's System.map, for a kernel whose kallsyms the lab cannot read")
+    scenario.add_argument("--triage", action="store_true",
+                          help="when the run fails, walk the pm_test ladder and try test_resume (as `lab triage`)")
     scenario.set_defaults(handler=_scenario)
+
+    triage = commands.add_parser("triage", help="re-run a failed run's hibernation at each pm_test level and in "
+                                                "the test_resume disk mode; writes triage.json beside the run")
+    triage.add_argument("run_dir", metavar="RUN_DIR")
+    triage.add_argument("--catalogue", metavar="FILE", help="your own kernel log catalogue, as for `lab scenario`")
+    triage.set_defaults(handler=_triage)
 
     run = commands.add_parser("run", help="run a matrix: scenarios on kernels, PSCI personalities, accelerators")
     run.add_argument("--matrix", required=True, metavar="FILE", help="the matrix file (YAML, see matrices/)")

@@ -103,6 +103,7 @@ _READ_START = re.compile(r"PM: (?:Loading and decompressing image data|Loading i
 _MOVED = re.compile(rf"PM: (?:hibernation: )?(Wrote|Read) (\d+) kbytes in {_NUMBER} seconds \({_NUMBER} MB/s\)")
 _COMPRESSED = re.compile(r"PM: Image size after compression: (\d+) kbytes")
 _SAVED = re.compile(r"PM: Image saving done")
+_SAVE_FAILED = re.compile(r"PM: Image saving failed: (-?\d+)")
 _POWERED_DOWN = re.compile(r"reboot: Power down")
 _RESTORED_KERNEL = re.compile(r"hibernate: Restored \d+ MTE pages|PM: hibernation: Hibernation image restored")
 _THAW_START = re.compile(r"Restarting tasks(?::| \.\.\.)")
@@ -193,6 +194,10 @@ class _Reader:
                 written[-1].detail["compressed_kbytes"] = int(match[1])
         elif _SAVED.search(text):
             self.saved_at = stamp
+        elif _SAVE_FAILED.search(text):
+            started = self.write_started
+            self.add(PhaseKind.IMAGE_WRITE, "image write", stamp, None if started is None else stamp - started,
+                     line).failed = True
         elif _POWERED_DOWN.search(text) and self.saved_at is not None:
             self.add(PhaseKind.POWER_DOWN, "power down", stamp, stamp - self.saved_at, line)
         else:
