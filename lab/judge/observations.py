@@ -139,6 +139,8 @@ class Observations:
     kernel_troubles: list[KernelTroubleObservation] = field(default_factory=list)
     kernel_phases: dict[str, Any] = field(default_factory=dict)
     """The kernel's own PM phases per boot and their spread (`lab.judge.phase_summary`), read once the run ends."""
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+    """Each round of a repeat: its awake delay, its boots, whether it met its expectations (lab.scenario.endurance)."""
 
     def _lists(self) -> tuple[list[Any], ...]:
         return self.boots, self.power_offs, self.checks, self.commands, self.disk_operations, self.kernel_troubles
@@ -164,4 +166,5 @@ class Observations:
             "power_offs": [plain(p) for p in self.power_offs],
             "kernel_troubles": [asdict(t) for t in self.kernel_troubles],
             "kernel_phases": self.kernel_phases,
+            "cycles": self.cycles,
         }

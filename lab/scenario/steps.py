@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lab.deadline import Deadline
@@ -32,6 +32,7 @@ from lab.judge.observations import (
 )
 from lab.judge.verdict import step_expectations
 from lab.machine.channels.shell import CommandResult, GuestShell
+from lab.scenario.endurance import keep_awake, run_rounds
 from lab.scenario.guest import Guest, GuestState
 from lab.scenario.model import HibernationPaths, Scenario, Step
 from lab.scenario.pm_knobs import NO_PM_TEST, enable_print_times, set_pm_test
@@ -242,10 +243,20 @@ def _run(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 
 
 def _repeat(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
-    for round_number in range(1, step.params["times"] + 1):
+    """The rounds, each awake for its delay first (`awake: {min, max, step}`), stopping after
+    `stop_after_failures` failed rounds in a row; every round is recorded as a cycle."""
+    def one_round(round_number: int) -> None:
         ctx.events.emit(RepeatRound, round=round_number, of=step.params["times"])
         run_steps(ctx, step.children)
-    outcome["rounds"] = step.params["times"]
+
+    def awake(seconds: float) -> None:
+        keep_awake(seconds, ctx.guest.state is GuestState.RUNNING)
+
+    cycles, stopped = run_rounds(step.params, ctx.observations, awake, one_round)
+    ctx.observations.cycles.extend(asdict(cycle) | {"repeat_line": step.line} for cycle in cycles)
+    outcome["rounds"] = len(cycles)
+    if stopped is not None:
+        outcome["stopped"] = f"after {step.params['stop_after_failures']} failed rounds in a row (round {stopped})"
 
 
 STEPS: dict[str, Callable[[RunContext, Step, dict[str, Any]], None]] = {

@@ -1,8 +1,9 @@
 """`lab triage RUN_DIR`: re-run a failed scenario's hibernation at each pm_test level and in test_resume mode.
 
-As Documentation/power/basic-pm-debugging.rst has a kernel developer do by hand: the failed run's
-steps up to its first hibernation, then one hibernation per pm_test level (freezer, devices,
-platform, processors, core) in one boot, each announced on the kernel log; then, in a second
+As Documentation/power/basic-pm-debugging.rst has a kernel developer do by hand: per pm_test level
+(freezer, devices, platform, processors, core), the failed run's steps up to its first hibernation,
+then one hibernation at that level, announced on the kernel log (the lab powers the guest off once
+a hibernation returns, so each level gets a boot of its own, all in one run); then, in a second
 run, one hibernation in the `test_resume` disk mode, which writes the image and restores it at
 once without a reboot (firmware and boot loader play no part). The first failing level and the
 test_resume result are printed and written to `triage.json` beside the run.
@@ -10,6 +11,7 @@ test_resume result are printed and written to `triage.json` beside the run.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,14 +59,16 @@ def _prefix(source: dict[str, Any]) -> list[Any]:
     raise UsageError(f"scenario {source['name']} never hibernates: there is nothing to triage")
 
 
-def _marked(name: str, hibernate: dict[str, Any]) -> list[Any]:
-    return [{"run": {"command": f"echo '{MARKER} {name}' > /dev/kmsg"}}, {"hibernate": hibernate}]
+def _attempt(source: dict[str, Any], name: str, hibernate: dict[str, Any]) -> list[Any]:
+    """The scenario's steps up to its first hibernation, then this one, announced on the kernel log."""
+    marker = {"run": {"command": f"echo '{MARKER} {name}' > /dev/kmsg"}}
+    return [*json.loads(json.dumps(_prefix(source))), marker, {"hibernate": hibernate}]
 
 
 def _scenario_file(folder: Path, source: dict[str, Any], suffix: str, attempts: list[Any]) -> Path:
     data = {key: source[key] for key in _KEPT if key in source}
     data |= {"name": f"{source['name']}-{suffix}"[:64].rstrip("-"),
-             "description": f"Triage of {source['name']}: {suffix}.", "steps": _prefix(source) + attempts}
+             "description": f"Triage of {source['name']}: {suffix}.", "steps": attempts}
     path = folder / f"{suffix}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -104,10 +108,12 @@ def triage(run_path: Path, listeners: list[Listener], user_catalogue: Path | Non
     folder = run_path / "triage"
     folder.mkdir(exist_ok=True)
     options = _options(result, run_dir, folder, user_catalogue)
+    _prefix(source)
     ladder_file = _scenario_file(folder, source, "pm-test-ladder",
-                                 [step for level in levels for step in _marked(level, {"pm_test": level})])
+                                 [step for level in levels for step in _attempt(source, level, {"pm_test": level})])
     ladder = run_scenario(load_scenario(ladder_file), options, listeners)
-    resume_file = _scenario_file(folder, source, TEST_RESUME, _marked(TEST_RESUME, {"mode": TEST_RESUME}))
+    resume_file = _scenario_file(folder, source, "test-resume",
+                                 _attempt(source, TEST_RESUME, {"mode": TEST_RESUME}))
     resumed = run_scenario(load_scenario(resume_file), options, listeners)
     results = _judged(ladder.run_dir, list(levels), user_catalogue)
     (test_resume,) = _judged(resumed.run_dir, [TEST_RESUME], user_catalogue)
