@@ -16,7 +16,7 @@ from lab.events import Event, RepeatRound, RunStarted, StepEnded
 from lab.judge.verdict import RunVerdict
 
 SHOWN_OUTCOME = ("outcome", "image_on_disk", "timed_out", "token_found", "marker_alive", "swap_signature",
-                 "status", "rounds")
+                 "status", "rounds", "stopped")
 
 
 def step_line(event: StepEnded) -> tuple[bool, str]:

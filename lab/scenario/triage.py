@@ -102,9 +102,9 @@ def triage(run_path: Path, listeners: list[Listener], user_catalogue: Path | Non
            levels: tuple[str, ...] = PM_TEST_LEVELS) -> Triage:
     """Walk the ladder and try test_resume for the failed run at `run_path`; writes triage.json beside it."""
     started = time.monotonic()
+    catalogue(user_catalogue)
     run_dir = RunDirectory(run_path)
     result, source = _failed_run(run_dir)
-    catalogue(user_catalogue)
     folder = run_path / "triage"
     folder.mkdir(exist_ok=True)
     options = _options(result, run_dir, folder, user_catalogue)
