@@ -39,3 +39,13 @@ def kernel_phases(consoles: Mapping[str, list[str]]) -> dict[str, Any]:
     boots = {name: parse_kernel_phases(lines).to_json() for name, lines in consoles.items()}
     shown = {name: boot for name, boot in boots.items() if boot["phases"]}
     return {"boots": shown, "summary": summarize(shown.values())}
+
+
+def summarize_runs(results: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per scenario, the spread of each phase over every boot of every run of it (a matrix's cells)."""
+    boots: dict[str, list[Mapping[str, Any]]] = {}
+    for result in results:
+        phases = (result.get("observations") or {}).get("kernel_phases") or {}
+        scenario = (result.get("scenario") or {}).get("name", "?")
+        boots.setdefault(scenario, []).extend((phases.get("boots") or {}).values())
+    return {scenario: summarize(found) for scenario, found in boots.items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lab.judge.kernel_phases import PhaseKind, parse_kernel_phases
-from lab.judge.phase_summary import kernel_phases, summarize
+from lab.judge.phase_summary import kernel_phases, summarize, summarize_runs
 from lab.rundir import read_console_file
 
 DATA = Path(__file__).parent / "data"
@@ -89,3 +89,13 @@ def test_kernel_phases_of_a_run_cover_its_boots_and_their_spread():
     phases = kernel_phases(consoles)
     assert set(phases["boots"]) == {"boot1", "boot2"}
     assert phases["summary"]["freeze user space"]["seconds"]["count"] == 2
+
+
+def test_a_matrix_summarises_each_scenario_over_its_runs():
+    def run(scenario, seconds):
+        phases = {"boots": {"boot1": {"phases": [{"name": "image write", "seconds": seconds}]}}}
+        return {"scenario": {"name": scenario}, "observations": {"kernel_phases": phases}}
+
+    summary = summarize_runs([run("a", 1.0), run("a", 3.0), run("b", 2.0), {"scenario": {"name": "c"}}])
+    assert summary["a"]["image write"]["seconds"] == {"count": 2, "min": 1.0, "median": 2.0, "max": 3.0}
+    assert summary["b"]["image write"]["seconds"]["count"] == 1 and summary["c"] == {}
