@@ -49,20 +49,26 @@ def _failed_run(run_dir: RunDirectory) -> tuple[dict[str, Any], dict[str, Any]]:
     return result, source
 
 
+def _hibernates(step: Any) -> bool:
+    """Whether a step (as the scenario file writes it) is a hibernation or a repeat holding one."""
+    kind = step if isinstance(step, str) else next(iter(step))
+    return kind == "hibernate" or (kind == "repeat" and any(_hibernates(inner) for inner in step[kind]["steps"]))
+
+
 def _prefix(source: dict[str, Any]) -> list[Any]:
     """The scenario's top-level steps before its first hibernation (which may sit inside a repeat)."""
     steps = source["steps"]
-    for index, step in enumerate(steps):
-        kind = step if isinstance(step, str) else next(iter(step))
-        if kind == "hibernate" or (kind == "repeat" and "hibernate" in yaml.safe_dump(step)):
-            return list(steps[:index])
-    raise UsageError(f"scenario {source['name']} never hibernates: there is nothing to triage")
+    first = next((index for index, step in enumerate(steps) if _hibernates(step)), None)
+    if first is None:
+        raise UsageError(f"scenario {source['name']} never hibernates: there is nothing to triage")
+    return list(steps[:first])
 
 
-def _attempt(source: dict[str, Any], name: str, hibernate: dict[str, Any]) -> list[Any]:
-    """The scenario's steps up to its first hibernation, then this one, announced on the kernel log."""
+def _attempt(prefix: list[Any], name: str, hibernate: dict[str, Any]) -> list[Any]:
+    """The scenario's steps up to its first hibernation (a copy: YAML would alias a repeated object),
+    then this hibernation, announced on the kernel log."""
     marker = {"run": {"command": f"echo '{MARKER} {name}' > /dev/kmsg"}}
-    return [*json.loads(json.dumps(_prefix(source))), marker, {"hibernate": hibernate}]
+    return [*json.loads(json.dumps(prefix)), marker, {"hibernate": hibernate}]
 
 
 def _scenario_file(folder: Path, source: dict[str, Any], suffix: str, attempts: list[Any]) -> Path:
@@ -108,12 +114,12 @@ def triage(run_path: Path, listeners: list[Listener], user_catalogue: Path | Non
     folder = run_path / "triage"
     folder.mkdir(exist_ok=True)
     options = _options(result, run_dir, folder, user_catalogue)
-    _prefix(source)
+    prefix = _prefix(source)
     ladder_file = _scenario_file(folder, source, "pm-test-ladder",
-                                 [step for level in levels for step in _attempt(source, level, {"pm_test": level})])
+                                 [step for level in levels for step in _attempt(prefix, level, {"pm_test": level})])
     ladder = run_scenario(load_scenario(ladder_file), options, listeners)
     resume_file = _scenario_file(folder, source, "test-resume",
-                                 _attempt(source, TEST_RESUME, {"mode": TEST_RESUME}))
+                                 _attempt(prefix, TEST_RESUME, {"mode": TEST_RESUME}))
     resumed = run_scenario(load_scenario(resume_file), options, listeners)
     results = _judged(ladder.run_dir, list(levels), user_catalogue)
     (test_resume,) = _judged(resumed.run_dir, [TEST_RESUME], user_catalogue)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -35,3 +36,12 @@ def test_a_catalogue_that_does_not_validate_is_refused(tmp_path, command):
     done = lab(*command, "--catalogue", str(bad), cwd=tmp_path)
     _one_line_exit_2(done, f"lab: error: {bad}:2: entries/0/severity: 'fatal' is not one of")
     assert not (tmp_path / "runs").exists()
+
+
+def test_triage_refuses_a_failed_run_that_never_hibernated(tmp_path):
+    run = shutil.copytree(PASSED_RUN, tmp_path / "run")
+    result = json.loads((run / "result.json").read_text())
+    result["verdict"]["status"] = "FAIL"
+    (run / "result.json").write_text(json.dumps(result))
+    (run / "scenario.json").write_text(json.dumps({"name": "boots-only", "steps": [{"boot": {"expect": "resumed"}}]}))
+    _one_line_exit_2(lab("triage", str(run)), "lab: error: scenario boots-only never hibernates")
