@@ -43,7 +43,8 @@ class TerminalReport:
             self.console.print(f"[bold]{escape(event.scenario)}[/] on {escape(event.image)}{escape(qemu)} "
                                f"({escape(event.accel)}: {escape(event.accel_reason)}{escape(psci)})")
         elif isinstance(event, RepeatRound):
-            self.console.print(f"  round {event.round}/{event.of}")
+            awake = f" (awake {event.awake:g}s first)" if event.awake else ""
+            self.console.print(f"  round {event.round}/{event.of}{awake}")
         elif isinstance(event, StepEnded):
             met, detail = step_line(event)
             mark = "[green]✓[/]" if met else "[red]✗[/]"

@@ -47,11 +47,11 @@ class Cycle:
 
 
 def run_rounds(params: dict[str, Any], observations: Observations, awake: Callable[[float], None],
-               round_steps: Callable[[int], None]) -> tuple[list[Cycle], int | None]:
+               round_steps: Callable[[int, float], None]) -> tuple[list[Cycle], int | None]:
     """Run the rounds; returns each round's cycle and the round after which the repeat stopped early (or None).
 
     `awake` keeps the guest awake for a delay (a running guest; nothing to wait for otherwise) and
-    `round_steps` runs one round's steps.
+    `round_steps` runs one round's steps (given its number and its awake delay).
     """
     delays = AwakeDelays.from_params(params.get("awake"))
     stop_after = params.get("stop_after_failures")
@@ -62,7 +62,7 @@ def run_rounds(params: dict[str, Any], observations: Observations, awake: Callab
         mark = observations.mark()
         awake(delay)
         try:
-            round_steps(round_number)
+            round_steps(round_number, delay)
         finally:
             seen = observations.since(mark)
             missed = [c for c in step_expectations(seen) if not c.passed]

@@ -245,8 +245,8 @@ def _run(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 def _repeat(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     """The rounds, each awake for its delay first (`awake: {min, max, step}`), stopping after
     `stop_after_failures` failed rounds in a row; every round is recorded as a cycle."""
-    def one_round(round_number: int) -> None:
-        ctx.events.emit(RepeatRound, round=round_number, of=step.params["times"])
+    def one_round(round_number: int, awake_seconds: float) -> None:
+        ctx.events.emit(RepeatRound, round=round_number, of=step.params["times"], awake=awake_seconds)
         run_steps(ctx, step.children)
 
     def awake(seconds: float) -> None:

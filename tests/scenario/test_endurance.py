@@ -18,7 +18,7 @@ def _rounds(outcomes: list[str], **params):
     observations = Observations()
     waited: list[float] = []
 
-    def one_round(number: int) -> None:
+    def one_round(number: int, _awake: float) -> None:
         observations.boots.append(BootObservation(f"boot{number}", outcomes[number - 1], "resumed", 7,
                                                  hibernate_command_status=0))
 
