@@ -29,7 +29,8 @@ from lab.scenario.pm_knobs import PM_TEST_LEVELS
 from lab.scenario.run import RunOptions, run_scenario
 
 TEST_RESUME = "test_resume"
-_KEPT = ("psci", "image", "memory_mib", "cpus", "arches", "kernel_trouble_quiet", "pm_debug", "initcall_debug")
+_REPLACED = ("name", "description", "steps", "pm_test")
+"""What a triage scenario sets itself; it keeps every other field of the failed run's scenario."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def _attempt(prefix: list[Any], name: str, hibernate: dict[str, Any]) -> list[An
 
 
 def _scenario_file(folder: Path, source: dict[str, Any], suffix: str, attempts: list[Any]) -> Path:
-    data = {key: source[key] for key in _KEPT if key in source}
+    data = {key: value for key, value in source.items() if key not in _REPLACED}
     data |= {"name": f"{source['name']}-{suffix}"[:64].rstrip("-"),
              "description": f"Triage of {source['name']}: {suffix}.", "steps": attempts}
     path = folder / f"{suffix}.yaml"
