@@ -130,6 +130,7 @@ def _scenario(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from lab.report.terminal import TerminalReport
+    from lab.rundir import RunDirectory
     from lab.scenario.run import RunOptions, run_scenario
 
     options = RunOptions(arch=args.arch, image=args.image, accel=args.accel, qemu=args.qemu, psci=args.psci,
@@ -139,6 +140,8 @@ def _scenario(args: argparse.Namespace) -> int:
                          host=args.host, catalogue=Path(args.catalogue) if args.catalogue else None)
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
+    report.kernel_phases(((RunDirectory(result.run_dir).read_result() or {}).get("observations") or {})
+                         .get("kernel_phases") or {})
     report.verdict(result.verdict, result.run_dir, result.seconds)
     if args.triage and not result.verdict.passed:
         _triage_run(result.run_dir, options.catalogue)

@@ -8,6 +8,7 @@ otherwise ✗ with the first expectation it missed. Guest text is printed verbat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -30,6 +31,27 @@ def step_line(event: StepEnded) -> tuple[bool, str]:
     return True, shown
 
 
+SUMMARISED_PHASES = ("freeze user space", "snapshot", "image write", "image read", "restore", "thaw tasks")
+"""The kernel phases the terminal sums up after a run; result.json and report.html have them all."""
+
+
+def kernel_phase_line(kernel_phases: dict[str, Any]) -> str | None:
+    """`kernel: image write 6.27s 11.98 MB/s, restore 0.50s …`, medians (and ranges) over the run's boots."""
+    summary = kernel_phases.get("summary") or {}
+    shown = []
+    for name in SUMMARISED_PHASES:
+        if name not in summary or "seconds" not in summary[name]:
+            continue
+        seconds, rate = summary[name]["seconds"], summary[name].get("mb_per_s")
+        text = f"{name} {seconds['median']:.2f}s"
+        if seconds["count"] > 1:
+            text += f" (min {seconds['min']:.2f}s, max {seconds['max']:.2f}s of {seconds['count']})"
+        if rate is not None:
+            text += f" {rate['median']:g} MB/s"
+        shown.append(text)
+    return "kernel: " + ", ".join(shown) if shown else None
+
+
 class TerminalReport:
     """Prints each phase as it ends, then the verdict; subscribes to the run's event stream."""
 
@@ -49,6 +71,11 @@ class TerminalReport:
             met, detail = step_line(event)
             mark = "[green]✓[/]" if met else "[red]✗[/]"
             self.console.print(f"  {mark} {escape(event.label):<36} {event.seconds:7.1f}s  {escape(detail)}")
+
+    def kernel_phases(self, kernel_phases: dict[str, Any]) -> None:
+        line = kernel_phase_line(kernel_phases)
+        if line is not None:
+            self.console.print(f"  {escape(line)}")
 
     def verdict(self, verdict: RunVerdict, run_dir: Path, seconds: float) -> None:
         for power_off in verdict.power_offs:
