@@ -105,11 +105,21 @@ def _scenario_commands(groups: Groups) -> None:
                           help="how this QEMU reports SYSTEM_OFF2 over QMP: none, unsupported, suspend-disk, "
                                "event:NAME, shutdown-reason:REASON (default: asked of the QEMU build itself)")
     scenario.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    scenario.add_argument("--catalogue", metavar="FILE",
+                          help="your own kernel log catalogue (YAML: label, pattern, severity, advice), "
+                               "matched after the shipped one")
     scenario.add_argument("--host", metavar="ssh://USER@HOST:PORT",
                           help="run QEMU on a lab host over SSH (its key pinned: see `lab host list`)")
     _engine_options(scenario, "run on a node of the scenario's host class with srun, output live (docs/slurm.md)")
     _own_guest_options(scenario)
+    scenario.add_argument("--triage", action="store_true",
+                          help="when the run fails, walk the pm_test ladder and try test_resume (as `lab triage`)")
     scenario.set_defaults(handler=commands.scenario)
+    triage = groups.add_parser("triage", help="re-run a failed run's hibernation at each pm_test level and in "
+                                              "the test_resume disk mode; writes triage.json beside the run")
+    triage.add_argument("run_dir", metavar="RUN_DIR")
+    triage.add_argument("--catalogue", metavar="FILE", help="your own kernel log catalogue, as for `lab scenario`")
+    triage.set_defaults(handler=commands.triage)
 
 
 def _own_guest_options(scenario: argparse.ArgumentParser) -> None:

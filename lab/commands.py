@@ -135,17 +135,41 @@ def scenario(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from lab.report.terminal import TerminalReport
+    from lab.rundir import RunDirectory
     from lab.scenario.run import RunOptions, run_scenario
 
     options = RunOptions(arch=args.arch, image=args.image, accel=args.accel, qemu=args.qemu, psci=args.psci,
                          runs_root=Path(args.runs_dir), kernel=files["--kernel"], kernel_deb=args.kernel_deb,
                          initrd=files["--initrd"], append=args.append, disk=disk,
                          off2_contract=args.off2_contract, system_map=files["--system-map"],
-                         host=args.host)
+                         host=args.host, catalogue=Path(args.catalogue) if args.catalogue else None)
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
+    report.kernel_phases(((RunDirectory(result.run_dir).read_result() or {}).get("observations") or {})
+                         .get("kernel_phases") or {})
     report.verdict(result.verdict, result.run_dir, result.seconds)
+    if args.triage and not result.verdict.passed:
+        _triage_run(result.run_dir, options.catalogue)
     return 0 if result.verdict.passed else 1
+
+
+def triage(args: argparse.Namespace) -> int:
+    _triage_run(Path(args.run_dir), Path(args.catalogue) if args.catalogue else None)
+    return 0
+
+
+def _triage_run(run_dir: Path, user_catalogue: Path | None) -> None:
+    from rich.console import Console
+
+    from lab.report.terminal import TerminalReport
+    from lab.scenario.triage import triage
+
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"triage of {run_dir}: the pm_test ladder, then test_resume")
+    found = triage(run_dir, [TerminalReport(console)], user_catalogue)
+    print(f"pm_test ladder: {found.summary}")
+    print(f"test_resume: {found.test_resume.describe()}")
+    print(f"written: {found.path}")
 
 
 def _free_disk(disk: Path) -> Path:

@@ -14,6 +14,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from lab.judge.catalogue import Entry, Finding, catalogue, match_consoles
+from lab.judge.kernel_phases import parse_kernel_phases
 from lab.judge.observations import Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
 from lab.judge.witnesses import NO_SHUTDOWN, SILENT_AFTER_TROUBLE, Witness, collect_witnesses
@@ -92,6 +94,8 @@ class RunVerdict:
     checks: list[Check] = field(default_factory=list)
     set_up_failed: bool = False
     """Nothing was judged: the lab could not set the run up (its reason says what was missing)."""
+    findings: list[Finding] = field(default_factory=list)
+    """Catalogue entries that matched the boots' kernel lines, most severe first."""
 
     @property
     def status(self) -> RunStatus:
@@ -103,6 +107,7 @@ class RunVerdict:
             "reason": self.reason,
             "power_offs": [p.to_json() for p in self.power_offs],
             "checks": [c.to_json() for c in self.checks],
+            "findings": [f.to_json() for f in self.findings],
         }
 
 
@@ -168,9 +173,26 @@ def _expected(observation: PowerOffObservation) -> tuple[str, ...]:
     return (observation.expect,)
 
 
+def _trial_check(verdict: PowerOffVerdict, observation: PowerOffObservation) -> Check:
+    """A hibernation the kernel only tries comes back: by default it must return, with status 0."""
+    allowed = (observation.expect,) if observation.expect else (PowerOffClass.ABORTED,)
+    status = observation.command_status
+    passed = verdict.kind in allowed and (verdict.kind != PowerOffClass.ABORTED or status == 0)
+    detail = (f"hibernate ({observation.trial}) ended as {verdict.kind}"
+              + (f" with status {status}" if status is not None else "") + f", expected {' or '.join(allowed)}"
+              + (" with status 0" if PowerOffClass.ABORTED in allowed else ""))
+    if observation.kernel_trouble is not None:
+        detail += f"; kernel trouble, then silence: {observation.kernel_trouble!r}"
+    return Check(f"{verdict.boot} {observation.trial}", passed, detail, observation.step_line,
+                 kind=CheckKind.POWER_OFF, boot=verdict.boot)
+
+
 def _power_off_checks(verdicts: list[PowerOffVerdict], observations: Observations) -> list[Check]:
     checks = []
     for verdict, observation in zip(verdicts, observations.power_offs, strict=True):
+        if observation.trial is not None:
+            checks.append(_trial_check(verdict, observation))
+            continue
         allowed = _expected(observation)
         detail = f"{observation.intent} ended as {verdict.kind}, expected {' or '.join(allowed)}"
         if observation.kernel_trouble is not None:
@@ -284,11 +306,36 @@ def step_expectations(observations: Observations) -> list[Check]:
     return _expectation_checks([classify(p) for p in observations.power_offs], observations)
 
 
+def _what_failed_first(reason: str, findings: list[Finding], boot_consoles: dict[str, list[str]]) -> str:
+    """A failed run's reason, led by its most severe catalogue finding, else by a kernel phase that failed
+    (unless the reason already quotes that line)."""
+    if findings:
+        lead = findings[0].headline()
+        quoted = findings[0].line
+    else:
+        failed = [(boot, phase) for boot, lines in boot_consoles.items()
+                  for phase in parse_kernel_phases(lines).failed()]
+        if not failed:
+            return reason
+        boot, phase = failed[0]
+        lead, quoted = f"{boot}: kernel phase {phase.name} failed: {phase.line!r}", phase.line
+    return reason if quoted in reason else f"{lead}; {reason}"
+
+
 def judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None,
-          set_up_failed: bool = False) -> RunVerdict:
-    """The run's verdict; `error` is why the run stopped early, if it did (before it began: `set_up_failed`)."""
+          set_up_failed: bool = False, entries: list[Entry] | None = None) -> RunVerdict:
+    """The run's verdict; `error` is why the run stopped early, if it did (before it began: `set_up_failed`).
+    `entries` is the log catalogue (default: the shipped one)."""
     if set_up_failed:
         return RunVerdict(False, f"set-up error: {error}", set_up_failed=True)
+    verdict = _judge(observations, boot_consoles, error)
+    verdict.findings = match_consoles(boot_consoles, catalogue() if entries is None else entries)
+    if not verdict.passed:
+        verdict.reason = _what_failed_first(verdict.reason, verdict.findings, boot_consoles)
+    return verdict
+
+
+def _judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None) -> RunVerdict:
     power_offs = [classify(p) for p in observations.power_offs]
     checks = _expectation_checks(power_offs, observations) + _console_health(observations, boot_consoles)
     failed = [c for c in checks if not c.passed]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ from lab.judge.observations import (
 )
 from lab.judge.verdict import step_expectations
 from lab.machine.channels.shell import CommandResult, GuestShell
+from lab.scenario.endurance import keep_awake, run_rounds
 from lab.scenario.guest import Guest, GuestState
 from lab.scenario.model import HibernationPaths, Scenario, Step
+from lab.scenario.pm_knobs import NO_PM_TEST, enable_print_times, set_pm_test
 from lab.vocabulary import HibernateVia, Intent, guest_arch
 
 DEFAULT_TIMEOUTS = {"boot": 120.0, "hibernate": 180.0, "poweroff": 60.0, "crash": 60.0, "run": 60.0}
@@ -69,6 +71,8 @@ class RunContext:
     off2_contract: str = "none"
     observations: Observations = field(default_factory=Observations)
     evidence: Evidence | None = None
+    pm_test: str | None = None
+    """The /sys/power/pm_test level the lab last chose in the running guest (it lasts until a new boot)."""
 
 
 def _timeout(step: Step, ctx: RunContext) -> float:
@@ -78,6 +82,8 @@ def _timeout(step: Step, ctx: RunContext) -> float:
 
 def _boot(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     booted = ctx.guest.boot(_timeout(step, ctx))
+    if booted.outcome != "resumed":
+        ctx.pm_test = None
     ctx.observations.boots.append(BootObservation(
         booted.name, booted.outcome, step.params.get("expect", "any"), step.line,
         hibernate_command_status=booted.hibernate_command_status,
@@ -119,9 +125,26 @@ def _read_disk_header(ctx: RunContext) -> tuple[dict[str, Any] | None, str | Non
         return None, str(error)
 
 
+def _prepare_hibernation(ctx: RunContext, step: Step) -> str | None:
+    """Turn the kernel's PM timing and pm_test level on as the step asks; returns what the kernel only tries."""
+    shell = ctx.guest.running_shell(step.kind)
+    if ctx.scenario.pm_debug:
+        enable_print_times(shell)
+    level = step.params.get("pm_test", ctx.scenario.pm_test)
+    if level is None and ctx.pm_test not in (None, NO_PM_TEST):
+        level = NO_PM_TEST
+    if level is not None and level != ctx.pm_test:
+        set_pm_test(shell, level)
+        ctx.pm_test = level
+    if level not in (None, NO_PM_TEST):
+        return f"pm_test={level}"
+    return "test_resume" if step.params.get("mode") == "test_resume" else None
+
+
 def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     guest = ctx.guest
     intent = Intent(step.kind)
+    trial = _prepare_hibernation(ctx, step) if intent is Intent.HIBERNATE else None
     command = hibernate_command(ctx.scenario.hibernation) if intent is Intent.HIBERNATE else POWER_OFF_COMMANDS[intent]
     ended = guest.power_off(command, intent, _timeout(step, ctx), step.params.get("mode"))
     header, disk_error = _read_disk_header(ctx)
@@ -132,7 +155,7 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
         disk_header=header, disk_error=disk_error, off2_contract=ctx.off2_contract,
         host_hvc_calls=ended.host_hvc_calls, console=ended.console, kernel_trouble=ended.kernel_trouble,
         command_status=ended.gave_up.status if ended.gave_up else None,
-        command_output=ended.gave_up.output if ended.gave_up else "",
+        command_output=ended.gave_up.output if ended.gave_up else "", trial=trial,
         power_interface=guest_arch(guest.image.arch).power_interface,
     ))
     if ended.wait_error is not None:
@@ -229,10 +252,20 @@ def _run(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 
 
 def _repeat(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
-    for round_number in range(1, step.params["times"] + 1):
-        ctx.events.emit(RepeatRound, round=round_number, of=step.params["times"])
+    """The rounds, each awake for its delay first (`awake: {min, max, step}`), stopping after
+    `stop_after_failures` failed rounds in a row; every round is recorded as a cycle."""
+    def one_round(round_number: int, awake_seconds: float) -> None:
+        ctx.events.emit(RepeatRound, round=round_number, of=step.params["times"], awake=awake_seconds)
         run_steps(ctx, step.children)
-    outcome["rounds"] = step.params["times"]
+
+    def awake(seconds: float) -> None:
+        keep_awake(seconds, ctx.guest.state is GuestState.RUNNING)
+
+    cycles, stopped = run_rounds(step.params, ctx.observations, awake, one_round)
+    ctx.observations.cycles.extend(asdict(cycle) | {"repeat_line": step.line} for cycle in cycles)
+    outcome["rounds"] = len(cycles)
+    if stopped is not None:
+        outcome["stopped"] = f"after {step.params['stop_after_failures']} failed rounds in a row (round {stopped})"
 
 
 STEPS: dict[str, Callable[[RunContext, Step, dict[str, Any]], None]] = {

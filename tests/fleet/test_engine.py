@@ -20,7 +20,8 @@ from lab.rundir import RunDirectory
 from lab.scenario.model import find_scenario
 
 PINNED_KERNEL = "linux-image-cloud-arm64=6.12.117-1"
-MATRIX_FIELDS = {"matrix", "file", "arch", "workers", "started", "seconds", "counts", "passed", "cells"}
+MATRIX_FIELDS = {"matrix", "file", "arch", "workers", "started", "seconds", "counts", "passed", "cells",
+                 "kernel_phases"}
 CELL_FIELDS = {"id", "scenario", "kernel", "psci", "accel", "qemu", "qemu_host", "status", "reason", "start", "seconds",
                "run_dir", "host"}
 
