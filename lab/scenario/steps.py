@@ -49,11 +49,20 @@ POWER_OFF_COMMANDS = {
 HIBERNATE_COMMANDS = {
     HibernateVia.SYSFS: "echo disk > /sys/power/state",
     HibernateVia.SYSTEMD: (
-        "systemctl hibernate && while systemctl list-jobs --no-legend | grep -q hibernate; do sleep 0.2; done"
+        "udevadm settle --timeout=120 || exit $?\n"
+        "ran=$(systemctl show -P ExecMainExitTimestampMonotonic systemd-hibernate.service)\n"
+        "systemctl hibernate || exit $?\n"
+        'while [ "$(systemctl show -P ExecMainExitTimestampMonotonic systemd-hibernate.service)" = "$ran" ]; do\n'
+        "    sleep 0.2\n"
+        "done\n"
+        "exit $(systemctl show -P ExecMainStatus systemd-hibernate.service)\n"
     ),
 }
-"""`systemctl hibernate` returns once logind has queued the hibernation: the command then waits for the
-job to finish, which it does after the resume (or when systemd-sleep fails), so its status is the outcome."""
+"""systemd-sleep reads the swap device's filesystem UUID from udev's database, which a TCG guest's udev may still be
+filling when the system is up ("Failed to get filesystem UUID for device"): the command waits for udev first.
+`systemctl hibernate` returns once logind has accepted, before systemd-hibernate.service runs (the job may
+not even be queued yet): the command then waits for systemd-sleep to exit, after the resume or on its refusal,
+and exits with its status, so the command's status is the hibernation's outcome."""
 
 
 def hibernate_command(paths: HibernationPaths) -> str:
