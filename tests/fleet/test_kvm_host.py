@@ -26,7 +26,7 @@ from lab.deadline import Deadline
 from lab.fleet.host_vm import RunningHost, build_host_image, start_host
 from lab.hosts.known import known_host
 from lab.image.guest_image import GuestImage
-from tests.support.kvm_host import host_client, qemu_besides, read_line, run_on_host
+from tests.support.kvm_host import host_client, no_qemu_besides, read_line, run_on_host
 
 pytestmark = pytest.mark.guest
 
@@ -56,8 +56,7 @@ def host(host_image) -> Iterator[RunningHost]:
 def _no_orphan_qemu(host):
     """The module's host QEMU lives across tests; any other QEMU a test leaves behind is a leak."""
     yield
-    leaked = qemu_besides(host)
-    assert not leaked, f"QEMU processes left running: {leaked}"
+    no_qemu_besides(host)
 
 
 @pytest.fixture(scope="module")
