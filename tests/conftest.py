@@ -39,6 +39,7 @@ HOST_MARKERS = (*HOST_TOOLS, "depends_on_kvm")
 # Seconds a test may take (pyproject.toml's `timeout` for the rest): a guest test may build the patched
 # QEMU on first use, which has taken 34 minutes on a loaded machine; a hang still ends inside CI's hour.
 SLOW_TEST_TIMEOUT = 2400
+SLOW_MARKERS = ("guest", "qemu", "network", "slurm")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,13 +51,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark host-dependent tests `host` before -m selects, so they can be deselected all at once; give
-    tests that boot guests or start Slurm a longer timeout unless they set their own."""
+    """Mark host-dependent tests `host` and the ones outside the fast set `slow` before -m selects, so each
+    group can be deselected at once; give tests that boot guests, fetch or start Slurm a longer timeout
+    unless they set their own."""
     for item in items:
         if any(item.get_closest_marker(name) for name in HOST_MARKERS):
             item.add_marker(pytest.mark.host)
-        slow = item.get_closest_marker("guest") or item.get_closest_marker("slurm")
-        if slow and item.get_closest_marker("timeout") is None:
+        if any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
+        long_running = item.get_closest_marker("guest") or item.get_closest_marker("slurm") \
+            or item.get_closest_marker("network")
+        if long_running and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.orphans import kill, leaked_qemus
 
-pytestmark = pytest.mark.guest
+pytestmark = pytest.mark.qemu
 IDLE_QEMU = "qemu-system-aarch64 -machine none -S -display none -monitor none -serial none -nodefaults"
 
 
