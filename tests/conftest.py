@@ -19,6 +19,9 @@ from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_SYSTEM_IMAGE
 from lab.image.store import ImageStore
 from tests.support.orphans import kill, leaked_qemus, mark_as_owner
+from tests.support.private_dirs import remove_private_dirs, use_private_dirs
+
+PRIVATE_DIRS = pytest.StashKey[Path]()
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,16 @@ SLOW_MARKERS = ("guest", "qemu", "network", "slurm")
 
 def pytest_configure(config: pytest.Config) -> None:
     """Ctrl-C is Python's KeyboardInterrupt here, whoever started pytest: a script's background job starts
-    with SIGINT ignored, which its children inherit, and the tests send SIGINT to the labs they start."""
+    with SIGINT ignored, which its children inherit, and the tests send SIGINT to the labs they start.
+    Every QEMU started below carries the owner mark; the lab writes into the tests' own cache and config."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     mark_as_owner()
+    config.stash[PRIVATE_DIRS] = use_private_dirs()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if PRIVATE_DIRS in config.stash:
+        remove_private_dirs(config.stash[PRIVATE_DIRS])
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -110,7 +110,8 @@ def _seed_cache(user: User) -> Path:
     source = cache_root()
     for part in ("images", "resolutions", "apt"):
         if (source / part).exists():
-            shutil.copytree(source / part, cache / part, symlinks=True, ignore=shutil.ignore_patterns("*.deb"))
+            shutil.copytree((source / part).resolve(), cache / part, symlinks=True,
+                            ignore=shutil.ignore_patterns("*.deb"))
     _give(user, user.home / ".cache")
     return cache
 
