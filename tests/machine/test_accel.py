@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.hosts.local import LOCAL
 from lab.image.guest_image import GuestImage
 from lab.machine import accel
 
@@ -47,3 +48,17 @@ def test_the_best_accelerator_is_never_a_kvm_that_cannot_boot_the_run_s_kernel(
     assert choice.name == "tcg"
     assert choice.reason.startswith("a KVM machine starts but the kernel does not boot on it: ")
 
+
+
+@pytest.mark.qemu
+@pytest.mark.depends_on_kvm
+def test_a_lab_host_passes_the_same_kernel_probe_as_this_machine(default_x86_image: GuestImage,
+                                                                 default_image: GuestImage) -> None:
+    """The lab-host probe, run here through the host interface (this machine as the host): it agrees with
+    the local one, whatever KVM can do on this machine."""
+    for arch, image in (("x86_64", default_x86_image), ("aarch64", default_image)):
+        local_usable, _ = accel.kvm_status(arch, image.kernel)
+        remote_usable, reason = accel._kvm_on(LOCAL, arch, image.kernel)
+        assert remote_usable == local_usable, reason
+        if not remote_usable and accel.host_arch() == arch and Path("/dev/kvm").exists():
+            assert reason.startswith(f"a KVM machine on host {LOCAL.name} does not boot the kernel: "), reason
