@@ -26,7 +26,7 @@ from lab.deadline import Deadline
 from lab.fleet.host_vm import RunningHost, build_host_image, start_host
 from lab.hosts.known import known_host
 from lab.image.guest_image import GuestImage
-from lab.qemu.build import SOURCE_VERSION
+from lab.qemu.recipe import SOURCE_VERSION
 from tests.support.kvm_host import host_client, no_qemu_besides, read_line, run_on_host
 
 pytestmark = pytest.mark.guest
