@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import LAST_SEEN
-from lab.fleet.slurm import QEMU_OVERHEAD_MIB
+from lab.fleet.slurm_settings import QEMU_OVERHEAD_MIB
 from lab.machine.accel import kvm_status
 from lab.paths import REPO_ROOT
 from lab.rundir import RunDirectory
