@@ -1,22 +1,31 @@
 """Soak: `hibernate-resume` and `hibernate-coldboot-altered-signature` N times each, taking turns, then the
 failures (with their reason and run directory) and the spread of every phase and of the wall time.
 
-Run: .venv/bin/python benchmarks/soak.py --runs N [--runs-dir DIR]
+Run: .venv/bin/python benchmarks/soak.py --runs N [--runs-dir DIR] [--load] [--host]
 
 Each run is a real `python -m lab.cli scenario NAME --runs-dir DIR`, one at a time. A phase is a step of
 the scenario, named by its label and position (`2:mark`); its duration is the `seconds` of its step-end
 record in events.jsonl. Figures are printed, never asserted: a flaky run is reported, not raised.
+
+--load: a matrix (LOAD_MATRIX, two workers) runs over and over beside the soak, so both cores stay busy;
+its rounds and failures are printed too. --host: `lab host start kvm-host` boots the emulated arm64 KVM host
+(built first if need be) and every run goes there with `--accel kvm`; the host is stopped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
+import select
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +34,22 @@ from lab.paths import REPO_ROOT
 
 SCENARIOS = ("hibernate-resume", "hibernate-coldboot-altered-signature")
 TIMEOUT = 900.0
+HOST_TIMEOUT = 1800.0
+"""A run on the emulated KVM host takes about three minutes on an idle machine; under load, many more."""
+HOST_READY_SECONDS = 3600.0
+"""`lab host start` builds the host image first when it is missing (the arm64 QEMU alone: 5 to 35 minutes)."""
+STOP_SECONDS = 120.0
+LAB = [sys.executable, "-m", "lab.cli"]
+LOAD_MATRIX = """\
+name: soak-load
+arch: arm64
+kernels: [default]
+scenarios: [poweroff-baseline, hibernate-resume, psci-none, hibernate-coldboot-altered-signature]
+accelerators: [tcg]
+workers: 2
+"""
+"""Each scenario with its own PSCI personality, so every cell is expected to pass: a failed cell is news."""
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
 
 @dataclass
@@ -38,16 +63,95 @@ class Outcome:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-def run_once(scenario: str, runs: Path) -> Outcome:
+def _stop(process: subprocess.Popen[str], first: signal.Signals) -> None:
+    """`first` (the lab's Ctrl-C or SIGTERM, so it cleans up), then SIGKILL if it does not end in time."""
+    if process.poll() is None:
+        process.send_signal(first)
+        try:
+            process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_SECONDS)
+
+
+class Load:
+    """LOAD_MATRIX run again and again in the background until stopped: its two workers keep both cores busy."""
+
+    def __init__(self, work: Path) -> None:
+        self.matrix = work / "load.yaml"
+        self.matrix.write_text(LOAD_MATRIX)
+        self.runs = work / "load-runs"
+        self.exits: list[int] = []
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[str] | None = None
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._process = subprocess.Popen([*LAB, "run", "--matrix", str(self.matrix), "--runs-dir", str(self.runs)],
+                                             cwd=REPO_ROOT, env=ENV, stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+            code = self._process.wait()
+            if not self._stopping.is_set():
+                self.exits.append(code)
+
+    def __exit__(self, *_: object) -> None:
+        self._stopping.set()
+        if self._process is not None:
+            _stop(self._process, signal.SIGINT)
+        self._thread.join(STOP_SECONDS)
+
+    def summary(self) -> str:
+        failed = sum(code != 0 for code in self.exits)
+        return (f"load: {len(self.exits)} matrices of 4 cells finished beside the soak, {failed} with a failed "
+                f"cell; their runs are in {self.runs}")
+
+
+class KvmHost:
+    """The emulated arm64 KVM host, started with `lab host start` and stopped with SIGTERM at the end."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> KvmHost:
+        self._process = subprocess.Popen([*LAB, "host", "start", "kvm-host"], cwd=REPO_ROOT, env=ENV, text=True,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self._process.stdout is not None
+        deadline = time.monotonic() + HOST_READY_SECONDS
+        while time.monotonic() < deadline and self._process.poll() is None:
+            ready, _, _ = select.select([self._process.stdout], [], [], 5)
+            line = self._process.stdout.readline() if ready else ""
+            if line:
+                print(f"  host: {line.rstrip()}", file=sys.stderr, flush=True)
+            if match := re.search(r"ready: (ssh://\S+)", line):
+                self.url = match.group(1)
+                threading.Thread(target=self._process.stdout.read, daemon=True).start()
+                return self
+        self.__exit__()
+        raise SystemExit(f"soak: the kvm-host did not become ready within {HOST_READY_SECONDS:.0f}s")
+
+    def __exit__(self, *_: object) -> None:
+        if self._process is not None:
+            _stop(self._process, signal.SIGTERM)
+
+
+def run_once(scenario: str, runs: Path, host: str | None = None) -> Outcome:
     before = set(runs.iterdir()) if runs.is_dir() else set()
     started = time.monotonic()
+    where = ["--host", host, "--accel", "kvm"] if host else []
+    timeout = HOST_TIMEOUT if host else TIMEOUT
     try:
-        done = subprocess.run([sys.executable, "-m", "lab.cli", "scenario", scenario, "--runs-dir", str(runs)],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdin=subprocess.DEVNULL)
+        done = subprocess.run([*LAB, "scenario", scenario, "--runs-dir", str(runs), *where],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                              env=ENV, stdin=subprocess.DEVNULL)
         exit_status, output = done.returncode, done.stdout + done.stderr
     except subprocess.TimeoutExpired as expired:  # subprocess.run has killed the lab (QEMU dies with it)
-        exit_status, output = None, f"no exit within {TIMEOUT:.0f}s: {expired.stdout or ''}"
+        exit_status, output = None, f"no exit within {timeout:.0f}s: {expired.stdout or ''}"
     outcome = Outcome(scenario, exit_status, time.monotonic() - started)
     new = sorted(set(runs.iterdir()) - before) if runs.is_dir() else []
     outcome.run_dir = new[-1] if new else None
@@ -74,23 +178,8 @@ def spread(values: list[float]) -> str:
     return f"{min(values):7.2f} {statistics.median(values):7.2f} {max(values):7.2f}"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs of each scenario (default 3)")
-    parser.add_argument("--runs-dir", type=Path, help="where run directories go (default: a temporary directory)")
-    args = parser.parse_args()
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    runs = args.runs_dir or Path(tempfile.mkdtemp(prefix="lab-soak-"))
-    outcomes: list[Outcome] = []
-    began = time.monotonic()
-    for round_number in range(1, args.runs + 1):
-        for scenario in SCENARIOS:
-            outcome = run_once(scenario, runs)
-            outcomes.append(outcome)
-            print(f"[{time.strftime('%H:%M:%S')}] {round_number}/{args.runs} {scenario}: {outcome.status} "
-                  f"in {outcome.wall:.1f}s (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
-    print(f"\n{len(outcomes)} runs in {time.monotonic() - began:.0f}s, run directories in {runs}")
+def report(outcomes: list[Outcome], seconds: float, runs: Path) -> None:
+    print(f"\n{len(outcomes)} runs in {seconds:.0f}s, run directories in {runs}")
     failures = [o for o in outcomes if o.status != "PASS"]
     print(f"\nfailures: {len(failures)} of {len(outcomes)}")
     for outcome in failures:
@@ -104,6 +193,36 @@ def main() -> int:
             values = [o.phases[name] for o in mine if name in o.phases]
             print(f"  {name:<20} {len(values):>3} {spread(values)}")
         print(f"  {'wall':<20} {len(mine):>3} {spread([o.wall for o in mine])}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs of each scenario (default 3)")
+    parser.add_argument("--runs-dir", type=Path, help="where run directories go (default: a temporary directory)")
+    parser.add_argument("--load", action="store_true", help="keep both cores busy with a matrix beside the soak")
+    parser.add_argument("--host", action="store_true", help="run on the emulated arm64 KVM host with --accel kvm")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    runs = args.runs_dir or Path(tempfile.mkdtemp(prefix="lab-soak-"))
+    runs.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lab-soak-work-"))
+    mode = " and ".join(name for name, on in (("under load", args.load), ("on the kvm-host", args.host)) if on)
+    print(f"soak: {args.runs} rounds {mode or 'idle'}", file=sys.stderr, flush=True)
+    outcomes: list[Outcome] = []
+    began = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        host = stack.enter_context(KvmHost()).url if args.host else None
+        load = stack.enter_context(Load(work)) if args.load else None
+        for round_number in range(1, args.runs + 1):
+            for scenario in SCENARIOS:
+                outcome = run_once(scenario, runs, host)
+                outcomes.append(outcome)
+                print(f"[{time.strftime('%H:%M:%S')}] {round_number}/{args.runs} {scenario}: {outcome.status} "
+                      f"in {outcome.wall:.1f}s (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+    report(outcomes, time.monotonic() - began, runs)
+    if load is not None:
+        print(f"\n{load.summary()}")
     return 0
 
 

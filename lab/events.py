@@ -46,6 +46,10 @@ class StepStarted(Event):
     """The step as written (`boot expect=fresh`): what a person recognises it by."""
 
 
+NOT_RUN = "not-run"
+"""The status of a step an earlier failure kept from running."""
+
+
 @dataclass(frozen=True)
 class StepEnded(Event):
     kind: ClassVar[str] = "step-end"
@@ -53,7 +57,8 @@ class StepEnded(Event):
     line: int
     label: str
     status: str
-    """`done` when the step did its work, `error` when it could not (its error says why)."""
+    """`done` when the step did its work, `error` when it could not, `not-run` when an earlier step ended the
+    run (the error says why)."""
     seconds: float
     outcome: dict[str, Any] = field(default_factory=dict)
     expectations: list[dict[str, Any]] = field(default_factory=list)
@@ -174,6 +179,11 @@ class EventLog:
             ended("error", str(error) or type(error).__name__)
             raise
         ended("done")
+
+    def not_run(self, step: str, line: int, label: str, reason: str) -> None:
+        """A step the run never reached because an earlier one ended it: recorded, with the reason."""
+        self.emit(StepEnded, step=step, line=line, label=label, status=NOT_RUN, seconds=0.0, outcome={},
+                  expectations=[], error=f"not run: {reason}")
 
     def steps_ended(self) -> list[StepEnded]:
         return [event for event in self.events if isinstance(event, StepEnded)]

@@ -1,15 +1,15 @@
 """Shared fixtures: the default guest image (built by ./bootstrap) and a scratch run directory.
 
 Host-dependent tests carry a needs_*/depends_on_* marker (pyproject.toml) and, added here, `host`:
-`-m "not host"` leaves the tests any lab host can run. A tool ./bootstrap installs fails its tests
-when missing, as the default image does; other tools skip theirs.
+`-m "not host"` leaves the tests any lab host can run. A tool `./bootstrap --tests` installs fails its
+tests when missing, as the default image does; other tools skip theirs.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,10 @@ import pytest
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_SYSTEM_IMAGE
 from lab.image.store import ImageStore
+from tests.support.orphans import kill, leaked_qemus, mark_as_owner
+from tests.support.private_dirs import remove_private_dirs, use_private_dirs
+
+PRIVATE_DIRS = pytest.StashKey[Path]()
 
 
 @dataclass(frozen=True)
@@ -30,25 +34,45 @@ class HostTool:
 
 
 HOST_TOOLS = {
-    "needs_ruby": HostTool("ruby", "run ./bootstrap", from_bootstrap=True),
-    "needs_shellcheck": HostTool("shellcheck", "apt-get install shellcheck"),
-    "needs_systemd_analyze": HostTool("systemd-analyze", "apt-get install systemd"),
+    "needs_ruby": HostTool("ruby", "run ./bootstrap --tests", from_bootstrap=True),
+    "needs_shellcheck": HostTool("shellcheck", "run ./bootstrap --tests", from_bootstrap=True),
+    "needs_systemd_analyze": HostTool("systemd-analyze", "run ./bootstrap --tests", from_bootstrap=True),
 }
 HOST_MARKERS = (*HOST_TOOLS, "depends_on_kvm")
+# Seconds a test may take (pyproject.toml's `timeout` for the rest): a guest test may build the patched
+# QEMU on first use, which has taken 34 minutes on a loaded machine; a hang still ends inside CI's hour.
+SLOW_TEST_TIMEOUT = 2400
+SLOW_MARKERS = ("guest", "qemu", "network", "slurm")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Ctrl-C is Python's KeyboardInterrupt here, whoever started pytest: a script's background job starts
-    with SIGINT ignored, which its children inherit, and the tests send SIGINT to the labs they start."""
+    with SIGINT ignored, which its children inherit, and the tests send SIGINT to the labs they start.
+    Every QEMU started below carries the owner mark; the lab writes into the tests' own cache and config."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    mark_as_owner()
+    config.stash[PRIVATE_DIRS] = use_private_dirs()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if PRIVATE_DIRS in config.stash:
+        remove_private_dirs(config.stash[PRIVATE_DIRS])
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark host-dependent tests `host` before -m selects, so they can be deselected all at once."""
+    """Mark host-dependent tests `host` and the ones outside the fast set `slow` before -m selects, so each
+    group can be deselected at once; give tests that boot guests, fetch or start Slurm a longer timeout
+    unless they set their own."""
     for item in items:
         if any(item.get_closest_marker(name) for name in HOST_MARKERS):
             item.add_marker(pytest.mark.host)
+        if any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
+        long_running = item.get_closest_marker("guest") or item.get_closest_marker("slurm") \
+            or item.get_closest_marker("network")
+        if long_running and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -112,30 +136,11 @@ def patched_qemu() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_orphan_qemu():
-    """Every test must leave no QEMU child behind: the lab's promise, checked after each test."""
+def _no_orphan_qemu() -> Iterator[None]:
+    """Every test must leave no QEMU behind: the lab's promise, checked after each test. What leaked is
+    killed, so one leak fails one test and not every test after it."""
     yield
-    leaked = _qemu_children()
-    assert not leaked, f"QEMU processes left running: {leaked}"
-
-
-def _qemu_children() -> list[str]:
-    """QEMU processes whose parent is this test process (xdist workers each check their own).
-
-    Read from each thread's list of children, not from every process in /proc: this runs after
-    every test, and a /proc scan costs about 8 ms where this costs a tenth of one.
-    """
-    leaked = []
-    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        try:
-            pids = children.read_text().split()
-        except OSError:
-            continue
-        for pid in pids:
-            try:
-                command = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            if command.startswith("qemu-system"):
-                leaked.append(f"{pid} {command}")
-    return leaked
+    leaked = leaked_qemus()
+    if leaked:
+        kill(leaked)
+        pytest.fail(f"QEMU processes left running (killed now): {sorted(leaked.items())}", pytrace=False)

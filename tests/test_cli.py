@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.machine.accel import kvm_status
+
 LAB = [sys.executable, "-m", "lab.cli"]
 
 
@@ -23,7 +25,6 @@ def lab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
         (["scenario", "hibernate-resume", "--image", "no-such-image"], "lab: error: image no-such-image is not built"),
         (["scenario", "hibernate-resume", "--arch", "sparc"], "lab: error: unknown arch 'sparc'"),
         (["scenario", "hibernate-resume", "--psci", "bogus"], "lab: error: unknown PSCI personality 'bogus'"),
-        (["scenario", "hibernate-resume", "--accel", "kvm"], "lab: error: --accel kvm is not possible here"),
         (["disk", "inspect", "/nonexistent.raw"], "lab: error:"),
         (["disk", "set-signature", "/nonexistent.raw", "zz"], "lab: error:"),
         (["images", "build", "no-such-recipe"], "lab: error: no image recipe named 'no-such-recipe'"),
@@ -35,6 +36,15 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert done.stderr.startswith(message), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.depends_on_kvm
+@pytest.mark.skipif(kvm_status("aarch64")[0], reason="KVM runs arm64 guests here")
+def test_accel_kvm_where_kvm_cannot_run_arm64_guests_is_refused_with_the_reason(tmp_path: Path) -> None:
+    done = lab("scenario", "hibernate-resume", "--accel", "kvm", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"lab: error: --accel kvm is not possible here: {kvm_status('aarch64')[1]}"
+
 
 
 def test_invalid_scenario_file_names_line_and_field(tmp_path):

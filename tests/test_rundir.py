@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,10 +16,16 @@ from lab.rundir import ROOM_BYTES, S4_RENAMED, RunDirectory
 def tiny_fs(tmp_path: Path):
     mount = tmp_path / "tiny"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "lab-test", str(mount)]).returncode != 0:
+    if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "lab-test", str(mount)],
+                             capture_output=True, text=True, timeout=30, check=False)
+    if mounted.returncode != 0:
+        pytest.fail(f"root cannot mount a tmpfs here: {mounted.stderr.strip()}", pytrace=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True, timeout=30)
 
 
 def test_the_room_kept_at_the_start_takes_the_results_once_the_disk_is_full(tiny_fs):

@@ -3,11 +3,14 @@
 QEMU locks an image only while it has it open; the lab also needs to keep a disk for itself
 across a whole VM run (launch, hibernate, resume) and while it edits the disk offline, so that
 two lab commands never work on the same disk at once. The lock is `flock` on a sibling file
-`<disk>.lab-lock`, which the kernel drops by itself when the holder dies: no stale locks.
+`<disk>.lab-lock`, which the kernel drops by itself when the holder dies: no stale locks. The holder
+removes the file as it lets go, so a run directory keeps no lock files; a taker that locked a file its
+holder had just removed takes the new one instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -57,6 +60,16 @@ def _try_flock(fd: int) -> bool:
     return True
 
 
+def _is_still_at(fd: int, path: Path) -> bool:
+    """Whether the locked file is still the one at `path` (its last holder may have removed it meanwhile)."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
 class DiskLock:
     """Hold the lab lock on `disk`; raises DiskBusy at once instead of waiting when it is taken.
 
@@ -77,11 +90,15 @@ class DiskLock:
     def acquire(self) -> None:
         if self._fd is not None:
             raise RuntimeError(f"{self.lock_path} is already held by this DiskLock")
-        # No O_TRUNC: the file may hold the current holder's record, which a refused caller reports.
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        if not _try_flock(fd):
+        while True:
+            # No O_TRUNC: the file may hold the current holder's record, which a refused caller reports.
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if not _try_flock(fd):
+                os.close(fd)
+                raise DiskBusy(self.disk, _holder_text(self.lock_path))
+            if _is_still_at(fd, self.lock_path):
+                break
             os.close(fd)
-            raise DiskBusy(self.disk, _holder_text(self.lock_path))
         record = json.dumps({"pid": os.getpid(), "description": self.description})
         os.ftruncate(fd, 0)
         os.pwrite(fd, record.encode() + b"\n", 0)
@@ -91,7 +108,8 @@ class DiskLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        os.ftruncate(fd, 0)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.lock_path)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

@@ -187,9 +187,9 @@ class SlurmEngine:
             script = self._script(members, matrix_dir)
             (jobs_dir / f"{name}.sh").write_text(script)
             output_dir = self.settings.stage or jobs_dir
+            asked = [*host.options(), *resources(run.cell.scenario for run in members)]
             options = [f"--array=0-{len(members) - 1}%{workers}", f"--job-name=lab-{matrix_dir.name}-{name}",
-                       *host.options(), *resources(run.cell.scenario for run in members), "--no-requeue",
-                       f"--chdir={output_dir}", f"--output={output_dir}/{name}-%A_%a.out"]
+                       *asked, "--no-requeue", f"--chdir={output_dir}", f"--output={output_dir}/{name}-%A_%a.out"]
             # An interrupt waits until the job id is recorded: a job submitted but not known would be left behind.
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
@@ -200,7 +200,8 @@ class SlurmEngine:
                     tasks.append(_Task(run, job, index, output, submitted))
             except SlurmCommandFailed as refused:
                 for run in members:
-                    _end_error(run.outcome, f"never started: could not submit the {name} cells: {refused}")
+                    _end_error(run.outcome, f"never started: could not submit the {name} cells, asking for "
+                                            f"`{shlex.join(asked)}`: {refused}")
                     on_finished(run.outcome)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

@@ -185,6 +185,26 @@ class GuestImage:
     def kernel_release(self) -> str:
         return "user-given kernel" if self.kernel_file else self.manifest["kernel_release"]
 
+    def damage(self) -> list[str]:
+        """How the image's files differ from its manifest's sha256 (empty when they match). The digest
+        cache keeps this to a lookup per file while the files are unchanged."""
+        damaged = []
+        for name, sha256 in self.manifest.get("outputs", {}).items():
+            path = self.path / name
+            if not path.is_file():
+                damaged.append(f"{name} is missing")
+            elif (found := sha256_file(path)) != sha256:
+                damaged.append(f"{name} has sha256 {found[:12]}…, its manifest says {sha256[:12]}…")
+        return damaged
+
+    def verified(self) -> GuestImage:
+        """This image, once its files match its manifest; a damaged one is refused, never booted."""
+        damaged = self.damage()
+        if damaged:
+            raise SetupError(f"image {self.path} does not match its manifest ({'; '.join(damaged)}): "
+                             f"`lab images build {self.name}` rebuilds it")
+        return self
+
     def boot_inputs(self) -> dict[str, dict[str, str]]:
         """What a run boots, with sha256: recorded in result.json so a run can be matched to its inputs."""
         return {role: {"path": str(path), "sha256": sha256_file(path)}

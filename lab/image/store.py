@@ -213,7 +213,12 @@ class ImageStore:
         key = _cache_key(recipe, packages, carried)
         target = self.images / f"{recipe.name}-{key}"
         if (target / "manifest.json").exists():
-            return GuestImage.open(target), False
+            cached = GuestImage.open(target)
+            damaged = cached.damage()
+            if not damaged:
+                return cached, False
+            log(f"rebuilding {recipe.name}: the cached image does not match its manifest ({'; '.join(damaged)})")
+            shutil.rmtree(target)
         apt = self.apt_for(recipe)
         apt.update()
         debs = list(local)
@@ -391,7 +396,7 @@ def find_image(name: str, kernel: str = DEFAULT_KERNEL, kernel_debs: tuple[Path,
     if "/" in name:
         if not Path(name).is_dir():
             raise UsageError(f"no image directory {name}")
-        return GuestImage.open(Path(name))
+        return GuestImage.open(Path(name)).verified()
     if kernel != DEFAULT_KERNEL or kernel_debs:
         recipe = ImageRecipe.named(name)
         if kernel != DEFAULT_KERNEL:
@@ -401,5 +406,5 @@ def find_image(name: str, kernel: str = DEFAULT_KERNEL, kernel_debs: tuple[Path,
     found = ImageStore().latest(name)
     if found is None:
         raise SetupError(f"image {name} is not built: run `lab images build {name}`")
-    return found
+    return found.verified()
 

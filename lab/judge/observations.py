@@ -133,6 +133,22 @@ class KernelTroubleObservation:
 
 
 @dataclass
+class VmmFaultObservation:
+    """QEMU itself failed while a step waited on the guest, outside a power-off: died (`vmm-crash`) or
+    stopped, or paused its guest (`vmm-hang`)."""
+
+    step_line: int
+    step: str
+    boot: str
+    kind: str
+    """`vmm-crash` or `vmm-hang`."""
+    detail: str
+    """What QEMU did (`QEMU was killed by SIGKILL`)."""
+    seen_at: float | None = None
+    """When the lab found it, in seconds since the run started."""
+
+
+@dataclass
 class Observations:
     boots: list[BootObservation] = field(default_factory=list)
     power_offs: list[PowerOffObservation] = field(default_factory=list)
@@ -144,19 +160,21 @@ class Observations:
     """The kernel's own PM phases per boot and their spread (`lab.judge.phase_summary`), read once the run ends."""
     cycles: list[dict[str, Any]] = field(default_factory=list)
     """Each round of a repeat: its awake delay, its boots, whether it met its expectations (lab.scenario.endurance)."""
+    vmm_faults: list[VmmFaultObservation] = field(default_factory=list)
 
     def _lists(self) -> tuple[list[Any], ...]:
-        return self.boots, self.power_offs, self.checks, self.commands, self.disk_operations, self.kernel_troubles
+        return (self.boots, self.power_offs, self.checks, self.commands, self.disk_operations, self.kernel_troubles,
+                self.vmm_faults)
 
     def mark(self) -> tuple[int, ...]:
         """Where the record stands now; `since(mark)` is what was observed after."""
         return tuple(len(items) for items in self._lists())
 
     def since(self, mark: tuple[int, ...]) -> Observations:
-        boots, power_offs, checks, commands, disk_operations, kernel_troubles = (
+        boots, power_offs, checks, commands, disk_operations, kernel_troubles, vmm_faults = (
             items[count:] for items, count in zip(self._lists(), mark, strict=True))
         return Observations(boots=boots, power_offs=power_offs, checks=checks, commands=commands,
-                            disk_operations=disk_operations, kernel_troubles=kernel_troubles)
+                            disk_operations=disk_operations, kernel_troubles=kernel_troubles, vmm_faults=vmm_faults)
 
     def to_json(self) -> dict[str, Any]:
         def plain(item: Any) -> dict[str, Any]:
@@ -173,4 +191,5 @@ class Observations:
             "kernel_troubles": [asdict(t) for t in self.kernel_troubles],
             "kernel_phases": self.kernel_phases,
             "cycles": self.cycles,
+            "vmm_faults": [asdict(f) for f in self.vmm_faults],
         }

@@ -16,7 +16,7 @@ from typing import Any
 
 from lab.judge.catalogue import Entry, Finding, catalogue, match_consoles
 from lab.judge.kernel_phases import parse_kernel_phases
-from lab.judge.observations import Observations, PowerOffObservation
+from lab.judge.observations import Observations, PowerOffObservation, VmmFaultObservation
 from lab.judge.off2_contract import Off2Contract
 from lab.judge.witnesses import NO_SHUTDOWN, SILENT_AFTER_TROUBLE, Witness, collect_witnesses
 from lab.vocabulary import HIBERNATE_SIGNALLED, HIBERNATED, KERNEL_TROUBLE, BootKind, Intent, PowerOffClass, RunStatus
@@ -67,6 +67,7 @@ class CheckKind(StrEnum):
     CONSOLE_NEVER_SHOWS = "console-never-shows"
     COMMAND = "command"
     CONSOLE_HEALTHY = "console-healthy"
+    QEMU_RAN = "qemu-ran"
 
 
 @dataclass
@@ -96,6 +97,8 @@ class RunVerdict:
     """Nothing was judged: the lab could not set the run up (its reason says what was missing)."""
     findings: list[Finding] = field(default_factory=list)
     """Catalogue entries that matched the boots' kernel lines, most severe first."""
+    vmm_faults: list[VmmFaultObservation] = field(default_factory=list)
+    """QEMU's own failures outside a power-off, each with its class (also a failed check)."""
 
     @property
     def status(self) -> RunStatus:
@@ -322,6 +325,12 @@ def _what_failed_first(reason: str, findings: list[Finding], boot_consoles: dict
     return reason if quoted in reason else f"{lead}; {reason}"
 
 
+def _vmm_fault_checks(observations: Observations) -> list[Check]:
+    """A QEMU that failed outside a power-off fails a check of its own, named by its class."""
+    return [Check(f"{fault.boot} QEMU ran", False, f"{fault.kind} during `{fault.step}`: {fault.detail}",
+                  fault.step_line, kind=CheckKind.QEMU_RAN, boot=fault.boot) for fault in observations.vmm_faults]
+
+
 def judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None,
           set_up_failed: bool = False, entries: list[Entry] | None = None) -> RunVerdict:
     """The run's verdict; `error` is why the run stopped early, if it did (before it began: `set_up_failed`).
@@ -337,7 +346,8 @@ def judge(observations: Observations, boot_consoles: dict[str, list[str]], error
 
 def _judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None) -> RunVerdict:
     power_offs = [classify(p) for p in observations.power_offs]
-    checks = _expectation_checks(power_offs, observations) + _console_health(observations, boot_consoles)
+    checks = (_expectation_checks(power_offs, observations) + _vmm_fault_checks(observations)
+              + _console_health(observations, boot_consoles))
     failed = [c for c in checks if not c.passed]
     if error is not None:
         sick = next((c for c in failed if c.kind is CheckKind.CONSOLE_HEALTHY), None)
@@ -347,7 +357,7 @@ def _judge(observations: Observations, boot_consoles: dict[str, list[str]], erro
                      f"silence while waiting for {trouble.waiting_for} (`{trouble.step}`, line {trouble.step_line})")
         elif sick is not None:
             error = f"{sick.boot}: kernel trouble ({sick.detail}); {error}"
-        return RunVerdict(False, error, power_offs, checks)
+        return RunVerdict(False, error, power_offs, checks, vmm_faults=observations.vmm_faults)
     if failed:
         first = failed[0]
         where = f" (line {first.line})" if first.line else ""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import ChannelError, SetupError, UsageError, WaitTimeout
-from lab.hosts.base import Host, HostProcess
+from lab.hosts.base import COMMAND_SECONDS, Host, HostProcess
 from lab.hosts.local import LOCAL
 from lab.lines import last_lines
 from lab.machine.channels.qmp import QmpChannel
@@ -218,15 +218,47 @@ def _probe_kvm(binary: str, guest_arch: str, kernel: Path | None) -> tuple[bool,
     return True, "/dev/kvm answers and the kernel boots on a KVM machine"
 
 
-def _kvm_on(host: Host, guest_arch: str) -> tuple[bool, str]:
-    """Whether a lab host's KVM can run `guest_arch` guests: the same arch, and a /dev/kvm there."""
+REMOTE_KERNEL_PROBE = """set -u
+seconds=$1; shift
+out=$(mktemp) || exit 125
+timeout -s KILL "$seconds" "$@" -serial "file:$out" >/dev/null 2>"$out.err" &
+qemu=$!
+waited=0
+while [ "$waited" -lt "$((seconds * 5))" ]; do
+    grep -q "Linux version [0-9]" "$out" && break
+    kill -0 "$qemu" 2>/dev/null || break
+    sleep 0.2
+    waited=$((waited + 1))
+done
+kill -9 "$qemu" 2>/dev/null
+wait "$qemu" 2>/dev/null
+cat "$out" "$out.err"
+rm -f "$out" "$out.err"
+"""
+"""`probe_kernel` on a lab host in one command: QEMU boots the kernel under KVM until its banner or the
+time is up, and is killed either way (`timeout` bounds it should the SSH session end first)."""
+
+
+def _kvm_on(host: Host, guest_arch: str, kernel: Path | None = None) -> tuple[bool, str]:
+    """Whether a lab host's KVM can run `guest_arch` guests: the same arch, a /dev/kvm there, and, as on
+    this machine, the run's kernel booting to its banner on a KVM machine there."""
     machine = host.run(["uname", "-m"]).text().strip()
     arch = "aarch64" if machine in ("aarch64", "arm64") else machine
     if arch != guest_arch:
         return False, f"host {host.name} is {arch}, guest is {guest_arch}: KVM needs the same arch"
     if host.run(["test", "-c", "/dev/kvm"]).returncode != 0:
         return False, f"host {host.name} has no /dev/kvm"
-    return True, f"/dev/kvm on host {host.name}"
+    if kernel is None:
+        return True, f"/dev/kvm on host {host.name}"
+    seconds = round(PROBE_BOOT_SECONDS * host.patience)
+    qemu = [f"qemu-system-{guest_arch}", "-machine", LAB_MACHINE[guest_arch], "-cpu", "host", "-accel", "kvm",
+            "-m", "256", "-no-reboot", *BARE_ARGS, "-kernel", host.file_for(kernel),
+            "-append", f"{EARLY_CONSOLE[guest_arch]} panic=-1"]
+    done = host.run(["sh", "-c", REMOTE_KERNEL_PROBE, "sh", str(seconds), *qemu], timeout=seconds + COMMAND_SECONDS)
+    if KERNEL_BANNER.search(done.text()):
+        return True, f"/dev/kvm on host {host.name} and the kernel boots on a KVM machine there"
+    return False, (f"a KVM machine on host {host.name} does not boot the kernel: "
+                   f"{done.last_error_line()[:200] if done.text().strip() else f'no banner within {seconds}s'}")
 
 
 def choose_accel(guest_arch: str, requested: str | None = None, host: Host = LOCAL,
@@ -237,7 +269,7 @@ def choose_accel(guest_arch: str, requested: str | None = None, host: Host = LOC
         raise UsageError(f"unknown accelerator {requested!r} (use kvm or tcg)")
     if requested == "tcg":
         return AccelChoice("tcg", "requested")
-    usable, reason = kvm_status(guest_arch, kernel) if host is LOCAL else _kvm_on(host, guest_arch)
+    usable, reason = kvm_status(guest_arch, kernel) if host is LOCAL else _kvm_on(host, guest_arch, kernel)
     if requested == "kvm" and not usable:
         raise UsageError(f"--accel kvm is not possible here: {reason}")
     return AccelChoice("kvm", reason) if usable else AccelChoice("tcg", reason)

@@ -27,6 +27,7 @@ from lab.machine.channels.qmp import QmpChannel
 from lab.machine.channels.serial import TROUBLE_QUIET_SECONDS, SerialConsole
 from lab.machine.spec import CHANNELS, MachineSpec
 from lab.rundir import BootFiles, BootRecord, describe_exit
+from lab.vocabulary import PowerOffClass
 
 _log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -167,18 +168,24 @@ class Machine:
 
     def fault(self) -> str | None:
         """What is wrong with QEMU itself, if anything: it died on its own, or it is stopped."""
+        found = self.classified_fault()
+        return found[1] if found is not None else None
+
+    def classified_fault(self) -> tuple[PowerOffClass, str] | None:
+        """`fault()` with its class: QEMU that died on its own is `vmm-crash`; one that is stopped, or has
+        paused its guest, is `vmm-hang`."""
         process = self._process
         if process is None:
             return None
         code = process.poll()
         if code is not None and not self.record.killed_by_lab:
-            return f"QEMU {describe_exit(code)}"
+            return PowerOffClass.VMM_CRASH, f"QEMU {describe_exit(code)}"
         if code is None and self._is_stopped(process.pid):
-            return "QEMU is stopped (SIGSTOP) and runs nothing"
+            return PowerOffClass.VMM_HANG, "QEMU is stopped (SIGSTOP) and runs nothing"
         if code is None and (io_error := next((e for e in self.qmp.events if e["event"] == "BLOCK_IO_ERROR"), None)):
             data = io_error.get("data", {})
             why = "no space left on its disk" if data.get("nospace") else data.get("reason", "an I/O error")
-            return f"QEMU paused the guest on a disk write error ({why})"
+            return PowerOffClass.VMM_HANG, f"QEMU paused the guest on a disk write error ({why})"
         return None
 
     def _silent_console_fault(self) -> str | None:

@@ -18,12 +18,13 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.errors import SetupError, UsageError, WaitTimeout
-from lab.hosts.base import Host
+from lab.hosts.base import Completed, Host
 from lab.hosts.local import LOCAL
 from lab.paths import cache_root
 from lab.vocabulary import host_arch
@@ -139,12 +140,30 @@ def _enum_values(schema: list[dict[str, Any]], name: str) -> set[str]:
     return set()
 
 
+QMP_SCHEMA_SCRIPT = """set -u
+dir=$(mktemp -d) || exit 125
+cat > "$dir/in"
+"$@" -chardev "file,id=qmp,path=$dir/out,input-path=$dir/in" -mon chardev=qmp,mode=control 2> "$dir/err"
+status=$?
+cat "$dir/out"
+cat "$dir/err" >&2
+rm -rf "$dir"
+exit "$status"
+"""
+"""QEMU reads its QMP commands from a file and writes the replies to one. On a pipe (`-qmp stdio`) QEMU could
+reach `quit` while its 230 KB schema reply still waited behind the full pipe, and exit without it; a write
+to a regular file is never short, so every reply is out before `quit` is read."""
+
+ERROR_LINE_CHARS = 200
+"""How much of QEMU's output an error line quotes; the rest goes to a log the line names."""
+
+
 def ask_reports_off2(launcher: list[str], host: Host = LOCAL) -> bool:
-    """Start the build with no machine and QMP on stdio, read its QAPI schema, and let it quit."""
+    """Start the build with no machine and QMP on files, read its QAPI schema, and let it quit."""
     commands = b"".join(json.dumps({"execute": name}).encode() + b"\n"
                         for name in ("qmp_capabilities", "query-qmp-schema", "quit"))
-    argv = [*launcher, "-machine", "none", "-nodefaults", "-no-user-config", "-display", "none", "-S",
-            "-qmp", "stdio"]
+    argv = ["sh", "-c", QMP_SCHEMA_SCRIPT, "sh", *launcher, "-machine", "none", "-nodefaults", "-no-user-config",
+            "-display", "none", "-S"]
     try:
         done = host.run(argv, timeout=PROBE_SECONDS, stdin=commands)
     except WaitTimeout as error:
@@ -154,7 +173,21 @@ def ask_reports_off2(launcher: list[str], host: Host = LOCAL) -> bool:
             reply = json.loads(line)
             if isinstance(reply.get("return"), list):
                 return HIBERNATE_CAUSE in _enum_values(reply["return"], "guest-shutdown")
-    raise SetupError(f"cannot ask {launcher[-1]} for its QMP schema: {done.last_error_line()}")
+    log = _probe_log(done)
+    raise SetupError(f"cannot ask {launcher[-1]} for its QMP schema: {_cut(done.last_error_line())} "
+                     f"(QEMU's output: {log})")
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= ERROR_LINE_CHARS else f"{line[:ERROR_LINE_CHARS]}… ({len(line)} characters)"
+
+
+def _probe_log(done: Completed) -> Path:
+    """Everything a failed probe printed, kept where its one-line error points."""
+    log = cache_root() / "qemu" / f"schema-probe-{os.getpid()}-{time.time_ns()}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_bytes(b"exit status %d\n--- stdout\n%b\n--- stderr\n%b\n" % (done.returncode, done.stdout, done.stderr))
+    return log
 
 
 def _known_file() -> Path:

@@ -224,13 +224,32 @@ def _console_items(run_dir: RunDirectory, boots: dict[str, dict[str, Any]]) -> l
     return items
 
 
+def _trouble_items(result: dict[str, Any] | None) -> list[Item]:
+    """Kernel trouble (from its line to when the lab stopped waiting) and QEMU's own failures."""
+    observations = (result or {}).get("observations", {})
+    items = []
+    for trouble in observations.get("kernel_troubles", []):
+        if trouble.get("seen_at") is None:
+            continue
+        detail = (f"{trouble['boot']}: kernel trouble {trouble['line']!r} while waiting for {trouble['waiting_for']} "
+                  f"(`{trouble['step']}`); the lab stopped waiting after {trouble['quiet_seconds']:g}s of silence")
+        items.append(Item("trouble", trouble["seen_at"], trouble.get("stopped_at"), "kernel trouble", detail,
+                          trouble["boot"], failed=True))
+    for fault in observations.get("vmm_faults", []):
+        if fault.get("seen_at") is None:
+            continue
+        detail = f"{fault['boot']}: {fault['kind']} during `{fault['step']}`: {fault['detail']}"
+        items.append(Item("trouble", fault["seen_at"], None, fault["kind"], detail, fault["boot"], failed=True))
+    return items
+
+
 def _timeline(run_dir: RunDirectory, result: dict[str, Any] | None) -> dict[str, Any]:
     """The timeline, its legend, and the same items as tables: steps, and what the witnesses saw."""
     events = run_dir.read_events()
     boots = _boot_starts(run_dir, events)
     run_end = max([float((result or {}).get("seconds", 0)), *(e.t for e in events)])
     items = (_step_items(events) + _qemu_items(boots, run_end) + _qmp_items(run_dir) + _psci_items(run_dir, boots)
-             + _console_items(run_dir, boots)
+             + _console_items(run_dir, boots) + _trouble_items(result)
              + kernel_items(result, {name: boot["launched_at"] for name, boot in boots.items()}))
     return {
         "timeline": lay_out(items, {name: boot["launched_at"] for name, boot in boots.items()}, run_end),

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from lab.events import Event, RepeatRound, RunStarted, StepEnded
+from lab.events import NOT_RUN, Event, RepeatRound, RunStarted, StepEnded
 from lab.judge.verdict import RunVerdict
 
 SHOWN_OUTCOME = ("outcome", "image_on_disk", "timed_out", "token_found", "marker_alive", "swap_signature",
@@ -69,7 +69,7 @@ class TerminalReport:
             self.console.print(f"  round {event.round}/{event.of}{awake}")
         elif isinstance(event, StepEnded):
             met, detail = step_line(event)
-            mark = "[green]✓[/]" if met else "[red]✗[/]"
+            mark = "[yellow]-[/]" if event.status == NOT_RUN else "[green]✓[/]" if met else "[red]✗[/]"
             self.console.print(f"  {mark} {escape(event.label):<36} {event.seconds:7.1f}s  {escape(detail)}")
 
     def kernel_phases(self, kernel_phases: dict[str, Any]) -> None:
@@ -78,6 +78,9 @@ class TerminalReport:
             self.console.print(f"  {escape(line)}")
 
     def verdict(self, verdict: RunVerdict, run_dir: Path, seconds: float) -> None:
+        for fault in verdict.vmm_faults:
+            self.console.print(f"  {fault.boot}: QEMU failed, classified [bold]{fault.kind}[/] during "
+                               f"`{escape(fault.step)}`: {escape(fault.detail)}")
         for power_off in verdict.power_offs:
             self.console.print(f"  {power_off.boot}: power-off classified [bold]{power_off.kind}[/]")
             for note in power_off.notes:

@@ -41,7 +41,7 @@ from lab.machine.spec import Disk, MachineSpec, Uefi, free_local_port, with_cons
 from lab.psci.attach import GuestPsci, PsciSession
 from lab.qemu.builds import QemuBuild
 from lab.rundir import BootRecord, RunDirectory
-from lab.vocabulary import CONSOLE_PATTERNS, BootKind, ConsoleMark, Intent
+from lab.vocabulary import CONSOLE_PATTERNS, BootKind, ConsoleMark, Intent, PowerOffClass
 
 PORT_ATTEMPTS = 3
 PORT_TAKEN = re.compile(r"host forwarding|Address already in use")
@@ -339,9 +339,10 @@ class Guest:
                         psci_calls=list(session.calls) if session is not None else [], host_hvc_calls=hvc_calls,
                         gave_up=gave_up, console=machine.spec.console, kernel_trouble=trouble)
 
-    def vmm_fault(self) -> str | None:
-        """What is wrong with QEMU itself (died, stopped), to name a step's failure by its real cause."""
-        return self.machine.fault() if self.machine is not None else None
+    def vmm_fault(self) -> tuple[PowerOffClass, str] | None:
+        """What is wrong with QEMU itself (died: vmm-crash; stopped: vmm-hang), to name a step's failure by
+        its real cause."""
+        return self.machine.classified_fault() if self.machine is not None else None
 
     def console_text(self) -> str:
         if self.machine is None:

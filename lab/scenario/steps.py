@@ -10,6 +10,7 @@ mark it ✗ at once.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,16 +33,19 @@ from lab.judge.observations import (
     KernelTroubleObservation,
     Observations,
     PowerOffObservation,
+    VmmFaultObservation,
 )
-from lab.judge.verdict import step_expectations
+from lab.judge.verdict import classify, step_expectations
 from lab.machine.channels.shell import CommandResult, GuestShell
 from lab.scenario.endurance import keep_awake, run_rounds
 from lab.scenario.guest import Guest, GuestState
 from lab.scenario.model import HibernationPaths, Scenario, Step
 from lab.scenario.pm_knobs import NO_PM_TEST, enable_print_times, set_pm_test
-from lab.vocabulary import HibernateVia, Intent, guest_arch
+from lab.vocabulary import HibernateVia, Intent, PowerOffClass, guest_arch
 
 DEFAULT_TIMEOUTS = {"boot": 120.0, "hibernate": 180.0, "poweroff": 60.0, "crash": 60.0, "run": 60.0}
+VMM_FAULT_SETTLE_SECONDS = 2.0
+"""How long a failed step waits for QEMU's exit to show before it puts the failure down to the guest."""
 POWER_OFF_COMMANDS = {
     Intent.POWEROFF: "poweroff -f",
     Intent.CRASH: "echo c > /proc/sysrq-trigger",
@@ -295,6 +299,29 @@ class VmmFault(LabError):
     """QEMU itself failed (died, or was stopped) while a step waited on the guest: named as such, never a hang."""
 
     exit_code = 1
+    not_run_reason = "QEMU failed in an earlier step"
+
+
+class FailedVmmPowerOff(LabError):
+    """A power-off ended in `vmm-crash` or `vmm-hang`: the steps after it need that guest, so none runs."""
+
+    exit_code = 1
+
+    def __init__(self, boot: str, kind: str, step: str) -> None:
+        self.not_run_reason = f"{boot} power-off was {kind} in `{step}`"
+        super().__init__(f"{self.not_run_reason}: the steps after it were not run")
+
+
+ENDS_THE_RUN = (VmmFault, FailedVmmPowerOff)
+"""Failures after which the remaining steps are reported as not run, with the reason."""
+
+
+def _vmm_fault_settled(guest: Guest) -> tuple[PowerOffClass, str] | None:
+    """QEMU's fault, given a moment to show: its console can close a little before its exit can be reaped."""
+    deadline = Deadline(VMM_FAULT_SETTLE_SECONDS)
+    while (fault := guest.vmm_fault()) is None and not deadline.expired:
+        time.sleep(0.05)
+    return fault
 
 
 def _step(ctx: RunContext, step: Step, details: dict[str, Any]) -> None:
@@ -303,9 +330,12 @@ def _step(ctx: RunContext, step: Step, details: dict[str, Any]) -> None:
     try:
         STEPS[step.kind](ctx, step, details)
     except (ChannelError, WaitTimeout, KernelTrouble) as error:
-        fault = ctx.guest.vmm_fault()
+        fault = _vmm_fault_settled(ctx.guest)
         if fault is not None:
-            raise VmmFault(f"{fault} during `{step.describe()}` ({error})") from error
+            kind, detail = fault
+            ctx.observations.vmm_faults.append(VmmFaultObservation(
+                step.line, step.describe(), ctx.guest.boot_name, kind, detail, ctx.events.now()))
+            raise VmmFault(f"{ctx.guest.boot_name}: {kind}: {detail} during `{step.describe()}` ({error})") from error
         if isinstance(error, KernelTrouble):
             ctx.observations.kernel_troubles.append(KernelTroubleObservation(
                 step_line=step.line, step=step.describe(), boot=ctx.guest.boot_name, line=error.line,
@@ -313,11 +343,25 @@ def _step(ctx: RunContext, step: Step, details: dict[str, Any]) -> None:
         raise
 
 
+def _stop_after_a_failed_vmm(step: Step, observed: Observations) -> None:
+    for power_off in observed.power_offs:
+        kind = classify(power_off).kind
+        if kind in (PowerOffClass.VMM_CRASH, PowerOffClass.VMM_HANG):
+            raise FailedVmmPowerOff(power_off.boot, kind, step.describe())
+
+
 def run_steps(ctx: RunContext, steps: tuple[Step, ...]) -> None:
-    for step in steps:
+    """Each step in order; after QEMU failed, the rest are recorded as not run, with the reason."""
+    for index, step in enumerate(steps):
         mark = ctx.observations.mark()
-        with ctx.events.step(step.kind, step.line, step.describe()) as outcome:
-            try:
-                _step(ctx, step, outcome.details)
-            finally:
-                outcome.expectations = [c.to_json() for c in step_expectations(ctx.observations.since(mark))]
+        try:
+            with ctx.events.step(step.kind, step.line, step.describe()) as outcome:
+                try:
+                    _step(ctx, step, outcome.details)
+                finally:
+                    outcome.expectations = [c.to_json() for c in step_expectations(ctx.observations.since(mark))]
+            _stop_after_a_failed_vmm(step, ctx.observations.since(mark))
+        except ENDS_THE_RUN as stop:
+            for rest in steps[index + 1:]:
+                ctx.events.not_run(rest.kind, rest.line, rest.describe(), stop.not_run_reason)
+            raise

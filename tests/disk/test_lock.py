@@ -60,7 +60,7 @@ def disk(tmp_path: Path) -> Path:
     return path
 
 
-def test_lock_records_its_holder_and_release_clears_the_record(disk: Path) -> None:
+def test_lock_records_its_holder_and_release_removes_the_file(disk: Path) -> None:
     with DiskLock(disk, "lab machine demo") as lock:
         assert lock.held
         assert lock.lock_path == disk.with_name("guest.qcow2.lab-lock")
@@ -68,7 +68,7 @@ def test_lock_records_its_holder_and_release_clears_the_record(disk: Path) -> No
         assert record == {"pid": os.getpid(), "description": "lab machine demo"}
         assert is_held(disk)
     assert not lock.held
-    assert lock.lock_path.read_text() == ""
+    assert not lock.lock_path.exists(), "a run directory keeps no swap.raw.lab-lock"
     assert not is_held(disk)
 
 
@@ -137,3 +137,44 @@ def test_every_name_of_a_disk_finds_the_same_lock(disk: Path, tmp_path: Path) ->
         assert lock_path_for(alias) == lock_path_for(disk)
         with pytest.raises(DiskBusy):
             DiskLock(disk).acquire()
+
+
+TAKERS_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from lab.disk.lock import DiskBusy, DiskLock
+
+    disk, inside = Path(sys.argv[1]), Path(sys.argv[2])
+    taken = 0
+    for _ in range(3000):
+        try:
+            with DiskLock(disk, "taker"):
+                fd = os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.close(fd)
+                os.unlink(inside)
+                taken += 1
+        except DiskBusy:
+            pass
+    print(taken)
+    """
+)
+
+
+def test_takers_racing_a_holder_that_removes_the_file_never_hold_it_together(disk: Path, tmp_path: Path) -> None:
+    """Six processes take and let go 3000 times each; inside the lock each creates a file that must not
+    exist (O_EXCL), which fails should two ever hold the lock at once (a taker on a removed file: without
+    the re-check this failed within 10 s here)."""
+    inside = tmp_path / "inside"
+    takers = [subprocess.Popen([sys.executable, "-c", TAKERS_SCRIPT, str(disk), str(inside)], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    try:
+        outcomes = [taker.communicate(timeout=120) for taker in takers]
+    finally:
+        for taker in takers:
+            if taker.poll() is None:
+                taker.kill()
+                taker.wait(10)
+    assert [taker.returncode for taker in takers] == [0] * 6, [err for _, err in outcomes]
+    assert sum(int(out) for out, _ in outcomes) > 0
+    assert not lock_path_for(disk).exists()

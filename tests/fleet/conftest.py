@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
 from tests.support.slurm_cluster import SlurmNodeSpec, slurm_cluster_fixture
 
 # Two CPUs per node (slurmd accepts that on a 2-core host even without config_overrides): a cell asks for its
@@ -13,3 +17,12 @@ slurm_cluster = slurm_cluster_fixture(
         SlurmNodeSpec("kvm1", ("kvm_arm64",), "kvm_arm64", cpus=2, real_memory_mb=4096),
     )
 )
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that stops its `lab` (even with SIGKILL) can leave jobs queued or running in the shared
+    cluster, such as a `sleep 600` cell; they are cancelled here, not left to hold the nodes."""
+    yield
+    if "slurm_cluster" in request.fixturenames:
+        request.getfixturevalue("slurm_cluster").cancel_jobs_left()

@@ -291,9 +291,10 @@ def test_a_class_sbatch_refuses_is_all_errors(tmp_path):
     runs = _runs(tmp_path, ("tcg", "tcg"))
     slurm = FakeSlurm(lambda poll, cancelled: [], refuse="sbatch exited 1: sbatch: error: Invalid partition name")
     finished = _run(_engine(slurm), runs)
+    asked = [*SlurmSettings().host_class("tcg").options(), *resources([find_scenario("poweroff-baseline")])]
     assert {(outcome.status, outcome.reason) for outcome in finished} == {
-        ("ERROR", "never started: could not submit the tcg cells: sbatch exited 1: sbatch: error: Invalid partition "
-                  "name")}
+        ("ERROR", f"never started: could not submit the tcg cells, asking for `{shlex.join(asked)}`: sbatch exited 1: "
+                  "sbatch: error: Invalid partition name")}
 
 
 def test_a_task_slurmctld_forgot_is_read_from_jobcomp_else_from_its_run_directory(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import LAST_SEEN
+from lab.fleet.slurm_settings import QEMU_OVERHEAD_MIB
 from lab.machine.accel import kvm_status
 from lab.paths import REPO_ROOT
 from lab.rundir import RunDirectory
@@ -221,9 +223,23 @@ def test_a_partition_sbatch_refuses_makes_every_cell_an_error(slurm_cluster, tmp
     assert done.returncode == 1, done.stderr
     _, summary = _summary(tmp_path / "runs")
     [cell] = summary["cells"]
-    assert (cell["status"], cell["reason"]) == (
-        "ERROR", "never started: could not submit the tcg cells: sbatch exited 1: "
-                 "sbatch: error: Batch job submission failed: Invalid partition name specified")
+    assert cell["status"] == "ERROR"
+    assert re.fullmatch(r"never started: could not submit the tcg cells, asking for `-C tcg -p nosuch --time=\d+ "
+                        r"--cpus-per-task=\d+ --mem=\d+M`: sbatch exited 1: sbatch: error: Batch job submission "
+                        r"failed: Invalid partition name specified", cell["reason"]), cell["reason"]
+
+
+def test_a_refusal_names_what_the_lab_asked_for(slurm_cluster, tmp_path):
+    """Nodes without the RealMemory a cell asks for: Slurm's refusal alone does not say what was asked."""
+    scenario = QUICK_FAIL.format(seconds=1).replace("steps:", "memory_mib: 8192\nsteps:")
+    matrix = _matrix(tmp_path, scenario, "accelerators: [tcg]\n")
+    done = _lab(_env(slurm_cluster), "run", "--matrix", str(matrix), "--engine", "slurm",
+                "--runs-dir", str(tmp_path / "runs"), timeout=60)
+    assert done.returncode == 1, done.stderr
+    [cell] = _summary(tmp_path / "runs")[1]["cells"]
+    assert cell["status"] == "ERROR"
+    assert f"--mem={8192 + QEMU_OVERHEAD_MIB}M" in cell["reason"] and "-C tcg" in cell["reason"], cell["reason"]
+    assert "Requested node configuration is not available" in cell["reason"], cell["reason"]
 
 
 @guest

@@ -26,7 +26,7 @@ from lab.deadline import Deadline
 from lab.fleet.host_vm import RunningHost, build_host_image, start_host
 from lab.hosts.known import known_host
 from lab.machine.channels.ssh import parse_public_key
-from tests.support.kvm_host import host_client, qemu_besides, read_line, run_on_host
+from tests.support.kvm_host import host_client, no_qemu_besides, qemu_besides, read_line, run_on_host
 
 pytestmark = pytest.mark.guest
 
@@ -60,7 +60,7 @@ def host() -> Iterator[RunningHost]:
 def _no_orphan_qemu(host) -> Iterator[None]:
     """The module's host QEMU lives across tests; any other QEMU a test leaves behind is a leak."""
     yield
-    assert not qemu_besides(host), "QEMU processes left running"
+    no_qemu_besides(host)
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +241,10 @@ def test_a_612_host_kernel_falls_back_to_system_off_and_a_host_that_dies_ends_th
     finally:
         if starter.poll() is None:
             starter.send_signal(signal.SIGTERM)
-            starter.wait(60)
+            try:
+                starter.wait(60)
+            except subprocess.TimeoutExpired:
+                starter.kill()
+                starter.wait(30)
     assert not qemu_besides(host)
     assert known_host(url) is None, "a host that died leaves no entry in the hosts file"

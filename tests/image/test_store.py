@@ -34,6 +34,9 @@ def _plain_recipe(init: Path) -> ImageRecipe:
 
 
 def test_images_that_use_no_host_field_keep_the_key_they_had_before_those_fields(tmp_path):
+    """The key this recipe had before lab-host fields (role, programs, qemu_builds, guest_images) existed,
+    computed by _cache_key at commit 72f64b1's parent: a change here rebuilds every image users have cached.
+    Change it only on purpose, with the cache format."""
     assert _cache_key(_plain_recipe(tmp_path / "init"), []) == "045ee94a11f1ef5d"
 
 

@@ -39,6 +39,7 @@ def test_command_line_is_a_list_built_from_settings(tmp_path):
     assert "-gdb" not in kvm
 
 
+@pytest.mark.qemu
 def test_qemu_that_fails_to_start_raises_with_its_output(tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="lab")
     spec = _spec(tmp_path, memory_mib=10**9)

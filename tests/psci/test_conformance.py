@@ -8,7 +8,6 @@ that RAM over QMP. So the answers checked are the ones the guest saw, not what P
 from __future__ import annotations
 
 import re
-import shutil
 import struct
 import time
 from collections.abc import Iterator
@@ -26,11 +25,6 @@ from lab.psci.layer import PsciLayer
 from lab.psci.symbols import INSN_HVC_0, ConduitSites
 from lab.rundir import RunDirectory
 from lab.vocabulary import HIBERNATE_OFF, PSCI_FEATURES, PSCI_SYSTEM_OFF2, PSCI_SYSTEM_OFF2_64, PSCI_VERSION
-
-pytestmark = [
-    pytest.mark.guest,
-    pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None, reason="needs qemu-system-aarch64"),
-]
 
 RAM_BASE = 0x4000_0000
 TEXT_OFFSET = 0x8_0000
@@ -181,6 +175,7 @@ def selftest_table(run: BareMetalRun, calls: list[Call]) -> list[int]:
     return [to_signed(value) for value in run.results(len(calls))]
 
 
+@pytest.mark.guest
 @pytest.mark.parametrize("off_type", [HIBERNATE_OFF, 0])
 def test_kvm_answers_the_selftest_and_powers_off(tmp_path: Path, off_type: int) -> None:
     calls = [*SELFTEST_PREAMBLE, (PSCI_SYSTEM_OFF2_64, off_type, 0)]
@@ -198,6 +193,7 @@ def test_kvm_answers_the_selftest_and_powers_off(tmp_path: Path, off_type: int) 
         assert run.layer.calls[-1].vcpu == 0
 
 
+@pytest.mark.guest
 def test_return_to_guest_resumes_with_internal_failure(tmp_path: Path) -> None:
     narrowed = (PSCI_SYSTEM_OFF2, (1 << 32) | HIBERNATE_OFF, 1 << 32)
     calls = [
@@ -217,6 +213,7 @@ def test_return_to_guest_resumes_with_internal_failure(tmp_path: Path) -> None:
         assert [call.response for call in run.layer.calls] == results
 
 
+@pytest.mark.guest
 def test_without_the_layer_answering_qemu_says_psci_1_1(tmp_path: Path) -> None:
     calls = [(PSCI_VERSION, 0, 0), (PSCI_FEATURES, PSCI_SYSTEM_OFF2_64, 0), (PSCI_SYSTEM_OFF2_64, 0, 0)]
     with bare_metal(tmp_path, calls, PsciPersonality.NONE) as run:
@@ -226,6 +223,7 @@ def test_without_the_layer_answering_qemu_says_psci_1_1(tmp_path: Path) -> None:
         assert [call.response for call in run.layer.calls] == [0x10001, -1, -1]
 
 
+@pytest.mark.guest
 @pytest.mark.parametrize("power_off", [(PSCI_SYSTEM_OFF2_64, HIBERNATE_OFF, 0), (PSCI_SYSTEM_OFF2_64, 0, 0),
                                        (PSCI_SYSTEM_OFF2, (1 << 32) | HIBERNATE_OFF, 1 << 32)],
                          ids=["hibernate-off", "type-0", "smc32-narrowed"])

@@ -15,8 +15,6 @@ from lab import cli
 from lab.qemu import recipe
 from lab.qemu.builds import builds_root
 
-pytestmark = pytest.mark.guest
-
 
 def _series(directory: Path, patches: dict[str, str]) -> Path:
     directory.mkdir()
@@ -50,12 +48,14 @@ def test_the_key_follows_the_source_the_series_and_the_target(tmp_path: Path) ->
     assert len(keys) == 4
 
 
+@pytest.mark.network
 def test_a_version_debian_does_not_serve(capsys: pytest.CaptureFixture[str]) -> None:
     err = _fails(capsys, "--source-version", "1:0.0.1+ds-1")
     assert err.startswith("lab: error: lab qemu build: fetch failed (Debian serves no qemu source 1:0.0.1+ds-1")
     assert "fetch.log" in err and Path(err.rsplit("log: ", 1)[1]).is_file()
 
 
+@pytest.mark.network
 def test_a_patch_that_does_not_apply(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     stale = ("--- a/VERSION\n+++ b/VERSION\n@@ -1 +1 @@\n-9.9.9\n+9.9.10\n")
@@ -65,6 +65,7 @@ def test_a_patch_that_does_not_apply(capsys: pytest.CaptureFixture[str], tmp_pat
     assert Path(err.rsplit("log: ", 1)[1]).name == "patch.log"
 
 
+@pytest.mark.network
 def test_a_configure_that_stops(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     broken = ("--- a/configure\n+++ b/configure\n@@ -1,2 +1,3 @@\n #!/bin/sh\n+echo 'lab test: stop here' >&2; exit 3\n"

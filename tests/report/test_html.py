@@ -180,3 +180,20 @@ def test_kernel_phases_are_a_lane_and_findings_a_table(run_dir: Path) -> None:
     text = " ".join(page.texts)
     assert "Kernel log findings" in text and "kernel panic" in text and "sysrq triggered crash" in text
     _assert_well_formed(runs.html)
+
+
+def test_kernel_trouble_and_qemu_failures_are_on_the_timeline(run_dir: Path) -> None:
+    result = json.loads((run_dir / "result.json").read_text())
+    oops = "[   21.105134] Internal error: Oops: 0000000096000006 [#1] SMP"
+    result["observations"]["kernel_troubles"] = [{
+        "step_line": 11, "step": "boot expect=resumed", "boot": "boot2", "line": oops,
+        "waiting_for": "boot2 to become ready", "quiet_seconds": 5.0, "seen_at": 20.0, "stopped_at": 25.5}]
+    result["observations"]["vmm_faults"] = [{
+        "step_line": 14, "step": "check evidence=present", "boot": "boot3", "kind": "vmm-crash",
+        "detail": "QEMU killed by SIGKILL", "seen_at": 30.0}]
+    (run_dir / "result.json").write_text(json.dumps(result))
+    page = _parse(write_html_report(RunDirectory(run_dir)))
+    assert {"kernel trouble", "vmm-crash"} <= set(page.svg_texts)
+    text = " ".join(page.texts)
+    assert f"boot2: kernel trouble {oops!r} while waiting for boot2 to become ready" in text
+    assert "boot3: vmm-crash during `check evidence=present`: QEMU killed by SIGKILL" in text

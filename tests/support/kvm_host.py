@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import paramiko
+import pytest
 
 from lab.deadline import Deadline
 from lab.fleet.host_vm import RunningHost
 from lab.machine.channels.ssh import parse_public_key
-from tests.conftest import _qemu_children
+from tests.support.orphans import kill, leaked_qemus
 
 
 @contextmanager
@@ -40,9 +41,17 @@ def run_on_host(client: paramiko.SSHClient, command: str, timeout: float = 60) -
     return output
 
 
-def qemu_besides(host: RunningHost) -> list[str]:
-    """This test process's QEMU children other than the host's own: a test's leak."""
-    return [line for line in _qemu_children() if not line.startswith(f"{host.machine.pid} ")]
+def qemu_besides(host: RunningHost) -> dict[int, str]:
+    """The QEMUs this test process started other than the host's own: a test's leak."""
+    return {pid: command for pid, command in leaked_qemus().items() if pid != host.machine.pid}
+
+
+def no_qemu_besides(host: RunningHost) -> None:
+    """Fails the test when it left a QEMU besides the host's, after killing it (so the next test starts clean)."""
+    leaked = qemu_besides(host)
+    if leaked:
+        kill(leaked)
+        pytest.fail(f"QEMU processes left running (killed now): {sorted(leaked.items())}", pytrace=False)
 
 
 def read_line(process: subprocess.Popen[str], pattern: str, timeout: float, what: str) -> re.Match[str]:

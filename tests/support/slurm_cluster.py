@@ -560,6 +560,11 @@ class LocalSlurmCluster:
                 path.rmdir()
             top.rmdir()
 
+    def cancel_jobs_left(self, timeout: float = 30.0) -> None:
+        """Cancel every job a test left in a cluster that outlives it, so the next test finds the nodes free."""
+        if self.started:
+            self._cancel_all_jobs(timeout)
+
     def _cancel_all_jobs(self, timeout: float) -> None:
         listed = self.run(["squeue", "--noheader", "--format=%A"], check=False, timeout=10)
         job_ids = sorted(set(listed.stdout.split()))

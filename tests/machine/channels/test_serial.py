@@ -17,6 +17,7 @@ import pytest
 from lab.errors import KernelTrouble, UsageError, WaitTimeout
 from lab.machine.channels.serial import TROUBLE_QUIET_ENV, SerialConsole, trouble_quiet_seconds
 from lab.machine.channels.shell import GuestShell
+from tests.support.timing import LOADED_HOST_SLACK
 
 OOPS = "[   19.123232] Internal error: Oops: 0000000096000006 [#1] SMP"
 OOPS_REPORT = [
@@ -27,7 +28,7 @@ OOPS_REPORT = [
 ]
 QUIET = 0.6
 """The console's quiet time in these tests: long enough for a loaded host, short enough to be fast."""
-MARGIN = 1.5
+MARGIN = LOADED_HOST_SLACK
 """How much later than the quiet time a wait may end on a loaded host."""
 PATIENT = 2.0
 """The quiet time where the guest keeps talking: each gap a fraction of it, all of them well over it."""
