@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from lab.disk.paths import checked_disk_path
 from lab.errors import LabError, MachineError, UsageError, printable
+from lab.nightly import add_commands
 from lab.vocabulary import host_arch
 
 
@@ -140,6 +141,10 @@ def _scenario(args: argparse.Namespace) -> int:
     report = TerminalReport(Console(highlight=False, soft_wrap=True))
     result = run_scenario(scenario, options, [report])
     report.verdict(result.verdict, result.run_dir, result.seconds)
+    from lab.results.store import index_quietly
+
+    if (problem := index_quietly(result.run_dir, options.runs_root)) is not None:
+        print(f"lab: results store: {printable(problem)}", file=sys.stderr)
     return 0 if result.verdict.passed else 1
 
 
@@ -183,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _local_only(args)
     result = run_matrix(matrix, Path(args.runs_dir), args.workers or matrix.workers,
-                        Console(highlight=False, soft_wrap=True), engine)
+                        Console(highlight=False, soft_wrap=True), engine, args.retries)
     return 0 if result.passed else 1
 
 
@@ -364,6 +369,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--matrix", required=True, metavar="FILE", help="the matrix file (YAML, see matrices/)")
     run.add_argument("--workers", type=_count(64), metavar="N", help="runs at a time (default: the file's, else 1)")
     run.add_argument("--runs-dir", default="runs", help="where the matrix directory goes (default: ./runs)")
+    run.add_argument("--retries", type=_count(10), default=0, metavar="N",
+                     help="run a failing cell up to N more times; one that then passes is flaky (default: 0)")
     _engine_options(run, "submit the cells as Slurm array jobs, one per host class; --workers per class "
                          "(docs/slurm.md)")
     run.set_defaults(handler=_run)
@@ -384,6 +391,7 @@ def parser() -> argparse.ArgumentParser:
     cell.set_defaults(handler=_cell)
     commands.add_parser("doctor", help="what this host can run, and what to install").set_defaults(handler=_doctor)
     _host_commands(commands)
+    add_commands(commands)
     return top
 
 

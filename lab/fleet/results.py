@@ -26,6 +26,8 @@ class MatrixResult:
 
     directory: Path
     outcomes: list[CellOutcome] = field(default_factory=list)
+    retries: dict[str, list[Path]] = field(default_factory=dict)
+    """Each retried cell's further attempts, by cell id (see lab.fleet.run._retry_failed)."""
 
     @property
     def passed(self) -> bool:
@@ -43,7 +45,9 @@ def write_results(result: MatrixResult, matrix: Matrix, workers: int, started: d
     summary = {"matrix": matrix.name, "file": str(matrix.path), "arch": matrix.arch, "workers": workers,
                "started": started.isoformat(timespec="seconds"), "seconds": round(time.monotonic() - clock, 3),
                "counts": dict(counts), "passed": result.passed,
-               "cells": [outcome.to_json(clock) for outcome in result.outcomes]}
+               "cells": [outcome.to_json(clock) | {"retries": [str(path) for path in
+                                                                 result.retries.get(outcome.cell.id, [])]}
+                         for outcome in result.outcomes]}
     (result.directory / "matrix.json").write_text(json.dumps(summary, indent=2) + "\n")
     run_dirs = [RunDirectory(outcome.run_dir) for outcome in result.outcomes if outcome.run_dir.exists()]
     write_matrix_junit(run_dirs, result.directory / "junit.xml")

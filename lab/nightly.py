@@ -1,0 +1,181 @@
+"""The nightly commands: `lab results`, `lab compare`, `lab regressions`, `lab dashboard` and `lab bisect`.
+
+They read the results store (lab.results) and run directories; `lab bisect` alone runs guests.
+Registered on the `lab` command by `add_commands`; each imports the store (SQLAlchemy) only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lab.errors import UsageError
+from lab.results import DATABASE_FILE
+
+if TYPE_CHECKING:
+    from lab.results.compare import Comparison
+    from lab.results.known import KnownIssue
+    from lab.results.record import RunRecord
+    from lab.results.store import ResultsStore
+
+KNOWN_ISSUES_FILE = "known-issues.yaml"
+
+
+def _store(args: argparse.Namespace) -> ResultsStore:
+    from lab.results.store import ResultsStore, default_url
+
+    return ResultsStore(args.db or default_url(Path(args.runs_dir)))
+
+
+def _known(args: argparse.Namespace) -> list[KnownIssue]:
+    """The --known file, else known-issues.yaml beside the runs if there is one."""
+    from lab.results.known import load_known_issues
+
+    if args.known:
+        return load_known_issues(Path(args.known))
+    beside = Path(args.runs_dir) / KNOWN_ISSUES_FILE
+    return load_known_issues(beside if beside.exists() else None)
+
+
+def _results_import(args: argparse.Namespace) -> int:
+    from lab.results.record import read_directory
+
+    records = [record for directory in args.directories for record in read_directory(Path(directory))]
+    with _store(args) as store:
+        count = store.put(records)
+        print(f"indexed {count} run(s) from {len(args.directories)} director(ies); the store holds {store.count()}")
+    return 0
+
+
+def _results_flakes(args: argparse.Namespace) -> int:
+    from lab.results.history import flake_rates
+
+    with _store(args) as store:
+        matrix = args.matrix or _latest_matrix(store)
+        rates = flake_rates(store.history(matrix))
+    print(f"{matrix}: flake rate per cell (nights with a failure that passed on retry)")
+    for rate in rates:
+        print(f"  {rate.cell}: {rate.flaky}/{rate.nights} ({rate.rate:.0%})")
+    return 0
+
+
+def _latest_matrix(store: ResultsStore) -> str:
+    nights = store.nights()
+    if not nights:
+        raise UsageError(f"the results store {store.url} holds no matrix runs: `lab results import RUNS_DIR` first")
+    return nights[-1][0]
+
+
+def _side(store: ResultsStore, key: str) -> tuple[str, list[RunRecord]]:
+    """A matrix or run directory, a night's name, or a run's id in the store."""
+    from lab.results.record import read_directory
+
+    if Path(key).is_dir():
+        return Path(key).name, read_directory(Path(key))
+    if records := store.night(key):
+        return key, records
+    if (record := store.run(key)) is not None:
+        return f"run {key} ({Path(record.run_dir).name})", [record]
+    raise UsageError(f"{key!r} is neither a directory nor a night or run id in the results store {store.url}")
+
+
+def _previous(store: ResultsStore, name: str, records: list[RunRecord]) -> tuple[str, list[RunRecord]]:
+    """The night (or run of the same scenario) before `records`."""
+    matrix = records[0].matrix
+    if matrix is not None:
+        nights = [night for _, night in store.nights(matrix)]
+        earlier = nights[: nights.index(records[0].night)] if records[0].night in nights else nights
+        if earlier:
+            return earlier[-1], store.night(earlier[-1])
+    else:
+        runs = [run for run in store.single_runs(records[0].scenario) if run.started < records[0].started]
+        if runs:
+            return f"run {Path(runs[-1].run_dir).name}", [runs[-1]]
+    raise UsageError(f"the results store {store.url} holds nothing earlier than {name} to compare it with")
+
+
+def comparison(args: argparse.Namespace) -> Comparison:
+    from lab.results.compare import compare
+
+    with _store(args) as store:
+        if args.new:
+            old_name, old = _side(store, args.old)
+            new_name, new = _side(store, args.new)
+        else:
+            new_name, new = _side(store, args.old) if args.old else _latest(store)
+            old_name, old = _previous(store, new_name, new)
+    return compare(old_name, old, new_name, new, _known(args))
+
+
+def _latest(store: ResultsStore) -> tuple[str, list[RunRecord]]:
+    night = store.nights(_latest_matrix(store))[-1][1]
+    return night, store.night(night)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from lab.results.compare import render
+
+    result = comparison(args)
+    print(json.dumps(result.to_json(), indent=2) if args.json else "\n".join(render(result)))
+    return 1 if result.regressed else 0
+
+
+def _regressions(args: argparse.Namespace) -> int:
+    from lab.results.history import regression_records
+
+    with _store(args) as store:
+        matrix = args.matrix or _latest_matrix(store)
+        records = regression_records(store.history(matrix), _known(args))
+    if args.json:
+        print(json.dumps([record.to_json() for record in records], indent=2))
+        return 0
+    print(f"{matrix}: {len(records)} regression(s), {sum(r.active for r in records)} active")
+    for record in records:
+        state = "ACTIVE" if record.active else f"fixed in {record.fixed_by.night if record.fixed_by else ''}"
+        known = f" [known: {record.known.id}]" if record.known else ""
+        print(f"  {state} {record.cell}: {'; '.join(record.what)}{known}")
+        print(f"    first failing {record.first_failing.night}: {record.first_failing.run_dir}")
+        print(f"    last passing  {record.last_passing.night}: {record.last_passing.run_dir}")
+    return 0
+
+
+def _store_options(command: argparse.ArgumentParser, known: bool = False) -> None:
+    command.add_argument("--runs-dir", default="runs", help=f"where the runs are; the store is {DATABASE_FILE} "
+                         "there unless --db or LAB_RESULTS_DB names another (default: ./runs)")
+    command.add_argument("--db", metavar="URL", help="the results store: sqlite:///FILE or "
+                         "postgresql+psycopg://USER@HOST/DB (default: LAB_RESULTS_DB, else beside the runs)")
+    if known:
+        command.add_argument("--known", metavar="FILE", help=f"known issues (YAML; default: {KNOWN_ISSUES_FILE} "
+                             "in the runs directory, if there is one)")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    results = commands.add_parser("results", help="the results store: index run and matrix directories")
+    results_sub = results.add_subparsers(dest="results_command", required=True)
+    load = results_sub.add_parser("import", help="index run, matrix or runs directories (the truth) in the store; "
+                                                 "all or nothing")
+    load.add_argument("directories", nargs="+", metavar="DIR")
+    _store_options(load)
+    load.set_defaults(handler=_results_import)
+    flakes = results_sub.add_parser("flakes", help="each cell's flake rate over a matrix's history")
+    flakes.add_argument("--matrix", help="the matrix's name (default: the last one run)")
+    _store_options(flakes)
+    flakes.set_defaults(handler=_results_flakes)
+
+    diff = commands.add_parser("compare", help="what regressed, was fixed, still fails between two nights; "
+                                               "exit 1 on a regression")
+    diff.add_argument("old", nargs="?", help="matrix or run directory, night name or run id (default: the night "
+                                             "before NEW)")
+    diff.add_argument("new", nargs="?", help="the same (default: the last night of the last matrix run)")
+    diff.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _store_options(diff, known=True)
+    diff.set_defaults(handler=_compare)
+
+    regressions = commands.add_parser("regressions", help="regressions as records: first failing, last passing, "
+                                                          "still active")
+    regressions.add_argument("--matrix", help="the matrix's name (default: the last one run)")
+    regressions.add_argument("--json", action="store_true")
+    _store_options(regressions, known=True)
+    regressions.set_defaults(handler=_regressions)

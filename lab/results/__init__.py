@@ -1,0 +1,7 @@
+"""The lab's nightly memory: an index of run directories (the truth), and what it tells across nights.
+
+Nothing here launches a process: it reads run and matrix directories and a database.
+"""
+
+DATABASE_FILE = "results.sqlite"
+"""The embedded store's file, in the runs directory."""

@@ -1,0 +1,170 @@
+"""The results store, `lab compare`, known issues, flakes and regression records on generated nights.
+
+Each test runs on a SQLite file and on a real PostgreSQL (tests/results/conftest.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from lab.cli import main
+from lab.results.record import read_directory
+from lab.results.store import ResultsStore
+from tests.support.results_history import Cell, write_night
+
+GOOD = Cell("hibernate-resume[kernel=default]")
+OTHER = Cell("no-stale-resume[kernel=default]")
+BROKE = Cell("hibernate-resume[kernel=default]", "FAIL", "hibernate-off", kernel="7.2.14-1",
+             console="psci: SYSTEM_OFF2 not supported, falling back")
+
+
+def lab(*argv: str) -> int:
+    return main(list(argv))
+
+
+def _nights(root: Path, *nights: list[Cell]) -> list[Path]:
+    return [write_night(root, "nightly", number, cells) for number, cells in enumerate(nights)]
+
+
+def test_compare_finds_the_regression_and_what_changed(store_url: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    _nights(tmp_path, [GOOD, OTHER], [BROKE, OTHER])
+    assert lab("results", "import", str(tmp_path), "--db", store_url) == 0
+    capsys.readouterr()
+    assert lab("compare", "--db", store_url, "--runs-dir", str(tmp_path), "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    [change] = report["changes"]
+    assert change["cell"] == GOOD.id and change["change"] == "regression" and change["known"] is None
+    assert change["what"] == ["PASS→FAIL", "boot1 class hibernate-off2 → hibernate-off"]
+    assert change["differed"] == {"kernel": {"old": "7.2.13-1", "new": "7.2.14-1"}}
+    assert lab("compare", "--db", store_url, "--runs-dir", str(tmp_path)) == 1
+    text = capsys.readouterr().out
+    assert "regressions (1):" in text and "kernel 7.2.13-1 → 7.2.14-1" in text
+
+
+def test_a_known_issue_silences_the_regression(store_url: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    old, new = _nights(tmp_path / "runs", [GOOD], [BROKE])
+    known = tmp_path / "known.yaml"
+    known.write_text("known_issues:\n  - id: off2-fallback\n    match: {class: hibernate-off, console: 'SYSTEM_OFF2 "
+                     "not supported'}\n    link: https://bugs.example/1\n    advice: kernel lacks SYSTEM_OFF2\n")
+    assert lab("compare", str(old), str(new), "--db", store_url, "--known", str(known)) == 0
+    out = capsys.readouterr().out
+    assert "[known: off2-fallback]" in out and "0 new regression(s)" in out
+
+
+def test_a_flaky_cell_is_flaky_not_a_regression(store_url: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    flaky = Cell(GOOD.id, flaky=True)
+    _nights(tmp_path, [GOOD], [flaky], [GOOD])
+    assert lab("results", "import", str(tmp_path), "--db", store_url) == 0
+    with ResultsStore(store_url) as store:
+        nights = [night for _, night in store.nights()]
+    capsys.readouterr()
+    assert lab("compare", nights[0], nights[1], "--db", store_url, "--json") == 0
+    [change] = json.loads(capsys.readouterr().out)["changes"]
+    assert change["change"] == "flaky"
+    assert lab("results", "flakes", "--db", store_url) == 0
+    assert f"{GOOD.id}: 1/3 (33%)" in capsys.readouterr().out
+
+
+def test_regression_records_first_failing_last_passing_active(store_url: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    broken_other = Cell(OTHER.id, "FAIL", "poweroff")
+    directories = _nights(tmp_path, [GOOD, OTHER], [BROKE, OTHER], [BROKE, broken_other], [GOOD, broken_other])
+    assert lab("results", "import", str(tmp_path), "--db", store_url) == 0
+    capsys.readouterr()
+    assert lab("regressions", "--db", store_url, "--json") == 0
+    records = {record["cell"]: record for record in json.loads(capsys.readouterr().out)}
+    assert records[GOOD.id]["active"] is False
+    assert records[GOOD.id]["first_failing_night"] == directories[1].name
+    assert records[GOOD.id]["last_passing_night"] == directories[0].name
+    assert records[GOOD.id]["fixed_by"] == str((directories[3] / "cell0").resolve())
+    assert records[OTHER.id]["active"] is True and records[OTHER.id]["nights_failing"] == 2
+
+
+def test_import_is_idempotent_and_a_half_imported_batch_rolls_back(store_url: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    _nights(runs, [GOOD, OTHER])
+    assert lab("results", "import", str(runs), "--db", store_url) == 0
+    assert lab("results", "import", str(runs), "--db", store_url) == 0
+    with ResultsStore(store_url) as store:
+        assert store.count() == 2
+    second = write_night(runs, "nightly", 1, [GOOD, OTHER])
+    (second / "cell1" / "result.json").unlink()
+    (second / "cell1" / "scenario.json").write_text("{}")
+    capsys.readouterr()
+    assert lab("results", "import", str(runs), "--db", store_url) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no readable result.json" in err
+    with ResultsStore(store_url) as store:
+        assert store.count() == 2
+    assert len(read_directory(runs / second.name / "cell0")) == 1
+
+
+def test_two_nights_of_different_matrices_are_refused(store_url: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    one = write_night(tmp_path, "nightly", 0, [GOOD])
+    other = write_night(tmp_path, "weekly", 1, [GOOD])
+    assert lab("compare", str(one), str(other), "--db", store_url) == 2
+    assert "different matrices" in capsys.readouterr().err
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_corrupt_or_foreign_sqlite_file_is_refused_and_left_alone(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    _nights(runs, [GOOD])
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"not a database at all\n" * 100)
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("create table invoices (id integer)")
+    connection.close()
+    for database, words in ((corrupt, "file is not a database"), (foreign, "not a lab results store")):
+        before = _digest(database)
+        assert lab("results", "import", str(runs), "--db", f"sqlite:///{database}") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+        assert _digest(database) == before
+
+
+def test_a_store_from_a_newer_lab_is_refused(store_url: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    with ResultsStore(store_url) as store, store._connection() as connection:
+        connection.exec_driver_sql("UPDATE lab_results_meta SET value = '99' WHERE key = 'schema_version'")
+    _nights(tmp_path, [GOOD])
+    assert lab("results", "import", str(tmp_path), "--db", store_url) == 2
+    assert "schema version 99, newer than this lab's" in capsys.readouterr().err
+
+
+def test_bad_directories_and_unreachable_databases_are_one_line(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "events.jsonl").write_text("")
+    (unfinished / "scenario.json").write_text("{}")
+    database = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    for argv, words in (
+        (["results", "import", str(empty), "--db", database], "holds no run or matrix directory"),
+        (["results", "import", str(unfinished), "--db", database], "has no readable result.json"),
+        (["results", "import", str(tmp_path / "missing"), "--db", database], "is not a directory"),
+        (["compare", "--db", "postgresql+psycopg://lab:secret@127.0.0.1:9/lab"], "Connection refused"),
+        (["compare", "--db", "nosuch://x"], "not a database URL"),
+        (["compare", "--db", database], "holds no matrix runs"),
+    ):
+        assert lab(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "secret" not in err, err
+    assert not (tmp_path / "results.sqlite").exists() or ResultsStore(database).url
