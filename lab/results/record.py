@@ -82,7 +82,8 @@ class RunRecord:
     def changed_inputs(self) -> dict[str, str | None]:
         """What may explain a change between two runs of a cell."""
         return {"kernel": self.kernel_version or self.kernel_release, "QEMU build": self.qemu,
-                "lab version": self.lab_version, "host kernel": self.host_kernel}
+                "PSCI personality": self.psci, "accelerator": self.accel, "lab version": self.lab_version,
+                "host kernel": self.host_kernel}
 
 
 def _started(run_dir: Path) -> str:
