@@ -107,6 +107,22 @@ def _image_set_signature(args: argparse.Namespace) -> int:
 
 
 def _scenario(args: argparse.Namespace) -> int:
+    if not args.bisect_exit:
+        return _scenario_command(args)
+    from lab.results.record import BISECT_ABORT, Status
+
+    try:
+        return _scenario_command(args)
+    except UsageError as error:
+        print(f"lab: error: {printable(str(error))}", file=sys.stderr)
+        return BISECT_ABORT
+    except LabError as error:
+        print(f"lab: error: {printable(str(error))}", file=sys.stderr)
+        return Status.ERROR.bisect_exit
+
+
+def _scenario_command(args: argparse.Namespace) -> int:
+    """Run (or list, or show) a scenario; with --bisect-exit, a run exits with its verdict's bisect code."""
     from lab.scenario.model import find_scenario, load_scenario, shipped_scenarios
 
     if args.name == "list":
@@ -145,6 +161,10 @@ def _scenario(args: argparse.Namespace) -> int:
 
     if (problem := index_quietly(result.run_dir, options.runs_root)) is not None:
         print(f"lab: results store: {printable(problem)}", file=sys.stderr)
+    if args.bisect_exit:
+        from lab.results.record import Status
+
+        return Status(result.verdict.status).bisect_exit
     return 0 if result.verdict.passed else 1
 
 
@@ -350,6 +370,9 @@ def parser() -> argparse.ArgumentParser:
                           help="how this QEMU reports SYSTEM_OFF2 over QMP: none, unsupported, suspend-disk, "
                                "event:NAME, shutdown-reason:REASON (default: asked of the QEMU build itself)")
     scenario.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    scenario.add_argument("--bisect-exit", action="store_true",
+                          help="exit as `git bisect run` wants: 0 PASS, 1 FAIL (the guest's behaviour), 125 ERROR or "
+                               "set-up error (the lab's: skip this revision), 128 usage error (stop the bisection)")
     scenario.add_argument("--host", metavar="ssh://USER@HOST:PORT",
                           help="run QEMU on a lab host over SSH (its key pinned: see `lab host list`)")
     _engine_options(scenario, "run on a node of the scenario's host class with srun, output live (docs/slurm.md)")

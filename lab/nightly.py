@@ -141,6 +141,24 @@ def _regressions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bisect(args: argparse.Namespace) -> int:
+    from lab.fleet.bisect import Bisection, between, bisect, served_versions
+    from lab.fleet.matrix import image_name
+    from lab.image.recipe import ImageRecipe
+    from lab.scenario.model import find_scenario
+    from lab.scenario.run import RunOptions
+
+    scenario = find_scenario(args.scenario)
+    recipe = ImageRecipe.named(image_name(scenario, args.arch))
+    package = args.package or recipe.kernel_package
+    span = between(served_versions(recipe, package), args.good, args.bad)
+    print(f"bisecting {scenario.name} over {len(span)} {package} versions: {' '.join(span)}", flush=True)
+    options = RunOptions(arch=args.arch, accel=args.accel, psci=args.psci, runs_root=Path(args.runs_dir))
+    result = bisect(Bisection(scenario, options, package, lambda line: print(line, flush=True)), span)
+    print(result.describe)
+    return 0
+
+
 def _store_options(command: argparse.ArgumentParser, known: bool = False) -> None:
     command.add_argument("--runs-dir", default="runs", help=f"where the runs are; the store is {DATABASE_FILE} "
                          "there unless --db or LAB_RESULTS_DB names another (default: ./runs)")
@@ -179,3 +197,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     regressions.add_argument("--json", action="store_true")
     _store_options(regressions, known=True)
     regressions.set_defaults(handler=_regressions)
+
+    search = commands.add_parser("bisect", help="which served Debian kernel version broke (or fixed) a scenario")
+    search.add_argument("scenario", help="scenario name or file")
+    search.add_argument("--good", required=True, metavar="VERSION", help="a version where the scenario passes")
+    search.add_argument("--bad", required=True, metavar="VERSION", help="a version where it fails (older than "
+                        "--good: find the version that fixed it)")
+    search.add_argument("--package", help="the kernel package (default: the scenario's image's)")
+    search.add_argument("--arch", default="arm64")
+    search.add_argument("--accel", choices=["kvm", "tcg"], help="force an accelerator")
+    search.add_argument("--psci", help="PSCI personality (overrides the scenario)")
+    search.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    search.set_defaults(handler=_bisect)

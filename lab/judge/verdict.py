@@ -65,10 +65,12 @@ class RunVerdict:
     checks: list[Check] = field(default_factory=list)
     set_up_failed: bool = False
     """Nothing was judged: the lab could not set the run up (its reason says what was missing)."""
+    lab_fault: bool = False
+    """The run was stopped by the lab or its infrastructure (a host lost, a full disk), not by the guest."""
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "ERROR" if self.set_up_failed else "FAIL"
+        return "PASS" if self.passed else "ERROR" if self.set_up_failed or self.lab_fault else "FAIL"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -238,8 +240,9 @@ def step_expectations(observations: Observations) -> list[Check]:
 
 
 def judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None,
-          set_up_failed: bool = False) -> RunVerdict:
-    """The run's verdict; `error` is why the run stopped early, if it did (before it began: `set_up_failed`)."""
+          set_up_failed: bool = False, lab_fault: bool = False) -> RunVerdict:
+    """The run's verdict; `error` is why the run stopped early, if it did (before it began: `set_up_failed`;
+    through no fault of the guest's: `lab_fault`)."""
     if set_up_failed:
         return RunVerdict(False, f"set-up error: {error}", set_up_failed=True)
     power_offs = [classify(p) for p in observations.power_offs]
@@ -253,7 +256,8 @@ def judge(observations: Observations, boot_consoles: dict[str, list[str]], error
                      f"silence while waiting for {trouble.waiting_for} (`{trouble.step}`, line {trouble.step_line})")
         elif sick is not None:
             error = f"{sick.name.removesuffix(' console healthy')}: kernel trouble ({sick.detail}); {error}"
-        return RunVerdict(False, error, power_offs, checks)
+        guest_trouble = bool(observations.kernel_troubles) or sick is not None
+        return RunVerdict(False, error, power_offs, checks, lab_fault=lab_fault and not guest_trouble)
     if failed:
         first = failed[0]
         where = f" (line {first.line})" if first.line else ""

@@ -22,12 +22,21 @@ _DIR_TIME = re.compile(r"(\d{8}T\d{6})")
 _KERNEL_PACKAGE = re.compile(r"^linux-(?:image|binary)-")
 
 
+BISECT_ABORT = 128
+"""`git bisect run` stops at any exit status above 127: the lab was asked something it cannot do."""
+
+
 class Status(StrEnum):
     """A run's verdict: FAIL is the guest's behaviour, ERROR the lab's or its infrastructure's."""
 
     PASS = "PASS"
     FAIL = "FAIL"
     ERROR = "ERROR"
+
+    @property
+    def bisect_exit(self) -> int:
+        """`git bisect run`'s meaning: 0 good, 1 bad, 125 this revision cannot be tested (skip it)."""
+        return {Status.PASS: 0, Status.FAIL: 1, Status.ERROR: 125}[self]
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,8 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
             run_dir.free_room()
     reason = "interrupted" if interrupted else str(failure) if failure is not None else None
     consoles = {boot.name: boot.read_console() for boot in run_dir.boots()}
-    verdict = judge(observations, consoles, reason, set_up_failed=setup is None and failure is not None)
+    verdict = judge(observations, consoles, reason, set_up_failed=setup is None and failure is not None,
+                    lab_fault=failure is not None and failure.lab_fault)
     seconds = time.monotonic() - started
     described = {"name": scenario.name, "path": str(scenario.path), "description": scenario.description}
     environment = setup.environment(options, host) if setup is not None else {"lab": __version__,
