@@ -141,6 +141,23 @@ def _regressions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from lab.results.dashboard import build_dashboard, write_dashboard
+
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "dashboard.html"
+    with _store(args) as store:
+        matrix = args.matrix or _latest_matrix(store)
+        history = store.history(matrix)
+    if not history:
+        raise UsageError(f"the results store holds no runs of matrix {matrix!r}")
+    try:
+        write_dashboard(build_dashboard(matrix, history, _known(args), out, args.nights), out)
+    except OSError as error:
+        raise UsageError(f"cannot write {out}: {error.strerror}") from None
+    print(out)
+    return 0
+
+
 def _bisect(args: argparse.Namespace) -> int:
     from lab.fleet.bisect import Bisection, between, bisect, served_versions
     from lab.fleet.matrix import image_name
@@ -157,6 +174,12 @@ def _bisect(args: argparse.Namespace) -> int:
     result = bisect(Bisection(scenario, options, package, lambda line: print(line, flush=True)), span)
     print(result.describe)
     return 0
+
+
+def _positive(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"wants a whole number from 1, got {value!r}")
+    return int(value)
 
 
 def _store_options(command: argparse.ArgumentParser, known: bool = False) -> None:
@@ -197,6 +220,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     regressions.add_argument("--json", action="store_true")
     _store_options(regressions, known=True)
     regressions.set_defaults(handler=_regressions)
+
+    board = commands.add_parser("dashboard", help="one static page: regressions, known issues, cells by nights, "
+                                                  "hibernate and resume times")
+    board.add_argument("--matrix", help="the matrix's name (default: the last one run)")
+    board.add_argument("--nights", type=_positive, default=30, metavar="N", help="the last N nights (default: 30)")
+    board.add_argument("--out", metavar="FILE", help="the page (default: dashboard.html in the runs directory)")
+    _store_options(board, known=True)
+    board.set_defaults(handler=_dashboard)
 
     search = commands.add_parser("bisect", help="which served Debian kernel version broke (or fixed) a scenario")
     search.add_argument("scenario", help="scenario name or file")

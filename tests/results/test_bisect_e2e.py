@@ -42,7 +42,7 @@ def test_bisect_finds_the_first_served_version_with_system_off2(tmp_path: Path) 
     assert f"7.2.12-1 fixed it: {OLD_KERNEL} FAIL, 7.2.12-1 PASS (5 runs)" in done.stdout
     assert "boot1 power-off" in verdicts[1] and "hibernate-off" in verdicts[1]
     for version in (OLD_KERNEL, "7.2.12-1"):
-        run_dir = Path(next(line for line in lines if line.startswith(f"  {version}: ")).split(": ", 1)[1])
+        run_dir = tmp_path / next(line for line in lines if line.startswith(f"  {version}: ")).split(": ", 1)[1]
         assert (run_dir / "result.json").is_file()
 
 
