@@ -159,8 +159,8 @@ def _scenario_command(args: argparse.Namespace) -> int:
     report.verdict(result.verdict, result.run_dir, result.seconds)
     from lab.results.store import index_quietly
 
-    if (problem := index_quietly(result.run_dir, options.runs_root)) is not None:
-        print(f"lab: results store: {printable(problem)}", file=sys.stderr)
+    for line in index_quietly(result.run_dir, options.runs_root):
+        print(printable(line))
     if args.bisect_exit:
         from lab.results.record import Status
 

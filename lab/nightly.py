@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lab.errors import UsageError
-from lab.results import DATABASE_FILE
+from lab.results import DATABASE_FILE, KNOWN_ISSUES_FILE
 
 if TYPE_CHECKING:
     from lab.results.compare import Comparison
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from lab.results.record import RunRecord
     from lab.results.store import ResultsStore
 
-KNOWN_ISSUES_FILE = "known-issues.yaml"
 
 
 def _store(args: argparse.Namespace) -> ResultsStore:
@@ -31,12 +30,11 @@ def _store(args: argparse.Namespace) -> ResultsStore:
 
 def _known(args: argparse.Namespace) -> list[KnownIssue]:
     """The --known file, else known-issues.yaml beside the runs if there is one."""
-    from lab.results.known import load_known_issues
+    from lab.results.known import known_issues_file, load_known_issues
 
     if args.known:
         return load_known_issues(Path(args.known))
-    beside = Path(args.runs_dir) / KNOWN_ISSUES_FILE
-    return load_known_issues(beside if beside.exists() else None)
+    return load_known_issues(known_issues_file(Path(args.runs_dir)))
 
 
 def _results_import(args: argparse.Namespace) -> int:

@@ -85,7 +85,8 @@ class Bisection:
         options = replace(self.options, kernel_deb=f"{self.package}={version}")
         image_for(self.scenario, options, log=lambda line: self.say(f"  {line}"))
         result = run_scenario(self.scenario, options, [])
-        index_quietly(result.run_dir, options.runs_root)
+        for line in index_quietly(result.run_dir, options.runs_root):
+            self.say(f"  {line}")
         self.runs += 1
         tested = Tested(version, Status(result.verdict.status), result.run_dir, result.verdict.reason)
         self.say(f"{version}: {tested.status} {tested.reason} [{tested.run_dir}]")

@@ -121,6 +121,6 @@ def _run_cells(matrix: Matrix, cells: list[Cell], images: dict[tuple[str, str], 
     finally:
         write_results(result, matrix, workers, started, clock)
         print_summary(console, matrix.name, result, time.monotonic() - clock)
-        if (problem := index_quietly(result.directory, runs_root)) is not None:
-            console.print(escape(f"results store: {problem}"))
+        for line in index_quietly(result.directory, runs_root):
+            console.print(escape(line))
     return result

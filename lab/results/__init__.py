@@ -5,3 +5,5 @@ Nothing here launches a process: it reads run and matrix directories and a datab
 
 DATABASE_FILE = "results.sqlite"
 """The embedded store's file, in the runs directory."""
+KNOWN_ISSUES_FILE = "known-issues.yaml"
+"""The known issues the lab applies by default, in the runs directory."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.paths import load_schema
+from lab.results import KNOWN_ISSUES_FILE
 from lab.results.record import RunRecord
 from lab.rundir import RunDirectory
 from lab.yaml_file import read_yaml
@@ -44,6 +45,12 @@ class KnownIssue:
 
 def _console_has(run_dir: Path, pattern: re.Pattern[str]) -> bool:
     return any(pattern.search(line) for boot in RunDirectory(run_dir).boots() for line in boot.read_console())
+
+
+def known_issues_file(runs_root: Path) -> Path | None:
+    """known-issues.yaml in the runs directory, if there is one: the lab's default known issues."""
+    path = runs_root / KNOWN_ISSUES_FILE
+    return path if path.exists() else None
 
 
 def load_known_issues(path: Path | None) -> list[KnownIssue]:

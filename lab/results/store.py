@@ -21,9 +21,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 
 from lab.errors import LabError
 from lab.results import DATABASE_FILE
+from lab.results.known import known_issue, known_issues_file, load_known_issues
 from lab.results.record import RunRecord, read_directory
 
 SCHEMA_VERSION = 1
+SCHEMA_LOCK = 0x1AB19
+"""The PostgreSQL advisory lock the store's schema is created under."""
 URL_VARIABLE = "LAB_RESULTS_DB"
 
 _metadata = MetaData()
@@ -105,6 +108,10 @@ class ResultsStore:
             raise StoreError(f"results database {_shown(self.url)}: {_why(error)}") from None
 
     def _check_schema(self, connection: Connection) -> None:
+        """Create the schema in an empty database, else check it is this lab's; on PostgreSQL under a lock held
+        until the transaction ends, so that a fleet's nodes starting at once create it once."""
+        if connection.dialect.name == "postgresql":
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         tables = set(sqlalchemy.inspect(connection).get_table_names())
         if not tables:
             _metadata.create_all(connection)
@@ -169,13 +176,22 @@ class ResultsStore:
             return int(connection.execute(select(sqlalchemy.func.count()).select_from(_runs)).scalar() or 0)
 
 
-def index_quietly(directory: Path, runs_root: Path) -> str | None:
-    """Index a run or matrix directory that just finished; a store that fails is a line to show, not a failed
-    run (`lab results import` can index it later). Returns that line, or None."""
+def index_quietly(directory: Path, runs_root: Path) -> list[str]:
+    """Index a run or matrix directory that just finished, and say which of its failures are known issues
+    (known-issues.yaml in the runs directory). A store that fails is a line to show, not a failed run:
+    `lab results import` can index it later."""
     try:
         records = read_directory(directory)
         with ResultsStore(default_url(runs_root)) as store:
             store.put(records)
     except LabError as error:
-        return f"{directory} not indexed: {error}"
-    return None
+        return [f"results store: {directory} not indexed: {error}"]
+    try:
+        issues = load_known_issues(known_issues_file(runs_root))
+    except LabError as error:
+        return [f"known issues: {error}"]
+    lines = []
+    for record in records:
+        if (issue := known_issue(record, issues)) is not None:
+            lines.append(f"{record.cell}: {record.status} is known issue {issue.id} ({issue.link}): {issue.advice}")
+    return lines

@@ -14,7 +14,7 @@ import pytest
 
 from lab.cli import main
 from lab.results.record import read_directory
-from lab.results.store import ResultsStore
+from lab.results.store import ResultsStore, index_quietly
 from tests.support.results_history import Cell, write_night
 
 GOOD = Cell("hibernate-resume[kernel=default]")
@@ -168,3 +168,18 @@ def test_bad_directories_and_unreachable_databases_are_one_line(tmp_path: Path,
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err and "secret" not in err, err
     assert not (tmp_path / "results.sqlite").exists() or ResultsStore(database).url
+
+
+def test_a_finished_run_is_indexed_and_its_known_failures_named_or_the_store_s_trouble_is_one_line(
+        tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    night = write_night(runs, "nightly", 0, [BROKE])
+    (runs / "known-issues.yaml").write_text("known_issues:\n  - id: off2-fallback\n    match: {class: hibernate-off}\n"
+                                            "    link: https://bugs.example/1\n    advice: kernel lacks SYSTEM_OFF2\n")
+    assert index_quietly(night, runs) == [f"{BROKE.id}: FAIL is known issue off2-fallback (https://bugs.example/1): "
+                                          "kernel lacks SYSTEM_OFF2"]
+    with ResultsStore(f"sqlite:///{runs / 'results.sqlite'}") as store:
+        assert store.count() == 1
+    (runs / "results.sqlite").write_bytes(b"garbage" * 1000)
+    [line] = index_quietly(night, runs)
+    assert line.startswith(f"results store: {night} not indexed: ") and "file is not a database" in line
