@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
 
 
-def _store(args: argparse.Namespace) -> ResultsStore:
+def _store(args: argparse.Namespace, create: bool = False) -> ResultsStore:
     from lab.results.store import ResultsStore, default_url
 
-    return ResultsStore(args.db or default_url(Path(args.runs_dir)))
+    return ResultsStore(args.db or default_url(Path(args.runs_dir)), create)
 
 
 def _known(args: argparse.Namespace) -> list[KnownIssue]:
@@ -41,7 +41,7 @@ def _results_import(args: argparse.Namespace) -> int:
     from lab.results.record import read_directory
 
     records = [record for directory in args.directories for record in read_directory(Path(directory))]
-    with _store(args) as store:
+    with _store(args, create=True) as store:
         count = store.put(records)
         print(f"indexed {count} run(s) from {len(args.directories)} director(ies); the store holds {store.count()}")
     return 0
@@ -96,7 +96,11 @@ def _previous(store: ResultsStore, name: str, records: list[RunRecord]) -> tuple
 
 def comparison(args: argparse.Namespace) -> Comparison:
     from lab.results.compare import compare
+    from lab.results.record import read_directory
 
+    if args.new and Path(args.old).is_dir() and Path(args.new).is_dir():
+        old, new = read_directory(Path(args.old)), read_directory(Path(args.new))
+        return compare(Path(args.old).name, old, Path(args.new).name, new, _known(args))
     with _store(args) as store:
         if args.new:
             old_name, old = _side(store, args.old)

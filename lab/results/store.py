@@ -74,10 +74,12 @@ def _why(error: SQLAlchemyError) -> str:
 
 
 class ResultsStore:
-    """An open store; `with ResultsStore(url) as store:` checks (or creates) its schema on entry."""
+    """An open store; `with ResultsStore(url) as store:` checks its schema on entry, and creates it in an empty
+    database if `create` (commands that only read refuse an empty one, and never create a SQLite file)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = False) -> None:
         self.url = url
+        self.create = create
         self.engine: Engine | None = None
 
     def __enter__(self) -> ResultsStore:
@@ -86,6 +88,9 @@ class ResultsStore:
         except (ArgumentError, NoSuchModuleError, ImportError) as error:
             raise StoreError(f"results database {_shown(self.url)}: not a database URL the lab can use ({error})")\
                 from None
+        database = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+        if not self.create and database and not Path(database).exists():
+            raise StoreError(f"no results store at {database}: `lab results import RUNS_DIR` makes one")
         with self._connection() as connection:
             self._check_schema(connection)
         return self
@@ -113,6 +118,8 @@ class ResultsStore:
         if connection.dialect.name == "postgresql":
             connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         tables = set(sqlalchemy.inspect(connection).get_table_names())
+        if not tables and not self.create:
+            raise StoreError(f"results database {_shown(self.url)} is empty: `lab results import RUNS_DIR` fills it")
         if not tables:
             _metadata.create_all(connection)
             connection.execute(_meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
@@ -182,7 +189,7 @@ def index_quietly(directory: Path, runs_root: Path) -> list[str]:
     `lab results import` can index it later."""
     try:
         records = read_directory(directory)
-        with ResultsStore(default_url(runs_root)) as store:
+        with ResultsStore(default_url(runs_root), create=True) as store:
             store.put(records)
     except LabError as error:
         return [f"results store: {directory} not indexed: {error}"]

@@ -140,7 +140,7 @@ def test_a_corrupt_or_foreign_sqlite_file_is_refused_and_left_alone(tmp_path: Pa
 
 def test_a_store_from_a_newer_lab_is_refused(store_url: str, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    with ResultsStore(store_url) as store, store._connection() as connection:
+    with ResultsStore(store_url, create=True) as store, store._connection() as connection:
         connection.exec_driver_sql("UPDATE lab_results_meta SET value = '99' WHERE key = 'schema_version'")
     _nights(tmp_path, [GOOD])
     assert lab("results", "import", str(tmp_path), "--db", store_url) == 2
@@ -162,12 +162,12 @@ def test_bad_directories_and_unreachable_databases_are_one_line(tmp_path: Path,
         (["results", "import", str(tmp_path / "missing"), "--db", database], "is not a directory"),
         (["compare", "--db", "postgresql+psycopg://lab:secret@127.0.0.1:9/lab"], "Connection refused"),
         (["compare", "--db", "nosuch://x"], "not a database URL"),
-        (["compare", "--db", database], "holds no matrix runs"),
+        (["compare", "--db", database], "no results store at"),
     ):
         assert lab(*argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err and "secret" not in err, err
-    assert not (tmp_path / "results.sqlite").exists() or ResultsStore(database).url
+    assert not (tmp_path / "results.sqlite").exists()
 
 
 def test_a_finished_run_is_indexed_and_its_known_failures_named_or_the_store_s_trouble_is_one_line(
@@ -183,3 +183,15 @@ def test_a_finished_run_is_indexed_and_its_known_failures_named_or_the_store_s_t
     (runs / "results.sqlite").write_bytes(b"garbage" * 1000)
     [line] = index_quietly(night, runs)
     assert line.startswith(f"results store: {night} not indexed: ") and "file is not a database" in line
+
+
+def test_reading_commands_refuse_an_empty_store_and_say_how_to_fill_it(store_url: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    if store_url.startswith("sqlite"):
+        with ResultsStore(store_url, create=True):
+            pass
+        assert lab("regressions", "--db", store_url) == 2
+        assert "holds no matrix runs" in capsys.readouterr().err
+    else:
+        assert lab("regressions", "--db", store_url) == 2
+        assert "is empty: `lab results import RUNS_DIR` fills it" in capsys.readouterr().err
