@@ -39,13 +39,14 @@ def lab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def two_nights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The runs directory after two nights of the probe matrix: kvm (passes), then none (regresses)."""
+    """The runs directory after two nights of the probe matrix: kvm (passes), then none (regresses, and fails
+    its retry too)."""
     root = tmp_path_factory.mktemp("nightly")
     scenario, matrix = root / "probe.yaml", root / "probe-matrix.yaml"
     matrix.write_text("name: probe\nkernels: [default]\nscenarios: [probe.yaml]\naccelerators: [tcg]\n")
     for psci, status in (("kvm", 0), ("none", 1)):
         scenario.write_text(PROBE.format(psci=psci))
-        run = lab("run", "--matrix", str(matrix), "--runs-dir", str(root / "runs"))
+        run = lab("run", "--matrix", str(matrix), "--runs-dir", str(root / "runs"), "--retries", "1")
         assert run.returncode == status, run.stdout + run.stderr
         assert "results store" not in run.stdout + run.stderr
     return root / "runs"
@@ -65,6 +66,19 @@ def test_compare_finds_the_real_regression_on_sqlite_then_postgresql(two_nights:
     assert imported.returncode == 0, imported.stderr
     again = lab("compare", "--runs-dir", str(two_nights), "--db", postgres_server, "--json")
     assert again.returncode == 1 and json.loads(again.stdout)["changes"] == report["changes"]
+
+
+@pytest.mark.guest
+def test_a_cell_that_fails_its_retry_too_is_a_regression_not_flaky(two_nights: Path) -> None:
+    first, second = sorted(path for path in two_nights.iterdir() if path.is_dir())
+    assert [path.name for path in first.iterdir() if path.is_dir()] == ["nightly-probe.kernel=default.accel=tcg"]
+    assert sorted(path.name for path in second.iterdir() if path.is_dir()) == [
+        "nightly-probe.kernel=default.accel=tcg", "nightly-probe.kernel=default.accel=tcg.retry1"]
+    [cell] = json.loads((second / "matrix.json").read_text())["cells"]
+    assert cell["status"] == "FAIL"
+    assert cell["retries"] == [str(second / "nightly-probe.kernel=default.accel=tcg.retry1")]
+    flakes = lab("results", "flakes", "--runs-dir", str(two_nights))
+    assert "nightly-probe[kernel=default,accel=tcg]: 0/2 (0%)" in flakes.stdout, flakes.stdout + flakes.stderr
 
 
 @pytest.mark.guest
