@@ -53,8 +53,9 @@ def test_bisect_exit_maps_pass_fail_and_the_lab_s_own_failures(tmp_path: Path) -
     assert passed.returncode == 0, passed.stdout + passed.stderr
     failed = lab("scenario", "probe.yaml", "--accel", "tcg", "--psci", "none", "--bisect-exit", cwd=tmp_path)
     assert failed.returncode == 1, failed.stdout + failed.stderr
-    missing_qemu = lab("scenario", "probe.yaml", "--qemu", str(tmp_path / "no-such-qemu"), "--bisect-exit",
-                       cwd=tmp_path)
-    assert missing_qemu.returncode == 125, missing_qemu.stderr
+    unserved = lab("scenario", "probe.yaml", "--kernel-deb", "linux-image-cloud-arm64=0.1-1", "--bisect-exit",
+                   cwd=tmp_path)
+    assert unserved.returncode == 125 and "no linux-image-cloud-arm64:arm64=0.1-1" in unserved.stderr, \
+        unserved.stderr
     unknown = lab("scenario", "no-such-scenario", "--bisect-exit", cwd=tmp_path)
     assert unknown.returncode == 128 and unknown.stderr.count("\n") == 1, unknown.stderr
