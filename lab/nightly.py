@@ -47,6 +47,14 @@ def _results_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        rows = store.listing()
+    for key, what, counts, started in rows:
+        print(f"{started}  {key:<40} {what:<30} {counts}")
+    return 0
+
+
 def _results_flakes(args: argparse.Namespace) -> int:
     from lab.results.history import flake_rates
 
@@ -202,6 +210,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     load.add_argument("directories", nargs="+", metavar="DIR")
     _store_options(load)
     load.set_defaults(handler=_results_import)
+    listing = results_sub.add_parser("list", help="the nights and single runs in the store, with the ids "
+                                                  "`lab compare` takes")
+    _store_options(listing)
+    listing.set_defaults(handler=_results_list)
     flakes = results_sub.add_parser("flakes", help="each cell's flake rate over a matrix's history")
     flakes.add_argument("--matrix", help="the matrix's name (default: the last one run)")
     _store_options(flakes)

@@ -9,6 +9,7 @@ the index as it was. Errors are one line (StoreError, exit status 2) that never 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,6 +178,24 @@ class ResultsStore:
     def single_runs(self, scenario: str) -> list[RunRecord]:
         """Runs of a scenario outside any matrix, oldest first."""
         return self._select(_runs.c.night.is_(None), _runs.c.scenario == scenario)
+
+    def listing(self) -> list[tuple[str, str, str, str]]:
+        """Every night and every run outside a matrix, oldest first: (id for `lab compare`, matrix or scenario,
+        counts of the cells' final statuses, started)."""
+        cells = select(_runs.c.night, _runs.c.matrix, _runs.c.cell, _runs.c.status, _runs.c.started)\
+            .where(_runs.c.night.is_not(None)).order_by(_runs.c.attempt)
+        runs = select(_runs.c.id, _runs.c.scenario, _runs.c.status, _runs.c.started).where(_runs.c.night.is_(None))
+        with self._connection() as connection:
+            final = {(night, matrix, started, cell): status
+                     for night, matrix, cell, status, started in connection.execute(cells)}
+            rows = [(str(run_id), scenario, f"1 {status}", started)
+                    for run_id, scenario, status, started in connection.execute(runs)]
+        nights: dict[tuple[str, str, str], Counter[str]] = {}
+        for (night, matrix, started, _), status in final.items():
+            nights.setdefault((night, matrix, started), Counter())[status] += 1
+        rows += [(night, matrix, ", ".join(f"{count} {status}" for status, count in sorted(counts.items())), started)
+                 for (night, matrix, started), counts in nights.items()]
+        return sorted(rows, key=lambda row: row[3])
 
     def count(self) -> int:
         with self._connection() as connection:

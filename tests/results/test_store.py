@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -195,3 +196,29 @@ def test_reading_commands_refuse_an_empty_store_and_say_how_to_fill_it(store_url
     else:
         assert lab("regressions", "--db", store_url) == 2
         assert "is empty: `lab results import RUNS_DIR` fills it" in capsys.readouterr().err
+
+
+def test_single_runs_are_listed_with_ids_that_compare_takes(store_url: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    recorded = Path(__file__).parent.parent / "report" / "data" / "run-no-stale-resume"
+    runs = tmp_path / "runs"
+    for stamp, kind in (("20261201T020000", "hibernate-off2"), ("20261202T020000", "hibernate-off")):
+        run = runs / f"{stamp}-no-stale-resume"
+        shutil.copytree(recorded, run)
+        result = json.loads((run / "result.json").read_text())
+        result["verdict"]["power_offs"][0]["class"] = kind
+        result["verdict"]["status"] = "PASS" if kind == "hibernate-off2" else "FAIL"
+        (run / "result.json").write_text(json.dumps(result))
+    write_night(runs, "nightly", 0, [GOOD])
+    assert lab("results", "import", str(runs), "--db", store_url) == 0
+    capsys.readouterr()
+    assert lab("results", "list", "--db", store_url) == 0
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [row[1:] for row in listed] == [["nightly-20261101T020000", "nightly", "1", "PASS"],
+                                           ["1", "no-stale-resume", "1", "PASS"],
+                                           ["2", "no-stale-resume", "1", "FAIL"]]
+    assert lab("compare", "1", "2", "--db", store_url) == 1
+    assert "boot1 class hibernate-off2 → hibernate-off" in capsys.readouterr().out
+    assert lab("compare", "2", "--db", store_url) == 1
+    assert lab("compare", "nightly-20261101T020000", "2", "--db", store_url) == 2
+    assert "different matrices" in capsys.readouterr().err
