@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from lab.errors import ChannelError, HostLost, LabError, RunDirectoryFull, SetupError, UsageError, WaitTimeout
@@ -48,3 +51,11 @@ def test_bisect_spans_served_versions_in_debian_order_either_way() -> None:
                              ("7.2.13-1", "7.2.13-1", "the same version")):
         with pytest.raises(UsageError, match=words):
             between(SERVED, good, bad)
+
+
+def test_lab_bisect_refuses_a_version_the_archive_does_not_serve_in_one_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "lab.cli", "bisect", "hibernate-resume", "--good", "7.2.13-1",
+                           "--bad", "0.1-1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("lab: error: --bad 0.1-1: not a version the archive serves (")
+    assert "7.2.13-1" in done.stderr
