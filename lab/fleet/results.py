@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from lab.errors import LabError
 from lab.fleet.engine import CellOutcome
 from lab.fleet.matrix import Matrix
 from lab.report.html import write_matrix_report
 from lab.report.junit import write_matrix_junit
+from lab.results.known import known_labels
+from lab.results.record import read_matrix
 from lab.rundir import RunDirectory
 
 
@@ -51,4 +54,13 @@ def write_results(result: MatrixResult, matrix: Matrix, workers: int, started: d
     (result.directory / "matrix.json").write_text(json.dumps(summary, indent=2) + "\n")
     run_dirs = [RunDirectory(outcome.run_dir) for outcome in result.outcomes if outcome.run_dir.exists()]
     write_matrix_junit(run_dirs, result.directory / "junit.xml")
-    write_matrix_report(run_dirs, result.report)
+    write_matrix_report(run_dirs, result.report, _known(result.directory))
+
+
+def _known(directory: Path) -> dict[Path, str]:
+    """The known issues among the matrix's failures; a bad known-issues file is said when the matrix is
+    indexed, and labels nothing here."""
+    try:
+        return known_labels(read_matrix(directory), directory.parent)
+    except LabError:
+        return {}

@@ -75,6 +75,14 @@ def load_known_issues(path: Path | None) -> list[KnownIssue]:
     return issues
 
 
+def known_labels(records: list[RunRecord], runs_root: Path) -> dict[Path, str]:
+    """`known issue ID: advice (link)` for each failing run a known issue (in the runs directory's
+    known-issues.yaml) explains, by run directory: what reports show beside the failure."""
+    issues = load_known_issues(known_issues_file(runs_root))
+    return {Path(record.run_dir): f"known issue {issue.id}: {issue.advice} ({issue.link})"
+            for record in records if (issue := known_issue(record, issues)) is not None}
+
+
 def known_issue(record: RunRecord, issues: list[KnownIssue]) -> KnownIssue | None:
     """The first known issue a failing run matches; a passing run has none."""
     if record.status == "PASS":

@@ -70,3 +70,20 @@ def test_a_cell_that_passes_on_retry_is_flaky_and_one_that_never_does_fails(tmp_
     runs = by_cell(read_directory(result.directory))
     assert runs[flaky].flaky and not runs[broken].flaky
     assert (tmp_path / "runs" / "results.sqlite").exists()
+
+
+def test_a_failure_a_known_issue_explains_is_labelled_in_the_matrix_report_and_summary(tmp_path: Path) -> None:
+    matrix_file = tmp_path / "m.yaml"
+    matrix_file.write_text("kernels: [default]\nscenarios: [psci-none]\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "known-issues.yaml").write_text(
+        "known_issues:\n  - id: boot-hangs\n    match: {reason: 'hung$'}\n    link: https://bugs.example/7\n"
+        "    advice: the boot hangs on this kernel; wait for 7.3\n")
+    matrix = load_matrix(matrix_file)
+    [cell] = matrix.cells()
+    out = io.StringIO()
+    result = run_matrix(matrix, tmp_path / "runs", 1, Console(file=out, width=300, color_system=None),
+                        engine=FailingFirst({cell.id: 1}))
+    report = (result.directory / "report.html").read_text()
+    assert "known issue boot-hangs: the boot hangs on this kernel; wait for 7.3 (https://bugs.example/7)" in report
+    assert f"{cell.id}: FAIL is known issue boot-hangs (https://bugs.example/7)" in out.getvalue()
