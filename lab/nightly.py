@@ -60,7 +60,7 @@ def _results_flakes(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         matrix = args.matrix or _latest_matrix(store)
-        rates = flake_rates(store.history(matrix))
+        rates = flake_rates(_history(store, matrix))
     print(f"{matrix}: flake rate per cell (nights with a failure that passed on retry)")
     for rate in rates:
         print(f"  {rate.cell}: {rate.flaky}/{rate.nights} ({rate.rate:.0%})")
@@ -68,20 +68,47 @@ def _results_flakes(args: argparse.Namespace) -> int:
 
 
 def _latest_matrix(store: ResultsStore) -> str:
-    nights = store.nights()
-    if not nights:
-        raise UsageError(f"the results store {store.url} holds no matrix runs: `lab results import RUNS_DIR` first")
+    """The matrix run last; runs outside any matrix count as the matrix SINGLE_RUNS, a night per day."""
+    from lab.results.history import SINGLE_RUNS
+
+    nights, singles = store.nights(), store.single_runs()
+    if not nights and not singles:
+        raise UsageError(f"the results store {store.url} holds no runs: `lab results import RUNS_DIR` first")
+    if not nights or (singles and singles[-1].started > store.night(nights[-1][1])[0].started):
+        return SINGLE_RUNS
     return nights[-1][0]
+
+
+def _history(store: ResultsStore, matrix: str) -> list[RunRecord]:
+    from lab.results.history import SINGLE_RUNS, as_nights
+
+    return as_nights(store.single_runs()) if matrix == SINGLE_RUNS else store.history(matrix)
+
+
+def _night(store: ResultsStore, matrix: str, position: int, before: str | None = None) -> tuple[str, list[RunRecord]]:
+    """A night of `matrix` by position (-1: the last), among those before the night `before` if given."""
+    from lab.results.history import nights_of
+
+    nights = nights_of(_history(store, matrix))
+    if before is not None:
+        nights = nights[: next((index for index, (name, _) in enumerate(nights) if name == before), len(nights))]
+    if not nights or len(nights) < -position:
+        raise UsageError(f"the results store {store.url} holds no night of {matrix} before {before or 'now'}")
+    return nights[position]
 
 
 def _side(store: ResultsStore, key: str) -> tuple[str, list[RunRecord]]:
     """A matrix or run directory, a night's name, or a run's id in the store."""
+    from lab.results.history import SINGLE_RUNS, nights_of
     from lab.results.record import read_directory
 
     if Path(key).is_dir():
         return Path(key).name, read_directory(Path(key))
     if records := store.night(key):
         return key, records
+    single_night = dict(nights_of(_history(store, SINGLE_RUNS))) if key.startswith(f"{SINGLE_RUNS}-") else {}
+    if key in single_night:
+        return key, single_night[key]
     if (record := store.run(key)) is not None:
         return f"run {key} ({Path(record.run_dir).name})", [record]
     raise UsageError(f"{key!r} is neither a directory nor a night or run id in the results store {store.url}")
@@ -91,14 +118,10 @@ def _previous(store: ResultsStore, name: str, records: list[RunRecord]) -> tuple
     """The night (or run of the same scenario) before `records`."""
     matrix = records[0].matrix
     if matrix is not None:
-        nights = [night for _, night in store.nights(matrix)]
-        earlier = nights[: nights.index(records[0].night)] if records[0].night in nights else nights
-        if earlier:
-            return earlier[-1], store.night(earlier[-1])
-    else:
-        runs = [run for run in store.single_runs(records[0].scenario) if run.started < records[0].started]
-        if runs:
-            return f"run {Path(runs[-1].run_dir).name}", [runs[-1]]
+        return _night(store, matrix, -1, before=records[0].night)
+    runs = [run for run in store.single_runs(records[0].scenario) if run.started < records[0].started]
+    if runs:
+        return f"run {Path(runs[-1].run_dir).name}", [runs[-1]]
     raise UsageError(f"the results store {store.url} holds nothing earlier than {name} to compare it with")
 
 
@@ -120,8 +143,7 @@ def comparison(args: argparse.Namespace) -> Comparison:
 
 
 def _latest(store: ResultsStore) -> tuple[str, list[RunRecord]]:
-    night = store.nights(_latest_matrix(store))[-1][1]
-    return night, store.night(night)
+    return _night(store, _latest_matrix(store), -1)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -137,7 +159,7 @@ def _regressions(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         matrix = args.matrix or _latest_matrix(store)
-        records = regression_records(store.history(matrix), _known(args))
+        records = regression_records(_history(store, matrix), _known(args))
     if args.json:
         print(json.dumps([record.to_json() for record in records], indent=2))
         return 0
@@ -157,7 +179,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.runs_dir) / "dashboard.html"
     with _store(args) as store:
         matrix = args.matrix or _latest_matrix(store)
-        history = store.history(matrix)
+        history = _history(store, matrix)
     if not history:
         raise UsageError(f"the results store holds no runs of matrix {matrix!r}")
     try:

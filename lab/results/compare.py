@@ -131,7 +131,7 @@ def compare(old_name: str, old: list[RunRecord], new_name: str, new: list[RunRec
     if old_matrices != new_matrices:
         raise UsageError(f"{old_name} and {new_name} are runs of different matrices "
                          f"({', '.join(map(str, old_matrices))} and {', '.join(map(str, new_matrices))})")
-    if new_matrices == {None} and {r.scenario for r in old} != {r.scenario for r in new}:
+    if new_matrices == {None} and len(old) == len(new) == 1 and old[0].scenario != new[0].scenario:
         raise UsageError(f"{old_name} and {new_name} are runs of different scenarios")
     old_cells = by_cell(old)
     changes = [_change(old_cells.get(cell), runs) for cell, runs in by_cell(new).items()]

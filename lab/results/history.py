@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lab.results.compare import CellRuns, Change, by_cell, compare
@@ -38,6 +38,17 @@ class RegressionRecord:
                 "last_passing": self.last_passing.run_dir, "last_passing_night": self.last_passing.night,
                 "fixed_by": self.fixed_by.run_dir if self.fixed_by else None, "nights_failing": self.nights_failing,
                 "known": self.known.to_json() if self.known else None}
+
+
+SINGLE_RUNS = "single-runs"
+"""The matrix that runs outside any matrix belong to, one night per UTC day: how the nightly service runs them."""
+
+
+def as_nights(single_runs: list[RunRecord]) -> list[RunRecord]:
+    """Runs outside a matrix as nights of SINGLE_RUNS: those of one UTC day are one night, and a scenario
+    run twice that day is one cell run twice (a failure, then a pass, is flaky)."""
+    return [replace(record, matrix=SINGLE_RUNS, night=f"{SINGLE_RUNS}-{record.started[:10]}")
+            for record in single_runs]
 
 
 def nights_of(records: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:

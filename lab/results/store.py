@@ -175,8 +175,10 @@ class ResultsStore:
         """Every attempt of every cell of a matrix, oldest night first."""
         return self._select(_runs.c.matrix == matrix)
 
-    def single_runs(self, scenario: str) -> list[RunRecord]:
-        """Runs of a scenario outside any matrix, oldest first."""
+    def single_runs(self, scenario: str | None = None) -> list[RunRecord]:
+        """Runs outside any matrix (of one scenario if given), oldest first."""
+        if scenario is None:
+            return self._select(_runs.c.night.is_(None))
         return self._select(_runs.c.night.is_(None), _runs.c.scenario == scenario)
 
     def listing(self) -> list[tuple[str, str, str, str]]:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from lab.cli import main
 from lab.results.record import read_directory
 from lab.results.store import ResultsStore, index_quietly
-from tests.support.results_history import Cell, write_night
+from tests.support.results_history import FIRST_NIGHT, Cell, write_night, write_single_run
 
 GOOD = Cell("hibernate-resume[kernel=default]")
 OTHER = Cell("no-stale-resume[kernel=default]")
@@ -192,7 +193,7 @@ def test_reading_commands_refuse_an_empty_store_and_say_how_to_fill_it(store_url
         with ResultsStore(store_url, create=True):
             pass
         assert lab("regressions", "--db", store_url) == 2
-        assert "holds no matrix runs" in capsys.readouterr().err
+        assert "holds no runs: `lab results import RUNS_DIR` first" in capsys.readouterr().err
     else:
         assert lab("regressions", "--db", store_url) == 2
         assert "is empty: `lab results import RUNS_DIR` fills it" in capsys.readouterr().err
@@ -222,3 +223,27 @@ def test_single_runs_are_listed_with_ids_that_compare_takes(store_url: str, tmp_
     assert lab("compare", "2", "--db", store_url) == 1
     assert lab("compare", "nightly-20261101T020000", "2", "--db", store_url) == 2
     assert "different matrices" in capsys.readouterr().err
+
+
+def test_runs_outside_a_matrix_are_nights_by_day_as_the_nightly_service_makes_them(
+        store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    day = FIRST_NIGHT.replace(hour=2)
+    for offset, first in ((0, Cell("hibernate-resume")), (1, Cell("hibernate-resume", "FAIL", "hibernate-off",
+                                                                 kernel="7.2.14-1"))):
+        write_single_run(runs, day + timedelta(days=offset), first)
+        write_single_run(runs, day + timedelta(days=offset, minutes=1), Cell("no-stale-resume"))
+    write_single_run(runs, day + timedelta(days=1, minutes=2), Cell("no-stale-resume", "FAIL", "crash"))
+    write_single_run(runs, day + timedelta(days=1, minutes=3), Cell("no-stale-resume"))
+    assert lab("results", "import", str(runs), "--db", store_url) == 0
+    capsys.readouterr()
+    assert lab("compare", "--db", store_url, "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["old"], report["new"]) == ("single-runs-2026-11-01", "single-runs-2026-11-02")
+    assert {change["cell"]: change["change"] for change in report["changes"]} == {
+        "hibernate-resume": "regression", "no-stale-resume": "flaky"}
+    assert lab("regressions", "--db", store_url) == 0
+    assert "single-runs: 1 regression(s), 1 active" in capsys.readouterr().out
+    assert lab("compare", "single-runs-2026-11-01", "single-runs-2026-11-02", "--db", store_url) == 1
+    assert lab("dashboard", "--db", store_url, "--out", str(tmp_path / "board.html")) == 0
+    assert "single-runs: 2 nights, 2 cells" in (tmp_path / "board.html").read_text()

@@ -73,3 +73,10 @@ def write_night(root: Path, matrix: str, night: int, cells: list[Cell]) -> Path:
     (directory / "matrix.json").write_text(json.dumps({"matrix": matrix, "started": started.isoformat(),
                                                        "cells": entries}))
     return directory
+
+
+def write_single_run(root: Path, started: datetime, cell: Cell) -> Path:
+    """A run outside any matrix, as `lab scenario` leaves it: `root/<UTC time>-<scenario>`."""
+    directory = root / f"{started:%Y%m%dT%H%M%S}-{cell.id.partition('[')[0]}"
+    _write_run(directory, _result(json.loads(RECORDED.read_text()), cell, cell.status), cell.console)
+    return directory
