@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from lab.results.store import ResultsStore
 
 
-
 def _store(args: argparse.Namespace, create: bool = False) -> ResultsStore:
     from lab.results.store import ResultsStore, default_url
 
@@ -85,16 +84,16 @@ def _history(store: ResultsStore, matrix: str) -> list[RunRecord]:
     return as_nights(store.single_runs()) if matrix == SINGLE_RUNS else store.history(matrix)
 
 
-def _night(store: ResultsStore, matrix: str, position: int, before: str | None = None) -> tuple[str, list[RunRecord]]:
-    """A night of `matrix` by position (-1: the last), among those before the night `before` if given."""
+def _last_night(store: ResultsStore, matrix: str, before: str | None = None) -> tuple[str, list[RunRecord]]:
+    """The last night of `matrix`, or the last before the night `before`."""
     from lab.results.history import nights_of
 
     nights = nights_of(_history(store, matrix))
     if before is not None:
         nights = nights[: next((index for index, (name, _) in enumerate(nights) if name == before), len(nights))]
-    if not nights or len(nights) < -position:
+    if not nights:
         raise UsageError(f"the results store {store.url} holds no night of {matrix} before {before or 'now'}")
-    return nights[position]
+    return nights[-1]
 
 
 def _side(store: ResultsStore, key: str) -> tuple[str, list[RunRecord]]:
@@ -118,14 +117,14 @@ def _previous(store: ResultsStore, name: str, records: list[RunRecord]) -> tuple
     """The night (or run of the same scenario) before `records`."""
     matrix = records[0].matrix
     if matrix is not None:
-        return _night(store, matrix, -1, before=records[0].night)
+        return _last_night(store, matrix, before=records[0].night)
     runs = [run for run in store.single_runs(records[0].scenario) if run.started < records[0].started]
     if runs:
         return f"run {Path(runs[-1].run_dir).name}", [runs[-1]]
     raise UsageError(f"the results store {store.url} holds nothing earlier than {name} to compare it with")
 
 
-def comparison(args: argparse.Namespace) -> Comparison:
+def _comparison(args: argparse.Namespace) -> Comparison:
     from lab.results.compare import compare
     from lab.results.record import read_directory
 
@@ -143,13 +142,13 @@ def comparison(args: argparse.Namespace) -> Comparison:
 
 
 def _latest(store: ResultsStore) -> tuple[str, list[RunRecord]]:
-    return _night(store, _latest_matrix(store), -1)
+    return _last_night(store, _latest_matrix(store))
 
 
 def _compare(args: argparse.Namespace) -> int:
     from lab.results.compare import render
 
-    result = comparison(args)
+    result = _comparison(args)
     print(json.dumps(result.to_json(), indent=2) if args.json else "\n".join(render(result)))
     return 1 if result.regressed else 0
 
