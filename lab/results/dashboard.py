@@ -80,7 +80,9 @@ def _polyline(values: list[float | None], top: float) -> str:
 
 def _plot(cell: str, finals: list[RunRecord | None]) -> Plot:
     series = {"hibernate": [r.hibernate_seconds if r else None for r in finals],
-              "resume": [r.resume_seconds if r else None for r in finals]}
+              "resume": [r.resume_seconds if r else None for r in finals],
+              "kernel-hibernate": [r.kernel_timings.get("hibernate_seconds") if r else None for r in finals],
+              "kernel-restore": [r.kernel_timings.get("restore_seconds") if r else None for r in finals]}
     top = max((value for values in series.values() for value in values if value is not None), default=0.0) or 1.0
     return Plot(cell, {name: _polyline(values, top) for name, values in series.items()}, top)
 

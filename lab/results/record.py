@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import UsageError
+from lab.results.timings import kernel_timings
 from lab.rundir import RunDirectory, read_json
 
 MATRIX_FILE = "matrix.json"
@@ -78,6 +79,8 @@ class RunRecord:
     classes: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     phases: list[dict[str, Any]] = field(default_factory=list)
+    kernel_timings: dict[str, float] = field(default_factory=dict)
+    """The guest kernel's own clock (lab.results.timings): hibernate, image write, restore."""
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self) | {"status": str(self.status)}
@@ -148,7 +151,8 @@ def read_record(run_dir: Path, cell: str | None = None, night: Night | None = No
         classes=[f"{entry.get('boot')}:{entry.get('class')}" for entry in power_offs],
         findings=[f"{entry.get('boot')}: {finding}" for entry in power_offs
                   for finding in entry.get("disagreements") or []],
-        phases=[{key: phase.get(key) for key in ("step", "label", "status", "seconds")} for phase in phases])
+        phases=[{key: phase.get(key) for key in ("step", "label", "status", "seconds")} for phase in phases],
+        kernel_timings=kernel_timings(run_dir))
 
 
 def read_matrix(directory: Path) -> list[RunRecord]:

@@ -49,7 +49,7 @@ _runs = Table(
                                               "off2_contract", "accel", "psci", "lab_host", "host_kernel",
                                               "lab_version")),
     *(Column(name, Float) for name in ("seconds", "hibernate_seconds", "resume_seconds")),
-    *(Column(name, JSON, nullable=False) for name in ("classes", "findings", "phases")),
+    *(Column(name, JSON, nullable=False) for name in ("classes", "findings", "phases", "kernel_timings")),
 )
 
 

@@ -82,7 +82,10 @@ def test_the_page_chromium_builds_puts_regressions_and_known_issues_on_top(dashb
                     PSCI: ["KNOWN"] * 6}
     links = [a.get("href") for a in document.iterfind(".//h:table[@class='grid']//h:a", NS)]
     assert len(links) == 18 and all((dashboard.parent / link).parent.is_dir() for link in links)
-    assert len(list(document.iterfind(".//{http://www.w3.org/2000/svg}polyline"))) == 6
+    lines = {line.get("class"): line.get("points") for line in
+             document.iterfind(".//{http://www.w3.org/2000/svg}polyline")}
+    assert set(lines) == {"hibernate", "resume", "kernel-hibernate", "kernel-restore"}
+    assert len(list(document.iterfind(".//{http://www.w3.org/2000/svg}polyline"))) == 12
     assert not list(document.iterfind(".//h:script", NS))
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.results.store import ResultsStore
+
 LAB = [sys.executable, "-m", "lab.cli"]
 PROBE = """name: nightly-probe
 description: Hibernate once; the guest must power off with SYSTEM_OFF2.
@@ -61,6 +63,11 @@ def test_compare_finds_the_real_regression_on_sqlite_then_postgresql(two_nights:
     assert (change["cell"], change["change"]) == ("nightly-probe[kernel=default,accel=tcg]", "regression")
     assert change["what"] == ["PASS→FAIL", "boot1 class hibernate-off2 → hibernate-off"]
     assert change["differed"] == {"PSCI personality": {"old": "kvm", "new": "none"}}
+
+    with ResultsStore(f"sqlite:///{two_nights / 'results.sqlite'}") as store:
+        [passed] = store.night(Path(report["old"]).name)
+    assert 0 < passed.kernel_timings["hibernate_seconds"] < passed.hibernate_seconds, passed.kernel_timings
+    assert passed.kernel_timings["image_kbytes"] > 0 and passed.classes == ["boot1:hibernate-off2"]
 
     imported = lab("results", "import", str(two_nights), "--db", postgres_server)
     assert imported.returncode == 0, imported.stderr

@@ -247,3 +247,11 @@ def test_runs_outside_a_matrix_are_nights_by_day_as_the_nightly_service_makes_th
     assert lab("compare", "single-runs-2026-11-01", "single-runs-2026-11-02", "--db", store_url) == 1
     assert lab("dashboard", "--db", store_url, "--out", str(tmp_path / "board.html")) == 0
     assert "single-runs: 2 nights, 2 cells" in (tmp_path / "board.html").read_text()
+
+
+def test_the_kernel_s_own_timings_are_read_from_its_console() -> None:
+    recorded = Path(__file__).parent.parent / "report" / "data" / "run-no-stale-resume"
+    [record] = read_directory(recorded)
+    assert record.kernel_timings == {"hibernate_seconds": 14.734, "image_kbytes": 75208.0,
+                                     "image_write_seconds": 10.76, "restore_seconds": 14.493}
+    assert (record.hibernate_seconds, record.resume_seconds) == (19.231, 33.912)

@@ -49,10 +49,17 @@ def _result(template: dict[str, Any], cell: Cell, status: str) -> dict[str, Any]
     return result
 
 
-def _write_run(directory: Path, result: dict[str, Any], console: str) -> None:
+def _write_run(directory: Path, result: dict[str, Any], console: str, cell: Cell) -> None:
+    """result.json, and consoles whose kernel timestamps put the kernel's hibernation at 80% of the lab's
+    hibernate step and its restore at half the lab's resume boot."""
     directory.mkdir(parents=True)
     (directory / "result.json").write_text(json.dumps(result))
-    (directory / "console-boot1.log").write_text(f"[    1.000000] {console}\n")
+    (directory / "console-boot1.log").write_text(
+        f"[    1.000000] {console}\n[    2.000000] PM: hibernation: hibernation entry\n"
+        f"[{2 + cell.hibernate_seconds * 0.8:12.6f}] reboot: Power down\n")
+    (directory / "console-boot2.log").write_text(
+        "[    3.000000] PM: hibernation: resume from hibernation\n"
+        f"[{3 + cell.resume_seconds * 0.5:12.6f}] PM: hibernation: hibernation exit\n")
 
 
 def write_night(root: Path, matrix: str, night: int, cells: list[Cell]) -> Path:
@@ -64,9 +71,10 @@ def write_night(root: Path, matrix: str, night: int, cells: list[Cell]) -> Path:
     for index, cell in enumerate(cells):
         name = f"cell{index}"
         retries = []
-        _write_run(directory / name, _result(template, cell, "FAIL" if cell.flaky else cell.status), cell.console)
+        _write_run(directory / name, _result(template, cell, "FAIL" if cell.flaky else cell.status), cell.console,
+                   cell)
         if cell.flaky:
-            _write_run(directory / f"{name}.retry1", _result(template, cell, "PASS"), cell.console)
+            _write_run(directory / f"{name}.retry1", _result(template, cell, "PASS"), cell.console, cell)
             retries.append(str(directory / f"{name}.retry1"))
         entries.append({"id": cell.id, "scenario": cell.id.partition("[")[0], "status": cell.status,
                         "reason": "", "run_dir": str(directory / name), "retries": retries})
@@ -78,5 +86,5 @@ def write_night(root: Path, matrix: str, night: int, cells: list[Cell]) -> Path:
 def write_single_run(root: Path, started: datetime, cell: Cell) -> Path:
     """A run outside any matrix, as `lab scenario` leaves it: `root/<UTC time>-<scenario>`."""
     directory = root / f"{started:%Y%m%dT%H%M%S}-{cell.id.partition('[')[0]}"
-    _write_run(directory, _result(json.loads(RECORDED.read_text()), cell, cell.status), cell.console)
+    _write_run(directory, _result(json.loads(RECORDED.read_text()), cell, cell.status), cell.console, cell)
     return directory
