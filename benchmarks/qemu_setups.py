@@ -30,7 +30,7 @@ from lab.machine.process import Machine
 from lab.machine.spec import Disk, MachineSpec
 from lab.psci.attach import psci_attacher
 from lab.psci.firmware import PsciPersonality
-from lab.qemu.build import build_qemu
+from lab.qemu.builder import build_qemu
 from lab.rundir import RunDirectory
 from lab.scenario.model import find_scenario
 from lab.scenario.run import RunOptions, run_scenario

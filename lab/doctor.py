@@ -31,12 +31,22 @@ from typing import Literal
 
 from packaging.requirements import Requirement
 
-from lab.errors import LabError
+from lab.errors import LabError, SetupError
+from lab.hosts.base import HostProcess
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE
-from lab.image.store import ImageStore
+from lab.image.store import ImageStore, picked_by_runs
 from lab.judge.off2_contract import contract_for
-from lab.machine.accel import NO_MACHINE, PROBE_ARGS, PROBE_REAP_SECONDS, early_exit, kvm_status, launched, probe_accel
+from lab.machine.accel import (
+    NO_MACHINE,
+    OUTPUT,
+    PROBE_ARGS,
+    PROBE_REAP_SECONDS,
+    early_exit,
+    kvm_status,
+    launched,
+    probe_accel,
+)
 from lab.qemu.builds import known_builds
 from lab.vocabulary import GUEST_ARCHES as ALL_GUEST_ARCHES
 from lab.vocabulary import guest_arch, host_arch
@@ -200,12 +210,12 @@ def _off2_findings() -> list[Finding]:
     return findings
 
 
-def _gdb_answers(sock_path: Path, process: subprocess.Popen[str]) -> str | None:
+def _gdb_answers(sock_path: Path, process: HostProcess) -> str | None:
     """None when the gdbstub answers a stop-reason query with a whole packet; otherwise what went wrong."""
     deadline = time.monotonic() + GDB_PROBE_SECONDS
     while not sock_path.exists():
         if process.poll() is not None or time.monotonic() > deadline:
-            return early_exit(process, PROBE_REAP_SECONDS) or "no gdbstub socket appeared"
+            return early_exit(process, sock_path.with_name(OUTPUT), PROBE_REAP_SECONDS) or "no gdbstub socket appeared"
         time.sleep(0.05)
     reply = b""
     with socket.socket(socket.AF_UNIX) as client:
@@ -235,37 +245,41 @@ def _gdbstub_finding() -> Finding:
         command = [path, "-machine", "virt", "-cpu", "max", "-accel", "tcg", *PROBE_ARGS,
                    "-gdb", f"unix:{sock_path},server=on,wait=off"]
         try:
-            with launched(command) as process:
+            with launched(command, Path(scratch) / OUTPUT) as process:
                 problem = _gdb_answers(sock_path, process)
-        except OSError as failure:
-            problem = f"cannot start {binary}: {failure.strerror}"
+        except SetupError as failure:
+            problem = str(failure)
     if problem is None:
         return Finding("gdbstub", "ok", f"{binary} -gdb answers on a unix socket (the TCG PSCI layer's channel)")
     return Finding("gdbstub", "missing", f"{binary} -gdb: {problem}", _install_fix(binary))
 
 
 def _image_findings() -> list[Finding]:
-    """The newest build of each cached image; the default arm64 image is the one the lab needs."""
+    """The build runs pick of each cached image, and the newest build pinned to each other kernel; the default
+    arm64 image is the one the lab needs."""
     store = ImageStore()
     try:
-        images = store.list()
+        images = store.cached()
     except LabError as error:
         return [Finding("images", "missing", f"image cache {store.images} unreadable: {error}",
                         "remove the broken directory, then run ./bootstrap")]
     if not images:
         return [Finding("images", "missing", f"none: run ./bootstrap (cache: {store.images})", "run ./bootstrap")]
-    newest: dict[str, GuestImage] = {}
-    builds: dict[str, int] = {}
+    picked = picked_by_runs(images)
+    pinned: dict[tuple[str, str | None], GuestImage] = {}
     for image in images:
-        newest.setdefault(image.name, image)
-        builds[image.name] = builds.get(image.name, 0) + 1
+        if image.kernel_pin:
+            pinned.setdefault((image.name, image.kernel_pin), image)
+    shown = [*picked.values(), *pinned.values()]
     findings = []
-    for name, image in newest.items():
-        older = f" (+{builds[name] - 1} older)" if builds[name] > 1 else ""
-        findings.append(Finding("images", "ok", f"{name} {image.kernel_release}, built {image.manifest['built']}, "
-                                                f"{image.path}{older}"))
+    for image in shown:
+        builds = sum(other.name == image.name and other.kernel_pin == image.kernel_pin for other in images)
+        older = f", +{builds - 1} older" if builds > 1 else ""
+        use = image.describe_use(picked.get(image.name) is image)
+        findings.append(Finding("images", "ok", f"{image.name} {image.kernel_release} ({use}{older}), built "
+                                                f"{image.manifest['built']}, {image.path}"))
     default = DEFAULT_IMAGE["arm64"]
-    if default not in newest:
+    if default not in picked:
         findings.append(Finding("images", "missing", f"default image {default} not built", "run ./bootstrap"))
     return findings
 

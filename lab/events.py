@@ -82,6 +82,8 @@ class RepeatRound(Event):
     kind: ClassVar[str] = "repeat-round"
     round: int
     of: int
+    awake: float = 0.0
+    """Seconds the round stayed awake before its steps (a repeat's `awake`)."""
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,28 @@
-"""Where the lab keeps what outlives a run: the cache (images, debs, symbols) and the recipes."""
+"""Where the lab keeps what outlives a run (the cache: images, debs, symbols) and what it ships (scenarios,
+image recipes, the QEMU series, the schemas)."""
 
 from __future__ import annotations
 
 import json
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-IMAGES_DIR = REPO_ROOT / "images"
-SCENARIOS_DIR = REPO_ROOT / "scenarios"
+"""The checkout, when the lab runs from one (an editable install); an installed lab has only its package."""
+
+
+def shipped(name: str) -> Path:
+    """A directory the lab ships (`images`, `scenarios`, `qemu`): package data of an installed lab
+    (lab/shipped/NAME in its wheel), else the checkout's top-level NAME/."""
+    packaged = Path(str(files("lab") / "shipped" / name))
+    return packaged if packaged.is_dir() else REPO_ROOT / name
+
+
+IMAGES_DIR = shipped("images")
+SCENARIOS_DIR = shipped("scenarios")
+QEMU_DIR = shipped("qemu")
 
 
 def cache_root() -> Path:
@@ -25,4 +38,5 @@ SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 
 def load_schema(name: str) -> dict[str, Any]:
     """One of the JSON schemas that scenario, matrix and image recipe files are validated against."""
-    return json.loads((SCHEMAS_DIR / f"{name}.json").read_text())
+    schema: dict[str, Any] = json.loads((SCHEMAS_DIR / f"{name}.json").read_text())
+    return schema

@@ -6,9 +6,12 @@ A run directory holds `scenario.json`, `events.jsonl`, the swap disk, `result.js
 from), `qemu-NAME.cmdline` (the command, for people), `qemu-NAME.stderr` and `boot-NAME.json`
 (how the process ended). Every other module asks this one for those paths and contents.
 
-`result.json` is at schema version 2: version 1 nested each step's label and line inside a
+`result.json` is at schema version 3: version 1 nested each step's label and line inside a
 `params` object inside `params`; version 2 gives phases flat `step`, `line`, `label`,
-`expectations` fields, as the typed step events do.
+`expectations` fields, as the typed step events do; version 3 classes an x86_64 guest's hibernation
+by what the platform was told, ACPI S4 (`hibernate-s4`), where version 2 called it `hibernate-off2`,
+a PSCI name, and records the guest's arch (`environment.guest_arch`) and each check's `kind` and
+`boot`. `read_result` reads a version-2 file as version 3 (see `upgraded_result`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any
 from lab.errors import SetupError, UsageError
 from lab.events import Event, read_events
 
-RESULT_SCHEMA_VERSION = 2
+RESULT_SCHEMA_VERSION = 3
+S4_RENAMED = "classed hibernate-off2 when written (result.json version 2); ACPI S4 is hibernate-s4 since version 3"
 MAX_DIR_NAME = 200
 ROOM_BYTES = 1 << 20
 """Kept free for result.json, junit.xml, report.html and the last events: a few hundred KiB at most."""
@@ -69,6 +73,20 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def upgraded_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A version-2 result.json as version 3 has it: an x86_64 guest's (a qemu-system-x86_64 run's) ACPI S4
+    hibernation is `hibernate-s4`, noted as renamed. Other versions are returned as they are."""
+    if result.get("schema_version") != 2:
+        return result
+    environment = result.get("environment") or {}
+    x86 = str((environment.get("qemu_build") or {}).get("path", "")).endswith("qemu-system-x86_64")
+    for power_off in (result.get("verdict") or {}).get("power_offs") or []:
+        if x86 and power_off.get("class") == "hibernate-off2":
+            power_off["class"] = "hibernate-s4"
+            power_off["notes"] = [*power_off.get("notes", []), S4_RENAMED]
+    return {**result, "schema_version": RESULT_SCHEMA_VERSION, "upgraded_from": 2}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -292,7 +310,8 @@ class RunDirectory:
         return read_json(self.scenario)
 
     def read_result(self) -> dict[str, Any] | None:
-        return read_json(self.result)
+        result = read_json(self.result)
+        return upgraded_result(result) if result is not None else None
 
     def read_events(self) -> list[Event]:
         return read_events(self.events)

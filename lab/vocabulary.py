@@ -15,6 +15,15 @@ from enum import StrEnum
 from lab.errors import UsageError
 
 
+class PowerInterface(StrEnum):
+    """How a guest tells the platform it powers off: what the verdict's class names."""
+
+    PSCI = "psci"
+    """Arm's PSCI: SYSTEM_OFF, or SYSTEM_OFF2 for a hibernation."""
+    ACPI = "acpi"
+    """ACPI sleep states: S5 to power off, S4 for a hibernation."""
+
+
 @dataclass(frozen=True)
 class GuestArch:
     """One guest architecture under each of the names the lab meets it by."""
@@ -25,14 +34,15 @@ class GuestArch:
     """QEMU's and the kernel's name (aarch64, x86_64): `qemu-system-*`, `uname -m`."""
     multiarch: str
     """Debian's multiarch triplet: where shared libraries live in packages."""
+    power_interface: PowerInterface
 
     @property
     def names(self) -> tuple[str, str]:
         return self.debian, self.qemu
 
 
-ARM64 = GuestArch("arm64", "aarch64", "aarch64-linux-gnu")
-AMD64 = GuestArch("amd64", "x86_64", "x86_64-linux-gnu")
+ARM64 = GuestArch("arm64", "aarch64", "aarch64-linux-gnu", PowerInterface.PSCI)
+AMD64 = GuestArch("amd64", "x86_64", "x86_64-linux-gnu", PowerInterface.ACPI)
 GUEST_ARCHES = (ARM64, AMD64)
 
 
@@ -208,7 +218,9 @@ class PowerOffClass(StrEnum):
     """How a guest went away, as the verdict classifies it."""
 
     HIBERNATE_OFF2 = "hibernate-off2"
-    """An image was written and a VMM-side witness saw SYSTEM_OFF2 (or ACPI S4)."""
+    """An image was written and a VMM-side witness saw PSCI SYSTEM_OFF2."""
+    HIBERNATE_S4 = "hibernate-s4"
+    """An image was written and a VMM-side witness saw ACPI S4 (x86): SYSTEM_OFF2's counterpart."""
     HIBERNATE_OFF = "hibernate-off"
     """An image was written and the VMM saw a plain power-off, though it could have seen OFF2."""
     HIBERNATE = "hibernate"
@@ -226,4 +238,34 @@ class PowerOffClass(StrEnum):
     """QEMU itself was stopped (SIGSTOP) and ran nothing: not the guest's doing."""
 
 
-HIBERNATED = (PowerOffClass.HIBERNATE_OFF2, PowerOffClass.HIBERNATE_OFF, PowerOffClass.HIBERNATE)
+HIBERNATE_SIGNALLED = {PowerInterface.PSCI: PowerOffClass.HIBERNATE_OFF2,
+                       PowerInterface.ACPI: PowerOffClass.HIBERNATE_S4}
+"""The class of a hibernation the platform was told of, by how the guest tells it."""
+HIBERNATED = (PowerOffClass.HIBERNATE_OFF2, PowerOffClass.HIBERNATE_S4, PowerOffClass.HIBERNATE_OFF,
+              PowerOffClass.HIBERNATE)
+
+
+class Intent(StrEnum):
+    """What a power-off step asks of the guest (the step's kind)."""
+
+    HIBERNATE = "hibernate"
+    POWEROFF = "poweroff"
+    CRASH = "crash"
+
+
+class BootKind(StrEnum):
+    """How a boot came up."""
+
+    FRESH = "fresh"
+    RESUMED = "resumed"
+    """The kernel restored a hibernation image."""
+    PANICKED = "panicked"
+
+
+class RunStatus(StrEnum):
+    """A run's verdict in one word."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+    """Nothing was judged: the lab could not set the run up."""

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 import yaml
@@ -28,13 +28,17 @@ MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 
 
+class _Mark(Protocol):
+    line: int
+
+
 class _Refused(Exception):
     """YAML the lab will not compose: says what, and where."""
 
-    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+    def __init__(self, problem: str, mark: _Mark | None) -> None:
         super().__init__(problem)
         self.problem = problem
-        self.line = mark.line + 1
+        self.line = 1 if mark is None else mark.line + 1
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -45,8 +49,8 @@ class _StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self.depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        event = self.peek_event()
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
         if isinstance(event, yaml.AliasEvent):
             raise _Refused(f"YAML aliases (*{event.anchor}) are not allowed", event.start_mark)
         if getattr(event, "anchor", None) is not None:
@@ -87,13 +91,15 @@ _TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
     "integer": lambda checker, instance: type(instance) is int,
     "number": lambda checker, instance: type(instance) is int or (type(instance) is float and math.isfinite(instance)),
 })
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, validators={"pattern": _pattern},
-                                           type_checker=_TYPES)
+_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]  # untyped in the stubs
+    jsonschema.Draft202012Validator, validators={"pattern": _pattern}, type_checker=_TYPES)
 
 
 def first_schema_error(schema: dict[str, Any], instance: Any) -> jsonschema.ValidationError | None:
     """The most relevant way `instance` breaks `schema`, if it does."""
-    return jsonschema.exceptions.best_match(_Validator(schema).iter_errors(instance))
+    errors = _Validator(schema).iter_errors(instance)
+    error: jsonschema.ValidationError | None = jsonschema.exceptions.best_match(errors)
+    return error
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,8 @@ class YamlFile:
         if error is None:
             return
         where = list(error.absolute_path)
-        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict) \
+                and isinstance(error.schema, dict):
             where += sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str)[:1]
         raise self.error(tuple(where), schema_message(error, str(where[0]) if where else "", hints))
 

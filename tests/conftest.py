@@ -106,7 +106,7 @@ def default_x86_image() -> GuestImage:
 def patched_qemu() -> Path:
     """The lab's own QEMU with the SYSTEM_OFF2 series: built here once (about ten minutes on two cores),
     then found in the lab's cache."""
-    from lab.qemu.build import build_qemu
+    from lab.qemu.builder import build_qemu
 
     return build_qemu("native", say=lambda line: print(f"lab qemu build: {line}"))
 

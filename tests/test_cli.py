@@ -24,8 +24,8 @@ def lab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
         (["scenario", "hibernate-resume", "--arch", "sparc"], "lab: error: unknown arch 'sparc'"),
         (["scenario", "hibernate-resume", "--psci", "bogus"], "lab: error: unknown PSCI personality 'bogus'"),
         (["scenario", "hibernate-resume", "--accel", "kvm"], "lab: error: --accel kvm is not possible here"),
-        (["image", "inspect", "/nonexistent.raw"], "lab: error:"),
-        (["image", "set-signature", "/nonexistent.raw", "zz"], "lab: error:"),
+        (["disk", "inspect", "/nonexistent.raw"], "lab: error:"),
+        (["disk", "set-signature", "/nonexistent.raw", "zz"], "lab: error:"),
         (["images", "build", "no-such-recipe"], "lab: error: no image recipe named 'no-such-recipe'"),
     ],
 )
@@ -45,11 +45,11 @@ def test_invalid_scenario_file_names_line_and_field(tmp_path):
     assert done.stderr.startswith(f"lab: error: {scenario}:5: steps/1/hibernate/expect:")
 
 
-def test_scenario_list_and_show():
-    listed = lab("scenario", "list")
+def test_scenarios_list_and_show():
+    listed = lab("scenarios", "list")
     assert listed.returncode == 0
     assert "hibernate-resume" in listed.stdout and "no-stale-resume" in listed.stdout
-    shown = lab("scenario", "show", "hibernate-resume")
+    shown = lab("scenarios", "show", "hibernate-resume")
     assert shown.returncode == 0 and "name: hibernate-resume" in shown.stdout
 
 
@@ -71,3 +71,19 @@ def test_a_hibernation_path_the_guest_cannot_take_is_one_line(hibernation, messa
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_list_and_show_are_scenario_names_like_any_other(tmp_path):
+    """`lab scenario NAME` only ever runs NAME: a scenario may be called `list`."""
+    done = lab("scenario", "list", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("lab: error: no scenario named 'list'")
+    mine = tmp_path / "list.yaml"
+    mine.write_text("name: list\ndescription: x\nsteps:\n  - boot\n  - hibernate: {expect: sleepy}\n")
+    done = lab("scenario", str(mine), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith(f"lab: error: {mine}:5:")
+
+
+@pytest.mark.parametrize("old", [["image", "inspect", "x.raw"], ["scenario", "show", "hibernate-resume"]])
+def test_old_spellings_are_gone(old, tmp_path):
+    done = lab(*old, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -5,7 +5,7 @@ directory's parent, the lab cache, the temporary directory and the files the cas
 sandbox (paths, sizes, mtimes, sha256) must be the same afterwards. Cases that would hang or eat the host's
 memory if they regressed (alias bombs, /dev/zero) run `lab` in a process of its own, bounded in time and
 memory. A guest's console is fed bytes that are not UTF-8 through a real unix socket; a disk held by a paused
-QEMU is refused by `lab image set-signature`.
+QEMU is refused by `lab disk set-signature`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from lab.report.junit import write_junit
 from lab.report.result import write_result
 from lab.rundir import BootRecord, RunDirectory, read_console_file, unique_dir
 from lab.scenario.model import find_scenario
+from lab.vocabulary import Intent
 from lab.yaml_file import MAX_BYTES
 from tests.disk.test_header import hibernate_into, make_swap_area
 
@@ -417,7 +418,7 @@ CHAR_DEVICES: dict[str, Callable[[Sandbox], Path]] = {
 
 
 @pytest.mark.parametrize("device", CHAR_DEVICES.values(), ids=CHAR_DEVICES.keys())
-@pytest.mark.parametrize("command", [["image", "inspect"], ["image", "set-signature"]], ids=lambda c: c[-1])
+@pytest.mark.parametrize("command", [["disk", "inspect"], ["disk", "set-signature"]], ids=lambda c: c[-1])
 def test_image_commands_refuse_a_character_device(sandbox: Sandbox, device: Callable[[Sandbox], Path],
                                                   command: list[str]) -> None:
     path = device(sandbox)
@@ -432,9 +433,9 @@ def test_image_commands_refuse_a_block_device_unless_forced(sandbox: Sandbox, bl
                                                             through_symlink: bool) -> None:
     path = _link(sandbox, "blk-link", block_device) if through_symlink else block_device
     says = "is a block device, not a disk image file: refused (--force to use it anyway)"
-    sandbox.refuses("image", "inspect", path, says=says)
-    sandbox.refuses("image", "set-signature", path, "0x1234", says=says)
-    forced = sandbox.lab("image", "inspect", "--force", path)
+    sandbox.refuses("disk", "inspect", path, says=says)
+    sandbox.refuses("disk", "set-signature", path, "0x1234", says=says)
+    forced = sandbox.lab("disk", "inspect", "--force", path)
     assert forced.status == 0, forced.stderr
     assert "hibernation image present" in forced.stdout
 
@@ -451,8 +452,8 @@ def test_scenario_refuses_a_device_as_its_disk_unless_forced(sandbox: Sandbox, b
 def test_other_special_files_are_no_disks_even_forced(sandbox: Sandbox) -> None:
     fifo = sandbox.files / "fifo"
     os.mkfifo(fifo)
-    sandbox.refuses("image", "inspect", "--force", fifo, says=f"{fifo} is a named pipe, not a disk image")
-    sandbox.refuses("image", "set-signature", "--force", sandbox.files, "1", says="is a directory, not a disk image")
+    sandbox.refuses("disk", "inspect", "--force", fifo, says=f"{fifo} is a named pipe, not a disk image")
+    sandbox.refuses("disk", "set-signature", "--force", sandbox.files, "1", says="is a directory, not a disk image")
     sandbox.refuses("scenario", "poweroff-baseline", "--disk", sandbox.files / "absent.raw", "--runs-dir",
                     sandbox.runs, says="no such disk image")
 
@@ -469,7 +470,7 @@ def test_a_disk_another_run_holds_is_refused(sandbox: Sandbox, hibernated_disk: 
         says = f"disk {hibernated_disk} is in use: lab lock {hibernated_disk}.lab-lock is held by pid {os.getpid()}"
         sandbox.refuses("scenario", "poweroff-baseline", "--disk", hibernated_disk, "--runs-dir", sandbox.runs,
                         says=says + " (lab machine boot1)")
-        sandbox.refuses("image", "set-signature", hibernated_disk, "0x1234", says="is in use: lab lock")
+        sandbox.refuses("disk", "set-signature", hibernated_disk, "0x1234", says="is in use: lab lock")
     assert not is_held(hibernated_disk)
 
 
@@ -490,7 +491,7 @@ def test_image_recipes_are_looked_up_by_name_only() -> None:
 
 
 def test_a_symlink_to_a_disk_image_file_is_a_disk(sandbox: Sandbox, hibernated_disk: Path) -> None:
-    inspected = sandbox.lab("image", "inspect", _link(sandbox, "disk-link", hibernated_disk))
+    inspected = sandbox.lab("disk", "inspect", _link(sandbox, "disk-link", hibernated_disk))
     assert inspected.status == 0, inspected.stderr
     assert "hibernation image present" in inspected.stdout
 
@@ -520,7 +521,7 @@ def test_set_signature_refuses_a_disk_a_running_qemu_holds(sandbox: Sandbox, hib
         machine.launch()
         assert machine.qmp.execute("query-status")["status"] == "prelaunch"
         before = sandbox.snapshot(skip=run_dir.path), _listing(short_tmp)
-        refused = sandbox.lab("image", "set-signature", hibernated_disk, "0x1234")
+        refused = sandbox.lab("disk", "set-signature", hibernated_disk, "0x1234")
         assert (sandbox.snapshot(skip=run_dir.path), _listing(short_tmp)) == before
         assert machine.running
     assert refused.status == 2
@@ -583,7 +584,8 @@ def test_console_bytes_that_are_not_utf8_survive_lines_verdict_result_and_junit(
                         qmp_events=[{"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-shutdown"},
                                      "lab_seconds": 17.2}])
     observations = Observations(power_offs=[PowerOffObservation(
-        "boot1", "poweroff", "poweroff", 3, record, timed_out=False, psci_active=False, psci_personality=None)])
+        boot="boot1", intent=Intent.POWEROFF, expect="poweroff", step_line=3, record=record, timed_out=False,
+        psci_active=False, psci_personality=None)])
     verdict = judge(observations, {"boot1": lines}, reason)
     assert verdict.power_offs[0].kind == "poweroff"
     write_result(run_dir, {"name": "hostile", "path": "-", "description": "-"}, verdict, observations, [], {}, 1.0)

@@ -189,7 +189,7 @@ def _run_service(tmp_path: Path, failing: str = "") -> tuple[int, list[list[str]
     checkout = service["WorkingDirectory"]
     log = tmp_path / "ran.log"
     listing = f'exec {sys.executable} -m lab.cli "$@"'
-    _stub(tmp_path / ".venv/bin", "lab", f"""if [ "$1 $2" = "scenario list" ]; then {listing}; fi
+    _stub(tmp_path / ".venv/bin", "lab", f"""if [ "$1 $2" = "scenarios list" ]; then {listing}; fi
 echo "$*" >> {log}
 [ "$2" != "{failing}" ]""")
     argv = [arg.replace(checkout, str(tmp_path)) for arg in _exec_line(service["ExecStart"])]

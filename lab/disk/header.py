@@ -4,14 +4,13 @@ The header is the page Linux writes over the swap signature when it hibernates
 (kernel/power/swap.c). Editing it from the host is how the lab makes a hibernated guest
 cold-boot on purpose: with HW_SIG set and a hardware signature the resuming kernel does not
 expect, the kernel refuses the image and boots cleanly. Every disk access goes through QEMU's
-own tools (qemu-img, qemu-io), so raw and qcow2 work alike and QEMU's image locking keeps
+own tools (lab.disk.qemu_tools: qemu-img, qemu-io), so raw and qcow2 work alike and QEMU's image locking keeps
 the lab from writing to a disk a VM has open; the lab's own DiskLock covers the rest.
 """
 
 from __future__ import annotations
 
-import json
-import posixpath
+import enum
 import re
 import struct
 import uuid
@@ -21,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.disk.lock import DiskBusy, DiskLock
-from lab.errors import LabError, SetupError, UsageError, WaitTimeout
+from lab.disk.lock import DiskLock
+from lab.disk.qemu_tools import OpenedDisk, SwapRegion, open_disk, read_start, write_start
+from lab.errors import LabError, UsageError
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 
@@ -31,21 +31,19 @@ HEADER_SPAN = max(PAGE_SIZES)
 IMAGE_SIGNATURE = "S1SUSPEND"
 SWAP_SIGNATURES = ("SWAPSPACE2", "SWAP-SPACE")
 U32_MAX = 0xFFFF_FFFF
-SECTOR_SIZE = 512
-"""What QEMU sizes disks in: a region's offset and a disk's size are whole sectors."""
 
-FLAG_PLATFORM_MODE = 1
-FLAG_NOCOMPRESS = 2
-FLAG_CRC32 = 4
-FLAG_HW_SIG = 8
-FLAG_LZ4 = 16
-FLAG_NAMES = {
-    FLAG_PLATFORM_MODE: "PLATFORM_MODE",
-    FLAG_NOCOMPRESS: "NOCOMPRESS",
-    FLAG_CRC32: "CRC32",
-    FLAG_HW_SIG: "HW_SIG",
-    FLAG_LZ4: "LZ4",
-}
+
+class ImageFlag(enum.IntFlag):
+    """The header's flags: the kernel's SF_* bits (kernel/power/swap.c); bits it may add later are kept."""
+
+    PLATFORM_MODE = 1
+    NOCOMPRESS = 2
+    CRC32 = 4
+    HW_SIG = 8
+    LZ4 = 16
+
+
+_KNOWN_FLAGS = sum(ImageFlag)
 
 # The header's tail, at the end of the first page: hw_sig, crc32, image, flags, orig_sig, sig.
 _TAIL = struct.Struct("<IIQI10s10s")
@@ -57,8 +55,6 @@ _SIG_AT = 30
 _SWAP_INFO = struct.Struct("<III16s16s")
 _SWAP_INFO_OFFSET = 0x400
 
-_QEMU_TIMEOUT = 60.0
-_LOCK_FAILURE = re.compile(r'Failed to get (?:shared )?"\w+" lock|Is another process using the image')
 
 
 class HeaderError(LabError):
@@ -67,10 +63,6 @@ class HeaderError(LabError):
 
 class NoImageError(LabError):
     """The disk holds a plain swap area: there is no hibernation image to edit."""
-
-
-class DiskAccessError(LabError):
-    """qemu-img or qemu-io could not read or write the disk for a reason other than a lock."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +87,7 @@ class HibernationHeader:
     page_size: int
     signature: str
     original_signature: str
-    flags: int
+    flags: ImageFlag
     hw_sig: int
     image_offset: int
     crc32: int
@@ -108,8 +100,8 @@ class HibernationHeader:
 
     @property
     def flag_names(self) -> tuple[str, ...]:
-        names = [name for bit, name in FLAG_NAMES.items() if self.flags & bit]
-        unknown = self.flags & ~sum(FLAG_NAMES)
+        names = [flag.name or "" for flag in ImageFlag if flag in self.flags]
+        unknown = self.flags & ~_KNOWN_FLAGS
         names += [f"0x{1 << bit:x}" for bit in range(32) if unknown & (1 << bit)]
         return tuple(names)
 
@@ -149,7 +141,7 @@ class HibernationHeader:
             "signature": self.signature,
             "original_signature": self.original_signature,
             "image_present": self.image_present,
-            "flags": self.flags,
+            "flags": int(self.flags),
             "flag_names": list(self.flag_names),
             "hw_sig": self.hw_sig,
             "image_offset": self.image_offset,
@@ -240,7 +232,7 @@ def parse_header(data: bytes, disk_size: int, source: str) -> HibernationHeader:
         page_size=page_size,
         signature=signature,
         original_signature=original,
-        flags=flags,
+        flags=ImageFlag(flags),
         hw_sig=hw_sig,
         image_offset=image_offset,
         crc32=crc32,
@@ -270,129 +262,16 @@ def _require_u32(value: int) -> None:
         raise UsageError(f"signature value {value} is outside 0..0x{U32_MAX:X} (hw_sig is a u32)")
 
 
-@dataclass(frozen=True, kw_only=True)
-class SwapRegion:
-    """Where a swap area lies inside a disk: a partition, or a swap file's blocks in its filesystem.
-
-    The whole disk is a swap area of its own (the busybox guests' swap disk): region None.
-    """
-
-    offset: int
-    size: int
-
-    def __post_init__(self) -> None:
-        if self.offset % min(PAGE_SIZES) or self.offset < 0 or self.size <= 0:
-            raise UsageError(f"a swap area at byte {self.offset} of {self.size} bytes is not page-aligned")
-
-
-@dataclass(frozen=True)
-class _Disk:
-    path: Path
-    format: str
-    size: int
-    host: Host
-    offset: int = 0
-    """Where the swap area starts, in bytes from the start of the disk; `size` is the area's."""
-
-
-def _run_qemu_tool(host: Host, args: list[str], disk: Path) -> str:
-    """Run qemu-img/qemu-io on the disk's host; turn its failures into lab errors, a lock conflict into DiskBusy."""
-    try:
-        result = host.run(args, timeout=_QEMU_TIMEOUT)
-    except SetupError:
-        raise SetupError(f"{args[0]} not found; install QEMU's tools (Debian package qemu-utils)") from None
-    except WaitTimeout as timeout:
-        raise WaitTimeout(f"{args[0]} on {disk}", _QEMU_TIMEOUT) from timeout
-    output = (result.stderr + result.stdout).decode(errors="replace")
-    if result.returncode != 0:
-        lock_failure = _LOCK_FAILURE.search(output)
-        if lock_failure:
-            reason = f"QEMU refused its image lock ({lock_failure.group(0)}): is a VM running on it?"
-            raise DiskBusy(disk, reason)
-        raise DiskAccessError(f"{args[0]} failed on {disk}: {result.last_error_line()}")
-    return result.text()
-
-
-def _open_disk(disk: Path, host: Host, region: SwapRegion | None = None) -> _Disk:
-    """Find the disk's format and virtual size; -U so a disk a VM holds can still be inspected."""
-    if host is LOCAL:
-        if not disk.exists():
-            raise UsageError(f"no such disk image: {disk}")
-        disk = disk.resolve()
-    info = json.loads(_run_qemu_tool(host, ["qemu-img", "info", "-U", "--output=json", str(disk)], disk))
-    size = int(info["virtual-size"])
-    if region is None:
-        return _Disk(disk, info["format"], size, host)
-    if region.offset + region.size > size:
-        raise UsageError(f"{disk}: a swap area at byte {region.offset} of {region.size} bytes ends past the "
-                         f"disk's {size} bytes")
-    return _Disk(disk, info["format"], region.size, host, region.offset)
-
-
-def _require_write_access(disk: _Disk) -> None:
-    """Open the disk read-write as the write will, and do nothing: QEMU's image locking refuses this
-    (DiskBusy) while a VM holds the disk. `qemu-img dd` opens its input read-only, and a read-only
-    open of a raw disk succeeds even while a VM writes to it."""
-    _run_qemu_tool(disk.host, ["qemu-io", "-f", disk.format, "-c", "flush", str(disk.path)], disk.path)
-
-
-def _read_start(disk: _Disk, for_update: bool) -> bytes:
-    """The first 64 KiB as the guest sees them (the whole disk if smaller), copied out by `qemu-img dd`.
-
-    For an update the disk must first open read-write, so a running VM makes the update fail (DiskBusy)
-    before anything is changed; inspection shares the image (-U) and works while a VM holds it.
-    """
+def _read_start(disk: OpenedDisk, for_update: bool) -> bytes:
     if disk.size < min(PAGE_SIZES):
         raise HeaderError(f"{disk.path}: {disk.size} bytes is too small to hold a swap header")
-    if for_update:
-        _require_write_access(disk)
-    length = min(HEADER_SPAN, disk.size)
-    block = SECTOR_SIZE
-    # qemu-img dd's count ends the copy at count blocks from the input's start, skipped ones included.
-    share = [] if for_update else ["-U"]
-    scratch = disk.host.make_dir("lab-header-")
-    try:
-        copy = posixpath.join(scratch, "start.raw")
-        _run_qemu_tool(
-            disk.host,
-            ["qemu-img", "dd", *share, "-f", disk.format, "-O", "raw", f"bs={block}",
-             f"count={(disk.offset + length) // block}", f"skip={disk.offset // block}", f"if={disk.path}",
-             f"of={copy}"],
-            disk.path,
-        )
-        data = disk.host.read_file(copy)
-    finally:
-        disk.host.remove_tree(scratch)
-    if len(data) != length:
-        raise DiskAccessError(f"qemu-img dd copied {len(data)} of {length} bytes from {disk.path}")
-    return data
-
-
-def _write_start(disk: _Disk, page: bytes) -> None:
-    """Write the header page back with qemu-io (taking QEMU's write lock) from a pattern file.
-
-    qemu-io splits its command on spaces, so the pattern file's path must have none: it is made in a
-    fresh directory of the host's, whose names never do.
-    """
-    scratch = disk.host.make_dir("lab-header-")
-    try:
-        pattern = posixpath.join(scratch, "header-page.bin")
-        disk.host.write_file(pattern, page)
-        stdout = _run_qemu_tool(
-            disk.host,
-            ["qemu-io", "-f", disk.format, "-c", f"write -s {pattern} {disk.offset} {len(page)}", str(disk.path)],
-            disk.path,
-        )
-    finally:
-        disk.host.remove_tree(scratch)
-    if f"wrote {len(page)}/{len(page)} bytes at offset {disk.offset}" not in stdout:
-        raise DiskAccessError(f"qemu-io did not confirm writing the header of {disk.path}: {stdout.strip()}")
+    return read_start(disk, HEADER_SPAN, for_update)
 
 
 def read_header(disk: Path, host: Host = LOCAL, region: SwapRegion | None = None) -> HibernationHeader:
     """Inspect a swap area's header (the whole disk's, or a region's) without locking the disk, so a
     disk in use can be looked at too."""
-    opened = _open_disk(disk, host, region)
+    opened = open_disk(disk, host, region)
     return parse_header(_read_start(opened, for_update=False), opened.size, str(disk))
 
 
@@ -410,7 +289,7 @@ def _edit_image_header(
     own directory there), so no lab VM can start between the read and the write; the read and the
     write both open the disk read-write, so QEMU refuses them while a VM has it.
     """
-    opened = _open_disk(disk, host, region)
+    opened = open_disk(disk, host, region)
     lock = DiskLock(opened.path, description=f"lab image: {action}") if host is LOCAL else nullcontext()
     with lock:
         data = _read_start(opened, for_update=True)
@@ -427,7 +306,7 @@ def _edit_image_header(
             )
         page = bytearray(data[: before.page_size])
         edit(before, page)
-        _write_start(opened, bytes(page))
+        write_start(opened, bytes(page))
         after = parse_header(_read_start(opened, for_update=False), opened.size, str(disk))
     return before, after
 
@@ -440,7 +319,7 @@ def set_signature(disk: Path, value: int, host: Host = LOCAL,
     def set_hw_sig(header: HibernationHeader, page: bytearray) -> None:
         tail = header.page_size - _TAIL.size
         struct.pack_into("<I", page, tail + _HW_SIG_AT, value)
-        struct.pack_into("<I", page, tail + _FLAGS_AT, header.flags | FLAG_HW_SIG)
+        struct.pack_into("<I", page, tail + _FLAGS_AT, header.flags | ImageFlag.HW_SIG)
 
     action = f"set the hardware signature to 0x{value:08x}"
     return _edit_image_header(disk, action, set_hw_sig, lambda header: header.problems, host, region)

@@ -1,6 +1,6 @@
 """Which paths the lab takes as a disk image: regular files, unless the user forces a device.
 
-`lab image set-signature` writes the disk in place and `--disk` is copied (and hashed) whole, so a
+`lab disk set-signature` writes the disk in place and `--disk` is copied (and hashed) whole, so a
 mistyped `/dev/sda`, or a symlink to it, would edit a host disk or copy a whole device (`/dev/zero`:
 forever). QEMU's tools open devices as readily as files; the lab refuses them unless told otherwise.
 """

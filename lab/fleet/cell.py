@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -56,7 +57,8 @@ def redirect_output(run_dir: Path) -> None:
     with RunDirectory(run_dir).output_log.open("a") as log:
         os.dup2(log.fileno(), sys.stdout.fileno())
         os.dup2(log.fileno(), sys.stderr.fileno())
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
 
 
 def run_cell(scenario: Callable[[], Scenario], options: RunOptions) -> int:
@@ -99,7 +101,7 @@ class CellSpec:
     def from_json(cls, text: str) -> CellSpec:
         try:
             data: dict[str, Any] = json.loads(text)
-            options = {name: Path(value) if name in _PATH_OPTIONS and value is not None else value
+            options: dict[str, Any] = {name: Path(value) if name in _PATH_OPTIONS and value is not None else value
                        for name, value in data["options"].items()}
             spec = cls(Path(data["scenario"]), RunOptions(**options), data.get("copy_back"),
                        Path(data["dest"]) if data.get("dest") else None)
@@ -112,7 +114,8 @@ class CellSpec:
 
 def _copy_back(spec: CellSpec, run_dir: Path) -> None:
     """Copy the staged run directory to the controller's; remove the scratch copy only once it is there."""
-    assert spec.copy_back is not None and spec.dest is not None
+    if spec.copy_back is None or spec.dest is None:
+        raise UsageError("a staged cell needs both a copy-back command and a destination")
     print(f"lab: copying the run directory back: {spec.copy_back}")
     env = {**os.environ, "LAB_RUN_DIR": str(run_dir), "LAB_DEST": str(spec.dest)}
     try:
@@ -133,7 +136,8 @@ def run_spec(spec: CellSpec) -> int:
     """`lab cell`: one cell on this node, its output in output.log, copied back when it was staged."""
     handle_interrupts()
     run_dir = spec.options.run_dir
-    assert run_dir is not None
+    if run_dir is None:
+        raise UsageError("a cell spec needs a run directory")
     redirect_output(run_dir)
     code = run_cell(lambda: find_scenario(str(spec.scenario)), spec.options)
     if spec.copy_back is not None:

@@ -12,14 +12,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lab.lines import last_file_lines
 from lab.rundir import RunDirectory
 
 if TYPE_CHECKING:
     from lab.fleet.matrix import Cell
     from lab.scenario.run import RunOptions
+
+
+class CellStatus(StrEnum):
+    """Where a cell is: waiting or running, or over with its run's verdict or the engine's account."""
+
+    WAITING = "WAITING"
+    RUNNING = "RUNNING"
+    PASS = "PASS"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+    INTERRUPTED = "INTERRUPTED"
+    """Stopped by Ctrl-C while it ran."""
+    NOT_RUN = "NOT-RUN"
+    """An interrupt came before it started."""
 
 
 @dataclass
@@ -28,7 +44,7 @@ class CellOutcome:
 
     cell: Cell
     run_dir: Path
-    status: str = "WAITING"
+    status: CellStatus = CellStatus.WAITING
     reason: str = ""
     seconds: float = 0.0
     started: float = 0.0
@@ -36,14 +52,14 @@ class CellOutcome:
 
     @property
     def finished(self) -> bool:
-        return self.status not in ("WAITING", "RUNNING")
+        return self.status not in (CellStatus.WAITING, CellStatus.RUNNING)
 
     def start(self, host: str, ago: float = 0.0) -> None:
         """The cell runs on `host` since `ago` seconds (an engine may learn of a start late); its time counts
         from then, on this machine's monotonic clock."""
-        self.status, self.started, self.host = "RUNNING", time.monotonic() - ago, host
+        self.status, self.started, self.host = CellStatus.RUNNING, time.monotonic() - ago, host
 
-    def end(self, status: str, reason: str) -> None:
+    def end(self, status: CellStatus, reason: str) -> None:
         """The cell is over; one that never started took no time."""
         self.status, self.reason = status, reason
         self.seconds = time.monotonic() - self.started if self.started else 0.0
@@ -84,14 +100,6 @@ class Engine(Protocol):
         """
 
 
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
 def settle(outcome: CellOutcome, reached_verdict: bool, otherwise: str) -> None:
     """End a cell whose process ended on its own, from what it left in its run directory.
 
@@ -102,12 +110,13 @@ def settle(outcome: CellOutcome, reached_verdict: bool, otherwise: str) -> None:
     run_dir = RunDirectory(outcome.run_dir)
     result = run_dir.read_result() if reached_verdict else None
     if result is not None:
-        outcome.end(result["verdict"]["status"], result["verdict"]["reason"])
+        outcome.end(CellStatus(result["verdict"]["status"]), result["verdict"]["reason"])
     else:
-        outcome.end("ERROR", _last_line(run_dir.output_log).removeprefix("lab: error: ") or otherwise)
+        last_words = " ".join(last_file_lines(run_dir.output_log)).removeprefix("lab: error: ")
+        outcome.end(CellStatus.ERROR, last_words or otherwise)
 
 
 def mark_not_run(outcomes: list[CellOutcome]) -> None:
     """Cells an interrupt came before: they never started, and the record says so."""
     for outcome in outcomes:
-        outcome.end("NOT-RUN", "interrupted before it started")
+        outcome.end(CellStatus.NOT_RUN, "interrupted before it started")

@@ -9,6 +9,7 @@ lines and an SSH login, records the host in the hosts file, and stops it on the 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -23,13 +24,16 @@ from lab.deadline import Deadline
 from lab.errors import ChannelError, MachineError, SetupError, UsageError, WaitTimeout
 from lab.hosts.known import KnownHost, forget_host, hosts_dir, record_host
 from lab.image.guest_image import GuestImage
-from lab.image.recipe import KVM_HOST_ROLE, ImageRecipe
+from lab.image.recipe import ImageRecipe, ImageRole
 from lab.image.store import ImageStore
 from lab.machine.channels.ssh import HOST, SshChannel
 from lab.machine.process import Machine
 from lab.machine.spec import MachineSpec, free_local_port
-from lab.qemu.build import TARGETS, QemuBuild
+from lab.qemu.builder import QemuBuilder
+from lab.qemu.recipe import TARGETS
 from lab.rundir import BootFiles, timestamp, unique_dir
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "kvm-host"
 BOOT_SECONDS = 300.0
@@ -83,7 +87,7 @@ class RunningHost:
 def qemu_builder(log: Callable[[str], None]) -> Callable[[str], Path]:
     """The lab's patched QEMU for a target, built first if it is not yet (saying how long that takes)."""
     def build(target: str) -> Path:
-        job = QemuBuild(TARGETS[target], say=lambda line: log(f"lab qemu build: {line}"))
+        job = QemuBuilder(TARGETS[target], say=lambda line: log(f"lab qemu build: {line}"))
         if not job.done:
             log(f"the lab's patched QEMU for {target} is not built yet: building it now "
                 "(`lab qemu build --target arm64`; about 15 minutes on two idle cores, up to 45 when busy)")
@@ -93,9 +97,9 @@ def qemu_builder(log: Callable[[str], None]) -> Callable[[str], Path]:
 
 def host_recipe(name: str, kernel_deb: str | None = None) -> ImageRecipe:
     recipe = ImageRecipe.named(name)
-    if recipe.role != KVM_HOST_ROLE:
+    if recipe.role is not ImageRole.KVM_HOST:
         raise UsageError(f"image {name} is not a lab host (role {recipe.role}); `lab host` boots recipes with "
-                         f"role: {KVM_HOST_ROLE}")
+                         f"role: {ImageRole.KVM_HOST}")
     return recipe.pinned(kernel_deb) if kernel_deb else recipe
 
 
@@ -186,7 +190,7 @@ def start_host(name: str = DEFAULT_HOST, kernel_deb: str | None = None, memory_m
     """
     image = image or host_image(name, kernel_deb, log)
     login = image.ssh
-    if image.manifest.get("role") != KVM_HOST_ROLE or login is None:
+    if image.manifest.get("role") != ImageRole.KVM_HOST or login is None:
         raise UsageError(f"{image.path} is not a lab host image with an SSH server")
     deadline = Deadline(boot_timeout)
     log_dir = unique_dir(hosts_dir() / "logs", f"{image.name}-{timestamp()}")
@@ -196,7 +200,8 @@ def start_host(name: str = DEFAULT_HOST, kernel_deb: str | None = None, memory_m
         machine.resume()
         kvm = _wait_ready(machine, deadline.remaining)
         port = machine.spec.ssh_port
-        assert port is not None
+        if port is None:
+            raise SetupError(f"host image {image.name} has no SSH port forward")
         channel = SshChannel.from_files(port, login.user, login.host_key, login.client_key)
         try:
             channel.connect(max(min(SSH_SECONDS, deadline.remaining), 1.0))
@@ -212,11 +217,13 @@ def start_host(name: str = DEFAULT_HOST, kernel_deb: str | None = None, memory_m
             image_dir=str(image.path), kernel_release=release, kvm=kvm.available, kvm_detail=kvm.detail,
             pid=os.getpid(), qemu_pid=machine.pid, started=datetime.now(UTC).isoformat(timespec="seconds"),
             log_dir=str(log_dir)))
+        _log.debug("lab host %s ready at %s (kernel %s, kvm: %s)", image.name, host.url, release, kvm.available)
         try:
             yield host
         finally:
             forget_host(host.url, os.getpid())
     finally:
+        _log.debug("lab host %s stopping (QEMU pid %s)", image.name, machine.pid)
         if reader is not None:
             reader.stop()
         machine.close()

@@ -16,12 +16,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from lab.events import StepEnded, StepStarted
-from lab.fleet.engine import CellOutcome
+from lab.fleet.engine import CellOutcome, CellStatus
 from lab.fleet.results import MatrixResult
 from lab.rundir import RunDirectory
 
-_STYLES = {"PASS": "green", "FAIL": "red", "ERROR": "red", "INTERRUPTED": "yellow", "RUNNING": "cyan",
-           "WAITING": "dim", "NOT-RUN": "dim"}
+_STYLES = {CellStatus.PASS: "green", CellStatus.FAIL: "red", CellStatus.ERROR: "red",
+           CellStatus.INTERRUPTED: "yellow", CellStatus.RUNNING: "cyan", CellStatus.WAITING: "dim",
+           CellStatus.NOT_RUN: "dim"}
 
 
 def _current_step(run_dir: Path) -> str:
@@ -34,19 +35,19 @@ def _current_step(run_dir: Path) -> str:
     return "starting"
 
 
-def _status(status: str) -> str:
-    return f"[{_STYLES.get(status, 'bold')}]{status}[/]"
+def _status(status: CellStatus) -> str:
+    return f"[{_STYLES[status]}]{status}[/]"
 
 
 def _progress(outcomes: list[CellOutcome]) -> Table:
     done = sum(outcome.finished for outcome in outcomes)
-    failed = sum(outcome.finished and outcome.status != "PASS" for outcome in outcomes)
+    failed = sum(outcome.finished and outcome.status is not CellStatus.PASS for outcome in outcomes)
     table = Table(title=f"{done}/{len(outcomes)} cells done, {failed} not passed", title_justify="left")
     for column in ("cell", "status", "step", "time"):
         table.add_column(column, justify="right" if column == "time" else "left")
     now = time.monotonic()
     for outcome in outcomes:
-        running = outcome.status == "RUNNING"
+        running = outcome.status is CellStatus.RUNNING
         step = _current_step(outcome.run_dir) if running else outcome.reason
         seconds = now - outcome.started if running else outcome.seconds
         table.add_row(escape(outcome.cell.id), _status(outcome.status), escape(step),
@@ -80,4 +81,4 @@ def print_summary(console: Console, name: str, result: MatrixResult, seconds: fl
     counts = Counter(outcome.status for outcome in result.outcomes)
     shown = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
     where = escape(f"[{seconds:.1f}s, {result.report}]")
-    console.print(f"{_status('PASS' if result.passed else 'FAIL')} {name}: {shown}  {where}")
+    console.print(f"{_status(CellStatus.PASS if result.passed else CellStatus.FAIL)} {name}: {shown}  {where}")

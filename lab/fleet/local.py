@@ -18,8 +18,10 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
+from lab import logs
+from lab.errors import UsageError
 from lab.fleet.cell import INTERRUPTED_EXIT, handle_interrupts, redirect_output, run_cell
-from lab.fleet.engine import CellOutcome, CellRun, mark_not_run, settle
+from lab.fleet.engine import CellOutcome, CellRun, CellStatus, mark_not_run, settle
 from lab.fleet.matrix import Cell
 from lab.machine.process import set_parent_death_signal
 from lab.scenario.model import Scenario
@@ -33,7 +35,9 @@ def _run_cell(cell: Cell, options: RunOptions, parent: int) -> None:
     """A worker process: one cell's run, which must not start once the matrix that spawned it is gone."""
     set_parent_death_signal(signal.SIGTERM)
     handle_interrupts()
-    assert options.run_dir is not None
+    logs.configure()
+    if options.run_dir is None:
+        raise UsageError(f"cell {cell.id} has no run directory")
     redirect_output(options.run_dir)
 
     def scenario() -> Scenario:
@@ -47,7 +51,7 @@ def _run_cell(cell: Cell, options: RunOptions, parent: int) -> None:
 def _settle(outcome: CellOutcome, exit_code: int | None) -> None:
     """A worker stopped by an interrupt is INTERRUPTED; any other ended on its own."""
     if exit_code == INTERRUPTED_EXIT or exit_code in _STOPPED_BY_SIGNAL:
-        outcome.end("INTERRUPTED", "interrupted")
+        outcome.end(CellStatus.INTERRUPTED, "interrupted")
     else:
         settle(outcome, reached_verdict=exit_code in (0, 1), otherwise=f"worker exited with status {exit_code}")
 
@@ -86,12 +90,13 @@ class LocalEngine:
                 while waiting and len(running) < workers:
                     run = waiting.popleft()
                     run.outcome.run_dir.mkdir(parents=True)
-                    process = spawn.Process(target=_run_cell, args=(run.cell, run.options, os.getpid()),
+                    process: BaseProcess = spawn.Process(target=_run_cell, args=(run.cell, run.options, os.getpid()),
                                             name=run.cell.id, daemon=True)
                     run.outcome.start(self.host)
                     process.start()
                     running[process.sentinel] = (process, run.outcome)
-                for sentinel in multiprocessing.connection.wait(list(running), timeout=1.0):
+                ended = set(multiprocessing.connection.wait(list(running), timeout=1.0))
+                for sentinel in [sentinel for sentinel in running if sentinel in ended]:
                     process, outcome = running.pop(sentinel)
                     process.join()
                     _settle(outcome, process.exitcode)

@@ -86,7 +86,7 @@ class Matrix:
     arch: str = "arm64"
     workers: int = 1
     slurm: Mapping[str, Any] = field(default_factory=dict)
-    """The file's `slurm` section, for lab.fleet.slurm.load_settings."""
+    """The file's `slurm` section, for lab.fleet.slurm_settings.load_settings."""
 
     def cells(self) -> list[Cell]:
         return [cell for scenario in self.scenarios for cell in self.dimensions.cells(scenario)]

@@ -176,7 +176,7 @@ class ScenarioFile(pytest.File):
         return items
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        return _one_line(excinfo) or super().repr_failure(excinfo, style)
+        return _one_line(excinfo) or super().repr_failure(excinfo)
 
 
 class ScenarioItem(pytest.Item):
@@ -191,7 +191,8 @@ class ScenarioItem(pytest.Item):
 
         if settings.runs_dir is not None:
             return unique_dir(settings.runs_dir, f"{self.cell.dir_name}-{timestamp()}")
-        return self.config._tmp_path_factory.mktemp(self.cell.dir_name, numbered=True)
+        factory: pytest.TempPathFactory = self.config._tmp_path_factory  # type: ignore[attr-defined]  # pytest's tmp_path
+        return factory.mktemp(self.cell.dir_name, numbered=True)
 
     def runtest(self) -> None:
         from rich.console import Console

@@ -14,8 +14,9 @@ from datetime import datetime
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.fleet.engine import CellOutcome
+from lab.fleet.engine import CellOutcome, CellStatus
 from lab.fleet.matrix import Matrix
+from lab.judge.phase_summary import summarize_runs
 from lab.report.html import write_matrix_report
 from lab.report.junit import write_matrix_junit
 from lab.results.known import known_labels
@@ -34,7 +35,7 @@ class MatrixResult:
 
     @property
     def passed(self) -> bool:
-        return all(outcome.status == "PASS" for outcome in self.outcomes)
+        return all(outcome.status is CellStatus.PASS for outcome in self.outcomes)
 
     @property
     def report(self) -> Path:
@@ -45,14 +46,15 @@ class MatrixResult:
 def write_results(result: MatrixResult, matrix: Matrix, workers: int, started: datetime, clock: float) -> None:
     """`clock` is when the matrix started on the monotonic clock the outcomes' times are on."""
     counts = Counter(outcome.status for outcome in result.outcomes)
+    run_dirs = [RunDirectory(outcome.run_dir) for outcome in result.outcomes if outcome.run_dir.exists()]
     summary = {"matrix": matrix.name, "file": str(matrix.path), "arch": matrix.arch, "workers": workers,
                "started": started.isoformat(timespec="seconds"), "seconds": round(time.monotonic() - clock, 3),
                "counts": dict(counts), "passed": result.passed,
                "cells": [outcome.to_json(clock) | {"retries": [str(path) for path in
                                                                  result.retries.get(outcome.cell.id, [])]}
-                         for outcome in result.outcomes]}
+                         for outcome in result.outcomes],
+               "kernel_phases": summarize_runs(filter(None, (run_dir.read_result() for run_dir in run_dirs)))}
     (result.directory / "matrix.json").write_text(json.dumps(summary, indent=2) + "\n")
-    run_dirs = [RunDirectory(outcome.run_dir) for outcome in result.outcomes if outcome.run_dir.exists()]
     write_matrix_junit(run_dirs, result.directory / "junit.xml")
     write_matrix_report(run_dirs, result.report, _known(result.directory))
 

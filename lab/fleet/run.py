@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lab.errors import UsageError
-from lab.fleet.engine import CellOutcome, CellRun, Engine
+from lab.fleet.engine import CellOutcome, CellRun, CellStatus, Engine
 from lab.fleet.host_vm import start_host
 from lab.fleet.live import finished_line, live_table, print_summary
 from lab.fleet.local import LocalEngine
@@ -83,7 +83,7 @@ def _retry_failed(runs: list[CellRun], result: MatrixResult, retries: int, worke
     run directory, the retries are listed in matrix.json, and the results store tells them apart.
     """
     for attempt in range(1, retries + 1):
-        failed = [run for run in runs if run.outcome.status == "FAIL"]
+        failed = [run for run in runs if run.outcome.status is CellStatus.FAIL]
         if not failed:
             return
         directories = [run.outcome.run_dir.with_name(f"{run.outcome.run_dir.name}.retry{attempt}") for run in failed]
@@ -93,8 +93,8 @@ def _retry_failed(runs: list[CellRun], result: MatrixResult, retries: int, worke
         engine.run(again, min(workers, len(again)), lambda outcome: console.print(finished_line(outcome)))
         for run, retry in zip(failed, again, strict=True):
             result.retries.setdefault(run.cell.id, []).append(retry.outcome.run_dir)
-            if retry.outcome.status == "PASS":
-                run.outcome.end("PASS", f"flaky: passed on retry {attempt} after: {run.outcome.reason}")
+            if retry.outcome.status is CellStatus.PASS:
+                run.outcome.end(CellStatus.PASS, f"flaky: passed on retry {attempt} after: {run.outcome.reason}")
 
 
 def _run_cells(matrix: Matrix, cells: list[Cell], images: dict[tuple[str, str], GuestImage],

@@ -10,47 +10,34 @@ docs/slurm-findings.md), falling back to a jobcomp/filetxt log for a job slurmct
 whose run ended (COMPLETED, FAILED) is settled from its run directory like a local one; a job that Slurm
 ended (TIMEOUT, NODE_FAIL, CANCELLED, OUT_OF_MEMORY, …) or never started is an ERROR that says which, with
 the tail of what the job printed. docs/slurm.md says how a fleet is set up for this.
+
+Beside it: lab.fleet.slurm_settings (host classes, what a cell asks of a node), lab.fleet.slurm_client
+(the Slurm commands) and lab.fleet.slurm_srun (one scenario through srun, output live).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import os
-import re
 import shlex
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from lab.errors import LabError, SetupError, UsageError
+from lab.errors import SetupError
 from lab.fleet.cell import CellSpec
-from lab.fleet.engine import CellOutcome, CellRun, mark_not_run, settle
-from lab.paths import load_schema
+from lab.fleet.engine import CellOutcome, CellRun, CellStatus, mark_not_run, settle
+from lab.fleet.slurm_client import SlurmClient, SlurmCommandFailed, parse_record, task_ids
+from lab.fleet.slurm_settings import LAB_COMMAND, SlurmSettings, host_class_name, resources
+from lab.lines import last_file_lines
 from lab.rundir import RunDirectory
-from lab.scenario.model import Scenario, Step
-from lab.scenario.steps import DEFAULT_TIMEOUTS
-from lab.vocabulary import guest_arch
-from lab.yaml_file import read_yaml
 
-LAB_COMMAND = (sys.executable, "-m", "lab.cli")
-"""How a node starts the lab: the controller's own interpreter, so the lab must live at the same path there."""
-CONFIG_ENV = "LAB_CONFIG"
-DEFAULT_START_TIMEOUT = 600.0
 POLL_SECONDS = 1.0
-COMMAND_SECONDS = 30.0
 CONTROLLER_PATIENCE_SECONDS = 120.0
 STOP_GRACE_SECONDS = 120.0
-SETUP_SECONDS = 300.0
-UNTIMED_STEP_SECONDS = 30.0
-QEMU_OVERHEAD_MIB = 512
 TAIL_LINES = 3
 
 FINAL_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -70,169 +57,6 @@ NEVER_STARTS = {
     "InvalidAccount": "invalid account",
     "InvalidQOS": "invalid QOS",
 }
-_FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=(.*?)(?=\s[A-Za-z][A-Za-z0-9_:/]*=|$)")
-
-
-# --- settings: host classes and how cells reach them ---------------------------------------------------------
-
-
-def config_path() -> Path:
-    """The lab's config file: `$LAB_CONFIG`, else `$XDG_CONFIG_HOME/hibernation-lab/config.yaml`, else
-    `~/.config/hibernation-lab/config.yaml`."""
-    if explicit := os.environ.get(CONFIG_ENV):
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(xdg) / "hibernation-lab" / "config.yaml"
-
-
-@dataclass(frozen=True)
-class HostClass:
-    """Where a kind of cell may run: the feature constraint and the partition (None: leave it to Slurm)."""
-
-    name: str
-    feature: str | None
-    partition: str | None
-
-    def options(self) -> list[str]:
-        return [*(["-C", self.feature] if self.feature else []), *(["-p", self.partition] if self.partition else [])]
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    """The `slurm` sections of the lab config and the matrix file, merged; `partition` is `--partition`."""
-
-    classes: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
-    partition: str | None = None
-    start_timeout: float = DEFAULT_START_TIMEOUT
-    stage: Path | None = None
-    copy_back: str | None = None
-
-    def host_class(self, name: str) -> HostClass:
-        """A class not configured has the feature and the partition of its own name."""
-        given = self.classes.get(name, {})
-        return HostClass(name, given.get("feature", name), self.partition or given.get("partition", name))
-
-
-def host_class_name(accel: str | None, arch: str) -> str:
-    """Cells forced onto KVM need a host of their own arch with KVM (`kvm_arm64`); any other runs on TCG."""
-    return f"kvm_{guest_arch(arch).debian}" if accel == "kvm" else "tcg"
-
-
-def _config_section() -> dict[str, Any]:
-    path = config_path()
-    if not path.exists():
-        return {}
-    file = read_yaml(path, "lab config")
-    schema = {"type": ["object", "null"], "additionalProperties": False,
-              "properties": {"slurm": load_schema("matrix")["properties"]["slurm"]}}
-    file.validate(schema)
-    return dict((file.data or {}).get("slurm", {}))
-
-
-def load_settings(matrix_section: Mapping[str, Any] | None = None, partition: str | None = None) -> SlurmSettings:
-    """Defaults, then the lab config's `slurm` section, then the matrix file's, then `--partition` for all."""
-    classes: dict[str, dict[str, str | None]] = {}
-    merged: dict[str, Any] = {}
-    for section in (_config_section(), dict(matrix_section or {})):
-        for name, given in section.pop("classes", {}).items():
-            classes.setdefault(name, {}).update(given)
-        merged.update(section)
-    if ("stage" in merged) != ("copy_back" in merged):
-        raise UsageError("slurm settings: `stage` and `copy_back` go together (see docs/slurm.md)")
-    return SlurmSettings(classes, partition, float(merged.get("start_timeout", DEFAULT_START_TIMEOUT)),
-                         Path(merged["stage"]) if "stage" in merged else None, merged.get("copy_back"))
-
-
-# --- what a cell asks of a node ------------------------------------------------------------------------------
-
-
-def _step_seconds(step: Step) -> float:
-    if step.kind == "repeat":
-        return step.params["times"] * sum(_step_seconds(child) for child in step.children)
-    return float(step.params.get("timeout", DEFAULT_TIMEOUTS.get(step.kind, UNTIMED_STEP_SECONDS)))
-
-
-def time_limit_minutes(scenario: Scenario) -> int:
-    """Every wait of a run is bounded by its step's timeout: their sum, plus set-up, bounds the run."""
-    return math.ceil((SETUP_SECONDS + sum(_step_seconds(step) for step in scenario.steps)) / 60)
-
-
-def resources(scenarios: Iterable[Scenario]) -> list[str]:
-    """Time, CPUs and memory for the most demanding of `scenarios`: QEMU's threads and the guest's RAM."""
-    chosen = list(scenarios)
-    return [f"--time={max(time_limit_minutes(s) for s in chosen)}",
-            f"--cpus-per-task={max(s.cpus for s in chosen)}",
-            f"--mem={max(s.memory_mib for s in chosen) + QEMU_OVERHEAD_MIB}M"]
-
-
-# --- the Slurm commands --------------------------------------------------------------------------------------
-
-
-class SlurmCommandFailed(LabError):
-    """A Slurm client command failed or did not answer; says which and what it printed."""
-
-
-def parse_record(line: str) -> dict[str, str]:
-    """One `scontrol -o show …` (or jobcomp/filetxt) line as a dict; values may hold spaces."""
-    return dict(_FIELD.findall(line.strip()))
-
-
-def task_ids(text: str) -> list[int]:
-    """An ArrayTaskId: `4`, or the tasks of a pending record not split off yet: `0-3`, `1,3-5`, `2-7%2`."""
-    ids: list[int] = []
-    for part in text.split("%")[0].split(","):
-        first, _, last = part.partition("-")
-        if first.isdigit():
-            ids.extend(range(int(first), int(last or first) + 1))
-    return ids
-
-
-class SlurmClient:
-    """The Slurm commands the engine runs, each bounded. They read SLURM_CONF, SBATCH_* and the rest of the
-    standard Slurm environment themselves; each runs in its own session, so that a Ctrl-C at the terminal
-    reaches the lab and not a scancel it is running."""
-
-    def __init__(self, timeout: float = COMMAND_SECONDS) -> None:
-        self.timeout = timeout
-
-    def run(self, args: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(args, input=input, capture_output=True, text=True, timeout=self.timeout,
-                                  start_new_session=True, check=False)
-        except FileNotFoundError:
-            raise SlurmCommandFailed(f"{args[0]} not found: install slurm-client (docs/slurm.md)") from None
-        except subprocess.TimeoutExpired:
-            raise SlurmCommandFailed(f"`{shlex.join(args[:4])}` did not answer within {self.timeout:g}s") from None
-
-    def _checked(self, args: list[str], input: str | None = None) -> str:
-        done = self.run(args, input)
-        if done.returncode != 0:
-            said = (done.stderr.strip() or done.stdout.strip()).splitlines()
-            raise SlurmCommandFailed(f"{args[0]} exited {done.returncode}: {said[-1] if said else 'no output'}")
-        return done.stdout
-
-    def submit(self, options: list[str], script: str) -> str:
-        """sbatch with the script on stdin; the job id."""
-        return self._checked(["sbatch", "--parsable", *options], script).strip().split(";")[0]
-
-    def jobs(self, job_id: str) -> list[dict[str, str]] | None:
-        """One record per array task (pending tasks may share one); None once slurmctld has forgotten the job."""
-        done = self.run(["scontrol", "-o", "show", "job", job_id])
-        if done.returncode != 0:
-            if "Invalid job id" in done.stderr:
-                return None
-            raise SlurmCommandFailed(f"scontrol show job {job_id}: {done.stderr.strip() or 'no answer'}")
-        return [parse_record(line) for line in done.stdout.splitlines() if line.strip()]
-
-    def cancel(self, job_ids: list[str]) -> None:
-        self._checked(["scancel", *job_ids])
-
-    def jobcomp_log(self) -> Path | None:
-        """The jobcomp/filetxt log, if the cluster keeps one this machine can read."""
-        text = self._checked(["scontrol", "show", "config"])
-        config = dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", text, re.MULTILINE))
-        path = Path(config.get("JobCompLoc", ""))
-        return path if config.get("JobCompType") == "jobcomp/filetxt" and path.is_file() else None
 
 
 # --- following the jobs ---------------------------------------------------------------------------------------
@@ -261,11 +85,8 @@ def _seconds_since(stamp: str | None) -> float | None:
 
 
 def _last_lines(path: Path, count: int) -> list[str]:
-    try:
-        lines = [" ".join(line.split()) for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return []
-    return lines[-count:]
+    """The file's last lines, each with its runs of spaces (a console's columns) closed up."""
+    return [" ".join(line.split()) for line in last_file_lines(path, count)]
 
 
 @dataclass
@@ -300,7 +121,7 @@ def _keep_a_run_directory(outcome: CellOutcome) -> None:
 
 def _end_error(outcome: CellOutcome, reason: str) -> None:
     """An ERROR the engine caused."""
-    outcome.end("ERROR", reason)
+    outcome.end(CellStatus.ERROR, reason)
     _keep_a_run_directory(outcome)
 
 
@@ -322,12 +143,12 @@ class SlurmEngine:
             self._submit(runs, workers, tasks, on_finished)
             self._follow(tasks, on_finished)
         except KeyboardInterrupt:
-            self._cancel(tasks, "INTERRUPTED", "cancelled by Ctrl-C")
+            self._cancel(tasks, CellStatus.INTERRUPTED, "cancelled by Ctrl-C")
             mark_not_run([run.outcome for run in runs if not run.outcome.finished])
             raise
         except Exception as error:
             why = f"cancelled: the lab stopped following its jobs ({error})"
-            self._cancel(tasks, "ERROR", why)
+            self._cancel(tasks, CellStatus.ERROR, why)
             for run in runs:
                 if not run.outcome.finished:
                     _end_error(run.outcome, f"never started: {why}")
@@ -441,7 +262,7 @@ class SlurmEngine:
     def _pending(self, task: _Task, record: Mapping[str, str]) -> None:
         """A queued task waits as long as Slurm makes it; one that cannot start is cancelled after start_timeout."""
         reason = record.get("Reason", "None")
-        if task.outcome.status == "WAITING":
+        if task.outcome.status is CellStatus.WAITING:
             task.outcome.reason = f"slurm job {task.id} pending: {reason}"
         blocker = NEVER_STARTS.get(reason.split(",")[0])
         if blocker is None:
@@ -457,7 +278,7 @@ class SlurmEngine:
 
     def _started(self, task: _Task, record: Mapping[str, str]) -> None:
         """Record the node; the cell's time counts from Slurm's StartTime (polling notices starts late)."""
-        if task.outcome.status != "WAITING":
+        if task.outcome.status is not CellStatus.WAITING:
             return
         since = _seconds_since(record.get("StartTime"))
         ago = min(max(since or 0.0, 0.0), time.monotonic() - task.submitted)
@@ -497,7 +318,7 @@ class SlurmEngine:
     def _forgotten(self, task: _Task) -> None:
         """Neither slurmctld nor a jobcomp log knows the task any more: its run directory is all there is."""
         if RunDirectory(task.outcome.run_dir).read_result() is not None:
-            if task.outcome.status == "WAITING":
+            if task.outcome.status is CellStatus.WAITING:
                 task.outcome.start("unknown")
             settle(task.outcome, reached_verdict=True, otherwise="")
         else:
@@ -506,7 +327,7 @@ class SlurmEngine:
 
     # -- stopping
 
-    def _cancel(self, tasks: list[_Task], status: str, why: str) -> None:
+    def _cancel(self, tasks: list[_Task], status: CellStatus, why: str) -> None:
         """scancel every job of the matrix, wait (bounded) until Slurm confirms each task ended, and end its cell:
         `status` with `why` if it had started, NOT-RUN (or ERROR, when the lab failed) if it had not."""
         previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
@@ -542,7 +363,7 @@ class SlurmEngine:
         except SetupError:
             return None
 
-    def _stopped(self, task: _Task, record: Mapping[str, str] | None, status: str, why: str) -> None:
+    def _stopped(self, task: _Task, record: Mapping[str, str] | None, status: CellStatus, why: str) -> None:
         outcome = task.outcome
         state = (record or {}).get("JobState")
         if record is not None and state in ("COMPLETED", "FAILED"):
@@ -550,7 +371,7 @@ class SlurmEngine:
             return
         node = _node(record) if record is not None else outcome.host
         if node is None:
-            if status == "INTERRUPTED":
+            if status is CellStatus.INTERRUPTED:
                 mark_not_run([outcome])
             else:
                 _end_error(outcome, f"never started: {why}")
@@ -558,33 +379,3 @@ class SlurmEngine:
         if record is not None:
             self._started(task, record)
         outcome.end(status, f"{why}: slurm job {task.id} {state or 'cancelled'} on {node}")
-
-
-# --- one scenario with live output: `lab scenario NAME --engine slurm` ----------------------------------------
-
-
-def srun_scenario(argv: list[str], scenario: Scenario, arch: str, accel: str | None, settings: SlurmSettings) -> int:
-    """Run `lab scenario` with these arguments on a node of the scenario's host class, its output live here and
-    its exit status passed through; an interrupt cancels the step (its run still cleans up on the node)."""
-    host = settings.host_class(host_class_name(accel, arch))
-    command = ["srun", f"--job-name=lab-{scenario.name}", *host.options(), *resources([scenario]),
-               f"--immediate={math.ceil(settings.start_timeout)}", "--quit-on-interrupt",
-               *LAB_COMMAND, *argv, "--engine", "local"]
-    print(f"lab: on Slurm: {shlex.join(command)}", file=sys.stderr, flush=True)
-    try:
-        srun = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    except FileNotFoundError:
-        raise SetupError("srun not found: install slurm-client (docs/slurm.md)") from None
-    try:
-        code = srun.wait()
-    except KeyboardInterrupt:
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.SIG_IGN)
-        srun.send_signal(signal.SIGINT)
-        try:
-            srun.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            srun.kill()
-            srun.wait()
-        raise
-    return code if code >= 0 else 128 - code

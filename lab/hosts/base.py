@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from lab.lines import last_lines
+
 COMMAND_SECONDS = 120.0
 
 
@@ -23,9 +25,8 @@ class Completed:
         return self.stdout.decode(errors="replace")
 
     def last_error_line(self) -> str:
-        lines = [line.strip() for line in (self.stderr + self.stdout).decode(errors="replace").splitlines()
-                 if line.strip()]
-        return lines[-1] if lines else f"exit status {self.returncode}"
+        said = last_lines((self.stderr + self.stdout).decode(errors="replace"))
+        return said[-1] if said else f"exit status {self.returncode}"
 
 
 class HostProcess(Protocol):

@@ -95,7 +95,8 @@ def _read() -> dict[str, dict[str, Any]]:
         raise SetupError(f"cannot read the lab's hosts file {hosts_file()}: {error}") from error
     if data.get("format") != HOSTS_FORMAT:
         raise SetupError(f"{hosts_file()} has format {data.get('format')!r}; this lab reads {HOSTS_FORMAT}")
-    return data["hosts"]
+    hosts: dict[str, dict[str, Any]] = data["hosts"]
+    return hosts
 
 
 def _write(hosts: dict[str, dict[str, Any]]) -> None:

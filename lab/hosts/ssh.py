@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import posixpath
 import secrets
 import select
@@ -35,7 +36,9 @@ from lab.deadline import Deadline
 from lab.digest import sha256_file
 from lab.errors import ChannelError, HostLost, SetupError, UsageError, WaitTimeout
 from lab.hosts.base import COMMAND_SECONDS, Completed, HostProcess
+from lab.hosts.ssh_login import LoginRefused, log_in
 
+_log = logging.getLogger(__name__)
 FILE_CACHE = "/var/cache/lab/files"
 """Where an SSH host keeps the files runs need, by sha256 (the kvm-host image pre-seeds it)."""
 RUNS_ROOT = "/run/lab/runs"
@@ -104,8 +107,9 @@ class _Forward:
     def _pump(self, client: socket.socket, remote: paramiko.Channel) -> None:
         """Bytes both ways until either side closes (or the forward is stopped)."""
         with contextlib.closing(client), contextlib.closing(remote):
+            ends: list[socket.socket | paramiko.Channel] = [client, remote]
             while not self._stop.is_set():
-                ready, _, _ = select.select([client, remote], [], [], 0.2)
+                ready, _, _ = select.select(ends, [], [], 0.2)
                 try:
                     if client in ready:
                         data = client.recv(65536)
@@ -169,12 +173,11 @@ class SshProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = Deadline(timeout if timeout is not None else 1e9)
-        while self.poll() is None:
+        while (code := self.poll()) is None:
             if deadline.expired:
                 raise subprocess.TimeoutExpired(f"pid {self.pid} on {self.host.name}", timeout or 0)
             time.sleep(min(0.05, deadline.remaining))
-        assert self.returncode is not None
-        return self.returncode
+        return code
 
     def _signal(self, name: str) -> None:
         if self.poll() is None:
@@ -238,23 +241,21 @@ class SshHost:
         self._forwards: list[_Forward] = []
         self._scratch = Path(tempfile.mkdtemp(prefix="lab-host-"))
         try:
-            self._client.connect(login.host, login.port, username=login.user, pkey=login.client_key,
-                                 timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                                 allow_agent=False, look_for_keys=False)
-        except paramiko.BadHostKeyException as error:
+            problem = log_in(self._client, (login.host, login.port), login.user, login.client_key, timeout,
+                             host_key_from="the one pinned for it", client_key_from="the lab's")
+        except LoginRefused as refused:
             self._cleanup()
-            raise SetupError(f"host {login.url} presented a host key other than the one pinned for it: "
-                             f"{error.key.get_name()} {error.key.get_base64()}") from error
-        except paramiko.AuthenticationException as error:
+            raise SetupError(f"host {login.url} {refused}") from refused
+        if problem is not None:
             self._cleanup()
-            raise SetupError(f"host {login.url} refused the lab's client key: {error}") from error
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            self._cleanup()
-            raise SetupError(f"host {login.url} cannot be reached: {error}") from error
+            raise SetupError(f"host {login.url} cannot be reached: {problem}")
         transport = self._client.get_transport()
-        assert transport is not None
+        if transport is None:
+            self._cleanup()
+            raise SetupError(f"host {login.url} closed the SSH connection as it was made")
         transport.set_keepalive(5)
         self._transport = transport
+        _log.debug("host %s: logged in", login.url)
 
     @property
     def _known_as(self) -> str:
@@ -399,7 +400,8 @@ class SshHost:
         """A local TCP port on 127.0.0.1 carried to the same port on the host's loopback."""
         listener = self._listen(socket.AF_INET, ("127.0.0.1", 0))
         self._forwards.append(_Forward(self._transport, listener, ("127.0.0.1", port)))
-        return listener.getsockname()[1]
+        local_port: int = listener.getsockname()[1]
+        return local_port
 
     def _cleanup(self) -> None:
         for forward in self._forwards:
@@ -412,5 +414,6 @@ class SshHost:
             self._scratch.rmdir()
 
     def close(self) -> None:
+        _log.debug("host %s: closing the SSH connection", self.name)
         self._cleanup()
 

@@ -5,7 +5,7 @@ configuration and .deb files), `closure` (the ELF library closure), `modules`
 (kernel modules and their dependencies), `keys` (the SSH server and its keys), `initramfs` (cpio
 archives), `payload` (what a lab host image carries from the build host: the lab's QEMU build and
 guest images), `guest_image` (a built image and its manifest) and `store` (the image cache, the build
-that assembles the initramfs, and `find_image`). May import: lab.errors, lab.paths, lab.vocabulary,
-lab.yaml_file.
-Nothing here boots a guest.
+that assembles the initramfs, and `find_image`). Nothing here boots a guest.
+What it may import is the layers contract in pyproject.toml, checked by import-linter
+(tests/test_layers.py).
 """

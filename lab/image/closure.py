@@ -10,7 +10,9 @@ import io
 import os
 from pathlib import Path
 
+from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 
 from lab.errors import SetupError
 from lab.vocabulary import guest_arch
@@ -20,10 +22,10 @@ def _elf_links(data: bytes) -> tuple[str | None, list[str]]:
     """An ELF file's program interpreter (PT_INTERP) and the sonames it loads (DT_NEEDED)."""
     interpreter, needed = None, []
     for segment in ELFFile(io.BytesIO(data)).iter_segments():
-        if segment["p_type"] == "PT_INTERP":
+        if isinstance(segment, InterpSegment):
             interpreter = segment.get_interp_name()
-        elif segment["p_type"] == "PT_DYNAMIC":
-            needed += [tag.needed for tag in segment.iter_tags("DT_NEEDED")]
+        elif isinstance(segment, DynamicSegment):
+            needed += [tag.needed for tag in segment.iter_tags("DT_NEEDED")]  # type: ignore[attr-defined]
     return interpreter, needed
 
 

@@ -50,7 +50,7 @@ def stanzas(text: str) -> list[Packages]:
 def _required(stanza: Deb822, name: str) -> str:
     if not stanza.get(name):
         raise SetupError(f"apt-cache show gave no {name} field")
-    return stanza[name]
+    return str(stanza[name])
 
 
 def pinned_relations(relations: list[list[dict[str, Any]]]) -> list[tuple[str, str | None]]:
@@ -79,7 +79,7 @@ class Candidate:
             sha256=_required(stanza, "SHA256"),
             filename=Path(_required(stanza, "Filename")).name,
         )
-        return cls(package, pinned_relations(stanza.relations["depends"]))
+        return cls(package, pinned_relations(stanza.relations["depends"] or []))
 
 
 def binary_sources(architecture: str, suites: tuple[str, ...] = SUITES) -> tuple[str, ...]:

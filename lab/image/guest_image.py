@@ -78,7 +78,7 @@ class GuestImage:
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return str(self.manifest["name"])
 
     @property
     def is_system(self) -> bool:
@@ -138,7 +138,19 @@ class GuestImage:
 
     @property
     def arch(self) -> str:
-        return self.manifest["arch"]
+        return str(self.manifest["arch"])
+
+    @property
+    def kernel_pin(self) -> str | None:
+        """`linux-image-…=VERSION` when built with a pinned kernel (`--kernel-deb`); None: the recipe's own."""
+        pin = self.manifest.get("kernel_pin")
+        return str(pin) if pin else None
+
+    def describe_use(self, picked: bool) -> str:
+        """What runs do with this build: boot it by default, boot it when asked for its kernel, or neither."""
+        if self.kernel_pin:
+            return f"pinned to {self.kernel_pin}: runs with --kernel-deb {self.kernel_pin}"
+        return "runs pick this" if picked else "an older build"
 
     @property
     def qemu_arch(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from lab.errors import UsageError
@@ -17,13 +18,20 @@ DEFAULT_KERNEL = "default"
 DEFAULT_IMAGE = {arch.debian: f"debian-{arch.debian}" for arch in GUEST_ARCHES}
 DEFAULT_SYSTEM_IMAGE = {arch.debian: f"debian-{arch.debian}-system" for arch in GUEST_ARCHES}
 """The image a `guest: system` scenario boots on each arch."""
-GUEST_ROLE = "guest"
-KVM_HOST_ROLE = "kvm-host"
 _SCHEMA = load_schema("image-recipe")
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 """An image's name: it names a recipe file and the image's cache directory."""
 KERNEL_DEB = re.compile(r"linux-image-[a-z0-9][a-z0-9+.-]*=[A-Za-z0-9.+~:-]+")
 """A Debian kernel package and version, in Debian's own characters (as a matrix's `kernels` has them)."""
+
+
+class ImageRole(StrEnum):
+    """What an image is for."""
+
+    GUEST = "guest"
+    """Boots under a lab run."""
+    KVM_HOST = "kvm-host"
+    """A machine the lab runs its guests' QEMU on."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +50,7 @@ class ImageRecipe:
     kernel_version: str | None = None
     extra_packages: tuple[str, ...] = ()
     ssh_server: str | None = None
-    role: str = GUEST_ROLE
-    """`guest` boots under a lab run; `kvm-host` is a machine the lab runs its guests' QEMU on."""
+    role: ImageRole = ImageRole.GUEST
     programs: tuple[str, ...] = ()
     """Guest paths of dynamically linked programs from the packages, shipped with their library closure."""
     qemu_builds: tuple[str, ...] = ()
@@ -60,6 +67,8 @@ class ImageRecipe:
         for name in ("modules", "extra_packages", "programs", "qemu_builds", "guest_images"):
             if name in data:
                 data[name] = tuple(data[name])
+        if "role" in data:
+            data["role"] = ImageRole(data["role"])
         return cls(**data)
 
     def pinned(self, kernel_deb: str) -> ImageRecipe:
@@ -86,7 +95,3 @@ class ImageRecipe:
     @property
     def qemu_arch(self) -> str:
         return guest_arch(self.arch).qemu
-
-    @property
-    def is_host(self) -> bool:
-        return self.role == KVM_HOST_ROLE

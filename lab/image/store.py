@@ -33,13 +33,13 @@ from lab.image import initramfs
 from lab.image.debian import PackageVersion, PrivateApt, extract, local_package
 from lab.image.guest_image import GuestImage
 from lab.image.payload import FILE_CACHE, IMAGES_ROOT, ROLE_FILE, RUNS_ROOT, Payload, payload, payload_entries
-from lab.image.recipe import DEFAULT_KERNEL, GUEST_ROLE, ImageRecipe
+from lab.image.recipe import DEFAULT_KERNEL, ImageRecipe, ImageRole
 from lab.paths import cache_root
 
 IMAGE_FORMAT = 1
 KERNEL_PACKAGE_PREFIXES = ("linux-image-", "linux-binary-", "linux-modules-")
 BASE_DIRECTORIES = ("bin", "dev", "etc", "etc/lab", "lib", "lib/modules", "proc", "run", "sys", "tmp")
-LATER_FIELDS = {"role": GUEST_ROLE, "programs": (), "qemu_builds": (), "guest_images": ()}
+LATER_FIELDS = {"role": ImageRole.GUEST, "programs": (), "qemu_builds": (), "guest_images": ()}
 """Recipe fields added after images were first cached: left out of the key while unused, so those keys stay."""
 QemuBuilder = Callable[[str], Path]
 """Builds (or finds built) the lab's patched QEMU for a target of `lab qemu build`; the binary's path."""
@@ -90,7 +90,7 @@ class ImageStore:
     def apt_for(self, recipe: ImageRecipe) -> PrivateApt:
         return PrivateApt(self.cache / "apt" / recipe.arch, recipe.suite, recipe.arch)
 
-    def list(self) -> list[GuestImage]:
+    def cached(self) -> list[GuestImage]:
         if not self.images.exists():
             return []
         found = [GuestImage.open(p) for p in self.images.iterdir() if (p / "manifest.json").exists()]
@@ -99,7 +99,7 @@ class ImageStore:
     def latest(self, name: str, kernel_pin: str | None = None) -> GuestImage | None:
         """The newest build of recipe `name` (with its own kernel, or the pinned `NAME=VERSION` one)."""
         return next(
-            (i for i in self.list() if i.name == name and i.manifest.get("kernel_pin") == kernel_pin), None
+            (i for i in self.cached() if i.name == name and i.kernel_pin == kernel_pin), None
         )
 
     def resolve(self, apt: PrivateApt, recipe: ImageRecipe) -> list[PackageVersion]:
@@ -242,21 +242,7 @@ class ImageStore:
             root = Path(scratch)
             for _, deb in debs:
                 extract(deb, root)
-            kernels = sorted(root.glob("usr/lib/modules/*/vmlinuz")) or sorted(root.glob("boot/vmlinuz-*"))
-            if not kernels:
-                raise SetupError("the kernel packages hold no vmlinuz")
-            kernel = kernels[0]
-            release = kernel.parent.name if kernel.name == "vmlinuz" else kernel.name[len("vmlinuz-"):]
-            modules_root = next(
-                (p for p in (root / "usr/lib/modules" / release, root / "lib/modules" / release) if p.is_dir()), None
-            )
-            if modules_root is None:
-                raise SetupError(f"no modules for kernel {release} in the kernel packages")
-            busybox = root / "usr/bin/busybox"
-            if not busybox.exists():
-                busybox = root / "bin/busybox"
-            if not busybox.exists():
-                raise SetupError(f"{recipe.userland_package} holds no busybox binary")
+            kernel, release, modules_root, busybox = _unpacked_parts(root, recipe)
             log(f"assembling initramfs for {release}")
             shutil.copyfile(kernel, out / "vmlinuz")
             config = next((c for c in (modules_root / "config", root / f"boot/config-{release}") if c.exists()), None)
@@ -275,7 +261,7 @@ class ImageStore:
             entries += ssh_entries
             programs = {path: program_closure(root, path, recipe.arch) for path in recipe.programs}
             entries += _program_entries(programs, entries)
-            if recipe.role != GUEST_ROLE:
+            if recipe.role is not ImageRole.GUEST:
                 entries.append(initramfs.regular_file(ROLE_FILE, f"{recipe.role}\n".encode()))
             entries += payload_entries(carried.files, {e.path for e in entries if stat.S_ISDIR(e.mode)})
             initramfs.write_newc_file(out / "initramfs.cpio", entries)
@@ -294,19 +280,43 @@ class ImageStore:
             "swap_size_mib": recipe.swap_size_mib,
             "modules": [name for name, _ in modules],
             "ssh": ssh,
-            "inputs": [
-                {"package": p.name, "arch": p.arch, "version": p.version, "sha256": p.sha256} for p, _ in debs
-            ] + [{"file": "images/init", "sha256": sha256_file(recipe.init_script)}]
-              + [{"file": str(f.source), "sha256": f.sha256} for f in carried.files],
+            "inputs": _inputs(recipe, debs, carried),
             "outputs": {name: sha256_file(out / name) for name in outputs},
             "role": recipe.role,
         }
         if programs:
             manifest["programs"] = {f"/{path.lstrip('/')}": sorted(files) for path, files in programs.items()}
         manifest |= carried.manifest
-        if recipe.role != GUEST_ROLE:
+        if recipe.role is not ImageRole.GUEST:
             manifest["layout"] = {"file_cache": f"/{FILE_CACHE}", "images": f"/{IMAGES_ROOT}", "runs": f"/{RUNS_ROOT}"}
         return manifest
+
+
+def _inputs(recipe: ImageRecipe, debs: list[tuple[PackageVersion, Path]], carried: Payload) -> list[dict[str, str]]:
+    """Every input of an image with its sha256: the packages, the init script, the files it carries."""
+    return ([{"package": p.name, "arch": p.arch, "version": p.version, "sha256": p.sha256} for p, _ in debs]
+            + [{"file": "images/init", "sha256": sha256_file(recipe.init_script)}]
+            + [{"file": str(f.source), "sha256": f.sha256} for f in carried.files])
+
+
+def _unpacked_parts(root: Path, recipe: ImageRecipe) -> tuple[Path, str, Path, Path]:
+    """In the unpacked packages: the kernel, its release, its modules' directory and busybox."""
+    kernels = sorted(root.glob("usr/lib/modules/*/vmlinuz")) or sorted(root.glob("boot/vmlinuz-*"))
+    if not kernels:
+        raise SetupError("the kernel packages hold no vmlinuz")
+    kernel = kernels[0]
+    release = kernel.parent.name if kernel.name == "vmlinuz" else kernel.name[len("vmlinuz-"):]
+    modules_root = next(
+        (p for p in (root / "usr/lib/modules" / release, root / "lib/modules" / release) if p.is_dir()), None
+    )
+    if modules_root is None:
+        raise SetupError(f"no modules for kernel {release} in the kernel packages")
+    busybox = root / "usr/bin/busybox"
+    if not busybox.exists():
+        busybox = root / "bin/busybox"
+    if not busybox.exists():
+        raise SetupError(f"{recipe.userland_package} holds no busybox binary")
+    return kernel, release, modules_root, busybox
 
 
 def _program_entries(programs: dict[str, dict[str, bytes]], entries: list[initramfs.Entry]) -> list[initramfs.Entry]:
@@ -358,6 +368,16 @@ def _record_packages(record: Path, recipe: ImageRecipe, packages: list[PackageVe
     staging = record.with_suffix(f".{os.getpid()}.tmp")
     staging.write_text(json.dumps(data, indent=2) + "\n")
     staging.replace(record)
+
+
+def picked_by_runs(images: list[GuestImage]) -> dict[str, GuestImage]:
+    """Of `images` (newest first), the one a run of each recipe boots by default: its newest build with the
+    recipe's own kernel. A build pinned to another kernel is booted only when asked for (`--kernel-deb`)."""
+    picked: dict[str, GuestImage] = {}
+    for image in images:
+        if image.kernel_pin is None:
+            picked.setdefault(image.name, image)
+    return picked
 
 
 def find_image(name: str, kernel: str = DEFAULT_KERNEL, kernel_debs: tuple[Path, ...] = (),

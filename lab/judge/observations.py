@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lab.rundir import BootRecord
+from lab.vocabulary import BootKind, Intent, PowerInterface
 
 
 @dataclass
@@ -16,19 +17,19 @@ class BootObservation:
     """How a boot came up: fresh (init reached `ready`) or resumed (kernel logged hibernation exit)."""
 
     boot: str
-    outcome: str
+    outcome: BootKind
     expect: str
     step_line: int
     hibernate_command_status: int | None = None
     detail: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PowerOffObservation:
     """Everything the VMM, the console and the disk said about one power-off."""
 
     boot: str
-    intent: str
+    intent: Intent
     expect: str | None
     step_line: int
     record: BootRecord
@@ -48,6 +49,10 @@ class PowerOffObservation:
     """The guest's console device; on `virtio` the kernel's power-down line is never seen (the device is gone)."""
     kernel_trouble: str | None = None
     """The kernel's panic, Oops or BUG line after which the console fell silent, ending the lab's wait early."""
+    power_interface: PowerInterface = PowerInterface.PSCI
+    """How the guest tells the platform it powers off (PSCI on arm64, ACPI on x86_64)."""
+    trial: str | None = None
+    """A hibernation the kernel only tries (`pm_test=devices`, `test_resume`): it returns, with 0 if it went well."""
 
 
 @dataclass
@@ -108,7 +113,7 @@ class DiskOperation:
     after: dict[str, Any]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KernelTroubleObservation:
     """A step stopped because the guest's kernel printed a panic, an Oops or a BUG and then fell silent."""
 
@@ -135,6 +140,10 @@ class Observations:
     commands: list[CommandObservation] = field(default_factory=list)
     disk_operations: list[DiskOperation] = field(default_factory=list)
     kernel_troubles: list[KernelTroubleObservation] = field(default_factory=list)
+    kernel_phases: dict[str, Any] = field(default_factory=dict)
+    """The kernel's own PM phases per boot and their spread (`lab.judge.phase_summary`), read once the run ends."""
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+    """Each round of a repeat: its awake delay, its boots, whether it met its expectations (lab.scenario.endurance)."""
 
     def _lists(self) -> tuple[list[Any], ...]:
         return self.boots, self.power_offs, self.checks, self.commands, self.disk_operations, self.kernel_troubles
@@ -144,7 +153,10 @@ class Observations:
         return tuple(len(items) for items in self._lists())
 
     def since(self, mark: tuple[int, ...]) -> Observations:
-        return Observations(*(items[count:] for items, count in zip(self._lists(), mark, strict=True)))
+        boots, power_offs, checks, commands, disk_operations, kernel_troubles = (
+            items[count:] for items, count in zip(self._lists(), mark, strict=True))
+        return Observations(boots=boots, power_offs=power_offs, checks=checks, commands=commands,
+                            disk_operations=disk_operations, kernel_troubles=kernel_troubles)
 
     def to_json(self) -> dict[str, Any]:
         def plain(item: Any) -> dict[str, Any]:
@@ -159,4 +171,6 @@ class Observations:
             "disk_operations": [asdict(d) for d in self.disk_operations],
             "power_offs": [plain(p) for p in self.power_offs],
             "kernel_troubles": [asdict(t) for t in self.kernel_troubles],
+            "kernel_phases": self.kernel_phases,
+            "cycles": self.cycles,
         }

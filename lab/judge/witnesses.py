@@ -15,7 +15,9 @@ from lab.judge.off2_contract import Off2Contract
 from lab.rundir import describe_exit, read_console_file
 from lab.vocabulary import (
     CONSOLE_PATTERNS,
+    HIBERNATE_SIGNALLED,
     HIBERNATED,
+    PSCI_FEATURES,
     PSCI_SYSTEM_OFF,
     SYSTEM_OFF2_IDS,
     SYSTEM_RESET_IDS,
@@ -96,7 +98,7 @@ def qmp_witness(observation: PowerOffObservation) -> Witness:
     contract = Off2Contract.parse(observation.off2_contract)
     facts["off2_contract"] = str(contract)
     if (signal := contract.seen(events)) is not None:
-        return Witness("vmm-qmp", facts, evidence, (PowerOffClass.HIBERNATE_OFF2,),
+        return Witness("vmm-qmp", facts, evidence, (HIBERNATE_SIGNALLED[observation.power_interface],),
                        explanation=f"{signal['event']} reported a hibernate power-off (contract {contract})")
     if not contract.observable:
         return Witness("vmm-qmp", facts, evidence, (*HIBERNATED, PowerOffClass.POWEROFF),
@@ -169,6 +171,7 @@ def host_kvm_witness(observation: PowerOffObservation) -> Witness:
     ids = [_function_id(c) for c in calls]
     facts = {"traced": True, "hvc_calls": len(calls),
              "system_off2": sum(i in SYSTEM_OFF2_IDS for i in ids), "system_off": ids.count(PSCI_SYSTEM_OFF),
+             "psci_features": ids.count(PSCI_FEATURES),
              "system_reset": sum(i in SYSTEM_RESET_IDS for i in ids)}
     evidence = [f"HVC {c['function_id']} ({psci_function_name(_function_id(c))}) at {c['seconds']:.6f}"
                 for c in calls if _function_id(c) in SYSTEM_OFF2_IDS | {PSCI_SYSTEM_OFF} | SYSTEM_RESET_IDS]

@@ -14,10 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import ChannelError, UsageError, WaitTimeout
-from lab.hosts.base import Host
+from lab.errors import ChannelError, SetupError, UsageError, WaitTimeout
+from lab.hosts.base import Host, HostProcess
 from lab.hosts.local import LOCAL
+from lab.lines import last_lines
 from lab.machine.channels.qmp import QmpChannel
+from lab.machine.process import die_with_parent
 from lab.vocabulary import KERNEL_BANNER, host_arch
 
 KVM_GET_API_VERSION = 0xAE00
@@ -34,6 +36,8 @@ EARLY_CONSOLE = {"aarch64": "earlycon", "x86_64": "earlyprintk=ttyS0"}
 """Kernel arguments that print the banner on the first serial port before any driver is up."""
 QMP_SOCKET = "qmp.sock"
 CONSOLE_LOG = "console.log"
+OUTPUT = "qemu.out"
+"""A probe's QEMU output (stdout and stderr), beside its QMP socket in the probe's scratch directory."""
 STOPPED_STATES = frozenset({"internal-error", "guest-panicked", "io-error", "shutdown"})
 
 
@@ -79,42 +83,41 @@ class ProbeOutcome:
     error: str = ""
 
 
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 @contextmanager
-def launched(command: list[str]) -> Iterator[subprocess.Popen[str]]:
-    """A QEMU process that is stopped and reaped however the caller leaves."""
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+def launched(command: list[str], output: Path) -> Iterator[HostProcess]:
+    """A probe's QEMU, started as every QEMU of the lab is (Host.start, dying with the lab) with its output
+    in `output`, and stopped and reaped however the caller leaves."""
+    process = LOCAL.start(command, output, setup=die_with_parent)
     try:
         yield process
     finally:
         if process.poll() is None:
             process.terminate()
         try:
-            process.communicate(timeout=PROBE_REAP_SECONDS)
+            process.wait(PROBE_REAP_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate(timeout=PROBE_REAP_SECONDS)
+            process.wait(PROBE_REAP_SECONDS)
 
 
-def early_exit(process: subprocess.Popen[str], seconds: float) -> str | None:
+def _said(output: Path) -> str:
+    return output.read_text(errors="replace") if output.exists() else ""
+
+
+def early_exit(process: HostProcess, output: Path, seconds: float) -> str | None:
     """None when QEMU is still up after `seconds`; otherwise why it exited."""
     try:
-        _, stderr = process.communicate(timeout=seconds)
+        process.wait(seconds)
     except subprocess.TimeoutExpired:
         return None
-    return last_line(stderr) or f"exited with status {process.returncode}"
+    return " ".join(last_lines(_said(output))) or f"exited with status {process.returncode}"
 
 
-def _accel_in_use(socket_path: Path, process: subprocess.Popen[str], accel: str) -> str | None:
+def _accel_in_use(socket_path: Path, process: HostProcess, accel: str) -> str | None:
     """None when QEMU answers query-status and query-kvm says `accel` is the one running; else why not."""
     channel = QmpChannel(socket_path, socket_path.with_name("qmp-events.jsonl"), time.monotonic())
     try:
@@ -125,7 +128,7 @@ def _accel_in_use(socket_path: Path, process: subprocess.Popen[str], accel: str)
         return f"no QMP answer within {PROBE_QMP_SECONDS:g}s although the process kept running"
     except ChannelError as error:
         if process.poll() is not None:
-            return early_exit(process, PROBE_REAP_SECONDS)
+            return early_exit(process, socket_path.with_name(OUTPUT), PROBE_REAP_SECONDS)
         return str(error)
     finally:
         channel.close()
@@ -138,17 +141,17 @@ def _accel_in_use(socket_path: Path, process: subprocess.Popen[str], accel: str)
 
 
 def _probe(binary: str, args: Callable[[Path], list[str]],
-           judge: Callable[[Path, subprocess.Popen[str]], str | None]) -> ProbeOutcome:
+           judge: Callable[[Path, HostProcess], str | None]) -> ProbeOutcome:
     """Start `binary` with `args(scratch)` and a QMP socket in a scratch directory; `judge` says what
     went wrong, or None. The process is always stopped and reaped."""
     with tempfile.TemporaryDirectory(prefix="lab-probe-") as scratch_dir:
         scratch = Path(scratch_dir)
         command = [binary, *args(scratch), "-qmp", f"unix:{scratch / QMP_SOCKET},server=on,wait=off"]
         try:
-            with launched(command) as process:
+            with launched(command, scratch / OUTPUT) as process:
                 problem = judge(scratch, process)
-        except OSError as failure:
-            return ProbeOutcome(False, f"cannot start {binary}: {failure.strerror}")
+        except SetupError as failure:
+            return ProbeOutcome(False, str(failure))
     return ProbeOutcome(problem is None, problem or "")
 
 
@@ -162,7 +165,7 @@ def probe_accel(binary: str, accel: str, machine: tuple[str, ...]) -> ProbeOutco
                   lambda scratch, process: _accel_in_use(scratch / QMP_SOCKET, process, accel))
 
 
-def _kernel_banner(scratch: Path, process: subprocess.Popen[str]) -> str | None:
+def _kernel_banner(scratch: Path, process: HostProcess) -> str | None:
     """None once the kernel's banner is on the early console; else why it never came."""
     console = scratch / CONSOLE_LOG
     channel = QmpChannel(scratch / QMP_SOCKET, scratch / "qmp-events.jsonl", time.monotonic())
@@ -175,10 +178,11 @@ def _kernel_banner(scratch: Path, process: subprocess.Popen[str]) -> str | None:
             status = channel.execute("query-status", timeout=PROBE_QMP_SECONDS).get("status")
             if status in STOPPED_STATES:
                 process.terminate()
-                return f"the VM stopped ({status}): {first_line(process.communicate(timeout=PROBE_REAP_SECONDS)[1])}"
+                process.wait(PROBE_REAP_SECONDS)
+                return f"the VM stopped ({status}): {first_line(_said(scratch / OUTPUT))}"
             time.sleep(PROBE_POLL_SECONDS)
     except (WaitTimeout, ChannelError) as error:
-        return early_exit(process, PROBE_REAP_SECONDS) if process.poll() is not None else str(error)
+        return early_exit(process, scratch / OUTPUT, PROBE_REAP_SECONDS) if process.poll() is not None else str(error)
     finally:
         channel.close()
     return f"no kernel banner on the early console within {PROBE_BOOT_SECONDS:g}s"

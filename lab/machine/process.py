@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import signal
 import subprocess
 import time
@@ -27,6 +28,7 @@ from lab.machine.channels.serial import TROUBLE_QUIET_SECONDS, SerialConsole
 from lab.machine.spec import CHANNELS, MachineSpec
 from lab.rundir import BootFiles, BootRecord, describe_exit
 
+_log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 SOFT_STOP_SECONDS = 3.0
 """How long QEMU gets to exit after QMP `quit` before it is sent SIGTERM."""
@@ -38,7 +40,8 @@ def set_parent_death_signal(signum: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For Host.start: every QEMU the lab starts dies with the lab (SIGKILL when its parent goes)."""
     set_parent_death_signal(signal.SIGKILL)
 
 
@@ -105,7 +108,9 @@ class Machine:
         for lock in self._locks:
             lock.acquire()
         self.files.write_machine({**self.spec.to_json(), "host": self.host.name}, self.record.command)
-        self._process = self.host.start(self.record.command, self.files.stderr, setup=_die_with_parent)
+        self._process = self.host.start(self.record.command, self.files.stderr, setup=die_with_parent)
+        _log.debug("%s: QEMU pid %s started on %s: %s", self.name, self._process.pid, self.host.name,
+                   " ".join(self.record.command))
         self.record.launched_at = time.monotonic() - self.run_started
         deadline = Deadline(timeout)
         process = self._process
@@ -120,6 +125,13 @@ class Machine:
         return self._process is not None and self._process.poll() is None
 
     @property
+    def _launched(self) -> HostProcess:
+        """QEMU's process; raises rather than hand out None before launch()."""
+        if self._process is None:
+            raise MachineError(f"machine {self.name} used before launch()", self.record.command, "")
+        return self._process
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
@@ -131,9 +143,8 @@ class Machine:
         except WaitTimeout:
             if self.running:
                 raise
-        assert self._process is not None
         try:
-            code = self._process.wait(max(deadline.remaining, 1.0))
+            code = self._launched.wait(max(deadline.remaining, 1.0))
         except subprocess.TimeoutExpired:
             raise WaitTimeout(what, timeout, self.console.last_lines()) from None
         self._note_exit(code)
@@ -185,6 +196,7 @@ class Machine:
                 self.qmp.execute("quit", timeout=SOFT_STOP_SECONDS)
         for stop in (None, process.terminate, process.kill):
             if stop is not None:
+                _log.debug("%s: QEMU pid %s still running: %s", self.name, process.pid, stop.__name__)
                 stop()
             try:
                 process.wait(SOFT_STOP_SECONDS if stop is None else SIGNAL_WAIT_SECONDS)
@@ -204,6 +216,7 @@ class Machine:
                 self._stop(process)
             if process is not None and process.returncode is not None:
                 self._note_exit(process.returncode)
+                _log.debug("%s: QEMU pid %s reaped: %s", self.name, process.pid, describe_exit(process.returncode))
         finally:
             self.qmp.close()
             self.record.qmp_events = list(self.qmp.events)

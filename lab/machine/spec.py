@@ -30,7 +30,8 @@ def free_local_port() -> int:
     """A TCP port nothing listens on at 127.0.0.1 right now (another process may take it before QEMU does)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def console_device(arch: str, console: str) -> str:
@@ -151,8 +152,7 @@ class MachineSpec:
         if self.uefi is not None:
             return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.uefi.code}",
                     "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi.variables}"]
-        initrd = ["-initrd", str(self.initrd)] if self.initrd is not None else []
-        return ["-kernel", str(self.kernel), "-append", self.append, *initrd]
+        return ["-kernel", str(self.kernel), "-append", self.append]
 
     def _launcher(self) -> list[str]:
         if self.loader is None:
@@ -173,6 +173,8 @@ class MachineSpec:
             "-chardev", f"socket,id=qmp,{channels['qmp']},server=on,wait=off",
             "-mon", "chardev=qmp,mode=control",
         ]
+        if self.initrd is not None and self.uefi is None:
+            args += ["-initrd", str(self.initrd)]
         if self.keep_after_shutdown:
             args.append("-no-shutdown")
         for index, disk in enumerate(self.disks):

@@ -2,6 +2,6 @@
 
 `firmware` is pure logic (what a PSCI v1.3 firmware of each personality answers); `symbols`
 finds the kernel's conduit instructions; `layer` serves traps through QEMU's gdbstub; `attach`
-wires a layer to a machine. May import: lab.errors, lab.deadline, lab.vocabulary, lab.paths,
-lab.image, lab.machine.
+wires a layer to a machine. What it may import is the layers contract in pyproject.toml, checked by import-linter
+(tests/test_layers.py).
 """

@@ -39,7 +39,6 @@ from lab.vocabulary import (
     SYSTEM_OFF2_IDS,
 )
 
-NOT_SUPPORTED = -1
 INVALID_PARAMS = -2
 INTERNAL_FAILURE = -6
 

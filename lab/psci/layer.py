@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from lab.machine.channels.gdbstub import AARCH64_PC, GdbError, GdbPeerClosed, Gd
 from lab.psci.firmware import POWER_OFF_FUNCTION, PsciAction, PsciFirmware, PsciPersonality, to_register, to_signed
 from lab.psci.symbols import ConduitSites
 from lab.vocabulary import PSCI_CPU_OFF, psci_function_name
+
+_log = logging.getLogger(__name__)
 
 SIGTRAP = 5
 INSTRUCTION_BYTES = 4
@@ -131,6 +134,8 @@ class PsciLayer:
         except BaseException:
             remote.close()
             raise
+        _log.debug("PSCI layer attached to %s, trapping %s", self.gdb_socket,
+                   ", ".join(f"0x{address:x}" for address in self.sites.addresses))
         self._remote = remote
 
     def resume(self) -> None:
@@ -152,6 +157,7 @@ class PsciLayer:
         """Detach from a still-running guest (it then runs on with QEMU's own PSCI) and end the thread."""
         if self._remote is None:
             return
+        _log.debug("PSCI layer detaching from %s after %d calls", self.gdb_socket, len(self.calls))
         if self._thread is None:
             self._detach_quietly()
             self._remote.close()

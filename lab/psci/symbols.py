@@ -169,7 +169,8 @@ def default_cache_dir() -> Path:
 def _decompressed(kernel: Path) -> bytes:
     from vmlinux_to_elf.core.auto_unpack import VmlinuzDecompressor
 
-    return VmlinuzDecompressor(kernel.read_bytes()).decompressed
+    decompressed: bytes = VmlinuzDecompressor(kernel.read_bytes()).decompressed
+    return decompressed
 
 
 def find_conduit_sites(
@@ -215,7 +216,8 @@ def _read_cache(path: Path) -> tuple[dict[str, int] | None, dict[str, int | None
     functions = _offsets(data, "function_offsets")
     if functions is None or None in functions.values():
         return None, None
-    return functions, _offsets(data, "conduit_offsets") if data["format"] == _CACHE_FORMAT else None
+    known = {name: offset for name, offset in functions.items() if offset is not None}
+    return known, _offsets(data, "conduit_offsets") if data["format"] == _CACHE_FORMAT else None
 
 
 def _write_cache(path: Path, functions: dict[str, int], conduits: dict[str, int | None]) -> None:

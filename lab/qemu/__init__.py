@@ -1,6 +1,7 @@
-"""QEMU builds: the ones a lab knows (Debian's, the lab's own patched build), what each reports, and
-`lab qemu build`, which makes the patched one from Debian's source and the series in `qemu/patches/`.
+"""QEMU builds: the ones a lab knows (Debian's, the lab's own patched build) and what each reports
+(`builds`), and `lab qemu build`, which makes the patched one from Debian's source and the series in
+`qemu/patches/` (`recipe`: what a build is made of; `builder`: carrying it out).
 
-May import: lab.errors, lab.paths, lab.deadline, lab.vocabulary, lab.machine (to probe a build
-over QMP), lab.image.debian (the private apt that fetches the source), lab.judge.off2_contract.
+What it may import is the layers contract in pyproject.toml, checked by import-linter
+(tests/test_layers.py).
 """

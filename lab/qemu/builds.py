@@ -203,3 +203,16 @@ def known_builds(arch: str = "aarch64") -> list[QemuBuild]:
 
 def build_json(build: QemuBuild) -> dict[str, Any]:
     return {**asdict(build), "path": str(build.path), "loader": str(build.loader) if build.loader else None}
+
+
+def build_records() -> list[dict[str, Any]]:
+    """What `lab qemu list` shows of the lab's own builds, for every target."""
+    root = builds_root()
+    if not root.is_dir():
+        return []
+    records = []
+    for directory in sorted(root.iterdir()):
+        record = directory / "build.json"
+        if record.is_file():
+            records.append({**json.loads(record.read_text()), "path": str(directory / "bin" / "qemu-system-aarch64")})
+    return records

@@ -24,6 +24,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from lab.events import Event, QemuLaunched, StepEnded
+from lab.report.kernel_lane import kernel_items
 from lab.report.terminal import step_line
 from lab.report.timeline import ERROR_COLOR, LANE_COLORS, STEP_COLORS, Item, lay_out
 from lab.rundir import RunDirectory
@@ -197,9 +198,10 @@ def _psci_items(run_dir: RunDirectory, boots: dict[str, dict[str, Any]]) -> list
         for call in files.read_psci():
             label = _psci_label(call)
             if label is not None:
+                outcome = call.get("action") if call.get("response") is None else \
+                    f"{call.get('action')} {call.get('response')}"
                 detail = (f"{files.name}: {call.get('name')}({', '.join(call.get('args', []))}) on vCPU "
-                          f"{call.get('vcpu')} at guest +{call.get('seconds', 0):.3f}s: {call.get('action')} "
-                          f"{call.get('response')}")
+                          f"{call.get('vcpu')} at guest +{call.get('seconds', 0):.3f}s: {outcome}")
                 items.append(Item("PSCI", boots[files.name]["launched_at"] + call.get("seconds", 0), None, label,
                                   detail, files.name))
     return items
@@ -228,7 +230,8 @@ def _timeline(run_dir: RunDirectory, result: dict[str, Any] | None) -> dict[str,
     boots = _boot_starts(run_dir, events)
     run_end = max([float((result or {}).get("seconds", 0)), *(e.t for e in events)])
     items = (_step_items(events) + _qemu_items(boots, run_end) + _qmp_items(run_dir) + _psci_items(run_dir, boots)
-             + _console_items(run_dir, boots))
+             + _console_items(run_dir, boots)
+             + kernel_items(result, {name: boot["launched_at"] for name, boot in boots.items()}))
     return {
         "timeline": lay_out(items, {name: boot["launched_at"] for name, boot in boots.items()}, run_end),
         "legend": [(lane, color) for lane, color in LANE_COLORS.items() if lane != "steps"],
@@ -308,12 +311,12 @@ def write_html_report(run_dir: RunDirectory) -> Path:
     result = run_dir.read_result()
     if result is None:
         judged: dict[str, Any] = {"title": run_dir.path.name, "header": None, "environment": None,
-                                  "power_offs": None, "checks": None}
+                                  "power_offs": None, "checks": None, "findings": None}
     else:
         verdict = result["verdict"]
         judged = {"title": f"{result['scenario']['name']}: {verdict['status']}", "header": _header(result),
                   "environment": _environment(result.get("environment", {})), "power_offs": _power_offs(verdict),
-                  "checks": _checks(verdict)}
+                  "checks": _checks(verdict), "findings": verdict.get("findings", [])}
     return _render("run.html.j2", run_dir.html, run_name=run_dir.path.name, run_path=str(run_dir.path.resolve()),
                    files=_files(run_dir), **judged, **_timeline(run_dir, result))
 

@@ -19,8 +19,8 @@ RUN_TESTCASE = "run verdict"
 
 def _scenario_name(run_dir: RunDirectory, result: dict[str, Any] | None) -> str:
     if result is not None:
-        return result["scenario"]["name"]
-    return (run_dir.read_scenario() or {}).get("name", run_dir.path.name)
+        return str(result["scenario"]["name"])
+    return str((run_dir.read_scenario() or {}).get("name", run_dir.path.name))
 
 
 def _testcase(suite: ET.Element, classname: str, name: str, seconds: float, failure: str | None) -> None:
@@ -28,6 +28,13 @@ def _testcase(suite: ET.Element, classname: str, name: str, seconds: float, fail
     case = ET.SubElement(suite, "testcase", classname=classname, name=printable(name), time=f"{seconds:.3f}")
     if failure is not None:
         ET.SubElement(case, "failure", message=printable(failure), type="failure").text = printable(failure)
+
+
+def _finding(suite: ET.Element, classname: str, finding: dict[str, Any]) -> None:
+    """A catalogue finding is a test case of its own, which informs and does not fail: the run's verdict does."""
+    name = f"finding: {finding['label']} [{finding['severity']}] in {finding['boot']}"
+    case = ET.SubElement(suite, "testcase", classname=f"{classname}.findings", name=printable(name), time="0.000")
+    ET.SubElement(case, "system-out").text = printable(f"{finding['line']} (x{finding['count']}); {finding['advice']}")
 
 
 def _properties(suite: ET.Element, environment: dict[str, Any]) -> None:
@@ -57,6 +64,8 @@ def run_suite(run_dir: RunDirectory) -> ET.Element:
         _properties(suite, result.get("environment", {}))
         for check in verdict["checks"]:
             _testcase(suite, scenario, check["name"], 0.0, None if check["passed"] else check["detail"])
+        for finding in verdict.get("findings", []):
+            _finding(suite, scenario, finding)
         _testcase(suite, scenario, RUN_TESTCASE, seconds, None if verdict["status"] == "PASS" else verdict["reason"])
     cases = suite.findall("testcase")
     suite.set("tests", str(len(cases)))

@@ -141,7 +141,7 @@ HEADER = """\
 # and sparse at its original size, as the run started with it; the boots share that disk.
 # Changed on purpose:
 #   - the private socket directory (/tmp/lab-sock-*) becomes a fresh temporary directory, which
-#     also holds the swap disk and is kept afterwards for inspection (lab image inspect DIR/swap.raw);
+#     also holds the swap disk and is kept afterwards for inspection (lab disk inspect DIR/swap.raw);
 #   - `-S` is dropped so the guest runs at once; pass --paused to keep it (then `cont` on the monitor);
 #   - the console is this terminal (multiplexed with the monitor) instead of a socket and a console log:
 #     Ctrl-A c switches between console and QEMU monitor, Ctrl-A x quits QEMU and moves to the next boot.

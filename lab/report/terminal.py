@@ -8,6 +8,7 @@ otherwise ✗ with the first expectation it missed. Guest text is printed verbat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -16,7 +17,7 @@ from lab.events import Event, RepeatRound, RunStarted, StepEnded
 from lab.judge.verdict import RunVerdict
 
 SHOWN_OUTCOME = ("outcome", "image_on_disk", "timed_out", "token_found", "marker_alive", "swap_signature",
-                 "status", "rounds")
+                 "status", "rounds", "stopped")
 
 
 def step_line(event: StepEnded) -> tuple[bool, str]:
@@ -28,6 +29,27 @@ def step_line(event: StepEnded) -> tuple[bool, str]:
     if missed:
         return False, f"{missed[0]['detail']}  {shown}".strip()
     return True, shown
+
+
+SUMMARISED_PHASES = ("freeze user space", "snapshot", "image write", "image read", "restore", "thaw tasks")
+"""The kernel phases the terminal sums up after a run; result.json and report.html have them all."""
+
+
+def kernel_phase_line(kernel_phases: dict[str, Any]) -> str | None:
+    """`kernel: image write 6.27s 11.98 MB/s, restore 0.50s …`, medians (and ranges) over the run's boots."""
+    summary = kernel_phases.get("summary") or {}
+    shown = []
+    for name in SUMMARISED_PHASES:
+        if name not in summary or "seconds" not in summary[name]:
+            continue
+        seconds, rate = summary[name]["seconds"], summary[name].get("mb_per_s")
+        text = f"{name} {seconds['median']:.2f}s"
+        if seconds["count"] > 1:
+            text += f" (min {seconds['min']:.2f}s, max {seconds['max']:.2f}s of {seconds['count']})"
+        if rate is not None:
+            text += f" {rate['median']:g} MB/s"
+        shown.append(text)
+    return "kernel: " + ", ".join(shown) if shown else None
 
 
 class TerminalReport:
@@ -43,11 +65,17 @@ class TerminalReport:
             self.console.print(f"[bold]{escape(event.scenario)}[/] on {escape(event.image)}{escape(qemu)} "
                                f"({escape(event.accel)}: {escape(event.accel_reason)}{escape(psci)})")
         elif isinstance(event, RepeatRound):
-            self.console.print(f"  round {event.round}/{event.of}")
+            awake = f" (awake {event.awake:g}s first)" if event.awake else ""
+            self.console.print(f"  round {event.round}/{event.of}{awake}")
         elif isinstance(event, StepEnded):
             met, detail = step_line(event)
             mark = "[green]✓[/]" if met else "[red]✗[/]"
             self.console.print(f"  {mark} {escape(event.label):<36} {event.seconds:7.1f}s  {escape(detail)}")
+
+    def kernel_phases(self, kernel_phases: dict[str, Any]) -> None:
+        line = kernel_phase_line(kernel_phases)
+        if line is not None:
+            self.console.print(f"  {escape(line)}")
 
     def verdict(self, verdict: RunVerdict, run_dir: Path, seconds: float) -> None:
         for power_off in verdict.power_offs:
@@ -56,5 +84,8 @@ class TerminalReport:
                 self.console.print(f"    [yellow]note:[/] {escape(note)}")
             for disagreement in power_off.disagreements:
                 self.console.print(f"    [yellow]disagreement:[/] {escape(disagreement)}")
+        for finding in verdict.findings:
+            self.console.print(f"  [yellow]finding[/] {escape(finding.headline())}")
+            self.console.print(f"    advice: {escape(finding.advice)}")
         status = "[bold green]PASS[/]" if verdict.passed else "[bold red]FAIL[/]"
         self.console.print(f"{status} {escape(verdict.reason)}  {escape(f'[{seconds:.1f}s, {run_dir}]')}")

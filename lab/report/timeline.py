@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-LANES = ("steps", "QEMU", "QMP", "PSCI", "console ≈")
-LANE_COLORS = {"steps": "#4263eb", "QEMU": "#868e96", "QMP": "#e8590c", "PSCI": "#7048e8", "console ≈": "#2b8a3e"}
+LANES = ("steps", "QEMU", "QMP", "PSCI", "console ≈", "kernel PM")
+LANE_COLORS = {"steps": "#4263eb", "QEMU": "#868e96", "QMP": "#e8590c", "PSCI": "#7048e8", "console ≈": "#2b8a3e",
+               "kernel PM": "#c2255c"}
 STEP_COLORS = {"boot": "#4263eb", "mark": "#1098ad", "hibernate": "#7048e8", "poweroff": "#495057",
                "crash": "#f76707", "check": "#37b24d", "run": "#1098ad"}
 """Neighbouring steps touch; a colour per kind keeps them apart."""

@@ -3,6 +3,6 @@
 `model` reads and validates scenario files; `guest` owns one guest's lifecycle (machine,
 channels, PSCI session) with named states; `steps` drive it and record what they saw;
 `run` ties one scenario run together and is where driving and judging meet, through
-observations only. May import anything below it on the data path: image, machine, psci,
-disk, judge (to judge recorded observations), report.
+observations only. What it may import is the layers contract in pyproject.toml, checked by import-linter
+(tests/test_layers.py).
 """

@@ -41,7 +41,7 @@ from lab.machine.spec import Disk, MachineSpec, Uefi, free_local_port, with_cons
 from lab.psci.attach import GuestPsci, PsciSession
 from lab.qemu.builds import QemuBuild
 from lab.rundir import BootRecord, RunDirectory
-from lab.vocabulary import CONSOLE_PATTERNS, ConsoleMark
+from lab.vocabulary import CONSOLE_PATTERNS, BootKind, ConsoleMark, Intent
 
 PORT_ATTEMPTS = 3
 PORT_TAKEN = re.compile(r"host forwarding|Address already in use")
@@ -49,7 +49,8 @@ PORT_TAKEN = re.compile(r"host forwarding|Address already in use")
 BOOT_ENDINGS = (ConsoleMark.READY, ConsoleMark.RESUMED, ConsoleMark.PANIC)
 """What ends a boot's wait: init is ready, the kernel resumed an image, or the kernel panicked."""
 _BOOT_ENDED = "|".join(f"(?P<{mark}>{CONSOLE_PATTERNS[mark].pattern})" for mark in BOOT_ENDINGS)
-_BOOT_OUTCOMES = {ConsoleMark.READY: "fresh", ConsoleMark.RESUMED: "resumed", ConsoleMark.PANIC: "panicked"}
+_BOOT_OUTCOMES = {ConsoleMark.READY: BootKind.FRESH, ConsoleMark.RESUMED: BootKind.RESUMED,
+                  ConsoleMark.PANIC: BootKind.PANICKED}
 
 
 class GuestState(StrEnum):
@@ -70,19 +71,18 @@ class GuestStateError(LabError):
 @dataclass(frozen=True)
 class BootOutcome:
     name: str
-    outcome: str
-    """fresh, resumed or panicked."""
+    outcome: BootKind
     hibernate_command_status: int | None = None
     """After a resume: the exit status of the `echo disk` that hibernated the guest."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PowerOff:
     """What one power-off left: the boot's record, whether the lab stopped waiting, the PSCI calls."""
 
     record: BootRecord
-    timed_out: bool
     wait_error: str | None
+    """Why the lab stopped waiting for QEMU to exit; None when it exited."""
     psci_active: bool
     psci_calls: list[dict[str, Any]]
     host_hvc_calls: list[dict[str, Any]] | None
@@ -93,6 +93,10 @@ class PowerOff:
     """The guest's console device (`uart`, `virtio`): a virtio console is gone before the kernel's last line."""
     kernel_trouble: str | None = None
     """The panic, Oops or BUG line after which the console fell silent and the lab stopped waiting."""
+
+    @property
+    def timed_out(self) -> bool:
+        return self.wait_error is not None
 
 
 class Guest:
@@ -213,8 +217,16 @@ class Guest:
 
     def running_shell(self, doing: str) -> GuestShell:
         self.require(GuestState.RUNNING, doing=doing)
-        assert self.shell is not None
+        if self.shell is None:
+            raise GuestStateError(f"`{doing}`: the guest is {self.state} but has no shell")
         return self.shell
+
+    @property
+    def _booted(self) -> Machine:
+        """The QEMU of the current boot; raises rather than hand out None between boots."""
+        if self.machine is None:
+            raise GuestStateError(f"the guest is {self.state} and has no QEMU")
+        return self.machine
 
     def boot(self, timeout: float) -> BootOutcome:
         """Launch QEMU on the run's disk and wait until the guest is up, fresh or resumed."""
@@ -233,13 +245,13 @@ class Guest:
         self.shell = shell = GuestShell(machine.console, self.host.patience)
         self.state = GuestState.RUNNING
         match = machine.console.expect(_BOOT_ENDED, timeout, f"{name} to become ready")
-        outcome = _BOOT_OUTCOMES[ConsoleMark(match.lastgroup)]
+        outcome = _BOOT_OUTCOMES[ConsoleMark(match.lastgroup or "")]
         status = None
-        if outcome == "resumed" and self._pending is not None:
+        if outcome is BootKind.RESUMED and self._pending is not None:
             token, command = self._pending
             status = shell.wait(token, command, timeout).status
         self._pending = None
-        if outcome != "panicked":
+        if outcome is not BootKind.PANICKED:
             shell.wait_responsive(timeout)
         return BootOutcome(name, outcome, status)
 
@@ -276,8 +288,7 @@ class Guest:
         Every boot is a new QEMU with a new port forward, so a channel never outlives its machine.
         """
         self.require(GuestState.RUNNING, doing="run over ssh")
-        assert self.machine is not None
-        login, port = self.image.ssh, self.machine.spec.ssh_port
+        login, port = self.image.ssh, self._booted.spec.ssh_port
         if login is None or port is None:
             raise GuestStateError(f"`over: ssh` needs an image with an SSH server; {self.image.name} has none "
                                   "(built before SSH, or booted with a user's initramfs)")
@@ -288,7 +299,7 @@ class Guest:
         self._ssh = channel
         return channel, True
 
-    def power_off(self, command: str, intent: str, timeout: float, mode: str | None = None) -> PowerOff:
+    def power_off(self, command: str, intent: Intent, timeout: float, mode: str | None = None) -> PowerOff:
         """Have the guest run `command` (hibernate, poweroff, crash) and wait for QEMU to exit.
 
         A command that returns instead (hibernation refused: too little swap, say) means the guest gave
@@ -297,8 +308,7 @@ class Guest:
         `crash`, whose panic is the point: QEMU's exit is awaited.
         """
         shell = self.running_shell(intent)
-        machine = self.machine
-        assert machine is not None
+        machine = self._booted
         self._close_ssh()
         if mode is not None:
             shell.succeed(f"echo {mode} > /sys/power/disk")
@@ -308,7 +318,7 @@ class Guest:
         trouble: str | None = None
         gave_up: CommandResult | None = None
         with contextlib.ExitStack() as waits:
-            if intent == "crash":
+            if intent is Intent.CRASH:
                 waits.enter_context(machine.console.expecting_trouble())
             try:
                 try:
@@ -322,12 +332,12 @@ class Guest:
         session = self.psci_session
         hvc_calls = [call.as_record() for call in self._trace.read()] if self._trace is not None else None
         self.close()
-        if intent == "hibernate" and gave_up is None:
+        if intent is Intent.HIBERNATE and gave_up is None:
             self._pending = (token, command)
             self.state = GuestState.HIBERNATED
-        return PowerOff(machine.record, wait_error is not None, wait_error, session is not None,
-                        list(session.calls) if session is not None else [], hvc_calls, gave_up,
-                        machine.spec.console, trouble)
+        return PowerOff(record=machine.record, wait_error=wait_error, psci_active=session is not None,
+                        psci_calls=list(session.calls) if session is not None else [], host_hvc_calls=hvc_calls,
+                        gave_up=gave_up, console=machine.spec.console, kernel_trouble=trouble)
 
     def vmm_fault(self) -> str | None:
         """What is wrong with QEMU itself (died, stopped), to name a step's failure by its real cause."""

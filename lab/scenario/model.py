@@ -76,6 +76,12 @@ class Scenario:
     system: bool = False
     """`guest: system`: a whole Debian system (debian-ARCH-system) unless `image` names another."""
     hibernation: HibernationPaths = field(default_factory=HibernationPaths)
+    pm_debug: bool = True
+    """Boot with `pm_debug_messages loglevel=8` and hibernate with `pm_print_times` on, for the kernel's phases."""
+    initcall_debug: bool = False
+    """Boot with `initcall_debug` too: every initcall and the resume kernel's device callbacks timed."""
+    pm_test: str | None = None
+    """The /sys/power/pm_test level every hibernate step uses unless it names its own."""
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -129,6 +135,9 @@ def load_scenario(path: Path) -> Scenario:
         system=data.get("guest") == "system",
         uefi=data.get("firmware") == "uefi",
         hibernation=HibernationPaths.of(data.get("hibernation", {})),
+        pm_debug=data.get("pm_debug", True),
+        initcall_debug=data.get("initcall_debug", False),
+        pm_test=data.get("pm_test"),
         source=data,
     )
 

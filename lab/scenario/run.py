@@ -25,8 +25,10 @@ from lab.hosts.trace import kvm_trace_problem
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_KERNEL, DEFAULT_SYSTEM_IMAGE
 from lab.image.store import find_image
+from lab.judge.catalogue import catalogue
 from lab.judge.observations import Observations
 from lab.judge.off2_contract import Off2Contract, contract_for
+from lab.judge.phase_summary import kernel_phases
 from lab.judge.verdict import RunVerdict, judge
 from lab.machine.accel import AccelChoice, choose_accel
 from lab.machine.channels.serial import trouble_quiet_seconds
@@ -40,6 +42,7 @@ from lab.report.result import write_result
 from lab.rundir import RunDirectory, timestamp
 from lab.scenario.guest import Guest
 from lab.scenario.model import Scenario
+from lab.scenario.pm_knobs import kernel_debug_append
 from lab.scenario.steps import RunContext, run_steps
 from lab.vocabulary import HibernateVia, guest_arch
 
@@ -65,6 +68,8 @@ class RunOptions:
     host: str | None = None
     """A lab host to run QEMU on, as ssh://user@host:port; None: this machine."""
     system_map: Path | None = None
+    catalogue: Path | None = None
+    """A user's kernel log catalogue, matched after the shipped one."""
 
 
 @dataclass
@@ -126,6 +131,7 @@ class RunSetup:
             "qemu_build": build_json(self.build),
             "host": f"{platform.system()} {platform.machine()} {platform.release()}",
             "lab_host": host.name,
+            "guest_arch": image.qemu_arch,
             "accel": self.accel.name,
             "accel_reason": self.accel.reason,
             "psci_personality": self.psci.personality if self.psci else None,
@@ -160,7 +166,9 @@ def set_up(scenario: Scenario, options: RunOptions, run_dir: RunDirectory, event
                          f"{image.name} has no systemd")
     guest = Guest(image, run_dir, events, accel.name, build, psci, scenario.memory_mib, scenario.cpus, host,
                   trouble_quiet_seconds(scenario.kernel_trouble_quiet), swap_area=area,
-                  boot_append=" ".join((image.boot_arguments(area, paths.resume_from), *paths.kernel_arguments)),
+                  boot_append=" ".join(filter(None, (image.boot_arguments(area, paths.resume_from),
+                                                     *paths.kernel_arguments,
+                                                     kernel_debug_append(scenario.pm_debug, scenario.initcall_debug)))),
                   uefi=scenario.uefi)
     return RunSetup(image, build, accel, psci, contract, guest)
 
@@ -172,9 +180,9 @@ def _full(error: OSError) -> RunDirectoryFull:
     raise error
 
 
-def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
-    """Run one scenario into its run directory; a set-up error is re-raised after the artifacts are written."""
-    started = time.monotonic()
+def _run_directory(scenario: Scenario, options: RunOptions) -> RunDirectory:
+    """The run's directory (a new one, or the one a matrix cell was given), with room kept for its last files."""
+    catalogue(options.catalogue)
     arch = guest_arch(options.arch)
     if scenario.arches and arch not in {guest_arch(a) for a in scenario.arches}:
         raise UsageError(f"scenario {scenario.name} is for {', '.join(scenario.arches)} guests only")
@@ -182,6 +190,13 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
         options.runs_root, f"{timestamp()}-{scenario.name}")
     run_dir.path.mkdir(parents=True, exist_ok=True)
     run_dir.keep_room()
+    return run_dir
+
+
+def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
+    """Run one scenario into its run directory; a set-up error is re-raised after the artifacts are written."""
+    started = time.monotonic()
+    run_dir = _run_directory(scenario, options)
     events = EventLog(run_dir.events, started)
     events.listeners.extend(listeners)
     run_dir.write_scenario(scenario.source)
@@ -220,8 +235,9 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
             run_dir.free_room()
     reason = "interrupted" if interrupted else str(failure) if failure is not None else None
     consoles = {boot.name: boot.read_console() for boot in run_dir.boots()}
+    observations.kernel_phases = kernel_phases(consoles)
     verdict = judge(observations, consoles, reason, set_up_failed=setup is None and failure is not None,
-                    lab_fault=failure is not None and failure.lab_fault)
+                    lab_fault=failure is not None and failure.lab_fault, entries=catalogue(options.catalogue))
     seconds = time.monotonic() - started
     described = {"name": scenario.name, "path": str(scenario.path), "description": scenario.description}
     environment = setup.environment(options, host) if setup is not None else {"lab": __version__,
@@ -231,6 +247,6 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     write_artifacts(run_dir)
     if interrupted:
         raise KeyboardInterrupt
-    if setup is None and failure is not None:
+    if failure is not None and (setup is None or isinstance(failure, UsageError)):
         raise failure
     return RunResult(run_dir.path, verdict, seconds)

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lab.deadline import Deadline
 from lab.disk import header as hibernation_header
-from lab.disk.header import SwapRegion
+from lab.disk.header import HibernationHeader
+from lab.disk.qemu_tools import SwapRegion
 from lab.errors import ChannelError, KernelTrouble, LabError, WaitTimeout
 from lab.events import EventLog, RepeatRound
+from lab.hosts.base import Host
 from lab.judge.observations import (
     BootObservation,
     CheckRequest,
@@ -32,14 +35,16 @@ from lab.judge.observations import (
 )
 from lab.judge.verdict import step_expectations
 from lab.machine.channels.shell import CommandResult, GuestShell
+from lab.scenario.endurance import keep_awake, run_rounds
 from lab.scenario.guest import Guest, GuestState
 from lab.scenario.model import HibernationPaths, Scenario, Step
-from lab.vocabulary import HibernateVia
+from lab.scenario.pm_knobs import NO_PM_TEST, enable_print_times, set_pm_test
+from lab.vocabulary import HibernateVia, Intent, guest_arch
 
 DEFAULT_TIMEOUTS = {"boot": 120.0, "hibernate": 180.0, "poweroff": 60.0, "crash": 60.0, "run": 60.0}
 POWER_OFF_COMMANDS = {
-    "poweroff": "poweroff -f",
-    "crash": "echo c > /proc/sysrq-trigger",
+    Intent.POWEROFF: "poweroff -f",
+    Intent.CRASH: "echo c > /proc/sysrq-trigger",
 }
 HIBERNATE_COMMANDS = {
     HibernateVia.SYSFS: "echo disk > /sys/power/state",
@@ -66,15 +71,19 @@ class RunContext:
     off2_contract: str = "none"
     observations: Observations = field(default_factory=Observations)
     evidence: Evidence | None = None
+    pm_test: str | None = None
+    """The /sys/power/pm_test level the lab last chose in the running guest (it lasts until a new boot)."""
 
 
 def _timeout(step: Step, ctx: RunContext) -> float:
     """The step's timeout, stretched by the host's patience (an emulated KVM host is slower)."""
-    return step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind]) * ctx.guest.host.patience
+    return float(step.params.get("timeout", DEFAULT_TIMEOUTS[step.kind])) * ctx.guest.host.patience
 
 
 def _boot(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     booted = ctx.guest.boot(_timeout(step, ctx))
+    if booted.outcome != "resumed":
+        ctx.pm_test = None
     ctx.observations.boots.append(BootObservation(
         booted.name, booted.outcome, step.params.get("expect", "any"), step.line,
         hibernate_command_status=booted.hibernate_command_status,
@@ -116,19 +125,38 @@ def _read_disk_header(ctx: RunContext) -> tuple[dict[str, Any] | None, str | Non
         return None, str(error)
 
 
+def _prepare_hibernation(ctx: RunContext, step: Step) -> str | None:
+    """Turn the kernel's PM timing and pm_test level on as the step asks; returns what the kernel only tries."""
+    shell = ctx.guest.running_shell(step.kind)
+    if ctx.scenario.pm_debug:
+        enable_print_times(shell)
+    level = step.params.get("pm_test", ctx.scenario.pm_test)
+    if level is None and ctx.pm_test not in (None, NO_PM_TEST):
+        level = NO_PM_TEST
+    if level is not None and level != ctx.pm_test:
+        set_pm_test(shell, level)
+        ctx.pm_test = level
+    if level not in (None, NO_PM_TEST):
+        return f"pm_test={level}"
+    return "test_resume" if step.params.get("mode") == "test_resume" else None
+
+
 def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     guest = ctx.guest
-    command = hibernate_command(ctx.scenario.hibernation) if step.kind == "hibernate" else POWER_OFF_COMMANDS[step.kind]
-    ended = guest.power_off(command, step.kind, _timeout(step, ctx), step.params.get("mode"))
+    intent = Intent(step.kind)
+    trial = _prepare_hibernation(ctx, step) if intent is Intent.HIBERNATE else None
+    command = hibernate_command(ctx.scenario.hibernation) if intent is Intent.HIBERNATE else POWER_OFF_COMMANDS[intent]
+    ended = guest.power_off(command, intent, _timeout(step, ctx), step.params.get("mode"))
     header, disk_error = _read_disk_header(ctx)
     ctx.observations.power_offs.append(PowerOffObservation(
-        boot=ended.record.name, intent=step.kind, expect=step.params.get("expect"), step_line=step.line,
+        boot=ended.record.name, intent=intent, expect=step.params.get("expect"), step_line=step.line,
         record=ended.record, timed_out=ended.timed_out, psci_active=ended.psci_active,
         psci_personality=guest.psci.personality if guest.psci else None, psci_calls=ended.psci_calls,
         disk_header=header, disk_error=disk_error, off2_contract=ctx.off2_contract,
         host_hvc_calls=ended.host_hvc_calls, console=ended.console, kernel_trouble=ended.kernel_trouble,
         command_status=ended.gave_up.status if ended.gave_up else None,
-        command_output=ended.gave_up.output if ended.gave_up else "",
+        command_output=ended.gave_up.output if ended.gave_up else "", trial=trial,
+        power_interface=guest_arch(guest.image.arch).power_interface,
     ))
     if ended.wait_error is not None:
         outcome["wait_error"] = ended.wait_error
@@ -136,7 +164,11 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
                    image_on_disk=bool(header and header.get("image_present")))
 
 
-def _disk_operation(ctx: RunContext, step: Step, outcome: dict[str, Any], operation: str, change) -> None:
+DiskChange = Callable[[Path, Host, SwapRegion | None], tuple[HibernationHeader, HibernationHeader]]
+"""A change to the swap disk's header on the host: (header before, header after)."""
+
+
+def _disk_operation(ctx: RunContext, step: Step, outcome: dict[str, Any], operation: str, change: DiskChange) -> None:
     ctx.guest.require(GuestState.OFF, GuestState.HIBERNATED, doing=step.kind)
     before, after = change(ctx.guest.disk.path, ctx.guest.host, _swap_region(ctx))
     ctx.observations.disk_operations.append(DiskOperation(step.line, operation, before.to_json(), after.to_json()))
@@ -220,10 +252,20 @@ def _run(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
 
 
 def _repeat(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
-    for round_number in range(1, step.params["times"] + 1):
-        ctx.events.emit(RepeatRound, round=round_number, of=step.params["times"])
+    """The rounds, each awake for its delay first (`awake: {min, max, step}`), stopping after
+    `stop_after_failures` failed rounds in a row; every round is recorded as a cycle."""
+    def one_round(round_number: int, awake_seconds: float) -> None:
+        ctx.events.emit(RepeatRound, round=round_number, of=step.params["times"], awake=awake_seconds)
         run_steps(ctx, step.children)
-    outcome["rounds"] = step.params["times"]
+
+    def awake(seconds: float) -> None:
+        keep_awake(seconds, ctx.guest.state is GuestState.RUNNING)
+
+    cycles, stopped = run_rounds(step.params, ctx.observations, awake, one_round)
+    ctx.observations.cycles.extend(asdict(cycle) | {"repeat_line": step.line} for cycle in cycles)
+    outcome["rounds"] = len(cycles)
+    if stopped is not None:
+        outcome["stopped"] = f"after {step.params['stop_after_failures']} failed rounds in a row (round {stopped})"
 
 
 STEPS: dict[str, Callable[[RunContext, Step, dict[str, Any]], None]] = {
@@ -257,8 +299,8 @@ def _step(ctx: RunContext, step: Step, details: dict[str, Any]) -> None:
             raise VmmFault(f"{fault} during `{step.describe()}` ({error})") from error
         if isinstance(error, KernelTrouble):
             ctx.observations.kernel_troubles.append(KernelTroubleObservation(
-                step.line, step.describe(), ctx.guest.boot_name, error.line, error.what, error.quiet,
-                error.seen_at, error.stopped_at))
+                step_line=step.line, step=step.describe(), boot=ctx.guest.boot_name, line=error.line,
+                waiting_for=error.what, quiet_seconds=error.quiet, seen_at=error.seen_at, stopped_at=error.stopped_at))
         raise
 
 

@@ -21,11 +21,8 @@ import pytest
 from lab.deadline import wait_until
 from lab.disk import header as header_module
 from lab.disk.header import (
-    FLAG_CRC32,
-    FLAG_HW_SIG,
-    FLAG_LZ4,
-    FLAG_PLATFORM_MODE,
     HeaderError,
+    ImageFlag,
     NoImageError,
     discard_image,
     parse_signature_value,
@@ -39,7 +36,7 @@ DISK_SIZE = 2 * 1024 * 1024
 SWAP_UUID = "01234567-89ab-cdef-0123-456789abcdef"
 SWAP_LABEL = "labswap"
 IMAGE_CRC32 = 0xDEADBEEF
-IMAGE_FLAGS = FLAG_PLATFORM_MODE | FLAG_CRC32 | FLAG_LZ4
+IMAGE_FLAGS = ImageFlag.PLATFORM_MODE | ImageFlag.CRC32 | ImageFlag.LZ4
 LAYOUTS = [(4096, "raw"), (4096, "qcow2"), (65536, "raw"), (65536, "qcow2")]
 LAYOUT_IDS = [f"{page_size // 1024}k-{fmt}" for page_size, fmt in LAYOUTS]
 MKSWAP = shutil.which("mkswap", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
@@ -138,7 +135,7 @@ def test_set_signature_sets_hw_sig_and_its_flag_and_nothing_else(hibernated: tup
     before, after = set_signature(disk, 0x12345678)
 
     assert (before.hw_sig, before.flags) == (0, IMAGE_FLAGS)
-    assert (after.hw_sig, after.flags) == (0x12345678, IMAGE_FLAGS | FLAG_HW_SIG)
+    assert (after.hw_sig, after.flags) == (0x12345678, IMAGE_FLAGS | ImageFlag.HW_SIG)
     assert "HW_SIG" in after.flag_names
     assert after.image_present
     assert (after.image_offset, after.crc32, after.swap) == (before.image_offset, before.crc32, before.swap)
@@ -358,7 +355,7 @@ def test_update_is_refused_at_the_read_while_a_vm_holds_the_disk(
     running_vm_disks: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Raw included: a read-only open of a raw disk succeeds under a running VM, the read for an update must not."""
-    monkeypatch.setattr(header_module, "_write_start", lambda disk, page: pytest.fail("the update got to its write"))
+    monkeypatch.setattr(header_module, "write_start", lambda disk, page: pytest.fail("the update got to its write"))
     for disk in running_vm_disks:
         with pytest.raises(DiskBusy, match=r'QEMU refused its image lock \(Failed to get "write" lock\)'):
             set_signature(disk, 0x1234)

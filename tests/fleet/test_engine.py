@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 import lab.fleet.run
-from lab.fleet.engine import CellOutcome, CellRun, mark_not_run, settle
+from lab.fleet.engine import CellOutcome, CellRun, CellStatus, mark_not_run, settle
 from lab.fleet.matrix import Cell, load_matrix
 from lab.fleet.run import run_matrix
 from lab.image.guest_image import GuestImage
@@ -20,7 +20,8 @@ from lab.rundir import RunDirectory
 from lab.scenario.model import find_scenario
 
 PINNED_KERNEL = "linux-image-cloud-arm64=6.12.117-1"
-MATRIX_FIELDS = {"matrix", "file", "arch", "workers", "started", "seconds", "counts", "passed", "cells"}
+MATRIX_FIELDS = {"matrix", "file", "arch", "workers", "started", "seconds", "counts", "passed", "cells",
+                 "kernel_phases"}
 CELL_FIELDS = {"id", "scenario", "kernel", "psci", "accel", "qemu", "qemu_host", "status", "reason", "start", "seconds",
                "run_dir", "host", "retries"}
 
@@ -65,7 +66,7 @@ class CannedEngine:
             if index == self.interrupt_after:
                 run.outcome.run_dir.mkdir()
                 run.outcome.start("node07")
-                run.outcome.end("INTERRUPTED", "interrupted")
+                run.outcome.end(CellStatus.INTERRUPTED, "interrupted")
                 mark_not_run([later.outcome for later in runs[index + 1:]])
                 raise KeyboardInterrupt
             run.outcome.run_dir.mkdir()

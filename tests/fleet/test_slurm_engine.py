@@ -21,16 +21,9 @@ from lab.errors import UsageError
 from lab.fleet.cell import CellSpec
 from lab.fleet.engine import CellOutcome, CellRun
 from lab.fleet.matrix import Cell, load_matrix
-from lab.fleet.slurm import (
-    SlurmCommandFailed,
-    SlurmEngine,
-    SlurmSettings,
-    load_settings,
-    parse_record,
-    resources,
-    task_ids,
-    time_limit_minutes,
-)
+from lab.fleet.slurm import SlurmEngine
+from lab.fleet.slurm_client import SlurmCommandFailed, parse_record, task_ids
+from lab.fleet.slurm_settings import SlurmSettings, load_settings, resources, time_limit_minutes
 from lab.paths import REPO_ROOT
 from lab.rundir import RunDirectory
 from lab.scenario.model import find_scenario

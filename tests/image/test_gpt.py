@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.disk.header import SwapRegion, read_header, set_signature
+from lab.disk.header import read_header, set_signature
+from lab.disk.qemu_tools import SwapRegion
 from lab.errors import UsageError
 from lab.image import gpt
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from lab.errors import SetupError
+from lab.image.guest_image import GuestImage
 from lab.image.payload import CarriedFile, Payload
 from lab.image.recipe import ImageRecipe
-from lab.image.store import ImageStore, _cache_key
+from lab.image.store import ImageStore, _cache_key, picked_by_runs
 
 
 def test_extra_packages_change_the_cache_key():
@@ -74,3 +75,18 @@ def test_a_guest_image_to_carry_must_be_built(tmp_path):
     recipe = dataclasses.replace(ImageRecipe.named("kvm-host"), qemu_builds=())
     with pytest.raises(SetupError, match="carries guest image debian-arm64, which is not built: run `lab images build"):
         ImageStore(tmp_path).payload(recipe)
+
+
+def test_runs_pick_the_newest_build_with_the_recipe_s_own_kernel_and_say_so(tmp_path):
+    """A build pinned to another kernel, however new, is not what a run boots by default, and says so."""
+    def image(name: str, built: str, pin: str | None) -> GuestImage:
+        return GuestImage(tmp_path / f"{name}-{built}", {"name": name, "built": built, "kernel_pin": pin})
+
+    pinned = image("debian-arm64", "3", "linux-image-cloud-arm64=6.12.117-1")
+    own, older = image("debian-arm64", "2", None), image("debian-arm64", "1", None)
+    other = image("debian-amd64", "1", None)
+    picked = picked_by_runs([pinned, own, older, other])
+    assert picked == {"debian-arm64": own, "debian-amd64": other}
+    assert own.describe_use(True) == "runs pick this" and older.describe_use(False) == "an older build"
+    assert pinned.describe_use(False) == ("pinned to linux-image-cloud-arm64=6.12.117-1: runs with "
+                                          "--kernel-deb linux-image-cloud-arm64=6.12.117-1")

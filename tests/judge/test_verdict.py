@@ -10,8 +10,9 @@ import pytest
 from lab.errors import UsageError
 from lab.judge.observations import BootObservation, KernelTroubleObservation, Observations, PowerOffObservation
 from lab.judge.off2_contract import Off2Contract
-from lab.judge.verdict import QEMU_DROPS_OFF2, classify, judge
+from lab.judge.verdict import QEMU_DROPS_OFF2, CheckKind, classify, judge
 from lab.rundir import BootRecord
+from lab.vocabulary import BootKind, Intent, PowerInterface
 
 HIBERNATE_CONSOLE = """\
 [    4.09] PM: hibernation: hibernation entry
@@ -35,7 +36,7 @@ def observation(tmp_path: Path, console: str, events: list, calls: list | None, 
     log.write_text(console)
     record = BootRecord("boot1", ["qemu"], log, tmp_path / "qmp.jsonl", 0.0, exit_code=0, qmp_events=events)
     return PowerOffObservation(
-        boot="boot1", intent=intent, expect=expect, step_line=3, record=record, timed_out=timed_out,
+        boot="boot1", intent=Intent(intent), expect=expect, step_line=3, record=record, timed_out=timed_out,
         psci_active=calls is not None, psci_personality="kvm" if calls is not None else None,
         psci_calls=calls or [], disk_header=header, off2_contract=contract,
     )
@@ -90,6 +91,20 @@ def test_suspend_disk_from_an_off2_aware_qemu_counts_without_the_layer(tmp_path)
     assert verdict.off2_observable and verdict.disagreements == []
 
 
+def test_acpi_s4_on_an_x86_guest_is_hibernate_s4_and_meets_a_hibernate_off2_expectation(tmp_path):
+    """A scenario for both arches says `hibernate-off2`; an x86 guest meets it with ACPI S4, classed as such."""
+    suspend = {"event": "SUSPEND_DISK", "data": {}, "lab_seconds": 7.9}
+    acpi = dataclasses.replace(observation(tmp_path, HIBERNATE_CONSOLE, [suspend, SHUTDOWN], None, IMAGE,
+                                           expect="hibernate-off2", contract="suspend-disk"),
+                               power_interface=PowerInterface.ACPI)
+    verdict = judge(Observations(power_offs=[acpi]), {"boot1": HIBERNATE_CONSOLE.splitlines()}, None)
+    assert verdict.power_offs[0].kind == "hibernate-s4" and verdict.power_offs[0].disagreements == []
+    assert verdict.passed, verdict.reason
+    plain = dataclasses.replace(acpi, record=dataclasses.replace(acpi.record, qmp_events=[SHUTDOWN]))
+    failed = judge(Observations(power_offs=[plain]), {"boot1": HIBERNATE_CONSOLE.splitlines()}, None)
+    assert failed.reason.startswith("boot1 power-off: hibernate ended as hibernate-off, expected hibernate-s4")
+
+
 def test_off2_aware_qemu_without_its_signal_saw_a_plain_system_off(tmp_path):
     verdict = classify(observation(tmp_path, HIBERNATE_CONSOLE, [SHUTDOWN], None, IMAGE, contract="suspend-disk"))
     assert verdict.kind == "hibernate-off"
@@ -139,7 +154,8 @@ def test_run_verdict_holds_power_offs_to_their_expectation(tmp_path, expect, pas
 
 
 def test_resumed_boot_that_did_not_finish_the_hibernate_command_fails():
-    observations = Observations(boots=[BootObservation("boot2", "resumed", "resumed", 5, hibernate_command_status=1)])
+    observations = Observations(boots=[BootObservation("boot2", BootKind.RESUMED, "resumed", 5,
+                                                       hibernate_command_status=1)])
     verdict = judge(observations, {}, None)
     assert not verdict.passed
     assert "boot2 resumed userspace" in verdict.reason
@@ -178,6 +194,9 @@ def test_an_aborted_run_leads_with_the_kernel_trouble_that_explains_it():
         "boot2: kernel trouble (found: '[ 5.1] Internal error: Oops: 0000000096000006 [#1] SMP'); "
         "timed out after 120.0s waiting for boot2 to become ready"
     )
+    sick = next(check for check in verdict.checks if not check.passed)
+    assert (sick.kind, sick.boot) == (CheckKind.CONSOLE_HEALTHY, "boot2")
+    assert sick.to_json()["kind"] == "console-healthy" and sick.to_json()["boot"] == "boot2"
 
 
 def kvm_observation(tmp_path: Path, console: str, hvc_ids: list[str], header: dict, contract: str = "none",
@@ -201,9 +220,12 @@ def test_on_kvm_with_stock_qemu_the_host_trace_tells_off2_and_the_note_says_qemu
 
 
 def test_on_a_host_kernel_without_off2_the_trace_shows_system_off_and_the_class_is_hibernate_off(tmp_path):
-    verdict = classify(kvm_observation(tmp_path, VIRTIO_HIBERNATE_CONSOLE, ["0x84000008"], IMAGE))
+    verdict = classify(kvm_observation(tmp_path, VIRTIO_HIBERNATE_CONSOLE, ["0x8400000a", "0x84000008"], IMAGE))
     assert verdict.kind == "hibernate-off"
     assert verdict.disagreements == []
+    assert QEMU_DROPS_OFF2 not in verdict.notes, "the trace shows no SYSTEM_OFF2 for QEMU to drop"
+    assert any(note.startswith("the host kernel's kvm_hvc_arm64 trace shows a plain SYSTEM_OFF (0x84000008), after "
+                               "PSCI_FEATURES and no SYSTEM_OFF2") for note in verdict.notes), verdict.notes
 
 
 def test_a_patched_qemu_on_kvm_agrees_with_the_trace_and_drops_the_note(tmp_path):

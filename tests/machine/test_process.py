@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ def test_command_line_is_a_list_built_from_settings(tmp_path):
     assert "-gdb" not in kvm
 
 
-def test_qemu_that_fails_to_start_raises_with_its_output(tmp_path):
+def test_qemu_that_fails_to_start_raises_with_its_output(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="lab")
     spec = _spec(tmp_path, memory_mib=10**9)
     machine = Machine(spec, RunDirectory(tmp_path).boot("boot1"), time.monotonic())
     with pytest.raises(MachineError) as caught, machine:
@@ -46,6 +48,7 @@ def test_qemu_that_fails_to_start_raises_with_its_output(tmp_path):
     assert "QEMU exited with status 1 at start" in str(caught.value)
     assert caught.value.command[0].endswith("qemu-system-aarch64")
     assert (tmp_path / "qemu-boot1.cmdline").exists()
+    assert "boot1: QEMU pid" in caplog.text and "reaped: exited with status 1" in caplog.text
 
 
 def test_close_reaps_a_running_qemu_and_releases_the_disk(tmp_path, default_image):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab import cli
-from lab.qemu import build
+from lab.qemu import recipe
 from lab.qemu.builds import builds_root
 
 pytestmark = pytest.mark.guest
@@ -40,13 +40,13 @@ def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 
 def test_the_key_follows_the_source_the_series_and_the_target(tmp_path: Path) -> None:
-    series = build.Series.read()
-    assert [p.name for p in series.patches] == (build.PATCHES_DIR / "series").read_text().split()
+    series = recipe.Series.read()
+    assert [p.name for p in series.patches] == (recipe.PATCHES_DIR / "series").read_text().split()
     changed = _series(tmp_path / "changed", {p.name: p.read_text() + "\n" for p in series.patches})
-    keys = {build.build_key(build.SOURCE_VERSION, series, build.NATIVE),
-            build.build_key(build.SOURCE_VERSION, build.Series.read(changed), build.NATIVE),
-            build.build_key(build.SOURCE_VERSION, series, build.ARM64_CROSS),
-            build.build_key("1:10.2.1+ds-1", series, build.NATIVE)}
+    keys = {recipe.build_key(recipe.SOURCE_VERSION, series, recipe.NATIVE),
+            recipe.build_key(recipe.SOURCE_VERSION, recipe.Series.read(changed), recipe.NATIVE),
+            recipe.build_key(recipe.SOURCE_VERSION, series, recipe.ARM64_CROSS),
+            recipe.build_key("1:10.2.1+ds-1", series, recipe.NATIVE)}
     assert len(keys) == 4
 
 
@@ -59,7 +59,7 @@ def test_a_version_debian_does_not_serve(capsys: pytest.CaptureFixture[str]) -> 
 def test_a_patch_that_does_not_apply(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     stale = ("--- a/VERSION\n+++ b/VERSION\n@@ -1 +1 @@\n-9.9.9\n+9.9.10\n")
-    monkeypatch.setattr(build, "PATCHES_DIR", _series(tmp_path / "patches", {"0001-stale.patch": stale}))
+    monkeypatch.setattr(recipe, "PATCHES_DIR", _series(tmp_path / "patches", {"0001-stale.patch": stale}))
     err = _fails(capsys)
     assert "patch failed (0001-stale.patch does not apply)" in err
     assert Path(err.rsplit("log: ", 1)[1]).name == "patch.log"
@@ -69,6 +69,6 @@ def test_a_configure_that_stops(capsys: pytest.CaptureFixture[str], tmp_path: Pa
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     broken = ("--- a/configure\n+++ b/configure\n@@ -1,2 +1,3 @@\n #!/bin/sh\n+echo 'lab test: stop here' >&2; exit 3\n"
               " #\n")
-    monkeypatch.setattr(build, "PATCHES_DIR", _series(tmp_path / "patches", {"0001-stop.patch": broken}))
+    monkeypatch.setattr(recipe, "PATCHES_DIR", _series(tmp_path / "patches", {"0001-stop.patch": broken}))
     err = _fails(capsys)
     assert "configure failed (" in err and "exited 3" in err and "lab test: stop here" in err

@@ -91,6 +91,9 @@ def test_timeline_shows_the_witnesses_of_the_power_offs(run_dir: Path) -> None:
     assert "13 checks passed (boot1 hibernate-off2, boot2 crash)" in text
     assert "the guest called SYSTEM_OFF2 and the VM powered off" in text
     assert "approximate" in text
+    events = write_html_report(RunDirectory(run_dir)).read_text()
+    assert "SYSTEM_OFF2_64(0x0, 0x0, 0x0) on vCPU 0 at guest +43.156s: power-off</code>" in events, \
+        "a call that did not return has no response to show"
 
 
 def test_links_resolve_to_every_log_and_nothing_is_external(run_dir: Path) -> None:
@@ -157,3 +160,23 @@ def test_pages_are_well_formed_html5_with_well_formed_svg(run_dir: Path, tmp_pat
     pages.append(write_matrix_report([RunDirectory(run_dir), RunDirectory(unfinished)], tmp_path / "matrix.html"))
     for page in pages:
         _assert_well_formed(page)
+
+
+def test_kernel_phases_are_a_lane_and_findings_a_table(run_dir: Path) -> None:
+    """The recorded run's own consoles, read into kernel phases and matched against the catalogue."""
+    from lab.judge.catalogue import catalogue, match_consoles
+    from lab.judge.phase_summary import kernel_phases
+
+    runs = RunDirectory(run_dir)
+    consoles = {boot.name: boot.read_console() for boot in runs.boots()}
+    result = json.loads(runs.result.read_text())
+    result["observations"]["kernel_phases"] = kernel_phases(consoles)
+    result["verdict"]["findings"] = [f.to_json() for f in match_consoles(consoles, catalogue())]
+    runs.result.write_text(json.dumps(result))
+    page = _parse(write_html_report(runs))
+    assert "kernel PM" in page.svg_texts
+    marks = " | ".join(page.svg_texts)
+    assert "image write 6.98 MB/s" in marks and "image read 5.76 MB/s" in marks and "restore" in marks
+    text = " ".join(page.texts)
+    assert "Kernel log findings" in text and "kernel panic" in text and "sysrq triggered crash" in text
+    _assert_well_formed(runs.html)

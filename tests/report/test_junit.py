@@ -84,3 +84,16 @@ def test_matrix_combines_runs_into_testsuites(run_dir: Path, tmp_path: Path) -> 
     assert len(root.findall("testsuite")) == 2
     assert root.get("tests") == "28"
     assert root.get("failures") == "1"
+
+
+def test_each_catalogue_finding_is_a_test_case_that_informs(run_dir: Path) -> None:
+    result = json.loads((run_dir / "result.json").read_text())
+    result["verdict"]["findings"] = [{"boot": "boot2", "label": "kernel panic", "severity": "critical",
+                                      "advice": "Read the lines before it.", "count": 1, "source": "catalogue.yaml:6",
+                                      "line": "[   31.788014] Kernel panic - not syncing: sysrq triggered crash"}]
+    (run_dir / "result.json").write_text(json.dumps(result))
+    suite = ET.parse(write_junit(RunDirectory(run_dir))).getroot()
+    (case,) = [c for c in suite.findall("testcase") if c.get("name", "").startswith("finding:")]
+    assert case.get("name") == "finding: kernel panic [critical] in boot2"
+    assert case.find("failure") is None and "Read the lines before it." in case.find("system-out").text
+    assert suite.get("failures") == "0"

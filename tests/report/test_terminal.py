@@ -39,3 +39,28 @@ def test_a_step_that_missed_its_expectation_is_marked_failed():
     line = out.getvalue()
     assert line.split()[0] == "✗"
     assert "hibernate ended as hibernate-off, expected hibernate-off2" in line
+
+
+def test_findings_are_printed_with_their_advice_and_lead_the_reason():
+    out = StringIO()
+    report = TerminalReport(Console(file=out, highlight=False, soft_wrap=True, color_system=None))
+    consoles = {"boot1": ["[    6.942986] PM: Image saving failed: -28"]}
+    report.verdict(judge(Observations(), consoles, "it stopped"), Path("/runs/x"), 1.0)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "  finding boot1: not enough swap [critical]: '[    6.942986] PM: Image saving failed: -28'"
+    assert lines[1].startswith("    advice: The swap area cannot hold the image")
+    assert lines[2].startswith("FAIL boot1: not enough swap [critical]: ") and "; it stopped" in lines[2]
+
+
+def test_the_kernel_phases_are_summed_up_in_one_line():
+    from lab.judge.phase_summary import kernel_phases
+    from lab.rundir import read_console_file
+
+    data = Path(__file__).parents[1] / "judge" / "data" / "hibernate-resume-default"
+    consoles = {boot: read_console_file(data / f"console-{boot}.log") for boot in ("boot1", "boot2")}
+    out = StringIO()
+    TerminalReport(Console(file=out, highlight=False, soft_wrap=True, color_system=None)).kernel_phases(
+        kernel_phases(consoles))
+    line = out.getvalue().strip()
+    assert line.startswith("kernel: freeze user space 0.00s (min 0.00s, max 0.01s of 2), snapshot 0.47s")
+    assert "image write 5.53s 13.57 MB/s" in line and "restore" in line

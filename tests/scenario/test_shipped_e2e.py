@@ -121,11 +121,35 @@ def _system_resumed_from_its_swap_file(run_dir: Path) -> None:
     assert power_off["disk_header"]["swap"]["label"] == "lab-swapfile"
 
 
+def _kernel_timed_its_phases(run_dir: Path) -> None:
+    _guest_saw_psci_1_3(run_dir)
+    phases = json.loads((run_dir / "result.json").read_text())["observations"]["kernel_phases"]
+    written = [p for p in phases["boots"]["boot1"]["phases"] if p["kind"] == "image-write"]
+    assert written and written[0]["kbytes"] > 0 and written[0]["mb_per_s"] > 0
+    resumed = [p["kind"] for p in phases["boots"]["boot2"]["phases"]]
+    assert resumed.index("image-read") < resumed.index("restore") < resumed.index("thaw")
+    assert phases["summary"]["image write"]["mb_per_s"]["count"] == 1
+    assert ">kernel PM</text>" in (run_dir / "report.html").read_text(), "the timeline has the kernel's lane"
+
+
+def _every_cycle_was_recorded_with_its_delay_and_phases(run_dir: Path) -> None:
+    result = json.loads((run_dir / "result.json").read_text())
+    cycles = result["observations"]["cycles"]
+    assert [c["awake_seconds"] for c in cycles] == [0, 2, 4, 6, 8]
+    assert all(c["passed"] and len(c["boots"]) == 1 for c in cycles)
+    resumed = {c["boots"][0] for c in cycles}
+    phases = result["observations"]["kernel_phases"]
+    assert resumed <= set(phases["boots"])
+    spread = phases["summary"]["image write"]["seconds"]
+    assert spread["count"] == 5 and spread["min"] <= spread["median"] <= spread["max"]
+
+
 GUEST_FACTS = {
     "system-hibernate-resume": _system_resumed_through_systemd_and_its_initramfs,
     "system-swapfile-resume": _system_resumed_from_its_swap_file,
     "ssh-hibernate-resume": _both_commands_went_over_ssh_through_new_forwards,
-    "hibernate-resume": _guest_saw_psci_1_3,
+    "hibernate-resume": _kernel_timed_its_phases,
+    "hibernate-endurance": _every_cycle_was_recorded_with_its_delay_and_phases,
     "psci-reject-zero-type": _guest_was_refused_then_fell_back,
     "psci-none": _guest_saw_psci_1_1,
 }
@@ -193,6 +217,6 @@ def test_x86_64_acpi_s4_is_the_counterpart_of_off2(name, tmp_path, default_x86_i
     assert events[-2:] == ["SUSPEND_DISK", "SHUTDOWN"], "QEMU reported ACPI S4 before the power-off"
     assert "ACPI: PM: Preparing to enter system sleep state S4" in _console(result.run_dir, "boot1")
     assert not (result.run_dir / "psci-boot1.jsonl").exists(), "no PSCI layer on x86"
-    assert result.verdict.power_offs[0].kind == "hibernate-off2"
+    assert result.verdict.power_offs[0].kind == "hibernate-s4"
     if name == "ssh-hibernate-resume":
         _both_commands_went_over_ssh_through_new_forwards(result.run_dir)

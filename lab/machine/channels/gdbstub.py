@@ -18,7 +18,6 @@ from lab.deadline import Deadline
 from lab.errors import ChannelError, WaitTimeout
 
 # aarch64 register numbers in GDB's (and QEMU's) core register layout.
-AARCH64_SP = 31
 AARCH64_PC = 32
 AARCH64_CPSR = 33
 _AARCH64_CORE_REGISTERS = 34
@@ -73,7 +72,7 @@ class StopReply:
         return number - 1 if number > 0 else None
 
 
-def checksum(data: bytes) -> int:
+def checksum(data: bytes | bytearray) -> int:
     return sum(data) & 0xFF
 
 
@@ -253,9 +252,6 @@ class GdbRemote:
 
     def insert_breakpoint(self, address: int, kind: int = 4) -> None:
         self._expect_ok(f"Z0,{address:x},{kind:x}")
-
-    def remove_breakpoint(self, address: int, kind: int = 4) -> None:
-        self._expect_ok(f"z0,{address:x},{kind:x}")
 
     def resume(self) -> None:
         """Let every vCPU run; the next stop arrives through `wait_stop`."""

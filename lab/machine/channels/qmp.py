@@ -8,31 +8,32 @@ while the lab is busy elsewhere, and so nothing is lost when QEMU exits right af
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qemu.qmp import EventListener, QMPClient, QMPError, Runstate
 
 from lab.deadline import Deadline, wait_until
 from lab.errors import ChannelError
 
-logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
-
+_log = logging.getLogger(__name__)
 ATTEMPT_SECONDS = 2.0
 MIN_ATTEMPT_SECONDS = 0.05
+Answer = TypeVar("Answer")
 
 
 def _matches(data: Any, pattern: Any) -> bool:
     """True when every key of `pattern` is in `data` with a matching value (recursively)."""
     if isinstance(pattern, dict):
         return isinstance(data, dict) and all(k in data and _matches(data[k], v) for k, v in pattern.items())
-    return data == pattern
+    return bool(data == pattern)
 
 
 class QmpChannel:
@@ -48,10 +49,11 @@ class QmpChannel:
         self._thread = threading.Thread(target=self._loop.run_forever, name="qmp", daemon=True)
         self._client = QMPClient("lab")
         self._listener = EventListener()
-        self._pump: asyncio.Future[None] | None = None
+        self._pump: concurrent.futures.Future[None] | None = None
         self.connected = False
 
-    def _call(self, coroutine, timeout: float):
+    def _call(self, coroutine: Coroutine[Any, Any, Answer], timeout: float) -> Answer:
+        """Run `coroutine` on the QMP thread's loop and wait for it, bounded by `timeout`."""
         future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coroutine, timeout), self._loop)
         return future.result(timeout + 1)
 
@@ -87,6 +89,7 @@ class QmpChannel:
             return True
 
         wait_until(attempt, timeout, f"QMP on {self.socket_path}", lambda: last_problem)
+        _log.debug("QMP connected on %s", self.socket_path)
         self.connected = True
         self._pump = asyncio.run_coroutine_threadsafe(self._record_events(), self._loop)
 
@@ -135,6 +138,7 @@ class QmpChannel:
         if not self._thread.is_alive():
             self._loop.close()
             return
+        _log.debug("QMP disconnecting from %s", self.socket_path)
         if self._pump is not None:
             self._pump.cancel()
         with contextlib.suppress(QMPError, EOFError, TimeoutError, OSError, asyncio.CancelledError):

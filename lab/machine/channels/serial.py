@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pexpect
 from pexpect.fdpexpect import fdspawn
@@ -40,6 +41,7 @@ TROUBLE_QUIET_SECONDS = 5.0
 """How long the console must stay silent after kernel trouble before a wait gives up (the default)."""
 TROUBLE_QUIET_ENV = "LAB_KERNEL_TROUBLE_QUIET"
 FAULT_POLL_SECONDS = 2.0
+Found = TypeVar("Found")
 """How often a silent console asks whether QEMU itself is at fault (stopped, paused, gone)."""
 
 
@@ -96,7 +98,7 @@ class SerialConsole:
         """The first kernel panic, Oops or BUG line on this console, with the time it arrived."""
         self._partial = ""
         self._socket: socket.socket | None = None
-        self._spawn: fdspawn | None = None
+        self._spawn: fdspawn[str] | None = None
         self._arrivals = _Arrivals()
         self._trouble_expected = 0
         self.closed = False
@@ -152,8 +154,7 @@ class SerialConsole:
         """
         while True:
             quiet_left = self._quiet_left(wait_started)
-            if quiet_left is not None and quiet_left <= 0:
-                assert self.trouble is not None and self.trouble_quiet is not None
+            if quiet_left is not None and quiet_left <= 0 and self.trouble and self.trouble_quiet is not None:
                 raise KernelTrouble(what, self.trouble[1], self.trouble_quiet, self.last_lines(),
                                     seen_at=self.trouble[0], stopped_at=time.monotonic() - self.started)
             slice_ = min(deadline.remaining, FAULT_POLL_SECONDS)
@@ -166,7 +167,7 @@ class SerialConsole:
                 if self.vmm_fault is not None and (fault := self.vmm_fault()):
                     raise ChannelError(f"{fault} while waiting for {what}") from None
                 continue
-            self._record(self._peer.before + ("\n" if index == 0 else ""))
+            self._record((self._peer.before or "") + ("\n" if index == 0 else ""))
             if index == 1:
                 self.closed = True
             return index == 0
@@ -176,7 +177,7 @@ class SerialConsole:
         return [*tail, self._partial] if self._partial else tail
 
     @property
-    def _peer(self) -> fdspawn:
+    def _peer(self) -> fdspawn[str]:
         if self._spawn is None:
             raise ChannelError("serial console used before connect()")
         return self._spawn
@@ -185,7 +186,7 @@ class SerialConsole:
         """Wait for a regular expression on the console (raw text, kernel lines included)."""
         return self.read_until(lambda text: re.search(pattern, text), timeout, what, raw=True)
 
-    def read_until(self, found, timeout: float, what: str, raw: bool = False):
+    def read_until(self, found: Callable[[str], Found | None], timeout: float, what: str, raw: bool = False) -> Found:
         """Read line by line until `found(text)` is truthy; text excludes kernel lines unless raw."""
         started = time.monotonic()
         deadline = Deadline(timeout)
@@ -194,7 +195,7 @@ class SerialConsole:
             if self.closed:
                 raise ChannelError(f"console closed (QEMU exited) while waiting for {what}")
             newline = self._next_line(deadline, timeout, what, started)
-            seen += self._peer.before + ("\n" if newline else "")
+            seen += (self._peer.before or "") + ("\n" if newline else "")
             result = found(seen.replace("\r", "") if raw else without_kernel_lines(seen))
             if result:
                 return result

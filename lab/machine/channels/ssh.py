@@ -16,10 +16,10 @@ import paramiko
 
 from lab.deadline import Deadline, wait_until
 from lab.errors import ChannelError, WaitTimeout
+from lab.hosts.ssh_login import LoginRefused, log_in
 from lab.machine.channels.shell import CommandResult
 
-logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-
+_log = logging.getLogger(__name__)
 ATTEMPT_SECONDS = 10.0
 RETRY_PAUSE = 0.5
 HOST = "127.0.0.1"
@@ -67,28 +67,18 @@ class SshChannel:
             client = self._new_client()
             seconds = max(min(ATTEMPT_SECONDS, deadline.remaining), 0.1)
             try:
-                client.connect(HOST, self.port, username=self.user, pkey=self.client_key, timeout=seconds,
-                               banner_timeout=seconds, auth_timeout=seconds, allow_agent=False, look_for_keys=False)
-            except paramiko.BadHostKeyException as error:
-                client.close()
-                raise ChannelError(f"SSH on {HOST}:{self.port} presented a host key other than the image's: "
-                                   f"{error.key.get_name()} {error.key.get_base64()}") from error
-            except paramiko.AuthenticationException as error:
-                client.close()
-                raise ChannelError(f"SSH on {HOST}:{self.port} refused the image's client key: {error}") from error
-            except (paramiko.SSHException, OSError, EOFError) as error:
-                # paramiko stops waiting for the handshake at `timeout` and then reports "No existing
-                # session"; a peer that took the connection but sent no banner is what actually happened.
-                transport = client.get_transport()
-                silent = transport is not None and not transport.remote_version
-                client.close()
-                last_error[:] = [f"connected, but no SSH banner within {seconds:.1f}s" if silent
-                                 else f"{type(error).__name__}: {error}"]
+                problem = log_in(client, (HOST, self.port), self.user, self.client_key, seconds,
+                                 host_key_from="the image's", client_key_from="the image's")
+            except LoginRefused as refused:
+                raise ChannelError(f"SSH on {HOST}:{self.port} {refused}") from refused
+            if problem is not None:
+                last_error[:] = [problem]
                 return None
             return client
 
         self._client = wait_until(attempt, timeout, f"the guest's SSH server on {HOST}:{self.port}",
                                   lambda: last_error, interval=RETRY_PAUSE)
+        _log.debug("SSH %s@%s:%d logged in", self.user, HOST, self.port)
 
     @property
     def connected(self) -> bool:
@@ -130,5 +120,6 @@ class SshChannel:
 
     def close(self) -> None:
         if self._client is not None:
+            _log.debug("SSH %s@%s:%d closing", self.user, HOST, self.port)
             self._client.close()
             self._client = None

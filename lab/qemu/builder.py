@@ -18,7 +18,6 @@ to its own file; a failed step is named with its log, and nothing half-built is 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -28,7 +27,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,99 +36,23 @@ from lab.digest import sha256_file
 from lab.errors import SetupError
 from lab.image.closure import program_closure
 from lab.image.debian import KEYRING, MIRROR, PrivateApt, binary_sources, extract
-from lab.paths import REPO_ROOT, cache_root
+from lab.lines import last_file_lines
+from lab.paths import cache_root
 from lab.qemu.builds import builds_root
+from lab.qemu.recipe import (
+    PATCHES_DIR,
+    SOURCE_PACKAGE,
+    SOURCE_VERSION,
+    STEP_TIMEOUT,
+    SYSROOT_PACKAGES,
+    SYSROOT_SUITE,
+    TARGETS,
+    TOOLS,
+    BuildTarget,
+    Series,
+    build_key,
+)
 from lab.vocabulary import ARM64, host_arch
-
-SOURCE_PACKAGE = "qemu"
-SOURCE_VERSION = "1:10.2.2+ds-1"
-"""The Debian source the series is written against (sid's deb-src serves it)."""
-PATCHES_DIR = REPO_ROOT / "qemu" / "patches"
-BUILD_FORMAT = 1
-"""Part of the cache key: bump it when what a build is made of changes (flags, tools)."""
-TOOLS = ("meson==1.9.0", "ninja==1.13.2")
-CONFIGURE_FLAGS = (
-    "--disable-download", "--target-list=aarch64-softmmu", "--without-default-features", "--enable-tcg",
-    "--enable-slirp", "--enable-fdt=system", "--disable-docs", "--disable-tools", "--disable-user",
-    "--disable-guest-agent", "--disable-install-blobs",
-)
-SYSROOT_SUITE = "bookworm"
-"""arm64 libraries built against the cross toolchain's glibc (2.36), so gcc 12 links against them."""
-SYSROOT_PACKAGES = ("libglib2.0-dev", "libglib2.0-0", "libslirp-dev", "libslirp0", "libfdt-dev", "libfdt1",
-                    "zlib1g-dev", "zlib1g", "libpcre2-dev", "libpcre2-8-0")
-STEP_TIMEOUT = 3 * 3600.0
-
-
-@dataclass(frozen=True)
-class Prerequisite:
-    """Something on the build host, how to see it is there, and the Debian package that brings it."""
-
-    what: str
-    package: str
-    present: Callable[[], bool]
-
-
-def _command(name: str) -> Callable[[], bool]:
-    return lambda: shutil.which(name) is not None
-
-
-def _file(path: str) -> Callable[[], bool]:
-    return lambda: Path(path).exists()
-
-
-def _pkg_config(module: str) -> Callable[[], bool]:
-    def present() -> bool:
-        if shutil.which("pkg-config") is None:
-            return False
-        return subprocess.run(["pkg-config", "--exists", module], timeout=30).returncode == 0
-    return present
-
-
-def _system_python_venv() -> bool:
-    return subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True,
-                          timeout=60).returncode == 0 if Path("/usr/bin/python3").exists() else False
-
-
-COMMON_PREREQUISITES = (
-    Prerequisite("a C compiler", "gcc", _command("cc")),
-    Prerequisite("pkg-config", "pkg-config", _command("pkg-config")),
-    Prerequisite("dpkg-source", "dpkg-dev", _command("dpkg-source")),
-    Prerequisite("patch", "patch", _command("patch")),
-    Prerequisite("xz", "xz-utils", _command("xz")),
-    Prerequisite("bzip2", "bzip2", _command("bzip2")),
-    Prerequisite("Debian's python3 with venv", "python3-venv", _system_python_venv),
-)
-
-
-@dataclass(frozen=True)
-class BuildTarget:
-    """Where a build runs: here (native) or on an arm64 KVM host (cross-built)."""
-
-    name: str
-    host: str
-    """QEMU's name of the arch the binary runs on."""
-    cross_prefix: str | None
-    prerequisites: tuple[Prerequisite, ...]
-
-    @property
-    def flags(self) -> tuple[str, ...]:
-        return (*CONFIGURE_FLAGS, *(("--enable-kvm",) if self.host == "aarch64" else ()))
-
-
-NATIVE = BuildTarget("native", host_arch(), None, (
-    *COMMON_PREREQUISITES,
-    Prerequisite("glib-2.0 headers", "libglib2.0-dev", _pkg_config("glib-2.0")),
-    Prerequisite("slirp headers", "libslirp-dev", _pkg_config("slirp")),
-    Prerequisite("zlib headers", "zlib1g-dev", _pkg_config("zlib")),
-    Prerequisite("libfdt headers", "libfdt-dev", _file("/usr/include/libfdt.h")),
-))
-ARM64_CROSS = BuildTarget("arm64", "aarch64", "aarch64-linux-gnu-", (
-    *COMMON_PREREQUISITES,
-    Prerequisite("an aarch64 cross compiler", "gcc-aarch64-linux-gnu", _command("aarch64-linux-gnu-gcc")),
-    Prerequisite("the aarch64 C library", "libc6-dev-arm64-cross", _file("/usr/aarch64-linux-gnu/lib/libc.so.6")),
-    Prerequisite("chrpath", "chrpath", _command("chrpath")),
-))
-TARGETS = {target.name: target for target in (NATIVE, ARM64_CROSS)}
 
 
 class BuildStepFailed(SetupError):
@@ -142,46 +64,10 @@ class BuildStepFailed(SetupError):
         super().__init__(f"lab qemu build: {step} failed ({detail}); log: {log}")
 
 
-@dataclass(frozen=True)
-class Series:
-    """The lab's patch series, in order, and one digest over all of it."""
+def _tail(path: Path) -> str:
+    return " | ".join(last_file_lines(path)) or "no output"
 
-    patches: tuple[Path, ...]
-    sha256: str
-
-    @classmethod
-    def read(cls, directory: Path | None = None) -> Series:
-        directory = directory or PATCHES_DIR
-        try:
-            names = [line.strip() for line in (directory / "series").read_text().splitlines()
-                     if line.strip() and not line.startswith("#")]
-        except OSError as error:
-            raise SetupError(f"no patch series at {directory}/series: {error.strerror}") from error
-        digest = hashlib.sha256()
-        patches = []
-        for name in names:
-            path = directory / name
-            if not path.is_file():
-                raise SetupError(f"{directory}/series names {name}, which is not there")
-            digest.update(name.encode() + b"\0" + path.read_bytes())
-            patches.append(path)
-        return cls(tuple(patches), digest.hexdigest())
-
-
-def build_key(version: str, series: Series, target: BuildTarget) -> str:
-    upstream = re.sub(r"[^A-Za-z0-9.+-]", "_", version.split(":")[-1])
-    return f"{upstream}-{series.sha256[:12]}-{target.name}-f{BUILD_FORMAT}"
-
-
-def _tail(path: Path, lines: int = 1) -> str:
-    try:
-        text = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no output"
-    return " | ".join(text[-lines:]) or "no output"
-
-
-class QemuBuild:
+class QemuBuilder:
     """One build of the series for one target; `run()` returns the installed binary."""
 
     def __init__(self, target: BuildTarget, version: str = SOURCE_VERSION, jobs: int | None = None,
@@ -389,7 +275,8 @@ class QemuBuild:
             process = subprocess.Popen(command, cwd=build, env={**env, "NINJA_STATUS": "[%f/%t] "},
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True)
-            assert process.stdout is not None
+            if process.stdout is None:
+                raise SetupError("ninja started without its output pipe")
             deadline = time.monotonic() + STEP_TIMEOUT
             try:
                 for line in process.stdout:
@@ -459,18 +346,4 @@ def build_qemu(target: str, version: str = SOURCE_VERSION, jobs: int | None = No
     chosen = TARGETS.get(target)
     if chosen is None:
         raise SetupError(f"unknown build target {target!r} (known: {', '.join(TARGETS)})")
-    return QemuBuild(chosen, version, jobs, say, progress).run()
-
-
-def build_records() -> list[dict[str, object]]:
-    """What `lab qemu list` shows of the lab's own builds, for every target."""
-    root = builds_root()
-    if not root.is_dir():
-        return []
-    records = []
-    for directory in sorted(root.iterdir()):
-        record = directory / "build.json"
-        if record.is_file():
-            records.append({**json.loads(record.read_text()), "path": str(directory / "bin" / "qemu-system-aarch64")})
-    return records
-
+    return QemuBuilder(chosen, version, jobs, say, progress).run()

@@ -1,0 +1,139 @@
+"""What a build of the lab's QEMU is made of: Debian's source version, the patch series, the target
+(native, or cross-built for an arm64 KVM host) with what it needs on the build host, and the cache key
+over all of them. lab.qemu.builder carries a build out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import SetupError
+from lab.paths import QEMU_DIR
+from lab.vocabulary import host_arch
+
+SOURCE_PACKAGE = "qemu"
+SOURCE_VERSION = "1:10.2.2+ds-1"
+"""The Debian source the series is written against (sid's deb-src serves it)."""
+PATCHES_DIR = QEMU_DIR / "patches"
+BUILD_FORMAT = 1
+"""Part of the cache key: bump it when what a build is made of changes (flags, tools)."""
+TOOLS = ("meson==1.9.0", "ninja==1.13.2")
+CONFIGURE_FLAGS = (
+    "--disable-download", "--target-list=aarch64-softmmu", "--without-default-features", "--enable-tcg",
+    "--enable-slirp", "--enable-fdt=system", "--disable-docs", "--disable-tools", "--disable-user",
+    "--disable-guest-agent", "--disable-install-blobs",
+)
+SYSROOT_SUITE = "bookworm"
+"""arm64 libraries built against the cross toolchain's glibc (2.36), so gcc 12 links against them."""
+SYSROOT_PACKAGES = ("libglib2.0-dev", "libglib2.0-0", "libslirp-dev", "libslirp0", "libfdt-dev", "libfdt1",
+                    "zlib1g-dev", "zlib1g", "libpcre2-dev", "libpcre2-8-0")
+STEP_TIMEOUT = 3 * 3600.0
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """Something on the build host, how to see it is there, and the Debian package that brings it."""
+
+    what: str
+    package: str
+    present: Callable[[], bool]
+
+
+def _command(name: str) -> Callable[[], bool]:
+    return lambda: shutil.which(name) is not None
+
+
+def _file(path: str) -> Callable[[], bool]:
+    return lambda: Path(path).exists()
+
+
+def _pkg_config(module: str) -> Callable[[], bool]:
+    def present() -> bool:
+        if shutil.which("pkg-config") is None:
+            return False
+        return subprocess.run(["pkg-config", "--exists", module], timeout=30).returncode == 0
+    return present
+
+
+def _system_python_venv() -> bool:
+    return subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True,
+                          timeout=60).returncode == 0 if Path("/usr/bin/python3").exists() else False
+
+
+COMMON_PREREQUISITES = (
+    Prerequisite("a C compiler", "gcc", _command("cc")),
+    Prerequisite("pkg-config", "pkg-config", _command("pkg-config")),
+    Prerequisite("dpkg-source", "dpkg-dev", _command("dpkg-source")),
+    Prerequisite("patch", "patch", _command("patch")),
+    Prerequisite("xz", "xz-utils", _command("xz")),
+    Prerequisite("bzip2", "bzip2", _command("bzip2")),
+    Prerequisite("Debian's python3 with venv", "python3-venv", _system_python_venv),
+)
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """Where a build runs: here (native) or on an arm64 KVM host (cross-built)."""
+
+    name: str
+    host: str
+    """QEMU's name of the arch the binary runs on."""
+    cross_prefix: str | None
+    prerequisites: tuple[Prerequisite, ...]
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (*CONFIGURE_FLAGS, *(("--enable-kvm",) if self.host == "aarch64" else ()))
+
+
+NATIVE = BuildTarget("native", host_arch(), None, (
+    *COMMON_PREREQUISITES,
+    Prerequisite("glib-2.0 headers", "libglib2.0-dev", _pkg_config("glib-2.0")),
+    Prerequisite("slirp headers", "libslirp-dev", _pkg_config("slirp")),
+    Prerequisite("zlib headers", "zlib1g-dev", _pkg_config("zlib")),
+    Prerequisite("libfdt headers", "libfdt-dev", _file("/usr/include/libfdt.h")),
+))
+ARM64_CROSS = BuildTarget("arm64", "aarch64", "aarch64-linux-gnu-", (
+    *COMMON_PREREQUISITES,
+    Prerequisite("an aarch64 cross compiler", "gcc-aarch64-linux-gnu", _command("aarch64-linux-gnu-gcc")),
+    Prerequisite("the aarch64 C library", "libc6-dev-arm64-cross", _file("/usr/aarch64-linux-gnu/lib/libc.so.6")),
+    Prerequisite("chrpath", "chrpath", _command("chrpath")),
+))
+TARGETS = {target.name: target for target in (NATIVE, ARM64_CROSS)}
+
+
+@dataclass(frozen=True)
+class Series:
+    """The lab's patch series, in order, and one digest over all of it."""
+
+    patches: tuple[Path, ...]
+    sha256: str
+
+    @classmethod
+    def read(cls, directory: Path | None = None) -> Series:
+        directory = directory or PATCHES_DIR
+        try:
+            names = [line.strip() for line in (directory / "series").read_text().splitlines()
+                     if line.strip() and not line.startswith("#")]
+        except OSError as error:
+            raise SetupError(f"no patch series at {directory}/series: {error.strerror}") from error
+        digest = hashlib.sha256()
+        patches = []
+        for name in names:
+            path = directory / name
+            if not path.is_file():
+                raise SetupError(f"{directory}/series names {name}, which is not there")
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+            patches.append(path)
+        return cls(tuple(patches), digest.hexdigest())
+
+
+def build_key(version: str, series: Series, target: BuildTarget) -> str:
+    upstream = re.sub(r"[^A-Za-z0-9.+-]", "_", version.split(":")[-1])
+    return f"{upstream}-{series.sha256[:12]}-{target.name}-f{BUILD_FORMAT}"
