@@ -12,6 +12,7 @@ from typing import NoReturn, TypeAlias
 
 from lab import commands, logs
 from lab.errors import LabError, printable
+from lab.nightly import add_commands as add_nightly_commands
 
 
 def _count(most: int) -> Callable[[str], int]:
@@ -49,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
                           "qemu.qmp's and paramiko's own logs)")
     groups = top.add_subparsers(dest="command", required=True)
     for add in (_image_commands, _disk_commands, _scenario_commands, _matrix_commands, _qemu_commands,
-                _host_commands):
+                _host_commands, add_nightly_commands):
         add(groups)
     groups.add_parser("doctor", help="what this host can run, and what to install").set_defaults(
         handler=commands.doctor)
@@ -105,6 +106,9 @@ def _scenario_commands(groups: Groups) -> None:
                           help="how this QEMU reports SYSTEM_OFF2 over QMP: none, unsupported, suspend-disk, "
                                "event:NAME, shutdown-reason:REASON (default: asked of the QEMU build itself)")
     scenario.add_argument("--runs-dir", default="runs", help="where run directories go (default: ./runs)")
+    scenario.add_argument("--bisect-exit", action="store_true",
+                          help="exit as `git bisect run` wants: 0 PASS, 1 FAIL (the guest's behaviour), 125 ERROR or "
+                               "set-up error (the lab's: skip this revision), 128 usage error (stop the bisection)")
     scenario.add_argument("--catalogue", metavar="FILE",
                           help="your own kernel log catalogue (YAML: label, pattern, severity, advice), "
                                "matched after the shipped one")
@@ -140,6 +144,8 @@ def _matrix_commands(groups: Groups) -> None:
     run.add_argument("--matrix", required=True, metavar="FILE", help="the matrix file (YAML, see matrices/)")
     run.add_argument("--workers", type=_count(64), metavar="N", help="runs at a time (default: the file's, else 1)")
     run.add_argument("--runs-dir", default="runs", help="where the matrix directory goes (default: ./runs)")
+    run.add_argument("--retries", type=_count(10), default=0, metavar="N",
+                     help="run a failing cell up to N more times; one that then passes is flaky (default: 0)")
     _engine_options(run, "submit the cells as Slurm array jobs, one per host class; --workers per class "
                          "(docs/slurm.md)")
     run.set_defaults(handler=commands.run)

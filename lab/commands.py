@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lab.disk.paths import checked_disk_path
-from lab.errors import MachineError, UsageError
+from lab.errors import LabError, MachineError, UsageError, printable
 from lab.vocabulary import host_arch
 
 
@@ -120,6 +120,22 @@ def scenarios_show(args: argparse.Namespace) -> int:
 
 
 def scenario(args: argparse.Namespace) -> int:
+    """Run a scenario; with --bisect-exit, exit with its verdict's `git bisect run` code."""
+    if not args.bisect_exit:
+        return _scenario(args)
+    from lab.results.record import BISECT_ABORT, Status
+
+    try:
+        return _scenario(args)
+    except UsageError as error:
+        print(f"lab: error: {printable(str(error))}", file=sys.stderr)
+        return BISECT_ABORT
+    except LabError as error:
+        print(f"lab: error: {printable(str(error))}", file=sys.stderr)
+        return Status.ERROR.bisect_exit
+
+
+def _scenario(args: argparse.Namespace) -> int:
     from lab.scenario.model import find_scenario
 
     scenario = find_scenario(args.name)
@@ -148,8 +164,16 @@ def scenario(args: argparse.Namespace) -> int:
     report.kernel_phases(((RunDirectory(result.run_dir).read_result() or {}).get("observations") or {})
                          .get("kernel_phases") or {})
     report.verdict(result.verdict, result.run_dir, result.seconds)
+    from lab.results.store import index_quietly
+
+    for line in index_quietly(result.run_dir, options.runs_root):
+        print(printable(line))
     if args.triage and not result.verdict.passed:
         _triage_run(result.run_dir, options.catalogue)
+    if args.bisect_exit:
+        from lab.results.record import Status
+
+        return Status(result.verdict.status).bisect_exit
     return 0 if result.verdict.passed else 1
 
 
@@ -213,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         _local_only(args)
     result = run_matrix(matrix, Path(args.runs_dir), args.workers or matrix.workers,
-                        Console(highlight=False, soft_wrap=True), engine)
+                        Console(highlight=False, soft_wrap=True), engine, args.retries)
     return 0 if result.passed else 1
 
 

@@ -26,6 +26,9 @@ class LabError(Exception):
     """Base of every error the `lab` command reports as one line, without a traceback."""
 
     exit_code = 2
+    lab_fault = False
+    """The lab or its infrastructure failed (set-up, a host lost, a full disk), not the guest: a run it ends
+    is an ERROR, not a FAIL, and `lab scenario --bisect-exit` skips the revision rather than blaming it."""
 
 
 class UsageError(LabError):
@@ -34,6 +37,8 @@ class UsageError(LabError):
 
 class SetupError(LabError):
     """Something the lab needs on this host is missing (QEMU, an image, a package)."""
+
+    lab_fault = True
 
 
 LAST_SEEN = "; last seen: "
@@ -72,6 +77,12 @@ class ChannelError(LabError):
     exit_code = 1
 
 
+class HostLost(ChannelError):
+    """The lab host that runs the guest's QEMU went away: the infrastructure failed, not the guest."""
+
+    lab_fault = True
+
+
 class KernelTrouble(LabError):
     """The guest's kernel printed a panic, an Oops or a BUG, then fell silent: a console wait ended
     early rather than at its timeout. Quotes the first such line."""
@@ -94,6 +105,8 @@ class KernelTrouble(LabError):
 
 class RunDirectoryFull(LabError):
     """The run directory's filesystem is full: the run stops, and its results go into the room kept for them."""
+
+    lab_fault = True
 
     def __init__(self, error: OSError) -> None:
         super().__init__(f"the run directory's filesystem is full ({error.strerror}: {error.filename or 'a run file'})")

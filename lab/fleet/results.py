@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from lab.errors import LabError
 from lab.fleet.engine import CellOutcome, CellStatus
 from lab.fleet.matrix import Matrix
 from lab.judge.phase_summary import summarize_runs
 from lab.report.html import write_matrix_report
 from lab.report.junit import write_matrix_junit
+from lab.results.known import known_labels
+from lab.results.record import read_matrix
 from lab.rundir import RunDirectory
 
 
@@ -27,6 +30,8 @@ class MatrixResult:
 
     directory: Path
     outcomes: list[CellOutcome] = field(default_factory=list)
+    retries: dict[str, list[Path]] = field(default_factory=dict)
+    """Each retried cell's further attempts, by cell id (see lab.fleet.run._retry_failed)."""
 
     @property
     def passed(self) -> bool:
@@ -45,8 +50,19 @@ def write_results(result: MatrixResult, matrix: Matrix, workers: int, started: d
     summary = {"matrix": matrix.name, "file": str(matrix.path), "arch": matrix.arch, "workers": workers,
                "started": started.isoformat(timespec="seconds"), "seconds": round(time.monotonic() - clock, 3),
                "counts": dict(counts), "passed": result.passed,
-               "cells": [outcome.to_json(clock) for outcome in result.outcomes],
+               "cells": [outcome.to_json(clock) | {"retries": [str(path) for path in
+                                                                 result.retries.get(outcome.cell.id, [])]}
+                         for outcome in result.outcomes],
                "kernel_phases": summarize_runs(filter(None, (run_dir.read_result() for run_dir in run_dirs)))}
     (result.directory / "matrix.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_matrix_junit(run_dirs, result.directory / "junit.xml")
-    write_matrix_report(run_dirs, result.report)
+    write_matrix_report(run_dirs, result.report, _known(result.directory))
+
+
+def _known(directory: Path) -> dict[Path, str]:
+    """The known issues among the matrix's failures; a bad known-issues file is said when the matrix is
+    indexed, and labels nothing here."""
+    try:
+        return known_labels(read_matrix(directory), directory.parent)
+    except LabError:
+        return {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lab.errors import UsageError
-from lab.fleet.engine import CellOutcome, CellRun, Engine
+from lab.fleet.engine import CellOutcome, CellRun, CellStatus, Engine
 from lab.fleet.host_vm import start_host
 from lab.fleet.live import finished_line, live_table, print_summary
 from lab.fleet.local import LocalEngine
@@ -25,6 +26,7 @@ from lab.fleet.matrix import Cell, HostSpec, Matrix, image_name
 from lab.fleet.results import MatrixResult, write_results
 from lab.image.guest_image import GuestImage
 from lab.image.store import find_image
+from lab.results.store import index_quietly
 from lab.rundir import timestamp, unique_dir
 from lab.scenario.run import RunOptions
 
@@ -63,18 +65,41 @@ def started_hosts(cells: list[Cell], console: Console, engine: Engine | None) ->
 
 
 def run_matrix(matrix: Matrix, runs_root: Path, workers: int, console: Console,
-               engine: Engine | None = None) -> MatrixResult:
-    """Prepare the images, run every cell (on this machine unless `engine` says otherwise), write matrix.json,
-    junit.xml and report.html; re-raises an interrupt."""
+               engine: Engine | None = None, retries: int = 0) -> MatrixResult:
+    """Prepare the images, run every cell (on this machine unless `engine` says otherwise), retry each cell
+    that failed up to `retries` times, write matrix.json, junit.xml and report.html and index the matrix in
+    the results store; re-raises an interrupt."""
     cells = matrix.cells()
     images = _prepare_images(cells, matrix.arch, console)
     with started_hosts(cells, console, engine) as hosts:
-        return _run_cells(matrix, cells, images, hosts, runs_root, workers, console, engine)
+        return _run_cells(matrix, cells, images, hosts, runs_root, workers, console, engine, retries)
+
+
+def _retry_failed(runs: list[CellRun], result: MatrixResult, retries: int, workers: int, engine: Engine,
+                  console: Console) -> None:
+    """Run each FAIL cell again, up to `retries` times, each attempt in a run directory of its own.
+
+    A cell that passes on a retry ends PASS and is flaky: its first attempt's directory stays its
+    run directory, the retries are listed in matrix.json, and the results store tells them apart.
+    """
+    for attempt in range(1, retries + 1):
+        failed = [run for run in runs if run.outcome.status is CellStatus.FAIL]
+        if not failed:
+            return
+        directories = [run.outcome.run_dir.with_name(f"{run.outcome.run_dir.name}.retry{attempt}") for run in failed]
+        again = [CellRun(CellOutcome(run.cell, directory), replace(run.options, run_dir=directory))
+                 for run, directory in zip(failed, directories, strict=True)]
+        console.print(f"retry {attempt}: {len(again)} failed cell(s)")
+        engine.run(again, min(workers, len(again)), lambda outcome: console.print(finished_line(outcome)))
+        for run, retry in zip(failed, again, strict=True):
+            result.retries.setdefault(run.cell.id, []).append(retry.outcome.run_dir)
+            if retry.outcome.status is CellStatus.PASS:
+                run.outcome.end(CellStatus.PASS, f"flaky: passed on retry {attempt} after: {run.outcome.reason}")
 
 
 def _run_cells(matrix: Matrix, cells: list[Cell], images: dict[tuple[str, str], GuestImage],
                hosts: dict[str | None, str | None], runs_root: Path, workers: int, console: Console,
-               engine: Engine | None) -> MatrixResult:
+               engine: Engine | None, retries: int) -> MatrixResult:
     result = MatrixResult(unique_dir(runs_root, f"{matrix.name}-{timestamp()}"))
     runs = []
     for cell in cells:
@@ -90,8 +115,12 @@ def _run_cells(matrix: Matrix, cells: list[Cell], images: dict[tuple[str, str], 
     started, clock = datetime.now(UTC), time.monotonic()
     try:
         with live_table(console, result.outcomes):
-            (engine or LocalEngine()).run(runs, workers, lambda outcome: console.print(finished_line(outcome)))
+            engine = engine or LocalEngine()
+            engine.run(runs, workers, lambda outcome: console.print(finished_line(outcome)))
+            _retry_failed(runs, result, retries, workers, engine, console)
     finally:
         write_results(result, matrix, workers, started, clock)
         print_summary(console, matrix.name, result, time.monotonic() - clock)
+        for line in index_quietly(result.directory, runs_root):
+            console.print(escape(line))
     return result

@@ -34,7 +34,7 @@ import paramiko
 
 from lab.deadline import Deadline
 from lab.digest import sha256_file
-from lab.errors import ChannelError, SetupError, UsageError, WaitTimeout
+from lab.errors import ChannelError, HostLost, SetupError, UsageError, WaitTimeout
 from lab.hosts.base import COMMAND_SECONDS, Completed, HostProcess
 from lab.hosts.ssh_login import LoginRefused, log_in
 
@@ -267,11 +267,11 @@ class SshHost:
 
     def _session(self, timeout: float) -> paramiko.Channel:
         if not self.alive:
-            raise ChannelError(f"lost the connection to host {self.name}")
+            raise HostLost(f"lost the connection to host {self.name}")
         try:
             return self._transport.open_session(timeout=timeout)
         except (paramiko.SSHException, OSError, EOFError) as error:
-            raise ChannelError(f"host {self.name} stopped answering: {error}") from error
+            raise HostLost(f"host {self.name} stopped answering: {error}") from error
 
     def run(self, argv: list[str], timeout: float = COMMAND_SECONDS, stdin: bytes | None = None) -> Completed:
         """A command on the host, through its login shell, with everything it printed."""
@@ -287,7 +287,7 @@ class SshHost:
                 if deadline.expired:
                     raise WaitTimeout(f"`{shlex.join(argv)}` to finish on {self.name}", timeout)
                 if not self.alive:
-                    raise ChannelError(f"lost the connection to host {self.name} during `{shlex.join(argv)}`")
+                    raise HostLost(f"lost the connection to host {self.name} during `{shlex.join(argv)}`")
                 session.settimeout(min(0.2, max(deadline.remaining, 0.01)))
                 with contextlib.suppress(TimeoutError):
                     stdout += session.recv(65536)
@@ -295,7 +295,7 @@ class SshHost:
                     stderr += session.recv_stderr(65536)
             return Completed(tuple(argv), session.recv_exit_status(), bytes(stdout), bytes(stderr))
         except (paramiko.SSHException, OSError, EOFError) as error:
-            raise ChannelError(f"host {self.name} broke off `{shlex.join(argv)}`: {error}") from error
+            raise HostLost(f"host {self.name} broke off `{shlex.join(argv)}`: {error}") from error
         finally:
             session.close()
 

@@ -196,6 +196,12 @@ class PrivateApt:
         versions = ", ".join(line.split("|")[1].strip() for line in known.splitlines() if "|" in line) or "none"
         raise SetupError(f"no {spec} in Debian {'/'.join(SUITES)} (versions there: {versions})")
 
+    def versions(self, name: str, arch: str) -> list[str]:
+        """Every version of a package the lab's suites serve, as apt-cache madison lists them."""
+        self.update()
+        listed = self._run("apt-cache", "madison", f"{name}:{arch}")
+        return list(dict.fromkeys(line.split("|")[1].strip() for line in listed.splitlines() if "|" in line))
+
     def show(self, wanted: list[tuple[str, str | None]], arch: str) -> list[Candidate]:
         """Several packages (candidate or pinned version) in one apt-cache call: each call loads
         the whole package cache, so resolving an image level by level stays fast."""

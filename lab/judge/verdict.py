@@ -95,6 +95,8 @@ class RunVerdict:
     checks: list[Check] = field(default_factory=list)
     set_up_failed: bool = False
     """Nothing was judged: the lab could not set the run up (its reason says what was missing)."""
+    lab_fault: bool = False
+    """The run was stopped by the lab or its infrastructure (a host lost, a full disk), not by the guest."""
     findings: list[Finding] = field(default_factory=list)
     """Catalogue entries that matched the boots' kernel lines, most severe first."""
     vmm_faults: list[VmmFaultObservation] = field(default_factory=list)
@@ -102,7 +104,9 @@ class RunVerdict:
 
     @property
     def status(self) -> RunStatus:
-        return RunStatus.PASS if self.passed else RunStatus.ERROR if self.set_up_failed else RunStatus.FAIL
+        if self.passed:
+            return RunStatus.PASS
+        return RunStatus.ERROR if self.set_up_failed or self.lab_fault else RunStatus.FAIL
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -332,19 +336,20 @@ def _vmm_fault_checks(observations: Observations) -> list[Check]:
 
 
 def judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None,
-          set_up_failed: bool = False, entries: list[Entry] | None = None) -> RunVerdict:
-    """The run's verdict; `error` is why the run stopped early, if it did (before it began: `set_up_failed`).
-    `entries` is the log catalogue (default: the shipped one)."""
+          set_up_failed: bool = False, lab_fault: bool = False, entries: list[Entry] | None = None) -> RunVerdict:
+    """The run's verdict; `error` is why the run stopped early, if it did (before it began: `set_up_failed`;
+    through no fault of the guest's: `lab_fault`). `entries` is the log catalogue (default: the shipped one)."""
     if set_up_failed:
         return RunVerdict(False, f"set-up error: {error}", set_up_failed=True)
-    verdict = _judge(observations, boot_consoles, error)
+    verdict = _judge(observations, boot_consoles, error, lab_fault)
     verdict.findings = match_consoles(boot_consoles, catalogue() if entries is None else entries)
     if not verdict.passed:
         verdict.reason = _what_failed_first(verdict.reason, verdict.findings, boot_consoles)
     return verdict
 
 
-def _judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None) -> RunVerdict:
+def _judge(observations: Observations, boot_consoles: dict[str, list[str]], error: str | None,
+           lab_fault: bool = False) -> RunVerdict:
     power_offs = [classify(p) for p in observations.power_offs]
     checks = (_expectation_checks(power_offs, observations) + _vmm_fault_checks(observations)
               + _console_health(observations, boot_consoles))
@@ -357,7 +362,9 @@ def _judge(observations: Observations, boot_consoles: dict[str, list[str]], erro
                      f"silence while waiting for {trouble.waiting_for} (`{trouble.step}`, line {trouble.step_line})")
         elif sick is not None:
             error = f"{sick.boot}: kernel trouble ({sick.detail}); {error}"
-        return RunVerdict(False, error, power_offs, checks, vmm_faults=observations.vmm_faults)
+        guest_trouble = bool(observations.kernel_troubles) or sick is not None
+        return RunVerdict(False, error, power_offs, checks, vmm_faults=observations.vmm_faults,
+                          lab_fault=lab_fault and not guest_trouble)
     if failed:
         first = failed[0]
         where = f" (line {first.line})" if first.line else ""

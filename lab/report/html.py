@@ -354,9 +354,11 @@ def _matrix_row(run_dir: RunDirectory, out: Path) -> MatrixRow:
                      verdict["reason"], result.get("seconds", 0), href)
 
 
-def write_matrix_report(run_dirs: list[RunDirectory], out: Path) -> Path:
-    """Write one summary page over several runs, linking each run's own report.html."""
+def write_matrix_report(run_dirs: list[RunDirectory], out: Path, known: dict[Path, str] | None = None) -> Path:
+    """Write one summary page over several runs, linking each run's own report.html; `known` labels the
+    failures a known issue explains, by run directory."""
     rows = [_matrix_row(run_dir, out) for run_dir in run_dirs]
     passed = sum(row.status == "PASS" for row in rows)
+    labels = {run_dir.path.name: (known or {}).get(run_dir.path.resolve(), "") for run_dir in run_dirs}
     return _render("matrix.html.j2", out, title=f"hibernation lab: {passed}/{len(rows)} passed", rows=rows,
-                   passed=passed)
+                   passed=passed, known=labels)

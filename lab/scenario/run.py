@@ -237,7 +237,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     consoles = {boot.name: boot.read_console() for boot in run_dir.boots()}
     observations.kernel_phases = kernel_phases(consoles)
     verdict = judge(observations, consoles, reason, set_up_failed=setup is None and failure is not None,
-                    entries=catalogue(options.catalogue))
+                    lab_fault=failure is not None and failure.lab_fault, entries=catalogue(options.catalogue))
     seconds = time.monotonic() - started
     described = {"name": scenario.name, "path": str(scenario.path), "description": scenario.description}
     environment = setup.environment(options, host) if setup is not None else {"lab": __version__,

@@ -181,7 +181,7 @@ def test_a_cell_the_lab_cannot_run_is_an_error_and_the_matrix_still_reports(tmp_
     path = _matrix(tmp_path, "kernels: [default]\nscenarios: [poweroff-baseline]\naccelerators: [kvm]\n")
     done = _lab_run("--matrix", str(path), "--runs-dir", str(tmp_path / "runs"))
     assert done.returncode == 1, done.stdout + done.stderr
-    (matrix_dir,) = (tmp_path / "runs").iterdir()
+    (matrix_dir,) = (path for path in (tmp_path / "runs").iterdir() if path.is_dir())
     summary = json.loads((matrix_dir / "matrix.json").read_text())
     (cell,) = summary["cells"]
     assert (cell["status"], cell["host"]) == ("ERROR", socket.gethostname())
@@ -214,7 +214,7 @@ def test_two_kernels_in_parallel_through_the_cli(tmp_path, default_image):
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
     assert _qemu_using(tmp_path) == []
-    (matrix_dir,) = (tmp_path / "runs").iterdir()
+    (matrix_dir,) = (path for path in (tmp_path / "runs").iterdir() if path.is_dir())
     assert matrix_dir.name.startswith("smoke-")
     summary = json.loads((matrix_dir / "matrix.json").read_text())
     assert summary["workers"] == 2 and summary["passed"] is True

@@ -74,7 +74,7 @@ def _matrix(tmp_path: Path, scenario: str, body: str, name: str = "m") -> Path:
 
 
 def _summary(runs: Path) -> tuple[Path, dict]:
-    (directory,) = runs.iterdir()
+    (directory,) = (path for path in runs.iterdir() if path.is_dir())
     return directory, json.loads((directory / "matrix.json").read_text())
 
 

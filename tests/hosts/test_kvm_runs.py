@@ -73,7 +73,7 @@ def lab_scenario(runs: Path, *args: str, env: dict[str, str] | None = None,
                  timeout: float = RUN_SECONDS) -> tuple[subprocess.CompletedProcess[str], Path | None]:
     done = subprocess.run([*LAB, "scenario", *args, "--runs-dir", str(runs)], capture_output=True, text=True,
                           timeout=timeout, env=env)
-    run_dirs = sorted(runs.iterdir()) if runs.is_dir() else []
+    run_dirs = sorted(path for path in runs.iterdir() if path.is_dir()) if runs.is_dir() else []
     return done, run_dirs[-1] if run_dirs else None
 
 
@@ -234,7 +234,7 @@ def test_a_612_host_kernel_falls_back_to_system_off_and_a_host_that_dies_ends_th
         print(f"the run ended {time.monotonic() - killed:.1f}s after its host was killed")
         assert run.returncode in (1, 2), out + err
         assert "Traceback" not in err
-        (run_dir,) = runs.iterdir()
+        (run_dir,) = (path for path in runs.iterdir() if path.is_dir())
         assert all((run_dir / name).is_file() for name in ARTIFACTS[:3]), sorted(p.name for p in run_dir.iterdir())
         assert console.is_file()
         starter.wait(60)
