@@ -255,8 +255,8 @@ def _gdbstub_finding() -> Finding:
 
 
 def _image_findings() -> list[Finding]:
-    """The build runs pick of each cached image, and the newest build pinned to each other kernel; the default
-    arm64 image is the one the lab needs."""
+    """The build runs pick of each cached image, and the newest build pinned to each other kernel, a line each
+    (`lab images list` has their paths); the default arm64 image is the one the lab needs."""
     store = ImageStore()
     try:
         images = store.cached()
@@ -277,7 +277,7 @@ def _image_findings() -> list[Finding]:
         older = f", +{builds - 1} older" if builds > 1 else ""
         use = image.describe_use(picked.get(image.name) is image)
         findings.append(Finding("images", "ok", f"{image.name} {image.kernel_release} ({use}{older}), built "
-                                                f"{image.manifest['built']}, {image.path}"))
+                                                f"{image.manifest['built'][:10]}"))
     default = DEFAULT_IMAGE["arm64"]
     if default not in picked:
         findings.append(Finding("images", "missing", f"default image {default} not built", "run ./bootstrap"))

