@@ -10,10 +10,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab.disk.paths import checked_disk_path
 from lab.errors import LabError, MachineError, UsageError, printable
 from lab.vocabulary import host_arch
+
+if TYPE_CHECKING:
+    from lab.image.guest_image import GuestImage
 
 
 def _system_image_build(args: argparse.Namespace) -> int:
@@ -24,10 +28,7 @@ def _system_image_build(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.name} is a system image: its kernel comes from its recipe, not --kernel-deb")
     recipe = SystemRecipe.named(args.name)
     image, built = SystemImageBuilder().build(recipe, refresh=args.refresh, log=lambda line: print(f"  {line}"))
-    if image.qemu_arch == "aarch64":
-        _find_conduit_sites(image.kernel)
-    print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
-    return 0
+    return _image_ready(image, built, guest=True)
 
 
 def images_build(args: argparse.Namespace) -> int:
@@ -50,7 +51,12 @@ def images_build(args: argparse.Namespace) -> int:
 
         builder = qemu_builder(log)
     image, built = ImageStore().build(recipe, refresh=args.refresh, log=log, qemu_builder=builder)
-    if recipe.role is ImageRole.GUEST and image.qemu_arch == "aarch64":
+    return _image_ready(image, built, guest=recipe.role is ImageRole.GUEST)
+
+
+def _image_ready(image: GuestImage, built: bool, guest: bool) -> int:
+    """Say what was built or found; a guest arm64 kernel's PSCI conduit is looked up now, once per kernel."""
+    if guest and image.qemu_arch == "aarch64":
         _find_conduit_sites(image.kernel)
     print(f"{'built' if built else 'cached'} {image.name} ({image.kernel_release}): {image.path}")
     return 0

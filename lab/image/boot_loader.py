@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from lab.errors import SetupError
 from lab.image.debian import PrivateApt, extract
+from lab.image.gpt import run_tool
 from lab.image.guest_image import GuestImage
 from lab.paths import cache_root
 
 BOOT_LOADER_PACKAGE = "systemd-boot-efi"
 EFI_NAMES = {"arm64": ("systemd-bootaa64.efi", "BOOTAA64.EFI"), "amd64": ("systemd-bootx64.efi", "BOOTX64.EFI")}
 ENTRY = "lab.conf"
-_MTOOLS_TIMEOUT = 120
+MTOOLS = {"MTOOLS_SKIP_CHECK": "1"}
+"""mtools on a partition inside a disk file: its geometry is not a floppy's, which mtools would refuse."""
 
 
 def systemd_boot(image: GuestImage) -> Path:
@@ -52,23 +53,13 @@ def systemd_boot(image: GuestImage) -> Path:
     return cached
 
 
-def _mtools(*args: str) -> None:
-    if shutil.which(args[0]) is None:
-        raise SetupError(f"{args[0]} not found: install Debian's mtools package (./bootstrap --tests installs it)")
-    done = subprocess.run(args, capture_output=True, text=True, timeout=_MTOOLS_TIMEOUT,
-                          env=os.environ | {"MTOOLS_SKIP_CHECK": "1"})
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SetupError(f"{args[0]} on the EFI system partition failed: {last}")
-
-
 def install_boot_entry(disk: Path, image: GuestImage, loader: Path, cmdline: str) -> None:
     """systemd-boot, the image's kernel and initramfs, and one entry booting them with `cmdline`, written
     into the EFI system partition of `disk` (a raw copy of the image's disk)."""
     esp = next(p for p in image.manifest["system"]["partitions"] if p["label"] == "lab-esp")
     target = f"{disk}@@{esp['offset']}"
     _, removable_name = EFI_NAMES[image.arch]
-    _mtools("mmd", "-i", target, "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries")
+    run_tool("mmd", "-i", target, "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries", env=MTOOLS)
     with tempfile.TemporaryDirectory(prefix="lab-esp-") as scratch:
         loader_conf = Path(scratch) / "loader.conf"
         loader_conf.write_text(f"timeout 0\ndefault {ENTRY}\neditor no\n")
@@ -78,4 +69,4 @@ def install_boot_entry(disk: Path, image: GuestImage, loader: Path, cmdline: str
         for source, destination in ((loader, f"::/EFI/BOOT/{removable_name}"), (image.kernel, "::/vmlinuz"),
                                     (image.initramfs, "::/initrd.img"), (loader_conf, "::/loader/loader.conf"),
                                     (entry, f"::/loader/entries/{ENTRY}")):
-            _mtools("mcopy", "-o", "-i", target, str(source), destination)
+            run_tool("mcopy", "-o", "-i", target, str(source), destination, env=MTOOLS)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import SetupError
+from lab.lines import last_lines
 
 MIB = 1 << 20
 SECTOR = 512
@@ -78,19 +79,20 @@ def disk_size(partitions: tuple[Partition, ...]) -> int:
     return (partitions[-1].start_mib + partitions[-1].size_mib + 1) * MIB
 
 
-def _tool(*args: str, stdin: str | None = None) -> str:
+def run_tool(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
     """Run one of the disk tools; a missing tool or a failure is one line naming the tool (and its package)."""
     program = args[0]
     if shutil.which(program) is None:
         raise SetupError(f"{program} not found: install Debian's {_PACKAGES.get(program, program)} package "
                          "(./bootstrap --tests installs it)")
     try:
-        done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=_TOOL_TIMEOUT)
+        done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=_TOOL_TIMEOUT,
+                              env=None if env is None else os.environ | env)
     except subprocess.TimeoutExpired as error:
         raise SetupError(f"{program} took longer than {_TOOL_TIMEOUT}s") from error
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or ["(no output)"])[-1]
-        raise SetupError(f"{program} failed: {last}")
+        said = last_lines(done.stderr) or last_lines(done.stdout) or ["(no output)"]
+        raise SetupError(f"{program} failed: {said[0]}")
     return done.stdout
 
 
@@ -101,7 +103,7 @@ def write_gpt(disk: Path, image: str, partitions: tuple[Partition, ...]) -> None
     lines = ["label: gpt", f"label-id: {stable_uuid(image, 'disk')}", "unit: sectors", ""]
     lines += [f"start={p.offset // SECTOR}, size={p.size // SECTOR}, type={p.type_guid}, uuid={p.uuid}, "
               f'name="{p.label}"' for p in partitions]
-    _tool("sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk), stdin="\n".join(lines) + "\n")
+    run_tool("sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk), stdin="\n".join(lines) + "\n")
 
 
 def copy_into(source: Path, disk: Path, offset: int) -> None:
@@ -129,7 +131,7 @@ def make_ext4(directory: Path, target: Path, size_mib: int, fs_uuid: str, label:
     """An ext4 filesystem holding `directory`'s tree, made in a file (`mkfs.ext4 -d`: no mount)."""
     with target.open("wb") as file:
         file.truncate(size_mib * MIB)
-    _tool("mkfs.ext4", "-q", "-F", "-b", str(BLOCK_SIZE), "-L", label, "-U", fs_uuid,
+    run_tool("mkfs.ext4", "-q", "-F", "-b", str(BLOCK_SIZE), "-L", label, "-U", fs_uuid,
           "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d", str(directory), str(target))
 
 
@@ -144,18 +146,18 @@ def make_swap_area(target: Path, size_mib: int, swap_uuid: str, label: str, fill
         else:
             file.truncate(size_mib * MIB)
     target.chmod(0o600)
-    _tool("mkswap", "--quiet", "-U", swap_uuid, "-L", label, str(target))
+    run_tool("mkswap", "--quiet", "-U", swap_uuid, "-L", label, str(target))
 
 
 def make_vfat(target: Path, size_mib: int, label: str) -> None:
     """An empty FAT filesystem in a file, ready for `mcopy` (the EFI system partition)."""
     target.unlink(missing_ok=True)
-    _tool("mkfs.vfat", "-C", "-n", label, str(target), str(size_mib * 1024))
+    run_tool("mkfs.vfat", "-C", "-n", label, str(target), str(size_mib * 1024))
 
 
 def first_block(filesystem: Path, path: str) -> int:
     """The physical block of a file's first block in an ext4 image (debugfs `bmap`), read without a mount."""
-    output = _tool("debugfs", "-R", f"bmap {path} 0", str(filesystem)).strip()
+    output = run_tool("debugfs", "-R", f"bmap {path} 0", str(filesystem)).strip()
     if not output.isdigit() or int(output) == 0:
         raise SetupError(f"debugfs found no first block for {path} in {filesystem.name}: {output!r}")
     return int(output)

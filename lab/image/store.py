@@ -50,6 +50,15 @@ DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 24 * 3600}
 
 
+@contextmanager
+def build_lock(cache: Path) -> Iterator[None]:
+    """Concurrent image builders (pytest-xdist workers, matrices, two `lab` commands) take turns."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / "image-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def resolution_max_age() -> float:
     """Seconds a recorded resolution stays good: `$LAB_RESOLUTION_MAX_AGE` as `3600`, `90m`, `12h` or `7d`."""
     given = os.environ.get(MAX_AGE_VARIABLE, "").strip()
@@ -150,10 +159,10 @@ class ImageStore:
         image carries from the build host comes next, outside the build lock, which a QEMU build
         (a quarter of an hour) would otherwise hold from every other image build.
         """
-        with self._build_lock():
+        with build_lock(self.cache):
             recipe, local, packages = self._inputs(recipe, refresh, kernel_debs)
         carried = self.payload(recipe, qemu_builder)
-        with self._build_lock():
+        with build_lock(self.cache):
             return self._build(recipe, local, packages, log, carried)
 
     def payload(self, recipe: ImageRecipe, qemu_builder: QemuBuilder | None = None) -> Payload:
@@ -174,14 +183,6 @@ class ImageStore:
                 raise UsageError(f"image {recipe.name} ({recipe.arch}) cannot carry guest image {name} ({image.arch})")
             images.append(image)
         return payload(binaries, images)
-
-    @contextmanager
-    def _build_lock(self) -> Iterator[None]:
-        """Concurrent builders (pytest-xdist workers, matrices, two `lab` commands) take turns."""
-        self.cache.mkdir(parents=True, exist_ok=True)
-        with (self.cache / "image-build.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
 
     def _inputs(
         self, recipe: ImageRecipe, refresh: bool, kernel_debs: tuple[Path, ...]

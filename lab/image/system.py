@@ -28,6 +28,7 @@ from lab.errors import SetupError
 from lab.image import gpt
 from lab.image.debian import MIRROR, PrivateApt
 from lab.image.guest_image import SYSTEM_KIND, GuestImage
+from lab.image.store import build_lock
 from lab.image.system_recipe import SYSTEM_FILES_DIR, SystemRecipe
 from lab.paths import cache_root
 from lab.vocabulary import InitramfsGenerator
@@ -135,6 +136,12 @@ class SystemImageBuilder:
             apt.update(force=True)
         versions = resolve_versions(apt, recipe)
         key = cache_key(recipe, versions)
+        with build_lock(self.cache):
+            return self._build(recipe, versions, key, log)
+
+    def _build(self, recipe: SystemRecipe, versions: dict[str, str], key: str,
+               log: Callable[[str], None]) -> tuple[GuestImage, bool]:
+        """Under the cache's build lock: another builder may have just made the same image."""
         target = self.images / f"{recipe.name}-{key}"
         if (target / "manifest.json").exists():
             return GuestImage.open(target), False
