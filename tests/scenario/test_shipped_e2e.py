@@ -39,7 +39,8 @@ def _console(run_dir: Path, boot: str) -> str:
 
 INTERMITTENT = {
     "system-efi-hibernate-resume": (
-        "intermittent guest hang under investigation: in 1 of 4 runs on 2026-12-06 the resumed system printed "
+        "intermittent guest hang under investigation: in 2 of 6 runs on 2026-12-06 (both on a loaded machine) the "
+        "resumed system printed "
         "systemd-sleep's post hook and then never let `systemctl hibernate`'s wait return (no kernel message; "
         "right after efivarfs resynced and removed HibernateLocation); the other runs passed in 79-81 s"),
 }
