@@ -54,7 +54,7 @@ QEMU_USER = {"arm64": "qemu-aarch64", "amd64": "qemu-x86_64"}
 NATIVE = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
-def require_builder(recipe: SystemRecipe, binfmt: Path = BINFMT) -> None:
+def require_builder(recipe: SystemRecipe, binfmt: Path = BINFMT, arch_test: str = "arch-test") -> None:
     """What building needs on this host, each missing piece named with its fix in one line."""
     if os.geteuid() != 0:
         raise SetupError(f"building {recipe.name} needs root: mmdebstrap installs packages as root and the root "
@@ -64,6 +64,9 @@ def require_builder(recipe: SystemRecipe, binfmt: Path = BINFMT) -> None:
                          "(./bootstrap --tests installs it)")
     if NATIVE.get(os.uname().machine) == recipe.arch:
         return
+    if shutil.which(arch_test) is None:
+        raise SetupError(f"building {recipe.name} for a foreign architecture needs arch-test (mmdebstrap asks "
+                         "it whether this host can run that architecture): apt-get install arch-test")
     handler = binfmt / QEMU_USER[recipe.arch]
     if not (binfmt / "status").exists():
         raise SetupError(f"building {recipe.name} runs {recipe.arch} programs, but binfmt_misc is not mounted: "
