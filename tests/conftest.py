@@ -18,6 +18,8 @@ import pytest
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE, DEFAULT_SYSTEM_IMAGE
 from lab.image.store import ImageStore
+from lab.scenario.model import find_scenario
+from lab.scenario.run import RunOptions, RunResult, run_scenario
 from tests.support.orphans import kill, leaked_qemus, mark_as_owner
 from tests.support.private_dirs import remove_private_dirs, use_private_dirs
 
@@ -45,11 +47,20 @@ SLOW_TEST_TIMEOUT = 2400
 SLOW_MARKERS = ("guest", "qemu", "network", "slurm")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Ctrl-C is Python's KeyboardInterrupt here, whoever started pytest: a script's background job starts
+    """SIGTERM (CI's timeout, a `kill`) ends the run as Ctrl-C does, so every `finally` and fixture teardown
+    runs and stops the QEMU, PostgreSQL and Slurm daemons the tests started: Python's default would end
+    the process at once and leave them running.
+
+    Ctrl-C is Python's KeyboardInterrupt here, whoever started pytest: a script's background job starts
     with SIGINT ignored, which its children inherit, and the tests send SIGINT to the labs they start.
     Every QEMU started below carries the owner mark; the lab writes into the tests' own cache and config."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     mark_as_owner()
     config.stash[PRIVATE_DIRS] = use_private_dirs()
 
@@ -124,6 +135,14 @@ def default_image() -> GuestImage:
 @pytest.fixture(scope="session")
 def default_x86_image() -> GuestImage:
     return _built_default("amd64")
+
+
+@pytest.fixture(scope="session")
+def x86_hibernate_resume_run(tmp_path_factory: pytest.TempPathFactory, default_x86_image: GuestImage) -> RunResult:
+    """hibernate-resume on an x86_64 guest (ACPI S4), run once for the tests that read it: the x86 scenario
+    tests, and the patched QEMU's tests that compare arm64 SYSTEM_OFF2 with it."""
+    run_dir = tmp_path_factory.mktemp("x86-hibernate-resume") / "run"
+    return run_scenario(find_scenario("hibernate-resume"), RunOptions(arch="x86_64", run_dir=run_dir), [])
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,3 +56,50 @@ def test_a_qemu_under_another_parent_that_lives_is_found() -> None:
     finally:
         parent.kill()
         parent.wait(30)
+
+
+INNER_TEST = '''
+import subprocess, time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def service(tmp_path_factory):
+    process = subprocess.Popen({qemu!r}.split())
+    Path({pid_file!r}).write_text(str(process.pid))
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait(30)
+        Path({pid_file!r}).write_text("torn down")
+
+
+def test_waits(service):
+    time.sleep(600)
+'''
+
+
+def test_sigterm_to_pytest_tears_down_what_tests_started(tmp_path: Path) -> None:
+    """CI's timeout or a `kill` ends pytest with SIGTERM: fixtures still stop their QEMU (and any service)."""
+    pid_file = tmp_path / "service.pid"
+    (tmp_path / "test_inner.py").write_text(INNER_TEST.format(qemu=IDLE_QEMU, pid_file=str(pid_file)))
+    inner = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                              str(tmp_path / "test_inner.py")], cwd=Path(__file__).parent.parent,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text().isdigit()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        qemu = int(pid_file.read_text())
+        inner.send_signal(signal.SIGTERM)
+        output, _ = inner.communicate(timeout=60)
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.wait(30)
+    assert pid_file.read_text() == "torn down", output
+    assert not _alive(qemu)
+    assert "KeyboardInterrupt" in output and "signal SIGTERM" in output, output
