@@ -86,7 +86,7 @@ def test_a_busybox_guest_has_only_its_swap_disk() -> None:
 
 def test_building_a_foreign_system_needs_arch_test_and_binfmt_misc(tmp_path: Path) -> None:
     recipe = SystemRecipe.named("debian-arm64-system")
-    with pytest.raises(SetupError, match="needs arch-test .*: apt-get install arch-test$"):
+    with pytest.raises(SetupError, match=r"needs arch-test .*: apt-get install arch-test$"):
         require_builder(recipe, binfmt=tmp_path, arch_test="no-such-arch-test")
     with pytest.raises(SetupError, match="binfmt_misc is not mounted: mount -t binfmt_misc"):
         require_builder(recipe, binfmt=tmp_path)
