@@ -26,12 +26,12 @@ from lab.deadline import Deadline
 from lab.fleet.host_vm import RunningHost, build_host_image, start_host
 from lab.hosts.known import known_host
 from lab.machine.channels.ssh import parse_public_key
+from tests.support.kernels import kernel_pin, newest_served
 from tests.support.kvm_host import host_client, no_qemu_besides, qemu_besides, read_line, run_on_host
 
 pytestmark = pytest.mark.guest
 
 LAB = [sys.executable, "-m", "lab.cli"]
-HOST_612 = "linux-image-cloud-arm64=6.12.117-1"
 RUN_SECONDS = 1200.0
 """A KVM scenario here: about 3 minutes on an idle machine (two guest boots of 35 to 50 s each)."""
 HOST_START_SECONDS = 900.0
@@ -136,8 +136,9 @@ def test_the_patched_qemu_on_kvm_reports_off2_over_qmp_and_agrees_with_the_host_
     assert verdict["witnesses"]["vmm-qmp"]["consistent_with"] == ["hibernate-off2"]
     assert verdict["witnesses"]["host-kvm"]["consistent_with"] == ["hibernate-off2"]
     assert not any(note.startswith("QEMU drops OFF2") for note in verdict["notes"])
-    events = [json.loads(line)["event"] for line in (run_dir / "qmp-boot1.jsonl").read_text().splitlines()]
-    assert events[-2:] == ["SUSPEND_DISK", "SHUTDOWN"]
+    events = [json.loads(line) for line in (run_dir / "qmp-boot1.jsonl").read_text().splitlines()]
+    assert [event["event"] for event in events][-2:] == ["SUSPEND_DISK", "SHUTDOWN"]
+    assert events[-1]["data"] == {"guest": True, "reason": "guest-shutdown"}, "reported as x86 reports ACPI S4"
 
 
 def _set_up_error(done: subprocess.CompletedProcess[str], run_dir: Path | None, fragment: str) -> None:
@@ -198,12 +199,12 @@ def test_a_host_without_what_kvm_runs_need_is_a_set_up_error(host, client, tmp_p
 
 def test_a_612_host_kernel_falls_back_to_system_off_and_a_host_that_dies_ends_the_run(host, tmp_path):
     """The host kernel as a dimension, from `lab host start` as a user runs it; then the host dies mid-run."""
-    starter = subprocess.Popen([*LAB, "host", "start", "--kernel-deb", HOST_612], stdout=subprocess.PIPE,
+    starter = subprocess.Popen([*LAB, "host", "start", "--kernel-deb", kernel_pin("6.12")], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         ready = read_line(starter, r"^ready: ", HOST_START_SECONDS, "`ready:` line from lab host start").string
         url = ready.split()[1]
-        assert "kernel 6.12.117" in ready and "kvm: yes" in ready
+        assert f"kernel {newest_served('6.12').split('-')[0]}" in ready and "kvm: yes" in ready
         scenario = tmp_path / "hibernate-off.yaml"
         scenario.write_text(HIBERNATE_ONLY.format(expect="hibernate-off"))
         done, run_dir = lab_scenario(tmp_path / "fallback", str(scenario), "--host", url, "--accel", "kvm")

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from debian.debian_support import Version
+
+from tests.support.kernels import kernel_package, newest_served, served
 
 LAB = [sys.executable, "-m", "lab.cli"]
 PROBE = """name: off2-probe
@@ -22,7 +25,6 @@ steps:
   - boot: {expect: fresh}
   - hibernate: {expect: hibernate-off2}
 """
-OLD_KERNEL = "6.12.117-1"
 
 
 def lab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -31,17 +33,24 @@ def lab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.guest
 def test_bisect_finds_the_first_served_version_with_system_off2(tmp_path: Path) -> None:
+    """From the newest served 7.2 (SYSTEM_OFF2 since 6.13) back to the newest served 6.12 (plain SYSTEM_OFF):
+    the versions between are whatever the archive serves today."""
     (tmp_path / "probe.yaml").write_text(PROBE)
-    done = lab("bisect", "probe.yaml", "--good", "7.2.13-1", "--bad", OLD_KERNEL, "--accel", "tcg", cwd=tmp_path)
+    new, old = newest_served("7.2"), newest_served("6.12")
+    span = [v for v in reversed(served()) if Version(old) <= Version(v) <= Version(new)]
+    first_with_off2 = min((v for v in span if Version(v) >= Version("6.13")), key=Version)
+    done = lab("bisect", "probe.yaml", "--good", new, "--bad", old, "--accel", "tcg", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == f"bisecting off2-probe over 3 linux-image-cloud-arm64 versions: 7.2.13-1 7.2.12-1 {OLD_KERNEL}"
-    verdicts = [line.split(" [")[0] for line in lines if line.startswith(("7.2", "6.12")) and " [" in line]
-    assert [line.split(":")[0] + " " + line.split()[1] for line in verdicts] == [
-        "7.2.13-1 PASS", f"{OLD_KERNEL} FAIL", f"{OLD_KERNEL} FAIL", "7.2.12-1 PASS", "7.2.12-1 PASS"]
-    assert f"7.2.12-1 fixed it: {OLD_KERNEL} FAIL, 7.2.12-1 PASS (5 runs)" in done.stdout
-    assert "boot1 power-off" in verdicts[1] and "hibernate-off" in verdicts[1]
-    for version in (OLD_KERNEL, "7.2.12-1"):
+    assert lines[0] == f"bisecting off2-probe over {len(span)} {kernel_package()} versions: {' '.join(span)}"
+    verdicts = [line.split(" [")[0] for line in lines if line.split(":")[0] in span and " [" in line]
+    for verdict in verdicts:
+        version, status = verdict.split(":")[0], verdict.split()[1]
+        assert status == ("PASS" if Version(version) >= Version("6.13") else "FAIL"), verdict
+    assert f"{first_with_off2} fixed it: {old} FAIL, {first_with_off2} PASS" in done.stdout
+    failed = next(v for v in verdicts if v.startswith(f"{old}:"))
+    assert "boot1 power-off" in failed and "hibernate-off" in failed
+    for version in (old, first_with_off2):
         run_dir = tmp_path / next(line for line in lines if line.startswith(f"  {version}: ")).split(": ", 1)[1]
         assert (run_dir / "result.json").is_file()
 

@@ -1,6 +1,6 @@
-"""Fail fast on kernel trouble, on a real guest: Debian's 6.12.117 oopses while resuming under TCG
-(trans_pgd_create_copy) and then hangs. The resume boot must fail within the quiet time (plus the
-lab's teardown) after the Oops reaches the console, with a verdict that quotes the Oops, not after
+"""Fail fast on kernel trouble, on a real guest: Debian's newest served 6.12 (6.12.117 when written) oopses
+while resuming under TCG (trans_pgd_create_copy) and then hangs. The resume boot must fail within the
+quiet time (plus the lab's teardown) after the Oops reaches the console, with a verdict that quotes the Oops, not after
 the boot's 120 s timeout.
 
 The Oops is timed by the test itself, from QEMU's own console log, not from the lab's records.
@@ -18,11 +18,11 @@ import pytest
 from lab.machine.channels.serial import TROUBLE_QUIET_ENV
 from lab.scenario.model import find_scenario
 from lab.scenario.run import RunOptions, run_scenario
+from tests.support.kernels import kernel_pin
 from tests.support.timing import LOADED_HOST_SLACK
 
 pytestmark = pytest.mark.guest
 
-KERNEL_6_12 = "linux-image-cloud-arm64=6.12.117-1"
 QUIET = 5.0
 MARGIN = 4 * LOADED_HOST_SLACK
 """QEMU's stop (a QMP quit, a few seconds at most), the PSCI session's end and the artifacts, on a loaded
@@ -53,12 +53,13 @@ def test_a_resume_that_oopses_fails_within_the_quiet_time_and_names_the_oops(tmp
     watch.start()
     try:
         result = run_scenario(find_scenario("hibernate-resume"),
-                              RunOptions(run_dir=run_dir, kernel_deb=KERNEL_6_12), [])
+                              RunOptions(run_dir=run_dir, kernel_deb=kernel_pin("6.12")), [])
         returned = time.monotonic()
     finally:
         watch.stop.set()
         watch.join(5)
-    assert watch.seen_at is not None, "the 6.12.117 guest no longer oopses while resuming: nothing to fail fast on"
+    assert watch.seen_at is not None, \
+        f"the {kernel_pin('6.12')} guest no longer oopses while resuming: nothing to fail fast on"
     after_oops = returned - watch.seen_at
     print(f"\nOops on the console -> verdict written: {after_oops:.1f}s (quiet {QUIET:g}s)")
     assert after_oops < QUIET + MARGIN, f"the run went on {after_oops:.1f}s after the Oops"
