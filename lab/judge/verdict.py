@@ -224,7 +224,7 @@ def _boot_checks(observations: Observations) -> list[Check]:
             status = boot.hibernate_command_status
             checks.append(Check(
                 f"{boot.boot} resumed userspace", status == 0,
-                "the shell that hibernated completed `echo disk` after resume with status "
+                "the shell that hibernated completed its hibernate command after resume with status "
                 f"{status}" if status is not None else "no hibernate command was pending",
                 boot.step_line, kind=CheckKind.RESUMED_USERSPACE, boot=boot.boot,
             ))

@@ -58,33 +58,39 @@ HIBERNATE_COMMANDS = {
     HibernateVia.SYSFS: "echo disk > /sys/power/state",
     HibernateVia.SYSTEMD: (
         "udevadm settle --timeout=120 || exit $?\n"
-        "ran=$(systemctl show -P ExecMainExitTimestampMonotonic systemd-hibernate.service)\n"
+        "unit=systemd-hibernate.service\n"
+        "ends() {\n"
+        "    timeout 20 journalctl -b -q -o cat -u $unit | grep -E ': (Deactivated successfully|Failed with result)'\n"
+        "}\n"
+        "before=$(ends | wc -l)\n"
         "started=$(cut -d. -f1 /proc/uptime)\n"
         "systemctl hibernate || exit $?\n"
-        "while :; do\n"
-        "    now=$(timeout 20 systemctl show -P ExecMainExitTimestampMonotonic systemd-hibernate.service)\n"
-        '    [ -n "$now" ] && [ "$now" != "$ran" ] && break\n'
+        'while [ "$(ends | wc -l)" -le "$before" ]; do\n'
         f"    if [ $(($(cut -d. -f1 /proc/uptime) - started)) -gt {SYSTEMD_SLEEP_SECONDS} ]; then\n"
-        f'        echo "lab-system: systemd-hibernate.service not finished {SYSTEMD_SLEEP_SECONDS}s after '
-        'systemctl hibernate"\n'
-        "        timeout 20 systemctl status --no-pager --lines=15 systemd-hibernate.service\n"
+        f'        echo "lab-system: $unit not finished {SYSTEMD_SLEEP_SECONDS}s after systemctl hibernate"\n'
+        "        timeout 20 systemctl status --no-pager --lines=15 $unit\n"
         "        timeout 20 systemctl list-jobs --no-pager\n"
         "        ps -eo pid,stat,wchan:32,args | grep -E ' D|sleep|hibernate|systemctl|efi' | grep -v grep\n"
         f"        exit {SYSTEMD_SLEEP_UNFINISHED}\n"
         "    fi\n"
-        "    sleep 0.2\n"
+        "    sleep 0.5\n"
         "done\n"
-        "exit $(systemctl show -P ExecMainStatus systemd-hibernate.service)\n"
+        "ends | tail -n 1 | grep -q 'Deactivated successfully' && exit 0\n"
+        "status=$(journalctl -b -q -o cat -u $unit | grep -o 'status=[0-9]*' | tail -n 1)\n"
+        "status=${status#status=}\n"
+        'exit "${status:-1}"\n'
     ),
 }
 """systemd-sleep reads the swap device's filesystem UUID from udev's database, which a TCG guest's udev may still be
 filling when the system is up ("Failed to get filesystem UUID for device"): the command waits for udev first.
 `systemctl hibernate` returns once logind has accepted, before systemd-hibernate.service runs (the job may
-not even be queued yet): the command then waits for systemd-sleep to exit, after the resume or on its refusal,
-and exits with its status, so the command's status is the hibernation's outcome. Should systemd-sleep not
-finish (seen twice in six UEFI runs under load, after its post hook), the command says what systemd and
-the processes that might hold it were doing, and exits 124, well inside the step's timeout: the guest's
-uptime counts the time it spent hibernated too, which SYSTEMD_SLEEP_SECONDS allows for."""
+not even be queued yet): the command then waits for the journal to say that systemd-hibernate.service ended,
+after the resume or on its refusal, and exits 0 when it succeeded, else with systemd-sleep's status, so the
+command's status is the hibernation's outcome. The unit's own properties cannot say so: systemd unloads
+an inactive static unit that nothing references, and its ExecMain* and InvocationID read as never run again
+(a poll that came too late on a loaded machine waited forever). Should the unit not end, the command says
+what systemd and the processes that might hold it were doing, and exits 124, well inside the step's
+timeout: the guest's uptime counts the time it spent hibernated too, which SYSTEMD_SLEEP_SECONDS allows for."""
 
 
 def hibernate_command(paths: HibernationPaths) -> str:
