@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -37,23 +36,7 @@ def _console(run_dir: Path, boot: str) -> str:
     return (run_dir / f"console-{boot}.log").read_text(errors="replace")
 
 
-INTERMITTENT = {
-    "system-efi-hibernate-resume": (
-        "intermittent guest hang under investigation: in 2 of 6 runs on 2026-12-06 (both on a loaded machine) the "
-        "resumed system printed "
-        "systemd-sleep's post hook and then never let `systemctl hibernate`'s wait return (no kernel message; "
-        "right after efivarfs resynced and removed HibernateLocation); the other runs passed in 79-81 s"),
-}
-"""Shipped scenarios whose guest misbehaves now and then, for a reason not yet found: run, reported xfail
-or xpass, never silently skipped."""
-
-
-def _shipped(path: Path) -> Any:
-    reason = INTERMITTENT.get(path.stem)
-    return pytest.param(path, id=path.stem, marks=pytest.mark.xfail(reason=reason, strict=False) if reason else ())
-
-
-@pytest.mark.parametrize("path", [_shipped(path) for path in shipped_scenarios()])
+@pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda path: path.stem)
 def test_shipped_scenario_passes(path: Path, tmp_path: Path, default_image, request: pytest.FixtureRequest) -> None:
     scenario = load_scenario(path)
     if scenario.system:
@@ -226,9 +209,10 @@ def test_negative_control_a_stale_image_left_armed_is_resumed_and_fails(tmp_path
 
 
 @pytest.mark.parametrize("name", ["hibernate-resume", "hibernate-coldboot-altered-signature", "ssh-hibernate-resume"])
-def test_x86_64_acpi_s4_is_the_counterpart_of_off2(name, tmp_path, default_x86_image) -> None:
-    result = run_scenario(load_scenario(Path(f"scenarios/{name}.yaml")),
-                          RunOptions(arch="x86_64", run_dir=tmp_path / "run"), [])
+def test_x86_64_acpi_s4_is_the_counterpart_of_off2(name, tmp_path, default_x86_image, request) -> None:
+    result = request.getfixturevalue("x86_hibernate_resume_run") if name == "hibernate-resume" else \
+        run_scenario(load_scenario(Path(f"scenarios/{name}.yaml")), RunOptions(arch="x86_64", run_dir=tmp_path / "run"),
+                     [])
     assert result.verdict.passed, result.verdict.reason
     events = [e["event"] for e in _jsonl(result.run_dir / "qmp-boot1.jsonl") if e["event"] not in ("STOP", "RESUME")]
     assert events[-2:] == ["SUSPEND_DISK", "SHUTDOWN"], "QEMU reported ACPI S4 before the power-off"
