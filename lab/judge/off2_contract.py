@@ -6,9 +6,10 @@
 |                          |                                                     | behind the lab's PSCI layer        |
 | `unsupported`            | never, and rightly: the VMM's PSCI refuses OFF2, so | stock QEMU's own TCG PSCI (v1.1)   |
 |                          | every power-off it sees is a plain one              |                                    |
-| `suspend-disk`           | a `SUSPEND_DISK` event comes before `SHUTDOWN`      | x86 ACPI S4 in any QEMU            |
+| `suspend-disk`           | a `SUSPEND_DISK` event comes before `SHUTDOWN`      | x86 ACPI S4 in any QEMU; arm64     |
+|                          |                                                     | SYSTEM_OFF2 in the lab's series    |
 | `event:NAME`             | a `NAME` event comes before `SHUTDOWN`              | a lab's own VMM patch              |
-| `shutdown-reason:REASON` | the `SHUTDOWN` event's `reason` is `REASON`         | the lab's series: `guest-hibernate`|
+| `shutdown-reason:REASON` | the `SHUTDOWN` event's `reason` is `REASON`         | a VMM that names hibernation there |
 
 The lab picks the contract itself (`contract_for`) from the guest's arch, the accelerator, whether
 the PSCI layer answers PSCI, and what the QEMU build reports (asked of QEMU, see lab.qemu.builds).

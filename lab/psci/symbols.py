@@ -20,6 +20,7 @@ from typing import Any
 
 from lab.digest import sha256_file
 from lab.errors import SetupError
+from lab.machine.bare_metal import INSN_HVC_0
 from lab.paths import cache_root
 
 NOKASLR_TEXT_BASE = 0xFFFF_8000_8000_0000
@@ -29,7 +30,6 @@ HVC_FUNCTION = "__arm_smccc_hvc"
 SMC_FUNCTION = "__arm_smccc_smc"
 TEXT_SYMBOL = "_text"
 
-INSN_HVC_0 = 0xD4000002
 INSN_SMC_0 = 0xD4000003
 MAX_SCAN_WORDS = 16
 """The conduit sits right after the landing pads; a longer scan could only find someone else's hvc."""

@@ -1,11 +1,10 @@
 """The QEMU builds a lab knows, and what each one reports about SYSTEM_OFF2, asked of QEMU itself.
 
-A build that carries the lab's SYSTEM_OFF2 series (`qemu/patches/`) has the shutdown cause
-`guest-hibernate` in its QAPI schema: it then emits `SUSPEND_DISK` and `SHUTDOWN` with that reason
-when a guest powers off with SYSTEM_OFF2, under TCG (its own PSCI is v1.3) and KVM alike. The lab
-asks each binary once for its schema over QMP on stdio (`query-qmp-schema`, a fraction of a second)
-and remembers the answer by host, path, size and modification time, so nobody has to say by hand
-what a build can report.
+A build that carries the lab's SYSTEM_OFF2 series (`qemu/patches/`) reports a guest's SYSTEM_OFF2
+as x86 QEMU reports ACPI S4, `SUSPEND_DISK` then `SHUTDOWN`, under TCG (its own PSCI is v1.3) and KVM
+alike. The lab asks each binary once by booting a probe that powers off as a hibernating guest does
+(lab.qemu.off2_probe, a fraction of a second) and remembers the answer by host, path, size and
+modification time, so nobody has to say by hand what a build can report.
 
 Known by name: `debian` is the `qemu-system-ARCH` on the host's PATH (Debian's package); `patched`
 is the newest build `lab qemu build` made for this machine, or on a lab host the cross-built one its
@@ -18,20 +17,21 @@ import contextlib
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.errors import SetupError, UsageError, WaitTimeout
-from lab.hosts.base import Completed, Host
+from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 from lab.paths import cache_root
+from lab.qemu.off2_probe import reports_off2
 from lab.vocabulary import host_arch
 
-HIBERNATE_CAUSE = "guest-hibernate"
-"""The ShutdownCause the lab's series adds; its presence in the schema is how a patched build is known."""
-PROBE_SECONDS = 30.0
+REPORTED_AS = "suspend-disk"
+"""The OFF2 contract (lab.judge.off2_contract) of a build that reports SYSTEM_OFF2: as x86 reports S4."""
+PROBE_FORMAT = 2
+"""Part of what the remembered answers are keyed by: bump it when the probe asks something else."""
 VERSION_SECONDS = 30.0
 DEBIAN = "debian"
 PATCHED = "patched"
@@ -42,7 +42,7 @@ HOST_PATCHED_LOADER = Path("/opt/lab-qemu/lib/ld-linux-aarch64.so.1")
 
 @dataclass(frozen=True)
 class QemuBuild:
-    """One QEMU binary on a host, its version, and whether it reports SYSTEM_OFF2 (`reason: guest-hibernate`)."""
+    """One QEMU binary on a host, its version, and whether it reports SYSTEM_OFF2 (SUSPEND_DISK, SHUTDOWN)."""
 
     name: str
     path: Path
@@ -54,7 +54,7 @@ class QemuBuild:
     @property
     def off2_reporting(self) -> str | None:
         """The OFF2 contract this build speaks when it reports OFF2 (see lab.judge.off2_contract)."""
-        return f"shutdown-reason:{HIBERNATE_CAUSE}" if self.reports_off2 else None
+        return REPORTED_AS if self.reports_off2 else None
 
     @property
     def launcher(self) -> list[str]:
@@ -63,7 +63,7 @@ class QemuBuild:
         return [str(self.loader), "--library-path", str(self.loader.parent), str(self.path)]
 
     def describe(self) -> str:
-        reports = f"reports SYSTEM_OFF2 (SUSPEND_DISK, SHUTDOWN reason {HIBERNATE_CAUSE})" if self.reports_off2 \
+        reports = "reports SYSTEM_OFF2 (SUSPEND_DISK, then SHUTDOWN, as x86 S4)" if self.reports_off2 \
             else "reports SYSTEM_OFF2 like SYSTEM_OFF (stock)"
         return f"{self.name}: {self.version}, {reports} ({self.path})"
 
@@ -129,67 +129,6 @@ def _version(host: Host, launcher: list[str]) -> str:
     return first.removeprefix("QEMU emulator version ").strip() or "unknown"
 
 
-def _enum_values(schema: list[dict[str, Any]], name: str) -> set[str]:
-    """The values of a QAPI enum, found by one of its names in `query-qmp-schema` (which masks type names)."""
-    for entity in schema:
-        if entity.get("meta-type") != "enum":
-            continue
-        values = {m["name"] for m in entity.get("members", [])} or set(entity.get("values", []))
-        if name in values:
-            return values
-    return set()
-
-
-QMP_SCHEMA_SCRIPT = """set -u
-dir=$(mktemp -d) || exit 125
-cat > "$dir/in"
-"$@" -chardev "file,id=qmp,path=$dir/out,input-path=$dir/in" -mon chardev=qmp,mode=control 2> "$dir/err"
-status=$?
-cat "$dir/out"
-cat "$dir/err" >&2
-rm -rf "$dir"
-exit "$status"
-"""
-"""QEMU reads its QMP commands from a file and writes the replies to one. On a pipe (`-qmp stdio`) QEMU could
-reach `quit` while its 230 KB schema reply still waited behind the full pipe, and exit without it; a write
-to a regular file is never short, so every reply is out before `quit` is read."""
-
-ERROR_LINE_CHARS = 200
-"""How much of QEMU's output an error line quotes; the rest goes to a log the line names."""
-
-
-def ask_reports_off2(launcher: list[str], host: Host = LOCAL) -> bool:
-    """Start the build with no machine and QMP on files, read its QAPI schema, and let it quit."""
-    commands = b"".join(json.dumps({"execute": name}).encode() + b"\n"
-                        for name in ("qmp_capabilities", "query-qmp-schema", "quit"))
-    argv = ["sh", "-c", QMP_SCHEMA_SCRIPT, "sh", *launcher, "-machine", "none", "-nodefaults", "-no-user-config",
-            "-display", "none", "-S"]
-    try:
-        done = host.run(argv, timeout=PROBE_SECONDS, stdin=commands)
-    except WaitTimeout as error:
-        raise SetupError(f"{launcher[-1]} did not answer with its QMP schema within {PROBE_SECONDS:.0f}s") from error
-    for line in done.text().splitlines():
-        with contextlib.suppress(ValueError, AttributeError):
-            reply = json.loads(line)
-            if isinstance(reply.get("return"), list):
-                return HIBERNATE_CAUSE in _enum_values(reply["return"], "guest-shutdown")
-    log = _probe_log(done)
-    raise SetupError(f"cannot ask {launcher[-1]} for its QMP schema: {_cut(done.last_error_line())} "
-                     f"(QEMU's output: {log})")
-
-
-def _cut(line: str) -> str:
-    return line if len(line) <= ERROR_LINE_CHARS else f"{line[:ERROR_LINE_CHARS]}… ({len(line)} characters)"
-
-
-def _probe_log(done: Completed) -> Path:
-    """Everything a failed probe printed, kept where its one-line error points."""
-    log = cache_root() / "qemu" / f"schema-probe-{os.getpid()}-{time.time_ns()}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_bytes(b"exit status %d\n--- stdout\n%b\n--- stderr\n%b\n" % (done.returncode, done.stdout, done.stderr))
-    return log
-
-
 def _known_file() -> Path:
     return cache_root() / "qemu" / "known.json"
 
@@ -199,9 +138,9 @@ def _identity(host: Host, binary: Path) -> str:
     if host is LOCAL:
         real = binary.resolve()
         stat = real.stat()
-        return f"local:{real}:{stat.st_size}:{stat.st_mtime_ns}"
+        return f"probe{PROBE_FORMAT}:local:{real}:{stat.st_size}:{stat.st_mtime_ns}"
     done = host.run(["stat", "-L", "-c", "%s:%Y", str(binary)])
-    return f"{host.name}:{binary}:{done.text().strip()}"
+    return f"probe{PROBE_FORMAT}:{host.name}:{binary}:{done.text().strip()}"
 
 
 def describe_build(chosen: str | None, arch: str, host: Host = LOCAL) -> QemuBuild:
@@ -215,7 +154,7 @@ def describe_build(chosen: str | None, arch: str, host: Host = LOCAL) -> QemuBui
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        known[key] = {"version": _version(host, launcher), "reports_off2": ask_reports_off2(launcher, host)}
+        known[key] = {"version": _version(host, launcher), "reports_off2": reports_off2(binary, loader, host)}
         known_path.parent.mkdir(parents=True, exist_ok=True)
         staging = known_path.with_name(f".{known_path.name}.{os.getpid()}")
         staging.write_text(json.dumps(known, indent=2) + "\n")

@@ -28,7 +28,7 @@ PSCI_NOTES = {
     True: "Nor are the PSCI layer's answers through the gdbstub: QEMU answers PSCI itself here (v1.1 in a "
           "stock build, no SYSTEM_OFF2 on TCG), so a guest may power off differently than in the run.",
     False: "QEMU's own PSCI answers in the replay as it did in the run, so a guest powers off the same way: "
-           "a build with the lab's SYSTEM_OFF2 series reports OFF2 again (SUSPEND_DISK, SHUTDOWN guest-hibernate).",
+           "a build with the lab's SYSTEM_OFF2 series reports OFF2 again (SUSPEND_DISK, then SHUTDOWN).",
 }
 
 

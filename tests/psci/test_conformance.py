@@ -8,7 +8,6 @@ that RAM over QMP. So the answers checked are the ones the guest saw, not what P
 from __future__ import annotations
 
 import re
-import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,25 +17,35 @@ from pathlib import Path
 import pytest
 
 from lab.deadline import wait_until
+from lab.machine.bare_metal import (
+    HEADER_BYTES,
+    INSN_HVC_0,
+    LOAD_ADDRESS,
+    RAM_BASE,
+    RET,
+    bit_branch,
+    branch,
+    image,
+    image_header,
+    mov_imm64,
+    movk,
+    movz,
+    str_imm,
+)
 from lab.machine.process import Machine
 from lab.machine.spec import MachineSpec
 from lab.psci.firmware import INTERNAL_FAILURE, INVALID_PARAMS, VERSION_1_3, PsciAction, PsciPersonality, to_signed
 from lab.psci.layer import PsciLayer
-from lab.psci.symbols import INSN_HVC_0, ConduitSites
+from lab.psci.symbols import ConduitSites
 from lab.rundir import RunDirectory
 from lab.vocabulary import HIBERNATE_OFF, PSCI_FEATURES, PSCI_SYSTEM_OFF2, PSCI_SYSTEM_OFF2_64, PSCI_VERSION
 
-RAM_BASE = 0x4000_0000
-TEXT_OFFSET = 0x8_0000
-LOAD_ADDRESS = RAM_BASE + TEXT_OFFSET
 RESULTS_ADDRESS = RAM_BASE + 0x10_0000
 DONE_MAGIC = 0x600D_F00D
-HEADER_BYTES = 0x40
 CONDUIT_OFFSET = HEADER_BYTES
 """The one `hvc #0` every call goes through sits right after the Image header."""
 
 RESULTS_REGISTER = 19
-LINK_REGISTER = 30
 
 Call = tuple[int, int, int]
 
@@ -47,53 +56,6 @@ SELFTEST_PREAMBLE: list[Call] = [
     (PSCI_SYSTEM_OFF2_64, HIBERNATE_OFF, 1),
     (PSCI_SYSTEM_OFF2_64, 0, 1),
 ]
-
-
-def movz(rd: int, imm16: int, shift: int) -> int:
-    return 0xD2800000 | (shift // 16) << 21 | imm16 << 5 | rd
-
-
-def movk(rd: int, imm16: int, shift: int) -> int:
-    return 0xF2800000 | (shift // 16) << 21 | imm16 << 5 | rd
-
-
-def mov_imm64(rd: int, value: int) -> list[int]:
-    """movz for the lowest 16 bits, movk for each further non-zero 16-bit chunk."""
-    words = [movz(rd, value & 0xFFFF, 0)]
-    for shift in (16, 32, 48):
-        chunk = (value >> shift) & 0xFFFF
-        if chunk:
-            words.append(movk(rd, chunk, shift))
-    return words
-
-
-def str_imm(rt: int, rn: int, byte_offset: int) -> int:
-    """str Xt, [Xn, #byte_offset] (unsigned, 8-byte scaled offset)."""
-    return 0xF9000000 | (byte_offset // 8) << 10 | rn << 5 | rt
-
-
-def branch(from_offset: int, to_offset: int, link: bool = False) -> int:
-    return (0x94000000 if link else 0x14000000) | ((to_offset - from_offset) // 4) & 0x3FFFFFF
-
-
-RET = 0xD65F0000 | LINK_REGISTER << 5
-
-
-def image_header(image_size: int) -> bytes:
-    """arm64 Linux Image header, so QEMU loads us at RAM + text_offset and enters at EL1 like a kernel."""
-    return struct.pack(
-        "<IIQQQQQQII",
-        branch(0, HEADER_BYTES + 8),
-        0,
-        TEXT_OFFSET,
-        image_size,
-        0,
-        0,
-        0,
-        0,
-        0x644D5241,
-        0,
-    )
 
 
 def program(calls: list[Call]) -> bytes:
@@ -108,8 +70,7 @@ def program(calls: list[Call]) -> bytes:
     body += mov_imm64(0, DONE_MAGIC)
     body.append(str_imm(0, RESULTS_REGISTER, 8 * len(calls)))
     body.append(branch(0, 0))
-    code = struct.pack(f"<{len(body)}I", *body)
-    return image_header(HEADER_BYTES + len(code)) + code
+    return image(body, entry_word=2)
 
 
 def test_encoders() -> None:
@@ -121,6 +82,9 @@ def test_encoders() -> None:
     assert branch(0, 0) == 0x14000000
     assert RET == 0xD65F03C0
     assert image_header(0x100)[0x38:0x3C] == b"ARM\x64"
+    assert bit_branch(0, 63, 0x10, 0x20, if_set=True) == 0xB7F80080
+    assert bit_branch(0, 0, 0x10, 0x20, if_set=False) == 0x36000080
+    assert image([RET], entry_word=0)[:4] == branch(0, HEADER_BYTES).to_bytes(4, "little")
 
 
 @dataclass
@@ -242,4 +206,4 @@ def test_the_patched_qemus_own_psci_gives_the_layers_table(tmp_path: Path, power
     assert own[0] >= VERSION_1_3 and own[1] & HIBERNATE_OFF and own[2] & HIBERNATE_OFF
     assert own[3:5] == [INVALID_PARAMS, INVALID_PARAMS]
     assert events == ["SUSPEND_DISK", "SHUTDOWN"]
-    assert shutdown == {"guest": True, "reason": "guest-hibernate"}
+    assert shutdown == {"guest": True, "reason": "guest-shutdown"}

@@ -1,7 +1,7 @@
 """The lab's own QEMU, built from Debian's source with the SYSTEM_OFF2 series, on real Debian kernels.
 
 With that QEMU no PSCI layer runs: QEMU's own TCG PSCI answers, and the QMP witness alone tells a
-hibernation power-off (SUSPEND_DISK, then SHUTDOWN reason guest-hibernate) from a plain one.
+hibernation power-off (SUSPEND_DISK, then SHUTDOWN, as x86 reports ACPI S4) from a plain one.
 Assertions read what QEMU and the guest left in the run directory, not only the verdict.
 """
 
@@ -20,12 +20,11 @@ import pytest
 from lab.machine.channels.qmp import QmpChannel
 from lab.rundir import RunDirectory
 from lab.scenario.model import find_scenario
-from lab.scenario.run import RunOptions, run_scenario
+from lab.scenario.run import RunOptions, RunResult, run_scenario
+from tests.support.kernels import kernel_pin
 
 pytestmark = pytest.mark.guest
 
-KERNEL_6_12 = "linux-image-cloud-arm64=6.12.117-1"
-"""Debian's 6.12 knows PSCI 1.3 but predates the guest side of SYSTEM_OFF2 (6.13)."""
 
 
 def _run(tmp_path: Path, scenario: str, **options: object) -> dict:
@@ -59,10 +58,21 @@ def test_hibernate_resume_on_the_patched_qemu_is_off2_seen_in_qmp(patched_run: P
     assert result["environment"]["psci_personality"] is None, "QEMU's own PSCI answered: no layer"
     assert result["environment"]["qemu_build"]["reports_off2"] is True
     assert not (patched_run / "psci-boot1.jsonl").exists()
-    assert _power_events(patched_run, "boot1") == [("SUSPEND_DISK", None), ("SHUTDOWN", "guest-hibernate")]
+    assert _power_events(patched_run, "boot1") == [("SUSPEND_DISK", None), ("SHUTDOWN", "guest-shutdown")]
     assert _witness(result, "vmm-qmp")["consistent_with"] == ["hibernate-off2"]
     assert _witness(result, "vmm-psci")["consistent_with"] is None
     assert "psci: PSCIv1.3 detected in firmware." in (patched_run / "console-boot1.log").read_text()
+
+
+def test_off2_reads_on_qmp_exactly_as_x86_acpi_s4(patched_run: Path, x86_hibernate_resume_run: RunResult) -> None:
+    """One hibernation surface for management applications: the same events, with the same data."""
+    def power_events(run_dir: Path) -> list[tuple[str, dict]]:
+        return [(e["event"], e.get("data", {})) for e in RunDirectory(run_dir).boot("boot1").read_qmp()
+                if e["event"] in ("SUSPEND_DISK", "SHUTDOWN")]
+
+    assert x86_hibernate_resume_run.verdict.power_offs[0].kind == "hibernate-s4"
+    assert power_events(patched_run) == power_events(x86_hibernate_resume_run.run_dir) == [
+        ("SUSPEND_DISK", {}), ("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})]
 
 
 def test_debian_qemu_without_the_layer_is_hibernate_off(tmp_path: Path) -> None:
@@ -82,7 +92,8 @@ def test_poweroff_on_the_patched_qemu_is_a_poweroff(tmp_path: Path, patched_qemu
 
 
 def test_a_kernel_without_off2_on_the_patched_qemu_is_hibernate_off(tmp_path: Path, patched_qemu: Path) -> None:
-    result = _run(tmp_path, "hibernate-resume", qemu="patched", kernel_deb=KERNEL_6_12)
+    """Debian's 6.12 knows PSCI 1.3 but predates the guest side of SYSTEM_OFF2 (6.13)."""
+    result = _run(tmp_path, "hibernate-resume", qemu="patched", kernel_deb=kernel_pin("6.12"))
     assert result["environment"]["image"]["kernel_release"].startswith("6.12.")
     assert result["verdict"]["power_offs"][0]["class"] == "hibernate-off"
     assert _power_events(tmp_path / "hibernate-resume", "boot1") == [("SHUTDOWN", "guest-shutdown")]
@@ -113,6 +124,6 @@ def test_reproduce_sh_replays_the_off2(patched_run: Path, tmp_path: Path) -> Non
             os.killpg(replay.pid, signal.SIGKILL)
         replay.close(force=True)
     assert events == ["SUSPEND_DISK", "SHUTDOWN"]
-    assert shutdown["data"] == {"guest": True, "reason": "guest-hibernate"}
+    assert shutdown["data"] == {"guest": True, "reason": "guest-shutdown"}
     leftover = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout
     assert leftover == "", f"the replay left QEMU running: {leftover}"
