@@ -162,9 +162,12 @@ def _qemu_commands(groups: Groups) -> None:
     qemu_build.add_argument("--target", default="native", choices=["native", "arm64"],
                             help="native: runs here; arm64: cross-built for an arm64 KVM host")
     qemu_build.add_argument("--source-version", default=None, metavar="VERSION",
-                            help="Debian's qemu source version (default: the one the series is written against)")
+                            help="Debian's qemu source version (default: the newest one in qemu/sources.yaml that "
+                                 "Debian serves)")
     qemu_build.add_argument("--jobs", type=_count(256), metavar="N", help="parallel compile jobs (default: all cores)")
     qemu_build.set_defaults(handler=commands.qemu_build)
+    qemu_sub.add_parser("test", help="run the series' own tests through QEMU's runners (tests/tcg, meson test) on "
+                        "the newest native build").set_defaults(handler=commands.qemu_test)
     qemu_sub.add_parser("list", help="the QEMU builds the lab knows and what each reports").set_defaults(
         handler=commands.qemu_list)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lab.disk.paths import checked_disk_path
-from lab.errors import LabError, MachineError, UsageError, printable
+from lab.errors import LabError, MachineError, SetupError, UsageError, printable
 from lab.vocabulary import host_arch
 
 if TYPE_CHECKING:
@@ -257,7 +257,6 @@ def qemu_build(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from lab.qemu.builder import build_qemu
-    from lab.qemu.recipe import SOURCE_VERSION
 
     def say(line: str) -> None:
         print(f"lab qemu build: {line}", flush=True)
@@ -273,9 +272,25 @@ def qemu_build(args: argparse.Namespace) -> int:
                 shown[0] = done * 10 // total
                 say(f"build: {done}/{total} steps")
 
-        binary = build_qemu(args.target, args.source_version or SOURCE_VERSION, args.jobs, say, progress)
+        binary = build_qemu(args.target, args.source_version, args.jobs, say, progress)
     print(binary)
     return 0
+
+
+def qemu_test(args: argparse.Namespace) -> int:
+    from lab.image.recipe import DEFAULT_IMAGE
+    from lab.image.store import ImageStore
+    from lab.qemu.harness import newest_tree, run_all
+
+    tree = newest_tree()
+    image = ImageStore().latest(DEFAULT_IMAGE["arm64"])
+    if image is None:
+        raise SetupError(f"lab qemu test boots the default image {DEFAULT_IMAGE['arm64']}, which is not built: "
+                         "run ./bootstrap (or `lab images build --arch arm64`)")
+    image = image.verified()
+    passed = run_all(tree, image.kernel, image.initramfs,
+                     say=lambda line: print(f"lab qemu test: {line}", flush=True))
+    return 0 if passed else 1
 
 
 def qemu_list(args: argparse.Namespace) -> int:

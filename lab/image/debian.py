@@ -215,6 +215,13 @@ class PrivateApt:
             found = [self._stanza(name, arch, version) for name, version in wanted]
         return [Candidate.of(stanza, arch) for stanza in found]
 
+    def source_versions(self, package: str) -> list[str]:
+        """Every version of a source package the deb-src lines list (listed: its files may be gone already)."""
+        self.update()
+        listed = self._run("apt-cache", "showsrc", "--only-source", package)
+        return list(dict.fromkeys(line.split(":", 1)[1].strip() for line in listed.splitlines()
+                                  if line.startswith("Version:")))
+
     def download_source(self, package: str, version: str, into: Path) -> list[Path]:
         """A source package's files (.dsc and tarballs) as the archive serves them, downloaded into `into`."""
         into.mkdir(parents=True, exist_ok=True)

@@ -23,26 +23,21 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from debian.deb822 import Dsc
-
 from lab.digest import sha256_file
 from lab.errors import SetupError
 from lab.image.closure import program_closure
-from lab.image.debian import KEYRING, MIRROR, PrivateApt, binary_sources, extract
+from lab.image.debian import PrivateApt, binary_sources, extract
 from lab.lines import last_file_lines
 from lab.paths import cache_root
 from lab.qemu.builds import builds_root
 from lab.qemu.recipe import (
     PATCHES_DIR,
-    SOURCE_PACKAGE,
-    SOURCE_VERSION,
     STEP_TIMEOUT,
     SYSROOT_PACKAGES,
     SYSROOT_SUITE,
@@ -52,6 +47,7 @@ from lab.qemu.recipe import (
     Series,
     build_key,
 )
+from lab.qemu.sources import BACKPORTS_DIR, SOURCE_PACKAGE, KnownSource, SourceStore, known_sources
 from lab.vocabulary import ARM64, host_arch
 
 
@@ -70,19 +66,35 @@ def _tail(path: Path) -> str:
 class QemuBuilder:
     """One build of the series for one target; `run()` returns the installed binary."""
 
-    def __init__(self, target: BuildTarget, version: str = SOURCE_VERSION, jobs: int | None = None,
-                 say: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, target: BuildTarget, version: str | None = None, jobs: int | None = None,
+                 say: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None,
+                 sources: SourceStore | None = None) -> None:
         self.target = target
-        self.version = version
         self.jobs = jobs or os.cpu_count() or 1
         self.say = say
         self.progress = progress
         self.series = Series.read()
+        self.sources = sources or SourceStore()
+        self.known = known_sources()
+        self.source = self._pick(version)
         self.root = cache_root() / "qemu"
-        self.key = build_key(version, self.series, target)
+        self.key = self._key(self.source)
         self.output = builds_root() / self.key
         self.logs = self.root / "logs" / self.key
         self.seconds: dict[str, float] = {}
+
+    def _key(self, source: KnownSource) -> str:
+        return build_key(source.version, self.series, self.target, (*source.backports, *source.replacements.values()))
+
+    def _pick(self, version: str | None) -> KnownSource:
+        """The named version; else the newest known one already built, or already fetched, or that Debian
+        serves (only this last case asks the archive)."""
+        if version is not None:
+            return next((s for s in self.known if s.version == version), None) or KnownSource.unknown(version)
+        for source in self.known:
+            if (builds_root() / self._key(source) / "build.json").is_file():
+                return source
+        return self.sources.choose(None, self.known)
 
     @property
     def binary(self) -> Path:
@@ -93,6 +105,8 @@ class QemuBuilder:
         return (self.output / "build.json").is_file() and self.binary.is_file()
 
     def run(self) -> Path:
+        """Build in place (QEMU's test runners need the source and build trees where configure saw them);
+        build.json, written last, is what makes a build finished. Anything else there is removed first."""
         if self.done:
             return self.binary
         with self._lock():
@@ -100,13 +114,13 @@ class QemuBuilder:
                 return self.binary
             self._check_prerequisites()
             self.logs.mkdir(parents=True, exist_ok=True)
-            builds_root().mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{self.key}-", dir=builds_root()))
+            shutil.rmtree(self.output, ignore_errors=True)
+            self.output.mkdir(parents=True)
             try:
-                self._build(staging)
-                os.replace(staging / "out", self.output)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                self._build(self.output)
+            except BaseException:
+                shutil.rmtree(self.output, ignore_errors=True)
+                raise
         return self.binary
 
     @contextmanager
@@ -159,57 +173,46 @@ class QemuBuilder:
         yield log
         self.seconds[name] = round(time.monotonic() - started, 1)
 
-    def _build(self, staging: Path) -> None:
+    def _build(self, output: Path) -> None:
         dsc = self._fetch()
-        source = staging / "src"
+        source = output / "src"
         with self._step("unpack", f"{dsc.name} with Debian's patches") as log:
             self._run("unpack", ["dpkg-source", "--no-check", "-x", str(dsc), str(source)], log)
-        with self._step("patch", f"{len(self.series.patches)} patches from {PATCHES_DIR}") as log:
-            for patch in self.series.patches:
+        patches = self.source.patches(self.series.patches)
+        with self._step("patch", f"{len(self.source.backports)} backports from {BACKPORTS_DIR}, then "
+                                 f"{len(self.series.patches)} patches from {PATCHES_DIR} "
+                                 f"({len(self.source.replacements)} replaced for this source)") as log:
+            for patch in patches:
                 try:
                     self._run("patch", ["patch", "-p1", "--forward", "--batch", "-i", str(patch)], log, cwd=source)
                 except BuildStepFailed as failure:
-                    raise BuildStepFailed("patch", log, f"{patch.name} does not apply") from failure
+                    raise BuildStepFailed("patch", log, f"{patch.name} does not apply to {SOURCE_PACKAGE} "
+                                                        f"{self.source.version}") from failure
         tools = self._tools()
-        build = staging / "build"
+        build = output / "build"
         build.mkdir()
-        env = self._configure(source, build, tools, staging)
+        env = self._configure(source, build, tools, output)
         self._compile(build, tools, env)
-        self._install(build, staging / "out")
+        self._install(build, output)
+        if not self.target.keeps_tree:
+            for tree in (source, build, output / "sysroot"):
+                shutil.rmtree(tree, ignore_errors=True)
 
     def _fetch(self) -> Path:
-        """The source package's files, downloaded once, each checked against the .dsc's sha256."""
-        directory = self.root / "source" / self.version.replace(":", "_")
-        with self._step("fetch", f"{SOURCE_PACKAGE} {self.version} from Debian (deb-src, sid)") as log:
-            dscs = sorted(directory.glob("*.dsc")) if directory.is_dir() else []
-            if not dscs:
-                apt = PrivateApt(self.root / "apt-src", "unstable", host_arch_debian(),
-                                 sources=(f"deb-src [signed-by={KEYRING}] {MIRROR} sid main",), trust_expired=True)
-                staging = directory.with_name(f".{directory.name}.{os.getpid()}")
-                shutil.rmtree(staging, ignore_errors=True)
+        """The source package's files, downloaded once, each checked by sha256 (the .dsc's and the known list's)."""
+        with self._step("fetch", f"{SOURCE_PACKAGE} {self.source.version} from Debian (deb-src)") as log:
+            if self.sources.cached_dsc(self.source) is None:
                 try:
-                    apt.update()
-                    apt.download_source(SOURCE_PACKAGE, self.version, staging)
+                    self.sources.choose(self.source.version, self.known)
                 except SetupError as error:
-                    shutil.rmtree(staging, ignore_errors=True)
                     log.write_text(f"{error}\n")
-                    raise BuildStepFailed("fetch", log, f"Debian serves no {SOURCE_PACKAGE} source "
-                                                        f"{self.version}: {error}") from error
-                staging.replace(directory)
-                dscs = sorted(directory.glob("*.dsc"))
+                    raise BuildStepFailed("fetch", log, str(error)) from error
         with self._step("verify", "sha256 of every file the .dsc lists") as log:
-            dsc = dscs[0]
-            with dsc.open() as stream:
-                listed = Dsc(stream).get("Checksums-Sha256", [])
-            lines = []
-            for entry in listed:
-                path = directory / entry["name"]
-                actual = sha256_file(path) if path.is_file() else "missing"
-                lines.append(f"{entry['sha256']}  {actual}  {entry['name']}")
-                if actual != entry["sha256"]:
-                    log.write_text("\n".join(lines) + "\n")
-                    shutil.rmtree(directory, ignore_errors=True)
-                    raise BuildStepFailed("verify", log, f"{entry['name']} is not the file {dsc.name} lists")
+            try:
+                dsc, lines = self.sources.verify(self.source)
+            except SetupError as error:
+                log.write_text(f"{error}\n")
+                raise BuildStepFailed("verify", log, str(error)) from error
             log.write_text("\n".join(lines) + "\n")
         return dsc
 
@@ -217,11 +220,14 @@ class QemuBuilder:
         """A venv with meson and ninja from PyPI, made from Debian's Python (QEMU's configure builds
         its own venv from it)."""
         venv = self.root / "tools"
-        with self._step("tools", f"{' and '.join(TOOLS)} in {venv}") as log:
-            if not (venv / "bin" / "ninja").exists():
+        stamp = venv / ".lab-tools"
+        with self._step("tools", f"{', '.join(TOOLS)} in {venv}") as log:
+            if not (venv / "bin" / "pip").exists():
                 shutil.rmtree(venv, ignore_errors=True)
                 self._run("tools", ["/usr/bin/python3", "-m", "venv", str(venv)], log)
+            if not stamp.is_file() or stamp.read_text().split() != list(TOOLS):
                 self._run("tools", [str(venv / "bin" / "pip"), "install", "-q", *TOOLS], log)
+                stamp.write_text("\n".join(TOOLS) + "\n")
         return venv
 
     def _sysroot(self, staging: Path) -> Path:
@@ -304,7 +310,10 @@ class QemuBuilder:
                 self._run("install", ["chrpath", "-d", str(self.binary_in(out))], log)
                 self._ship_libraries(out, build.parent / "sysroot")
             (out / "build.json").write_text(json.dumps({
-                "source": f"{SOURCE_PACKAGE} {self.version}", "series": [p.name for p in self.series.patches],
+                "source": f"{SOURCE_PACKAGE} {self.source.version}", "source_version": self.source.version,
+                "backports": [p.name for p in self.source.backports], "series": [p.name for p in self.series.patches],
+                "replaced": {name: str(path.relative_to(BACKPORTS_DIR))
+                             for name, path in self.source.replacements.items()},
                 "series_sha256": self.series.sha256, "target": self.target.name, "host": self.target.host,
                 "configure": list(self.target.flags), "built": datetime.now(UTC).isoformat(timespec="seconds"),
                 "seconds": self.seconds, "binary_sha256": sha256_file(self.binary_in(out)),
@@ -317,7 +326,7 @@ class QemuBuilder:
     def _ship_libraries(self, out: Path, sysroot: Path) -> None:
         """Every shared library the cross-built binary loads, under out/lib, so a host can run it as
         `lib/ld-linux-aarch64.so.1 --library-path lib bin/qemu-system-aarch64`."""
-        root = out.parent / "closure"
+        root = out / "closure"
         shutil.copytree(sysroot, root, symlinks=True)
         for name in ("lib", "usr/lib"):
             (root / name / ARM64.multiarch).mkdir(parents=True, exist_ok=True)
@@ -340,7 +349,7 @@ def host_arch_debian() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(host_arch(), host_arch())
 
 
-def build_qemu(target: str, version: str = SOURCE_VERSION, jobs: int | None = None,
+def build_qemu(target: str, version: str | None = None, jobs: int | None = None,
                say: Callable[[str], None] = print, progress: Callable[[int, int], None] | None = None) -> Path:
     """Build (or find built) the patched QEMU for `target` (native or arm64); the binary's path."""
     chosen = TARGETS.get(target)

@@ -1,4 +1,4 @@
-"""What a build of the lab's QEMU is made of: Debian's source version, the patch series, the target
+"""What a build of the lab's QEMU is made of: Debian's source version (lab.qemu.sources), the patch series, the target
 (native, or cross-built for an arm64 KVM host) with what it needs on the build host, and the cache key
 over all of them. lab.qemu.builder carries a build out.
 """
@@ -17,13 +17,12 @@ from lab.errors import SetupError
 from lab.paths import QEMU_DIR
 from lab.vocabulary import host_arch
 
-SOURCE_PACKAGE = "qemu"
-SOURCE_VERSION = "1:10.2.2+ds-1"
-"""The Debian source the series is written against (sid's deb-src serves it)."""
 PATCHES_DIR = QEMU_DIR / "patches"
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 """Part of the cache key: bump it when what a build is made of changes (flags, tools)."""
-TOOLS = ("meson==1.9.0", "ninja==1.13.2")
+TOOLS = ("meson==1.9.0", "ninja==1.13.2", "pycotap==1.3.1")
+"""From PyPI: meson and ninja build QEMU; pycotap lets `meson test` run its functional tests (the +ds source
+strips the wheel QEMU vendors, and Debian's patch drops it from the build venv's requirements)."""
 CONFIGURE_FLAGS = (
     "--disable-download", "--target-list=aarch64-softmmu", "--without-default-features", "--enable-tcg",
     "--enable-slirp", "--enable-fdt=system", "--disable-docs", "--disable-tools", "--disable-user",
@@ -34,6 +33,8 @@ SYSROOT_SUITE = "bookworm"
 SYSROOT_PACKAGES = ("libglib2.0-dev", "libglib2.0-0", "libslirp-dev", "libslirp0", "libfdt-dev", "libfdt1",
                     "zlib1g-dev", "zlib1g", "libpcre2-dev", "libpcre2-8-0")
 STEP_TIMEOUT = 3 * 3600.0
+AARCH64_CC = "aarch64-linux-gnu-"
+"""Debian's cross toolchain prefix (gcc-aarch64-linux-gnu)."""
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,16 @@ class BuildTarget:
     """QEMU's name of the arch the binary runs on."""
     cross_prefix: str | None
     prerequisites: tuple[Prerequisite, ...]
+    keeps_tree: bool = False
+    """Whether the source and build trees stay, configured for QEMU's own tests of the series (`lab qemu test`:
+    tests/tcg needs an aarch64 compiler, found on this host and never in a container)."""
 
     @property
     def flags(self) -> tuple[str, ...]:
-        return (*CONFIGURE_FLAGS, *(("--enable-kvm",) if self.host == "aarch64" else ()))
+        kvm = ("--enable-kvm",) if self.host == "aarch64" else ()
+        compiler = () if self.host == "aarch64" else (f"--cross-prefix-aarch64={AARCH64_CC}",)
+        tests = ("--disable-containers", *compiler) if self.keeps_tree else ()
+        return (*CONFIGURE_FLAGS, *kvm, *tests)
 
 
 NATIVE = BuildTarget("native", host_arch(), None, (
@@ -98,10 +105,13 @@ NATIVE = BuildTarget("native", host_arch(), None, (
     Prerequisite("slirp headers", "libslirp-dev", _pkg_config("slirp")),
     Prerequisite("zlib headers", "zlib1g-dev", _pkg_config("zlib")),
     Prerequisite("libfdt headers", "libfdt-dev", _file("/usr/include/libfdt.h")),
-))
-ARM64_CROSS = BuildTarget("arm64", "aarch64", "aarch64-linux-gnu-", (
+    *(() if host_arch() == "aarch64" else (
+        Prerequisite("an aarch64 compiler for QEMU's TCG tests", "gcc-aarch64-linux-gnu",
+                     _command(f"{AARCH64_CC}gcc")),)),
+), keeps_tree=True)
+ARM64_CROSS = BuildTarget("arm64", "aarch64", AARCH64_CC, (
     *COMMON_PREREQUISITES,
-    Prerequisite("an aarch64 cross compiler", "gcc-aarch64-linux-gnu", _command("aarch64-linux-gnu-gcc")),
+    Prerequisite("an aarch64 cross compiler", "gcc-aarch64-linux-gnu", _command(f"{AARCH64_CC}gcc")),
     Prerequisite("the aarch64 C library", "libc6-dev-arm64-cross", _file("/usr/aarch64-linux-gnu/lib/libc.so.6")),
     Prerequisite("chrpath", "chrpath", _command("chrpath")),
 ))
@@ -134,6 +144,11 @@ class Series:
         return cls(tuple(patches), digest.hexdigest())
 
 
-def build_key(version: str, series: Series, target: BuildTarget) -> str:
+def build_key(version: str, series: Series, target: BuildTarget, extra: tuple[Path, ...] = ()) -> str:
+    """Source version, a digest over the series and the `extra` patches a source needs (backports, the
+    variants that replace series patches), target, and the build format."""
     upstream = re.sub(r"[^A-Za-z0-9.+-]", "_", version.split(":")[-1])
-    return f"{upstream}-{series.sha256[:12]}-{target.name}-f{BUILD_FORMAT}"
+    digest = hashlib.sha256(series.sha256.encode())
+    for patch in extra:
+        digest.update(patch.name.encode() + b"\0" + patch.read_bytes())
+    return f"{upstream}-{digest.hexdigest()[:12]}-{target.name}-f{BUILD_FORMAT}"

@@ -26,12 +26,11 @@ from lab.deadline import Deadline
 from lab.fleet.host_vm import RunningHost, build_host_image, start_host
 from lab.hosts.known import known_host
 from lab.image.guest_image import GuestImage
-from lab.qemu.recipe import SOURCE_VERSION
+from tests.support.kernels import kernel_pin, newest_served
 from tests.support.kvm_host import host_client, no_qemu_besides, read_line, run_on_host
 
 pytestmark = pytest.mark.guest
 
-HOST_612 = "linux-image-cloud-arm64=6.12.117-1"
 HOST_START_SECONDS = 900.0
 """`lab host start` to `ready:`, building the 6.12 host image first if it is not cached (a few minutes)."""
 
@@ -98,7 +97,8 @@ def test_debian_qemu_the_patched_qemu_and_qemu_img_answer(host, client):
     tools = _upstream(versions["qemu-utils"])
     assert f"QEMU emulator version {debian}" in run_on_host(client, "qemu-system-aarch64 --version")
     (patched,) = host.image.manifest["qemu_builds"]
-    assert f"QEMU emulator version {_upstream(SOURCE_VERSION)}" in run_on_host(
+    built_from = patched["source"].split()[-1]
+    assert f"QEMU emulator version {_upstream(built_from)}" in run_on_host(
         client, shlex.join([*patched["command"], "--version"]))
     assert run_on_host(client, "qemu-img --version").startswith(f"qemu-img version {tools}")
     assert run_on_host(client, "qemu-io --version").startswith(f"qemu-io version {tools}")
@@ -142,16 +142,17 @@ def test_a_direct_tcpip_channel_carries_bytes_to_a_port_on_the_host(client):
 
 def test_lab_host_start_boots_a_pinned_612_host_and_stops_it_on_sigterm():
     """The host kernel as a dimension, from the command line, and a clean stop: no QEMU, no hosts-file entry."""
-    command = [sys.executable, "-m", "lab.cli", "host", "start", "--kernel-deb", HOST_612]
+    command = [sys.executable, "-m", "lab.cli", "host", "start", "--kernel-deb", kernel_pin("6.12")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     try:
         ready = read_line(process, r"^ready: (ssh://root@127\.0\.0\.1:\d+) \(kernel (\S+), kvm: (\S+)\)",
                            HOST_START_SECONDS, "`ready:` line from lab host start")
         url, release, kvm = ready.groups()
-        assert release.startswith("6.12.117") and kvm == "yes"
+        upstream = newest_served("6.12").split("-")[0]
+        assert release.startswith(upstream) and kvm == "yes"
         listed = subprocess.run([sys.executable, "-m", "lab.cli", "host", "list"], capture_output=True, text=True,
                                 timeout=60)
-        assert url in listed.stdout and "kernel 6.12.117" in listed.stdout
+        assert url in listed.stdout and f"kernel {upstream}" in listed.stdout
         known = known_host(url)
         assert known is not None and known.pid == process.pid and known.qemu_pid is not None
         process.send_signal(signal.SIGTERM)
