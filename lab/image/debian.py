@@ -139,6 +139,7 @@ class PrivateApt:
         # cache, about ten seconds, on the next call: write only what changed.
         if not sources.exists() or sources.read_text() != wanted:
             sources.write_text(wanted)
+            self._lists_stamp.unlink(missing_ok=True)  # lists fetched for other sources say nothing of these
         status = self.root / "state/status"
         if not status.exists():
             status.touch()

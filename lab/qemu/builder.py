@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lab.digest import sha256_file
-from lab.errors import SetupError
+from lab.errors import LabError, SetupError
 from lab.image.closure import program_closure
 from lab.image.debian import PrivateApt, binary_sources, extract
 from lab.lines import last_file_lines
@@ -204,7 +204,7 @@ class QemuBuilder:
             if self.sources.cached_dsc(self.source) is None:
                 try:
                     self.sources.choose(self.source.version, self.known)
-                except SetupError as error:
+                except LabError as error:
                     log.write_text(f"{error}\n")
                     raise BuildStepFailed("fetch", log, str(error)) from error
         with self._step("verify", "sha256 of every file the .dsc lists") as log:

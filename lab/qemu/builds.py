@@ -144,7 +144,8 @@ def _identity(host: Host, binary: Path) -> str:
 
 
 def describe_build(chosen: str | None, arch: str, host: Host = LOCAL) -> QemuBuild:
-    """The build `chosen` names on `host` (see the module docstring), asked once per binary and remembered."""
+    """The build `chosen` names on `host` (see the module docstring), asked once per binary and remembered.
+    SYSTEM_OFF2 is Arm's: a QEMU for another guest arch is not asked (x86 reports ACPI S4 in any build)."""
     name, binary, loader = resolve_binary(chosen, arch, host)
     launcher = QemuBuild(name, binary, "unknown", False, loader).launcher
     key = _identity(host, binary)
@@ -154,7 +155,8 @@ def describe_build(chosen: str | None, arch: str, host: Host = LOCAL) -> QemuBui
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        known[key] = {"version": _version(host, launcher), "reports_off2": reports_off2(binary, loader, host)}
+        asked = reports_off2(binary, loader, host) if arch == "aarch64" else False
+        known[key] = {"version": _version(host, launcher), "reports_off2": asked}
         known_path.parent.mkdir(parents=True, exist_ok=True)
         staging = known_path.with_name(f".{known_path.name}.{os.getpid()}")
         staging.write_text(json.dumps(known, indent=2) + "\n")
