@@ -101,16 +101,22 @@ class QmpChannel:
                 await self._client.disconnect()
         await self._client.connect(str(self.socket_path))
 
-    async def _record_events(self) -> None:
+    def _record(self, event: Any) -> None:
+        record = dict(event)
+        record["lab_seconds"] = round(time.monotonic() - self.started, 6)
+        with self._lock:
+            self.events.append(record)
         with self.events_log.open("a") as log:
-            while True:
-                event = await self._listener.get()
-                record = dict(event)
-                record["lab_seconds"] = round(time.monotonic() - self.started, 6)
-                with self._lock:
-                    self.events.append(record)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+            log.write(json.dumps(record) + "\n")
+
+    async def _record_events(self) -> None:
+        while True:
+            self._record(await self._listener.get())
+
+    async def _drain(self) -> None:
+        """What QEMU sent before it went away and the pump has not recorded yet (a SHUTDOWN right before exit)."""
+        while not self._listener.empty():
+            self._record(await self._listener.get())
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10) -> Any:
         try:
@@ -133,16 +139,20 @@ class QmpChannel:
         return wait_until(lambda: next(iter(self.seen(name, match)), None), timeout, described, last_seen)
 
     def close(self) -> None:
-        """Stop reading; safe to call twice and after QEMU has gone (disconnect re-raises its EOF)."""
+        """Stop reading; safe to call twice and after QEMU has gone (disconnect re-raises its EOF). Every event
+        QEMU sent is recorded: the connection is closed first, then what the pump had not taken is drained
+        (cancelling the pump first lost a SHUTDOWN that QEMU sent right before it exited)."""
         self.connected = False
         if not self._thread.is_alive():
             self._loop.close()
             return
         _log.debug("QMP disconnecting from %s", self.socket_path)
-        if self._pump is not None:
-            self._pump.cancel()
         with contextlib.suppress(QMPError, EOFError, TimeoutError, OSError, asyncio.CancelledError):
             self._call(self._client.disconnect(), 2)
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                self._call(self._drain(), 2)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
