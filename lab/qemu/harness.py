@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import SetupError, UsageError
-from lab.qemu.builds import builds_root
-from lab.vocabulary import host_arch
+from lab.qemu.builds import patched_binaries
 
 TCG_RUNS = ("run-psci", "run-psci-type0", "run-psci-smc32", "run-psci-smc64-hi")
 FUNCTIONAL_TESTS = ("func-aarch64-psci_off2", "func-aarch64-aarch64_psci_off2")
@@ -38,10 +37,6 @@ class BuildTree:
     """A finished native build whose source and build trees are still where configure saw them."""
 
     directory: Path
-
-    @property
-    def source(self) -> Path:
-        return self.directory / "src"
 
     @property
     def build(self) -> Path:
@@ -69,17 +64,12 @@ class HarnessResult:
 
 def newest_tree() -> BuildTree:
     """The newest finished native build that kept its trees; a one-line refusal when there is none."""
-    root = builds_root()
-    found = []
-    for directory in root.iterdir() if root.is_dir() else ():
-        record = directory / "build.json"
-        if record.is_file() and (directory / "build" / "build.ninja").is_file() and (directory / "src").is_dir() \
-                and json.loads(record.read_text()).get("host") == host_arch():
-            found.append(directory)
-    if not found:
-        raise UsageError("lab qemu test needs a native build of the series with its source and build trees: "
-                         "run `lab qemu build` first")
-    return BuildTree(max(found, key=lambda d: (d / "build.json").stat().st_mtime))
+    for binary in patched_binaries():
+        directory = binary.parent.parent
+        if (directory / "build" / "build.ninja").is_file() and (directory / "src").is_dir():
+            return BuildTree(directory)
+    raise UsageError("lab qemu test needs a native build of the series with its source and build trees: "
+                     "run `lab qemu build` first")
 
 
 def _run(command: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> int:
