@@ -151,7 +151,9 @@ def run_once(scenario: str, runs: Path, host: str | None = None) -> Outcome:
                               env=ENV, stdin=subprocess.DEVNULL)
         exit_status, output = done.returncode, done.stdout + done.stderr
     except subprocess.TimeoutExpired as expired:  # subprocess.run has killed the lab (QEMU dies with it)
-        exit_status, output = None, f"no exit within {timeout:.0f}s: {expired.stdout or ''}"
+        seen = expired.stdout or b""  # bytes even under text=True: TimeoutExpired keeps what was read raw
+        text = seen.decode(errors="replace") if isinstance(seen, bytes) else seen
+        exit_status, output = None, f"no exit within {timeout:.0f}s: {text}"
     outcome = Outcome(scenario, exit_status, time.monotonic() - started)
     new = sorted(set(runs.iterdir()) - before) if runs.is_dir() else []
     outcome.run_dir = new[-1] if new else None
@@ -174,6 +176,11 @@ def run_once(scenario: str, runs: Path, host: str | None = None) -> Outcome:
     return outcome
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends the soak like Ctrl-C: the run under way is stopped and the finished ones are reported."""
+    raise KeyboardInterrupt
+
+
 def spread(values: list[float]) -> str:
     return f"{min(values):7.2f} {statistics.median(values):7.2f} {max(values):7.2f}"
 
@@ -186,6 +193,8 @@ def report(outcomes: list[Outcome], seconds: float, runs: Path) -> None:
         print(f"  {outcome.scenario}: exit {outcome.exit}, {outcome.status}: {outcome.reason}\n    {outcome.run_dir}")
     for scenario in SCENARIOS:
         mine = [o for o in outcomes if o.scenario == scenario]
+        if not mine:
+            continue
         print(f"\n{scenario} ({len(mine)} runs, {sum(o.status == 'PASS' for o in mine)} passed)")
         print(f"  {'phase':<20} {'n':>3} {'min':>7} {'median':>7} {'max':>7}  (seconds)")
         names = list(dict.fromkeys(name for o in mine for name in o.phases))
@@ -211,15 +220,20 @@ def main() -> int:
     print(f"soak: {args.runs} rounds {mode or 'idle'}", file=sys.stderr, flush=True)
     outcomes: list[Outcome] = []
     began = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        host = stack.enter_context(KvmHost()).url if args.host else None
-        load = stack.enter_context(Load(work)) if args.load else None
-        for round_number in range(1, args.runs + 1):
-            for scenario in SCENARIOS:
-                outcome = run_once(scenario, runs, host)
-                outcomes.append(outcome)
-                print(f"[{time.strftime('%H:%M:%S')}] {round_number}/{args.runs} {scenario}: {outcome.status} "
-                      f"in {outcome.wall:.1f}s (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+    load: Load | None = None
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with contextlib.ExitStack() as stack:
+            host = stack.enter_context(KvmHost()).url if args.host else None
+            load = stack.enter_context(Load(work)) if args.load else None
+            for round_number in range(1, args.runs + 1):
+                for scenario in SCENARIOS:
+                    outcome = run_once(scenario, runs, host)
+                    outcomes.append(outcome)
+                    print(f"[{time.strftime('%H:%M:%S')}] {round_number}/{args.runs} {scenario}: {outcome.status} "
+                          f"in {outcome.wall:.1f}s (load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print(f"\nsoak: stopped after {len(outcomes)} finished runs; the figures below are theirs", flush=True)
     report(outcomes, time.monotonic() - began, runs)
     if load is not None:
         print(f"\n{load.summary()}")
