@@ -140,8 +140,13 @@ class KvmHost:
             _stop(self._process, signal.SIGTERM)
 
 
+def _run_dirs(runs: Path) -> set[Path]:
+    """The run directories only: the lab also indexes its runs into results.sqlite beside them."""
+    return {path for path in runs.iterdir() if path.is_dir()} if runs.is_dir() else set()
+
+
 def run_once(scenario: str, runs: Path, host: str | None = None) -> Outcome:
-    before = set(runs.iterdir()) if runs.is_dir() else set()
+    before = _run_dirs(runs)
     started = time.monotonic()
     where = ["--host", host, "--accel", "kvm"] if host else []
     timeout = HOST_TIMEOUT if host else TIMEOUT
@@ -155,7 +160,7 @@ def run_once(scenario: str, runs: Path, host: str | None = None) -> Outcome:
         text = seen.decode(errors="replace") if isinstance(seen, bytes) else seen
         exit_status, output = None, f"no exit within {timeout:.0f}s: {text}"
     outcome = Outcome(scenario, exit_status, time.monotonic() - started)
-    new = sorted(set(runs.iterdir()) - before) if runs.is_dir() else []
+    new = sorted(_run_dirs(runs) - before)
     outcome.run_dir = new[-1] if new else None
     lines = output.strip().splitlines()
     outcome.reason = lines[-1] if lines else ""
