@@ -4,10 +4,11 @@ exit 2; a failed run exits 1."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeAlias
 
 from lab import commands, logs
@@ -201,26 +202,47 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[bool]:
+    """Makes SIGINT and SIGTERM stop the lab cleanly, and yields whether the lab owns them.
+
+    A program that handles SIGTERM itself and calls main() (pytest, with the tests' conftest) keeps its
+    handlers and its interrupt: main() must not swallow the signal that should stop the whole program.
+    Either way the handlers are as they were when main() returns."""
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    owned = previous[signal.SIGTERM] in (signal.SIG_DFL, signal.SIG_IGN, None)
+    if owned:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield owned
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:
+                signal.signal(number, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `lab` command. SIGINT and SIGTERM always stop it cleanly, even when it was started with SIGINT
     ignored (a script's background job): srun and the matrix engines stop their labs with SIGINT."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
-    args = parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    logs.configure(args.verbose)
-    try:
-        handler: Callable[[argparse.Namespace], int] = args.handler
-        return handler(args)
-    except LabError as error:
-        print(f"lab: error: {printable(str(error))}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("lab: interrupted; QEMU stopped and logs kept", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    with _stop_signals() as owned:
+        args = parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        logs.configure(args.verbose)
+        try:
+            handler: Callable[[argparse.Namespace], int] = args.handler
+            return handler(args)
+        except LabError as error:
+            print(f"lab: error: {printable(str(error))}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt:
+            print("lab: interrupted; QEMU stopped and logs kept", file=sys.stderr)
+            if not owned:
+                raise
+            return 130
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
 
 
 if __name__ == "__main__":

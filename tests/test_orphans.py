@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.image.guest_image import GuestImage
 from tests.support.orphans import kill, leaked_qemus
 
 pytestmark = pytest.mark.qemu
@@ -103,3 +105,58 @@ def test_sigterm_to_pytest_tears_down_what_tests_started(tmp_path: Path) -> None
     assert pid_file.read_text() == "torn down", output
     assert not _alive(qemu)
     assert "KeyboardInterrupt" in output and "signal SIGTERM" in output, output
+
+
+INNER_SCENARIO_TEST = '''
+from pathlib import Path
+
+import pytest
+
+from lab.cli import main
+
+
+@pytest.fixture(scope="session")
+def service():
+    try:
+        yield
+    finally:
+        Path({state!r}).write_text("torn down")
+
+
+def test_runs_a_scenario_in_process(service):
+    Path({state!r}).write_text("running")
+    main(["scenario", "hibernate-resume", "--runs-dir", {runs!r}])
+
+
+def test_after_it():
+    Path({next_test!r}).write_text("ran")
+'''
+
+
+@pytest.mark.guest
+def test_sigterm_during_an_in_process_lab_stops_pytest(tmp_path: Path, default_image: GuestImage) -> None:
+    """`lab.cli.main` called by a test must leave pytest's SIGTERM handling alone: the lab stops its run and
+    writes its result, and then pytest stops too, tearing down its session fixtures, instead of the lab
+    taking the signal as its own Ctrl-C and pytest going on to the next test."""
+    state, runs, next_test = tmp_path / "state", tmp_path / "runs", tmp_path / "next-test"
+    (tmp_path / "test_inner.py").write_text(
+        INNER_SCENARIO_TEST.format(state=str(state), runs=str(runs), next_test=str(next_test)))
+    inner = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                              str(tmp_path / "test_inner.py")], cwd=Path(__file__).parent.parent,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(runs.glob("*/console-boot1.log")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(runs.glob("*/console-boot1.log")), "the lab did not start its first boot"
+        inner.send_signal(signal.SIGTERM)
+        output, _ = inner.communicate(timeout=120)
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.wait(30)
+    assert state.read_text() == "torn down", output
+    assert not next_test.exists(), f"pytest went on after the SIGTERM: {output}"
+    assert "KeyboardInterrupt" in output, output
+    (result,) = runs.glob("*/result.json")
+    assert json.loads(result.read_text())["verdict"]["reason"] == "interrupted"
