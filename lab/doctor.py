@@ -1,11 +1,11 @@
 """`lab doctor`: one screen saying whether this host can run the lab, and what to install if not.
 
-Accelerators are *tried*, not guessed from /dev/kvm: each probe starts a paused, device-less
-QEMU with only that accelerator and asks it over QMP. QEMU serves QMP commands only from its main
-loop, which runs after the accelerator is initialised (with a single `-accel` it exits when that
-fails), and `query-kvm` says whether KVM is the one in use; a process that merely stays up proves
-nothing. KVM must then boot the default image's kernel, when it is built, as it must for a run.
-Every probe is stopped and reaped.
+Accelerators are *tried*, not guessed from /dev/kvm: each probe starts the lab's own machine
+model, paused, through the lab's one launch path (Machine) with only that accelerator, and asks it
+over QMP. QEMU serves QMP commands only from its main loop, which runs after the accelerator is
+initialised (with a single `-accel` it exits when that fails), and `query-kvm` says whether KVM is
+the one in use; a process that merely stays up proves nothing. KVM must then boot the default
+image's kernel, when it is built, as it must for a run. Every probe is stopped and reaped.
 
 Every QEMU build the lab knows (Debian's, the lab's own patched ones) is listed with what it
 reports about SYSTEM_OFF2, asked of the build itself over QMP, and the OFF2 contract that arm64
@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -31,22 +30,13 @@ from typing import Literal
 
 from packaging.requirements import Requirement
 
-from lab.errors import LabError, SetupError
-from lab.hosts.base import HostProcess
+from lab.errors import LabError
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import DEFAULT_IMAGE
 from lab.image.store import ImageStore, picked_by_runs
 from lab.judge.off2_contract import contract_for
-from lab.machine.accel import (
-    NO_MACHINE,
-    OUTPUT,
-    PROBE_ARGS,
-    PROBE_REAP_SECONDS,
-    early_exit,
-    kvm_status,
-    launched,
-    probe_accel,
-)
+from lab.machine.accel import kvm_status, probe_accel, probe_machine, probe_spec
+from lab.machine.process import Machine
 from lab.qemu.builds import known_builds
 from lab.vocabulary import GUEST_ARCHES as ALL_GUEST_ARCHES
 from lab.vocabulary import guest_arch, host_arch
@@ -181,7 +171,7 @@ def _accel_finding(guest: str) -> Finding:
     if path is None:
         detail = f"{guest} guests: not probed, {binary} not found (the lab would pick {lab_pick}: {kvm_reason})"
         return Finding("accel", "missing" if guest == "aarch64" else "warn", detail, _install_fix(binary))
-    tcg = probe_accel(path, "tcg", NO_MACHINE)
+    tcg = probe_accel(Path(path), "tcg", guest)
     tcg_text = "TCG works" if tcg.works else f"TCG fails ({tcg.error})"
     kvm_text = "KVM works" if kvm_allowed else f"KVM unusable ({kvm_reason})"
     detail = f"{guest} guests: {tcg_text}; {kvm_text}; the lab picks {lab_pick.upper()}"
@@ -210,18 +200,14 @@ def _off2_findings() -> list[Finding]:
     return findings
 
 
-def _gdb_answers(sock_path: Path, process: HostProcess) -> str | None:
+def _gdb_answers(machine: Machine) -> str | None:
     """None when the gdbstub answers a stop-reason query with a whole packet; otherwise what went wrong."""
     deadline = time.monotonic() + GDB_PROBE_SECONDS
-    while not sock_path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            return early_exit(process, sock_path.with_name(OUTPUT), PROBE_REAP_SECONDS) or "no gdbstub socket appeared"
-        time.sleep(0.05)
     reply = b""
     with socket.socket(socket.AF_UNIX) as client:
         try:
             client.settimeout(GDB_PROBE_SECONDS)
-            client.connect(str(sock_path))
+            client.connect(str(machine.gdb_socket))
             client.sendall(b"$?#3f")
             while _GDB_PACKET.search(reply) is None and time.monotonic() < deadline:
                 client.settimeout(max(deadline - time.monotonic(), 0.01))
@@ -240,18 +226,10 @@ def _gdbstub_finding() -> Finding:
     if path is None:
         return Finding("gdbstub", "missing", f"{binary} not found: the PSCI layer needs its -gdb",
                        _install_fix(binary))
-    with tempfile.TemporaryDirectory(prefix="lab-doctor-") as scratch:
-        sock_path = Path(scratch) / "gdb.sock"
-        command = [path, "-machine", "virt", "-cpu", "max", "-accel", "tcg", *PROBE_ARGS,
-                   "-gdb", f"unix:{sock_path},server=on,wait=off"]
-        try:
-            with launched(command, Path(scratch) / OUTPUT) as process:
-                problem = _gdb_answers(sock_path, process)
-        except SetupError as failure:
-            problem = str(failure)
-    if problem is None:
+    outcome = probe_machine(probe_spec(Path(path), "tcg", "aarch64", gdbstub=True), _gdb_answers)
+    if outcome.works:
         return Finding("gdbstub", "ok", f"{binary} -gdb answers on a unix socket (the TCG PSCI layer's channel)")
-    return Finding("gdbstub", "missing", f"{binary} -gdb: {problem}", _install_fix(binary))
+    return Finding("gdbstub", "missing", f"{binary} -gdb: {outcome.error}", _install_fix(binary))
 
 
 def _image_findings() -> list[Finding]:

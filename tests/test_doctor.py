@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from lab import doctor
 from lab.doctor import AREAS, Finding, diagnose, render
 from lab.machine import accel
 from lab.machine.accel import kvm_status
+from lab.machine.process import SIGNAL_WAIT_SECONDS
 from tests.support.timing import LOADED_HOST_SLACK
 
 pytestmark = pytest.mark.qemu
@@ -151,8 +153,8 @@ def test_a_process_that_only_stays_up_is_not_a_working_accelerator(tmp_path: Pat
     fake.write_text(SLEEPER)
     fake.chmod(0o755)
     started = time.monotonic()
-    outcome = accel.probe_accel(str(fake), "tcg", accel.NO_MACHINE)
-    assert time.monotonic() - started < 1.0 + accel.PROBE_REAP_SECONDS + LOADED_HOST_SLACK, "the sleeper lives 30 s"
+    outcome = accel.probe_accel(fake, "tcg", "aarch64")
+    assert time.monotonic() - started < 1.0 + SIGNAL_WAIT_SECONDS + LOADED_HOST_SLACK, "the sleeper lives 30 s"
     assert not outcome.works
     assert "no QMP answer" in outcome.error
     pid = int((tmp_path / "pid").read_text())
@@ -161,9 +163,10 @@ def test_a_process_that_only_stays_up_is_not_a_working_accelerator(tmp_path: Pat
 
 
 def test_real_qemu_confirms_tcg_over_qmp_and_refuses_a_foreign_kvm() -> None:
-    assert accel.probe_accel("qemu-system-aarch64", "tcg", accel.NO_MACHINE) == accel.ProbeOutcome(True)
+    qemu = Path(shutil.which("qemu-system-aarch64") or "qemu-system-aarch64")
+    assert accel.probe_accel(qemu, "tcg", "aarch64") == accel.ProbeOutcome(True)
     if platform.machine() != "aarch64":
-        refused = accel.probe_accel("qemu-system-aarch64", "kvm", accel.NO_MACHINE)
+        refused = accel.probe_accel(qemu, "kvm", "aarch64")
         assert not refused.works
         assert "kvm" in refused.error
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab.errors import SetupError, WaitTimeout
-from lab.hosts.base import COMMAND_SECONDS, Completed, HostProcess
+from lab.hosts.base import COMMAND_SECONDS, Completed, Host, HostProcess
 
 
 class LocalEndpoints:
@@ -89,3 +89,12 @@ class LocalHost:
 
 
 LOCAL = LocalHost()
+
+
+def program_on(host: Host, program: str) -> Path | None:
+    """Where `program` is on `host`'s PATH (this machine's, or the lab host's login shell's), or None."""
+    if host is LOCAL:
+        found = shutil.which(program)
+        return Path(found) if found else None
+    done = host.run(["sh", "-c", f"command -v {shlex.quote(program)}"])
+    return Path(done.text().strip()) if done.returncode == 0 and done.text().strip() else None

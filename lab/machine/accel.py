@@ -1,43 +1,35 @@
-"""Which accelerator can run a guest here: KVM only when it really works, TCG otherwise."""
+"""Which accelerator can run a guest here: KVM only when it really works, TCG otherwise.
+
+The probes start QEMU through Machine, the lab's one launch path, on the lab's own machine models.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import functools
 import os
-import shutil
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import ChannelError, SetupError, UsageError, WaitTimeout
-from lab.hosts.base import COMMAND_SECONDS, Host, HostProcess
-from lab.hosts.local import LOCAL
+from lab.errors import ChannelError, MachineError, SetupError, UsageError, WaitTimeout
+from lab.hosts.base import Host
+from lab.hosts.local import LOCAL, program_on
 from lab.lines import last_lines
-from lab.machine.channels.qmp import QmpChannel
-from lab.machine.process import die_with_parent
+from lab.machine.process import Machine
+from lab.machine.spec import MachineSpec
+from lab.rundir import BootFiles
 from lab.vocabulary import KERNEL_BANNER, host_arch
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 PROBE_QMP_SECONDS = 5.0
-PROBE_REAP_SECONDS = 5.0
-BARE_ARGS = ("-display", "none", "-nodefaults", "-no-user-config", "-monitor", "none")
-PROBE_ARGS = (*BARE_ARGS, "-serial", "none", "-S")
-NO_MACHINE = ("-machine", "none")
-LAB_MACHINE = {"aarch64": "virt", "x86_64": "q35"}
+PROBE_MEMORY_MIB = 256
 PROBE_BOOT_SECONDS = 20.0
-PROBE_POLL_SECONDS = 0.2
 EARLY_CONSOLE = {"aarch64": "earlycon", "x86_64": "earlyprintk=ttyS0"}
 """Kernel arguments that print the banner on the first serial port before any driver is up."""
-QMP_SOCKET = "qmp.sock"
-CONSOLE_LOG = "console.log"
-OUTPUT = "qemu.out"
-"""A probe's QEMU output (stdout and stderr), beside its QMP socket in the probe's scratch directory."""
 STOPPED_STATES = frozenset({"internal-error", "guest-panicked", "io-error", "shutdown"})
 
 
@@ -69,7 +61,7 @@ def kvm_status(guest_arch: str, kernel: Path | None = None) -> tuple[bool, str]:
         os.close(fd)
     if version != KVM_API_VERSION:
         return False, f"/dev/kvm reports API version {version}, expected {KVM_API_VERSION}"
-    binary = shutil.which(f"qemu-system-{guest_arch}")
+    binary = program_on(LOCAL, f"qemu-system-{guest_arch}")
     if binary is None:
         return False, f"qemu-system-{guest_arch} not found"
     return _probe_kvm(binary, guest_arch, kernel)
@@ -87,51 +79,37 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-@contextmanager
-def launched(command: list[str], output: Path) -> Iterator[HostProcess]:
-    """A probe's QEMU, started as every QEMU of the lab is (Host.start, dying with the lab) with its output
-    in `output`, and stopped and reaped however the caller leaves."""
-    process = LOCAL.start(command, output, setup=die_with_parent)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
+def probe_spec(binary: Path, accel: str, guest_arch: str, kernel: Path | None = None,
+               gdbstub: bool = False) -> MachineSpec:
+    """The lab's machine model for `guest_arch` on `accel`, small, with `kernel` (booted with only its early
+    console) or nothing to boot."""
+    append = f"{EARLY_CONSOLE[guest_arch]} panic=-1" if kernel is not None else ""
+    return MachineSpec(arch=guest_arch, kernel=kernel, initrd=None, append=append, accel=accel,
+                       memory_mib=PROBE_MEMORY_MIB, cpus=1, qemu=binary, gdbstub=gdbstub)
+
+
+def probe_machine(spec: MachineSpec, judge: Callable[[Machine], str | None], host: Host = LOCAL) -> ProbeOutcome:
+    """Launch `spec` paused on `host` and let `judge` say what went wrong, or None. QEMU is always stopped
+    and reaped; when it dies at start, the outcome carries the last lines it printed."""
+    with tempfile.TemporaryDirectory(prefix="lab-probe-") as scratch:
+        files = BootFiles(Path(scratch), "probe")
         try:
-            process.wait(PROBE_REAP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(PROBE_REAP_SECONDS)
+            with Machine(spec, files, time.monotonic(), host, trouble_quiet=None) as machine:
+                machine.launch(PROBE_QMP_SECONDS * host.patience)
+                problem = judge(machine)
+        except WaitTimeout:
+            problem = f"no QMP answer within {PROBE_QMP_SECONDS:g}s although the process kept running"
+        except MachineError as error:
+            problem = " ".join(last_lines(files.read_stderr())) or str(error)
+        except (ChannelError, SetupError) as error:
+            problem = str(error)
+    return ProbeOutcome(problem is None, problem or "")
 
 
-def _said(output: Path) -> str:
-    return output.read_text(errors="replace") if output.exists() else ""
-
-
-def early_exit(process: HostProcess, output: Path, seconds: float) -> str | None:
-    """None when QEMU is still up after `seconds`; otherwise why it exited."""
-    try:
-        process.wait(seconds)
-    except subprocess.TimeoutExpired:
-        return None
-    return " ".join(last_lines(_said(output))) or f"exited with status {process.returncode}"
-
-
-def _accel_in_use(socket_path: Path, process: HostProcess, accel: str) -> str | None:
+def _accel_in_use(machine: Machine, accel: str) -> str | None:
     """None when QEMU answers query-status and query-kvm says `accel` is the one running; else why not."""
-    channel = QmpChannel(socket_path, socket_path.with_name("qmp-events.jsonl"), time.monotonic())
-    try:
-        channel.connect(PROBE_QMP_SECONDS, peer_gone=lambda: process.poll() is not None)
-        status = channel.execute("query-status", timeout=PROBE_QMP_SECONDS)
-        kvm = channel.execute("query-kvm", timeout=PROBE_QMP_SECONDS)
-    except WaitTimeout:
-        return f"no QMP answer within {PROBE_QMP_SECONDS:g}s although the process kept running"
-    except ChannelError as error:
-        if process.poll() is not None:
-            return early_exit(process, socket_path.with_name(OUTPUT), PROBE_REAP_SECONDS)
-        return str(error)
-    finally:
-        channel.close()
+    status = machine.qmp.execute("query-status", timeout=PROBE_QMP_SECONDS)
+    kvm = machine.qmp.execute("query-kvm", timeout=PROBE_QMP_SECONDS)
     if not isinstance(status, dict) or "status" not in status:
         return f"query-status answered {status!r}"
     kvm_enabled = bool(kvm.get("enabled"))
@@ -140,74 +118,59 @@ def _accel_in_use(socket_path: Path, process: HostProcess, accel: str) -> str | 
     return None
 
 
-def _probe(binary: str, args: Callable[[Path], list[str]],
-           judge: Callable[[Path, HostProcess], str | None]) -> ProbeOutcome:
-    """Start `binary` with `args(scratch)` and a QMP socket in a scratch directory; `judge` says what
-    went wrong, or None. The process is always stopped and reaped."""
-    with tempfile.TemporaryDirectory(prefix="lab-probe-") as scratch_dir:
-        scratch = Path(scratch_dir)
-        command = [binary, *args(scratch), "-qmp", f"unix:{scratch / QMP_SOCKET},server=on,wait=off"]
-        try:
-            with launched(command, scratch / OUTPUT) as process:
-                problem = judge(scratch, process)
-        except SetupError as failure:
-            return ProbeOutcome(False, str(failure))
-    return ProbeOutcome(problem is None, problem or "")
-
-
-def probe_accel(binary: str, accel: str, machine: tuple[str, ...]) -> ProbeOutcome:
-    """Start a paused QEMU with only `accel` (and `machine`); it works when QMP confirms that accelerator.
+def probe_accel(binary: Path, accel: str, guest_arch: str, host: Host = LOCAL) -> ProbeOutcome:
+    """Start the lab's machine model paused on `accel` alone; it works when QMP confirms that accelerator.
 
     A process that merely stays up proves nothing: only QEMU answers QMP, and it does so once its
     accelerator is set up.
     """
-    return _probe(binary, lambda _: [*machine, "-accel", accel, *PROBE_ARGS],
-                  lambda scratch, process: _accel_in_use(scratch / QMP_SOCKET, process, accel))
+    return probe_machine(probe_spec(binary, accel, guest_arch), lambda machine: _accel_in_use(machine, accel), host)
 
 
-def _kernel_banner(scratch: Path, process: HostProcess) -> str | None:
-    """None once the kernel's banner is on the early console; else why it never came."""
-    console = scratch / CONSOLE_LOG
-    channel = QmpChannel(scratch / QMP_SOCKET, scratch / "qmp-events.jsonl", time.monotonic())
-    deadline = time.monotonic() + PROBE_BOOT_SECONDS
+def _vm_stopped(machine: Machine) -> str | None:
+    """Why the probe's guest stopped running (QEMU exited, or its VM stopped in a state no kernel leaves)."""
+    if fault := machine.fault():
+        return fault
+    status = machine.qmp.execute("query-status", timeout=PROBE_QMP_SECONDS).get("status")
+    if status in STOPPED_STATES:
+        return f"the VM stopped ({status}): {first_line(machine.files.read_stderr())}"
+    return None
+
+
+def _kernel_banner(machine: Machine, seconds: float) -> str | None:
+    """None once the kernel's banner is on the console; else why it never came."""
+    machine.console.vmm_fault = lambda: _vm_stopped(machine)
+    machine.resume()
     try:
-        channel.connect(PROBE_QMP_SECONDS, peer_gone=lambda: process.poll() is not None)
-        while time.monotonic() < deadline:
-            if console.exists() and KERNEL_BANNER.search(console.read_text(errors="replace")):
-                return None
-            status = channel.execute("query-status", timeout=PROBE_QMP_SECONDS).get("status")
-            if status in STOPPED_STATES:
-                process.terminate()
-                process.wait(PROBE_REAP_SECONDS)
-                return f"the VM stopped ({status}): {first_line(_said(scratch / OUTPUT))}"
-            time.sleep(PROBE_POLL_SECONDS)
-    except (WaitTimeout, ChannelError) as error:
-        return early_exit(process, scratch / OUTPUT, PROBE_REAP_SECONDS) if process.poll() is not None else str(error)
-    finally:
-        channel.close()
-    return f"no kernel banner on the early console within {PROBE_BOOT_SECONDS:g}s"
+        machine.console.expect(KERNEL_BANNER.pattern, seconds, "the kernel's banner")
+    except WaitTimeout:
+        return f"no kernel banner on the early console within {PROBE_BOOT_SECONDS:g}s"
+    except ChannelError as error:
+        if machine.running:
+            return str(error)
+        return " ".join(last_lines(machine.files.read_stderr())) or f"QEMU exited before the banner ({error})"
+    return None
 
 
-def probe_kernel(binary: str, accel: str, guest_arch: str, kernel: Path) -> ProbeOutcome:
+def probe_kernel(binary: Path, accel: str, guest_arch: str, kernel: Path, host: Host = LOCAL) -> ProbeOutcome:
     """Boot `kernel` (no initramfs) on the lab's machine model until it prints its banner.
 
     A paused machine proves that a vCPU can be made, not that it runs a kernel: seen here, a KVM
     that starts machines but whose instruction emulation stops the x86 kernel's decompressor
     with an internal error.
     """
-    cpu = "host" if accel == "kvm" else "max"
-    return _probe(binary, lambda scratch: [
-        "-machine", LAB_MACHINE[guest_arch], "-cpu", cpu, "-accel", accel, "-m", "256", "-no-reboot", *BARE_ARGS,
-        "-serial", f"file:{scratch / CONSOLE_LOG}", "-kernel", str(kernel),
-        "-append", f"{EARLY_CONSOLE[guest_arch]} panic=-1"], _kernel_banner)
+    on_host = kernel if host is LOCAL else Path(host.file_for(kernel))
+    seconds = PROBE_BOOT_SECONDS * host.patience
+    return probe_machine(probe_spec(binary, accel, guest_arch, on_host),
+                         lambda machine: _kernel_banner(machine, seconds), host)
 
 
 @functools.cache
-def _probe_kvm(binary: str, guest_arch: str, kernel: Path | None) -> tuple[bool, str]:
+def _probe_kvm(binary: Path, guest_arch: str, kernel: Path | None) -> tuple[bool, str]:
     """Start the lab's own machine model paused under KVM: /dev/kvm can answer ioctls and still
     refuse a vCPU (seen here: x86 guests abort on MSR writes without nested virtualisation); then
     boot `kernel` on it, when given."""
-    outcome = probe_accel(binary, "kvm", ("-machine", LAB_MACHINE[guest_arch], "-cpu", "host"))
+    outcome = probe_accel(binary, "kvm", guest_arch)
     if not outcome.works:
         return False, f"a KVM machine fails to start: {outcome.error}"
     if kernel is None:
@@ -216,27 +179,6 @@ def _probe_kvm(binary: str, guest_arch: str, kernel: Path | None) -> tuple[bool,
     if not started.works:
         return False, f"a KVM machine starts but the kernel does not boot on it: {started.error}"
     return True, "/dev/kvm answers and the kernel boots on a KVM machine"
-
-
-REMOTE_KERNEL_PROBE = """set -u
-seconds=$1; shift
-out=$(mktemp) || exit 125
-timeout -s KILL "$seconds" "$@" -serial "file:$out" >/dev/null 2>"$out.err" &
-qemu=$!
-waited=0
-while [ "$waited" -lt "$((seconds * 5))" ]; do
-    grep -q "Linux version [0-9]" "$out" && break
-    kill -0 "$qemu" 2>/dev/null || break
-    sleep 0.2
-    waited=$((waited + 1))
-done
-kill -9 "$qemu" 2>/dev/null
-wait "$qemu" 2>/dev/null
-cat "$out" "$out.err"
-rm -f "$out" "$out.err"
-"""
-"""`probe_kernel` on a lab host in one command: QEMU boots the kernel under KVM until its banner or the
-time is up, and is killed either way (`timeout` bounds it should the SSH session end first)."""
 
 
 def _kvm_on(host: Host, guest_arch: str, kernel: Path | None = None) -> tuple[bool, str]:
@@ -250,15 +192,13 @@ def _kvm_on(host: Host, guest_arch: str, kernel: Path | None = None) -> tuple[bo
         return False, f"host {host.name} has no /dev/kvm"
     if kernel is None:
         return True, f"/dev/kvm on host {host.name}"
-    seconds = round(PROBE_BOOT_SECONDS * host.patience)
-    qemu = [f"qemu-system-{guest_arch}", "-machine", LAB_MACHINE[guest_arch], "-cpu", "host", "-accel", "kvm",
-            "-m", "256", "-no-reboot", *BARE_ARGS, "-kernel", host.file_for(kernel),
-            "-append", f"{EARLY_CONSOLE[guest_arch]} panic=-1"]
-    done = host.run(["sh", "-c", REMOTE_KERNEL_PROBE, "sh", str(seconds), *qemu], timeout=seconds + COMMAND_SECONDS)
-    if KERNEL_BANNER.search(done.text()):
+    binary = program_on(host, f"qemu-system-{guest_arch}")
+    if binary is None:
+        return False, f"host {host.name} has no qemu-system-{guest_arch}"
+    started = probe_kernel(binary, "kvm", guest_arch, kernel, host)
+    if started.works:
         return True, f"/dev/kvm on host {host.name} and the kernel boots on a KVM machine there"
-    return False, (f"a KVM machine on host {host.name} does not boot the kernel: "
-                   f"{done.last_error_line()[:200] if done.text().strip() else f'no banner within {seconds}s'}")
+    return False, f"a KVM machine on host {host.name} does not boot the kernel: {started.error[:200]}"
 
 
 def choose_accel(guest_arch: str, requested: str | None = None, host: Host = LOCAL,

@@ -198,10 +198,11 @@ class Machine:
 
     def _stop(self, process: HostProcess) -> None:
         """Soft first (QMP `quit` lets QEMU flush and exit by itself), then SIGTERM, then SIGKILL."""
-        if self.qmp.connected:
+        asked = self.qmp.connected
+        if asked:
             with contextlib.suppress(ChannelError):
                 self.qmp.execute("quit", timeout=SOFT_STOP_SECONDS)
-        for stop in (None, process.terminate, process.kill):
+        for stop in ((None,) if asked else ()) + (process.terminate, process.kill):
             if stop is not None:
                 _log.debug("%s: QEMU pid %s still running: %s", self.name, process.pid, stop.__name__)
                 stop()

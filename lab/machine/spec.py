@@ -86,7 +86,8 @@ class MachineSpec:
     """Everything that decides a QEMU command line; nothing else does."""
 
     arch: str
-    kernel: Path
+    kernel: Path | None
+    """None: nothing to boot, the machine only starts (what the accelerator and gdbstub probes need)."""
     initrd: Path | None
     append: str
     disks: tuple[Disk, ...] = ()
@@ -152,6 +153,8 @@ class MachineSpec:
         if self.uefi is not None:
             return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.uefi.code}",
                     "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi.variables}"]
+        if self.kernel is None:
+            return []
         return ["-kernel", str(self.kernel), "-append", self.append]
 
     def _launcher(self) -> list[str]:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.errors import SetupError, UsageError, WaitTimeout
 from lab.hosts.base import Host
-from lab.hosts.local import LOCAL
+from lab.hosts.local import LOCAL, program_on
 from lab.paths import cache_root
 from lab.qemu.off2_probe import reports_off2
 from lab.vocabulary import host_arch
@@ -82,14 +81,6 @@ def patched_binaries(arch: str = "aarch64") -> list[Path]:
     return sorted((p for p in found if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def _on_path(host: Host, program: str) -> Path | None:
-    if host is LOCAL:
-        found = shutil.which(program)
-        return Path(found) if found else None
-    done = host.run(["sh", "-c", f"command -v {program}"])
-    return Path(done.text().strip()) if done.returncode == 0 and done.text().strip() else None
-
-
 def _where(host: Host) -> str:
     return "" if host is LOCAL else f" on host {host.name}"
 
@@ -98,7 +89,7 @@ def resolve_binary(chosen: str | None, arch: str, host: Host = LOCAL) -> tuple[s
     """A build's name, binary and loader on `host`: `debian`, `patched`, a path, or None for Debian's."""
     text = chosen or DEBIAN
     if text == DEBIAN:
-        found = _on_path(host, f"qemu-system-{arch}")
+        found = program_on(host, f"qemu-system-{arch}")
         if found is None:
             raise SetupError(f"qemu-system-{arch} not found{_where(host)}: run ./bootstrap (installs QEMU >= 10)")
         return DEBIAN, found, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from lab.hosts.local import LOCAL
 from lab.image.guest_image import GuestImage
 from lab.machine import accel
+
+QEMU = Path(shutil.which("qemu-system-aarch64") or "qemu-system-aarch64")
 
 
 def _silent_kernel(tmp_path: Path) -> Path:
@@ -20,14 +23,14 @@ def _silent_kernel(tmp_path: Path) -> Path:
 
 @pytest.mark.guest
 def test_a_real_kernel_prints_its_banner_on_the_early_console(default_image: GuestImage) -> None:
-    assert accel.probe_kernel("qemu-system-aarch64", "tcg", "aarch64", default_image.kernel) == accel.ProbeOutcome(True)
+    assert accel.probe_kernel(QEMU, "tcg", "aarch64", default_image.kernel) == accel.ProbeOutcome(True)
 
 
 @pytest.mark.qemu
 def test_a_kernel_that_prints_nothing_fails_the_probe_with_the_reason(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(accel, "PROBE_BOOT_SECONDS", 2.0)
-    outcome = accel.probe_kernel("qemu-system-aarch64", "tcg", "aarch64", _silent_kernel(tmp_path))
+    outcome = accel.probe_kernel(QEMU, "tcg", "aarch64", _silent_kernel(tmp_path))
     assert outcome == accel.ProbeOutcome(False, "no kernel banner on the early console within 2s")
 
 
