@@ -152,8 +152,10 @@ KERNEL_FAULT = re.compile(
 fail-fast wait ends once such a line is followed by silence (a WARN's `Call trace` alone is no fault)."""
 KERNEL_BANNER = re.compile(r"Linux version \d")
 """The kernel's first printed line: the accelerator probe waits for it on an early console."""
-KERNEL_TIMESTAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
-"""The kernel's own `[   1.234567]` prefix: seconds since the kernel started."""
+KERNEL_TIMESTAMP = re.compile(r"\[\s*(\d+\.\d+)\]")
+"""The kernel's own `[   1.234567]` prefix: seconds since the kernel started. Search for it, do not match: a
+message the kernel prints while a userspace line has no newline yet lands in the middle of that line
+(`Begin: Running /scripts/local-premount ... [   36.58] PM: Image not found (code -22)`)."""
 
 
 def console_marks(line: str) -> list[ConsoleMark]:

@@ -41,6 +41,8 @@ class Entry:
     advice: str
     source: str
     """The catalogue file and line the entry comes from."""
+    resuming_only: bool = False
+    """Only boots expected to resume: with pm_debug_messages every fresh boot with `resume=` logs "Image not found"."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def load_catalogue(path: Path) -> list[Entry]:
         except re.error as error:
             raise file.error(where, f"not a regular expression: {error}") from None
         entries.append(Entry(item["label"], pattern, Severity[item["severity"].upper()], item["advice"],
-                             f"{path.name}:{file.line(where)}"))
+                             f"{path.name}:{file.line(where)}", resuming_only=item.get("boots") == "resuming"))
     return entries
 
 
@@ -83,11 +85,14 @@ def catalogue(extra: Path | None = None) -> list[Entry]:
     return load_catalogue(SHIPPED) + (load_catalogue(extra) if extra is not None else [])
 
 
-def match_boot(boot: str, lines: list[str], entries: list[Entry]) -> list[Finding]:
-    """Each entry that matches one of the boot's kernel lines, once, with its first line and its count."""
-    kernel_lines = [line.strip() for line in lines if KERNEL_TIMESTAMP.match(line)]
+def match_boot(boot: str, lines: list[str], entries: list[Entry], resuming: bool = True) -> list[Finding]:
+    """Each entry that matches one of the boot's kernel lines, once, with its first line and its count;
+    entries for resuming boots only are skipped when the boot was not expected to resume."""
+    kernel_lines = [line[stamp.start():].strip() for line in lines if (stamp := KERNEL_TIMESTAMP.search(line))]
     findings = []
     for entry in entries:
+        if entry.resuming_only and not resuming:
+            continue
         hits = [line for line in kernel_lines if entry.pattern.search(line)]
         if hits:
             findings.append(Finding(boot, entry.label, entry.severity, entry.advice, hits[0], len(hits),
@@ -95,7 +100,10 @@ def match_boot(boot: str, lines: list[str], entries: list[Entry]) -> list[Findin
     return findings
 
 
-def match_consoles(consoles: dict[str, list[str]], entries: list[Entry]) -> list[Finding]:
-    """Every boot's findings, most severe first (then in boot order)."""
-    findings = [finding for boot, lines in consoles.items() for finding in match_boot(boot, lines, entries)]
+def match_consoles(consoles: dict[str, list[str]], entries: list[Entry],
+                   resuming: set[str] | None = None) -> list[Finding]:
+    """Every boot's findings, most severe first (then in boot order); `resuming` names the boots expected to
+    resume (None: not known, every entry applies to every boot)."""
+    findings = [finding for boot, lines in consoles.items()
+                for finding in match_boot(boot, lines, entries, resuming is None or boot in resuming)]
     return sorted(findings, key=lambda finding: -finding.severity)

@@ -226,7 +226,7 @@ def parse_kernel_phases(lines: list[str]) -> BootPhases:
     """The phases one boot's console shows, in order; lines without a kernel timestamp are skipped."""
     reader = _Reader()
     for line in lines:
-        stamp = KERNEL_TIMESTAMP.match(line)
+        stamp = KERNEL_TIMESTAMP.search(line)
         if stamp is None:
             continue
         reader.read(float(stamp.group(1)), line[stamp.end():].strip(), line.strip())

@@ -342,7 +342,8 @@ def judge(observations: Observations, boot_consoles: dict[str, list[str]], error
     if set_up_failed:
         return RunVerdict(False, f"set-up error: {error}", set_up_failed=True)
     verdict = _judge(observations, boot_consoles, error, lab_fault)
-    verdict.findings = match_consoles(boot_consoles, catalogue() if entries is None else entries)
+    resuming = {boot.boot for boot in observations.boots if boot.expect == BootKind.RESUMED}
+    verdict.findings = match_consoles(boot_consoles, catalogue() if entries is None else entries, resuming)
     if not verdict.passed:
         verdict.reason = _what_failed_first(verdict.reason, verdict.findings, boot_consoles)
     return verdict

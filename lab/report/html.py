@@ -215,7 +215,7 @@ def _console_items(run_dir: RunDirectory, boots: dict[str, dict[str, Any]]) -> l
             continue
         kernel_seconds = 0.0
         for line in files.read_console():
-            stamp = KERNEL_TIMESTAMP.match(line)
+            stamp = KERNEL_TIMESTAMP.search(line)
             if stamp:
                 kernel_seconds = float(stamp.group(1))
             for mark in console_marks(line):

@@ -42,6 +42,21 @@ def test_clean_runs_have_no_findings_and_a_passing_verdict_keeps_its_reason(name
     assert match_consoles(consoles, catalogue()) == []
 
 
+def test_a_kernel_message_in_the_middle_of_a_userspace_line_is_found():
+    """Recorded from a system guest whose command line named a stale resume_offset: initramfs-tools printed
+    "Begin: Running /scripts/local-premount ... " and the kernel's refusal landed on the same line."""
+    consoles = {"boot2": _console("stale-resume-offset", "boot2")}
+    (finding,) = match_consoles(consoles, catalogue(), resuming={"boot2"})
+    assert finding.label == "image not found"
+    assert finding.line == "[   33.245745] PM: Image not found (code -22)"
+
+
+def test_image_not_found_is_no_finding_on_a_boot_expected_fresh():
+    """With pm_debug_messages, every fresh boot that names a resume device logs "Image not found"."""
+    consoles = {"boot2": _console("stale-resume-offset", "boot2")}
+    assert match_consoles(consoles, catalogue(), resuming=set()) == []
+
+
 def test_the_lab_s_own_echoed_commands_never_count_as_the_kernel_s():
     assert match_boot("boot1", ["~ # echo 'Kernel panic - not syncing' Oops BUG: x"], catalogue()) == []
 
