@@ -174,9 +174,10 @@ class Guest:
 
     def command_line(self) -> str:
         """The kernel command line of every boot: the image's, on the console device this accelerator gets,
-        with what the run adds (the swap area, resume=, a compressor)."""
-        append = with_console(self.image.kernel_append, self.image.qemu_arch, self.console_device)
-        return f"{append} {self.boot_append}"
+        with what the run adds (the swap area, resume=, a compressor), and the user's --append last: the
+        kernel takes the last of a repeated argument, so a `resume_offset=` given by hand is the one used."""
+        words = (self.image.manifest["kernel_append"], self.boot_append, self.image.extra_append)
+        return with_console(" ".join(filter(None, words)), self.image.qemu_arch, self.console_device)
 
     @property
     def console_device(self) -> str:

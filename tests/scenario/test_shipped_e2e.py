@@ -14,7 +14,7 @@ import pytest
 
 from lab.scenario.model import Scenario, load_scenario, shipped_scenarios
 from lab.scenario.run import RunOptions, RunResult, run_scenario
-from lab.vocabulary import CONSOLE_PATTERNS, ConsoleMark
+from lab.vocabulary import CONSOLE_PATTERNS, ConsoleMark, ImageOn
 
 pytestmark = pytest.mark.guest
 
@@ -206,6 +206,28 @@ def test_negative_control_a_stale_image_left_armed_is_resumed_and_fails(tmp_path
     assert not result.verdict.passed
     assert "boot3 came up resumed, expected fresh" in result.verdict.reason
     assert "PM: hibernation: hibernation exit" in _console(result.run_dir, "boot3")
+
+
+def test_negative_control_a_stale_resume_offset_is_image_not_found(tmp_path, system_image) -> None:
+    """The bug report's shape: the running system knows where its swap file is, the boot loader's command line
+    does not. With the stale `resume_offset=` alone, logind refuses `systemctl hibernate` (the resume device
+    is "not an active swap device"), so the run first writes the right offset into /sys/power, as a tool
+    that fixes the running system would. The image is written; the resuming kernel looks where the command
+    line says, finds no image, and the system boots afresh."""
+    right = next(a for a in system_image.swap_area(ImageOn.FILE).resume_arguments if a.startswith("resume_offset="))
+    fix_running_system = {"run": {"command": f"echo {right.split('=')[1]} > /sys/power/resume_offset"}}
+    scenario = _with_steps("scenarios/system-swapfile-resume.yaml", tmp_path,
+                           lambda steps: [steps[0], fix_running_system, *steps[1:4]])
+    result = run_scenario(scenario, RunOptions(run_dir=tmp_path / "run", append="resume_offset=1"), [])
+    assert not result.verdict.passed
+    assert "boot2 came up fresh, expected resumed" in result.verdict.reason
+    summary = json.loads((result.run_dir / "result.json").read_text())
+    [power_off] = summary["observations"]["power_offs"]
+    assert power_off["disk_header"]["image_present"] is True, "the image was written where the swap file is"
+    assert summary["environment"]["kernel_append"].split()[-1] == "resume_offset=1", "the user's --append is last"
+    not_found = [f for f in result.verdict.findings if f.label == "image not found"]
+    assert [f.boot for f in not_found] == ["boot2"], result.verdict.findings
+    assert re.search(r"Image not found \(code -22\)", not_found[0].line)
 
 
 @pytest.mark.parametrize("name", ["hibernate-resume", "hibernate-coldboot-altered-signature", "ssh-hibernate-resume"])
