@@ -19,6 +19,7 @@ from lab.errors import SetupError
 from lab.image.debian import PrivateApt, extract
 from lab.image.gpt import run_tool
 from lab.image.guest_image import GuestImage
+from lab.image.system_recipe import SystemRecipe
 from lab.paths import cache_root
 
 BOOT_LOADER_PACKAGE = "systemd-boot-efi"
@@ -37,7 +38,7 @@ def systemd_boot(image: GuestImage) -> Path:
     cached = cache_root() / "boot-loaders" / f"{source_name}-{version}"
     if cached.is_file():
         return cached
-    apt = PrivateApt(cache_root() / "apt" / image.arch, "unstable", image.arch)
+    apt = PrivateApt(cache_root() / "apt" / image.arch, SystemRecipe.named(image.name).suite, image.arch)
     apt.update()
     (candidate,) = apt.show([(BOOT_LOADER_PACKAGE, version)], image.arch)
     deb = apt.download(candidate.package)
