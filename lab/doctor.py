@@ -8,8 +8,8 @@ the one in use; a process that merely stays up proves nothing. KVM must then boo
 image's kernel, when it is built, as it must for a run. Every probe is stopped and reaped.
 
 Every QEMU build the lab knows (Debian's, the lab's own patched ones) is listed with what it
-reports about SYSTEM_OFF2, asked of the build itself over QMP, and the OFF2 contract that arm64
-runs on it get under TCG and KVM.
+reports about SYSTEM_OFF2 (a bare-metal probe powers off with it and QMP shows the event:
+lab.qemu.off2_probe), and the OFF2 contract that arm64 runs on it get under TCG and KVM.
 """
 
 from __future__ import annotations
