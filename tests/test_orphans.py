@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,24 +85,38 @@ def test_waits(service):
 '''
 
 
-def test_sigterm_to_pytest_tears_down_what_tests_started(tmp_path: Path) -> None:
-    """CI's timeout or a `kill` ends pytest with SIGTERM: fixtures still stop their QEMU (and any service)."""
-    pid_file = tmp_path / "service.pid"
-    (tmp_path / "test_inner.py").write_text(INNER_TEST.format(qemu=IDLE_QEMU, pid_file=str(pid_file)))
+def _sigterm_inner_pytest(test_file: Path, started: Callable[[], bool], seconds: float) -> str:
+    """Run pytest on `test_file` as CI runs the suite, SIGTERM it once `started()` holds, and return its output."""
     inner = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-                              str(tmp_path / "test_inner.py")], cwd=Path(__file__).parent.parent,
+                              str(test_file)], cwd=Path(__file__).parent.parent,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (pid_file.exists() and pid_file.read_text().isdigit()) and time.monotonic() < deadline:
+        deadline = time.monotonic() + seconds
+        while not started() and time.monotonic() < deadline:
             time.sleep(0.1)
-        qemu = int(pid_file.read_text())
+        assert started(), "the inner test never got going"
         inner.send_signal(signal.SIGTERM)
-        output, _ = inner.communicate(timeout=60)
+        output, _ = inner.communicate(timeout=seconds)
+        return output
     finally:
         if inner.poll() is None:
             inner.kill()
             inner.wait(30)
+
+
+def test_sigterm_to_pytest_tears_down_what_tests_started(tmp_path: Path) -> None:
+    """CI's timeout or a `kill` ends pytest with SIGTERM: fixtures still stop their QEMU (and any service)."""
+    pid_file = tmp_path / "service.pid"
+    (tmp_path / "test_inner.py").write_text(INNER_TEST.format(qemu=IDLE_QEMU, pid_file=str(pid_file)))
+    pids: list[int] = []
+
+    def qemu_started() -> bool:
+        text = pid_file.read_text() if pid_file.exists() else ""
+        pids.extend([int(text)] if text.isdigit() and not pids else [])
+        return bool(pids)
+
+    output = _sigterm_inner_pytest(tmp_path / "test_inner.py", qemu_started, 60)
+    (qemu,) = pids
     assert pid_file.read_text() == "torn down", output
     assert not _alive(qemu)
     assert "KeyboardInterrupt" in output and "signal SIGTERM" in output, output
@@ -141,20 +156,8 @@ def test_sigterm_during_an_in_process_lab_stops_pytest(tmp_path: Path, default_i
     state, runs, next_test = tmp_path / "state", tmp_path / "runs", tmp_path / "next-test"
     (tmp_path / "test_inner.py").write_text(
         INNER_SCENARIO_TEST.format(state=str(state), runs=str(runs), next_test=str(next_test)))
-    inner = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-                              str(tmp_path / "test_inner.py")], cwd=Path(__file__).parent.parent,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(runs.glob("*/console-boot1.log")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert list(runs.glob("*/console-boot1.log")), "the lab did not start its first boot"
-        inner.send_signal(signal.SIGTERM)
-        output, _ = inner.communicate(timeout=120)
-    finally:
-        if inner.poll() is None:
-            inner.kill()
-            inner.wait(30)
+    output = _sigterm_inner_pytest(tmp_path / "test_inner.py", lambda: bool(list(runs.glob("*/console-boot1.log"))),
+                                   120)
     assert state.read_text() == "torn down", output
     assert not next_test.exists(), f"pytest went on after the SIGTERM: {output}"
     assert "KeyboardInterrupt" in output, output
