@@ -220,6 +220,7 @@ def test_negative_control_a_stale_resume_offset_is_image_not_found(tmp_path, sys
                            lambda steps: [steps[0], fix_running_system, *steps[1:4]])
     result = run_scenario(scenario, RunOptions(run_dir=tmp_path / "run", append="resume_offset=1"), [])
     assert not result.verdict.passed
+    assert result.verdict.reason.startswith("boot2: image not found [high]: "), "the verdict leads with the finding"
     assert "boot2 came up fresh, expected resumed" in result.verdict.reason
     summary = json.loads((result.run_dir / "result.json").read_text())
     [power_off] = summary["observations"]["power_offs"]
