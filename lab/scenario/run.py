@@ -193,6 +193,15 @@ def _run_directory(scenario: Scenario, options: RunOptions) -> RunDirectory:
     return run_dir
 
 
+def _refuse_on_a_host(scenario: Scenario, url: str) -> None:
+    """What a lab host cannot run yet, refused before it is even reached."""
+    if scenario.uefi:
+        raise UsageError(f"`firmware: uefi` runs on this machine only, not on lab host {url}")
+    if scenario.system:
+        raise UsageError(f"`guest: system` runs on this machine only, not on lab host {url}: a lab host keeps its "
+                         "files in RAM, and a system image's disk holds more than a gigabyte")
+
+
 def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
     """Run one scenario into its run directory; a set-up error is re-raised after the artifacts are written."""
     started = time.monotonic()
@@ -206,7 +215,9 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     interrupted = False
     host: Host = LOCAL
     try:
-        host = open_host(options.host) if options.host else LOCAL
+        if options.host:
+            _refuse_on_a_host(scenario, options.host)
+            host = open_host(options.host)
         setup = set_up(scenario, options, run_dir, events, host)
         events.emit(RunStarted, scenario=scenario.name, image=setup.image.name, accel=setup.accel.name,
                     accel_reason=setup.accel.reason, psci=setup.psci.personality if setup.psci else None,
