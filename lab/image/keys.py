@@ -40,8 +40,22 @@ def dropbear_ed25519_key(key: Ed25519PrivateKey) -> bytes:
     return _ssh_string(b"ssh-ed25519") + _ssh_string(seed + public)
 
 
-def _openssh_public(key: Ed25519PrivateKey) -> str:
+def openssh_public(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def openssh_private(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+
+
+def new_client_key(out: Path) -> Ed25519PrivateKey:
+    """A client key for this image alone; its private half goes to `out`, readable by its owner only."""
+    client_key = Ed25519PrivateKey.generate()
+    descriptor = os.open(out / CLIENT_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as stream:
+        stream.write(openssh_private(client_key))
+    return client_key
 
 
 def ssh_server(
@@ -52,11 +66,7 @@ def ssh_server(
     `root` is the tree the image's packages were extracted into; `directories` are those the
     initramfs already has. Returns the initramfs entries and the manifest's `ssh` section.
     """
-    host_key, client_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    descriptor = os.open(out / CLIENT_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as stream:
-        stream.write(client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                              serialization.NoEncryption()))
+    host_key, client_key = Ed25519PrivateKey.generate(), new_client_key(out)
     programs = program_closure(root, DROPBEAR, recipe.arch)
     files: dict[str, tuple[bytes, int]] = {path: (data, 0o755) for path, data in programs.items()}
     files |= {
@@ -64,13 +74,13 @@ def ssh_server(
         "etc/group": (b"root:x:0:\n", 0o644),
         "etc/shells": (b"/bin/sh\n", 0o644),
         DROPBEAR_HOST_KEY: (dropbear_ed25519_key(host_key), 0o600),
-        "root/.ssh/authorized_keys": (f"{_openssh_public(client_key)} lab\n".encode(), 0o600),
+        "root/.ssh/authorized_keys": (f"{openssh_public(client_key)} lab\n".encode(), 0o600),
     }
     private = ["root", "root/.ssh"]
     known = {*directories, *private}
     entries = [initramfs.directory(d, 0o700) for d in private]
     entries += [initramfs.directory(d) for d in initramfs.parent_directories(sorted(files), known)]
     entries += [initramfs.regular_file(path, data, perm) for path, (data, perm) in sorted(files.items())]
-    manifest = {"server": recipe.ssh_server, "user": SSH_USER, "host_key": _openssh_public(host_key),
+    manifest = {"server": recipe.ssh_server, "user": SSH_USER, "host_key": openssh_public(host_key),
                 "client_key": CLIENT_KEY, "files": sorted(programs)}
     return entries, manifest

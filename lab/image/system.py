@@ -28,12 +28,15 @@ from lab.errors import SetupError
 from lab.image import gpt
 from lab.image.debian import MIRROR, PrivateApt
 from lab.image.guest_image import SYSTEM_KIND, GuestImage
+from lab.image.keys import CLIENT_KEY
 from lab.image.store import build_lock
 from lab.image.system_recipe import SYSTEM_FILES_DIR, SystemRecipe
+from lab.image.system_ssh import configure_ssh
 from lab.paths import cache_root
 from lab.vocabulary import InitramfsGenerator
 
-SYSTEM_FORMAT = 1
+SYSTEM_FORMAT = 2
+"""2: OpenSSH keyed for the image and pinned in its manifest, with systemd-networkd up (lab.image.system_ssh)."""
 MMDEBSTRAP_TIMEOUT = 3600
 SWAP_FILE = "swapfile"
 UNITS = ("lab-shell.service", "lab-swap.service", "lab-ready.service")
@@ -177,6 +180,7 @@ class SystemImageBuilder:
         shutil.copyfile(initrd, out / "initrd.img")
         log(f"configuring {recipe.name} (units, swap file) and writing its disk")
         _configure(root, recipe, root_part)
+        ssh = configure_ssh(root, out)
         gpt.make_swap_area(root / SWAP_FILE, recipe.disk.swap_file_mib, gpt.stable_uuid(recipe.name, "swap-file"),
                            "lab-swapfile", filled=True)
         filesystems = out / "filesystems"
@@ -213,12 +217,12 @@ class SystemImageBuilder:
                 if recipe.initramfs_generator is InitramfsGenerator.INITRAMFS_TOOLS else None,
                 "esp": esp.label,
             },
-            "ssh": None,
+            "ssh": ssh,
             "pinned": versions,
             "inputs": [*debs, *({"file": f"images/system/{name}", "sha256": digest}
                                 for name, digest in _files_digest().items())],
             "packages": installed,
-            "outputs": {name: sha256_file(out / name) for name in ("vmlinuz", "initrd.img", "disk.raw")},
+            "outputs": {name: sha256_file(out / name) for name in ("vmlinuz", "initrd.img", "disk.raw", CLIENT_KEY)},
         }
 
     def _bootstrap(self, recipe: SystemRecipe, versions: dict[str, str], swap: gpt.Partition, root: Path,

@@ -106,6 +106,7 @@ def _system_resumed_through_systemd_and_its_initramfs(run_dir: Path) -> None:
     [power_off] = summary["observations"]["power_offs"]
     assert power_off["disk_header"]["image_present"] is True
     assert power_off["disk_header"]["swap"]["label"] == "lab-swap"
+    _both_commands_went_over_ssh_through_new_forwards(run_dir)
 
 
 def _system_resumed_from_its_swap_file(run_dir: Path) -> None:
