@@ -2,6 +2,8 @@
 failures (with their reason and run directory) and the spread of every phase and of the wall time.
 
 Run: .venv/bin/python benchmarks/soak.py --runs N [--runs-dir DIR] [--load] [--host]
+From a clone nothing else edits (`PYTHONPATH=CLONE python CLONE/benchmarks/soak.py …`): every run reads the
+lab's code and data from that tree as it starts, so an edit in the middle of a soak fails the run it meets.
 
 Each run is a real `python -m lab.cli scenario NAME --runs-dir DIR`, one at a time. A phase is a step of
 the scenario, named by its label and position (`2:mark`); its duration is the `seconds` of its step-end
