@@ -29,6 +29,7 @@ from typing import Any
 
 from lab.errors import SetupError, UsageError
 from lab.events import Event, read_events
+from lab.lines import last_lines
 
 RESULT_SCHEMA_VERSION = 3
 S4_RENAMED = "classed hibernate-off2 when written (result.json version 2); ACPI S4 is hibernate-s4 since version 3"
@@ -226,6 +227,10 @@ class BootFiles:
             return self.stderr.read_text(errors="replace")
         except OSError:
             return ""
+
+    def stderr_tail(self) -> str:
+        """QEMU's last non-blank stderr lines on one line: what a refusal quotes when QEMU died at start."""
+        return " ".join(last_lines(self.read_stderr()))
 
 
 class RunDirectory:

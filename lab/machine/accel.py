@@ -17,7 +17,6 @@ from pathlib import Path
 from lab.errors import ChannelError, MachineError, SetupError, UsageError, WaitTimeout
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL, program_on
-from lab.lines import last_lines
 from lab.machine.process import Machine
 from lab.machine.spec import MachineSpec
 from lab.rundir import BootFiles
@@ -100,7 +99,7 @@ def probe_machine(spec: MachineSpec, judge: Callable[[Machine], str | None], hos
         except WaitTimeout:
             problem = f"no QMP answer within {PROBE_QMP_SECONDS:g}s although the process kept running"
         except MachineError as error:
-            problem = " ".join(last_lines(files.read_stderr())) or str(error)
+            problem = files.stderr_tail() or str(error)
         except (ChannelError, SetupError) as error:
             problem = str(error)
     return ProbeOutcome(problem is None, problem or "")
@@ -144,11 +143,11 @@ def _kernel_banner(machine: Machine, seconds: float) -> str | None:
     try:
         machine.console.expect(KERNEL_BANNER.pattern, seconds, "the kernel's banner")
     except WaitTimeout:
-        return f"no kernel banner on the early console within {PROBE_BOOT_SECONDS:g}s"
+        return f"no kernel banner on the early console within {seconds:g}s"
     except ChannelError as error:
         if machine.running:
             return str(error)
-        return " ".join(last_lines(machine.files.read_stderr())) or f"QEMU exited before the banner ({error})"
+        return machine.files.stderr_tail() or f"QEMU exited before the banner ({error})"
     return None
 
 
@@ -159,9 +158,8 @@ def probe_kernel(binary: Path, accel: str, guest_arch: str, kernel: Path, host: 
     that starts machines but whose instruction emulation stops the x86 kernel's decompressor
     with an internal error.
     """
-    on_host = kernel if host is LOCAL else Path(host.file_for(kernel))
     seconds = PROBE_BOOT_SECONDS * host.patience
-    return probe_machine(probe_spec(binary, accel, guest_arch, on_host),
+    return probe_machine(probe_spec(binary, accel, guest_arch, Path(host.file_for(kernel))),
                          lambda machine: _kernel_banner(machine, seconds), host)
 
 

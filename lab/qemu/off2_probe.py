@@ -19,7 +19,6 @@ from pathlib import Path
 from lab.errors import ChannelError, MachineError, SetupError, WaitTimeout
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
-from lab.lines import last_lines
 from lab.machine.bare_metal import INSN_HVC_0, RET, bit_branch, branch, image, mov_imm64
 from lab.machine.process import Machine
 from lab.machine.spec import MachineSpec
@@ -78,7 +77,7 @@ def reports_off2(binary: Path, loader: Path | None = None, host: Host = LOCAL) -
     directory = _probe_dir()
     program = directory / "off2-probe.img"
     program.write_bytes(probe_program())
-    kernel = program if host is LOCAL else Path(host.file_for(program))
+    kernel = Path(host.file_for(program))
     spec = MachineSpec(arch="aarch64", kernel=kernel, initrd=None, append="", accel="tcg", memory_mib=64, cpus=1,
                        qemu=binary, loader=loader)
     files = BootFiles(directory, "off2-probe")
@@ -89,7 +88,7 @@ def reports_off2(binary: Path, loader: Path | None = None, host: Host = LOCAL) -
             machine.qmp.wait_event("SHUTDOWN", PROBE_SECONDS)
             seen = [event["event"] for event in machine.qmp.events]
     except (MachineError, WaitTimeout, ChannelError) as error:
-        said = " ".join(last_lines(files.read_stderr())) or str(error)
+        said = files.stderr_tail() or str(error)
         raise SetupError(f"cannot ask {binary} whether it reports SYSTEM_OFF2: {_cut(said)} "
                          f"(the probe's files: {directory})") from error
     shutil.rmtree(directory, ignore_errors=True)
