@@ -90,6 +90,10 @@ class Host(Protocol):
 
     def fetch(self, path: str, into: Path) -> None: ...
 
+    def put(self, local: Path, path: str) -> None:
+        """A file of this machine's copied to `path` on the host (a run's own file, not kept by sha256)."""
+        ...
+
     def file_for(self, local: Path) -> str:
         """The host's path of a file of this machine's (copied there if need be)."""
         ...

@@ -75,6 +75,9 @@ class LocalHost:
     def fetch(self, path: str, into: Path) -> None:
         """Nothing to carry: the file is here already (callers pass the run directory's own paths)."""
 
+    def put(self, local: Path, path: str) -> None:
+        shutil.copyfile(local, path)
+
     def file_for(self, local: Path) -> str:
         return str(local)
 

@@ -13,21 +13,21 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import posixpath
 import secrets
-import select
 import shlex
 import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import paramiko
@@ -36,6 +36,7 @@ from lab.deadline import Deadline
 from lab.digest import sha256_file
 from lab.errors import ChannelError, HostLost, SetupError, UsageError, WaitTimeout
 from lab.hosts.base import COMMAND_SECONDS, Completed, HostProcess
+from lab.hosts.ssh_forward import Forward
 from lab.hosts.ssh_login import LoginRefused, log_in
 
 _log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ CONNECT_SECONDS = 20.0
 STOP_SECONDS = 3.0
 """The wrapper's grace between SIGTERM and SIGKILL for QEMU when its session ends."""
 _COPY_CHUNK = 1 << 20
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -75,59 +77,6 @@ def parse_host_url(url: str) -> tuple[str, str, int]:
     except ValueError as error:
         raise UsageError(f"--host {url!r}: {error}") from error
     return parts.username or "root", parts.hostname, port
-
-
-class _Forward:
-    """One local listener whose connections are carried to an address on the host over SSH."""
-
-    def __init__(self, transport: paramiko.Transport, listener: socket.socket, target: tuple[str, int]) -> None:
-        self.transport = transport
-        self.listener = listener
-        self.target = target
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name=f"forward-{target[1]}", daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                remote = self.transport.open_channel("direct-tcpip", self.target, ("127.0.0.1", 0), timeout=10)
-            except (paramiko.SSHException, OSError, EOFError):
-                client.close()
-                continue
-            threading.Thread(target=self._pump, args=(client, remote), daemon=True).start()
-
-    def _pump(self, client: socket.socket, remote: paramiko.Channel) -> None:
-        """Bytes both ways until either side closes (or the forward is stopped)."""
-        with contextlib.closing(client), contextlib.closing(remote):
-            ends: list[socket.socket | paramiko.Channel] = [client, remote]
-            while not self._stop.is_set():
-                ready, _, _ = select.select(ends, [], [], 0.2)
-                try:
-                    if client in ready:
-                        data = client.recv(65536)
-                        if not data:
-                            return
-                        remote.sendall(data)
-                    if remote in ready:
-                        data = remote.recv(65536)
-                        if not data:
-                            return
-                        client.sendall(data)
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._thread.join(2)
 
 
 WRAPPER = """\
@@ -238,7 +187,7 @@ class SshHost:
         self._client = paramiko.SSHClient()
         self._client.get_host_keys().add(self._known_as, login.host_key.get_name(), login.host_key)
         self._client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        self._forwards: list[_Forward] = []
+        self._forwards: list[Forward] = []
         self._scratch = Path(tempfile.mkdtemp(prefix="lab-host-"))
         try:
             problem = log_in(self._client, (login.host, login.port), login.user, login.client_key, timeout,
@@ -345,7 +294,64 @@ class SshHost:
             raise SetupError(f"cannot write {path} on host {self.name}: {done.last_error_line()}")
 
     def fetch(self, path: str, into: Path) -> None:
-        into.write_bytes(self.read_file(path))
+        """The host's `path` written to `into` as it arrives: a run's disk can be hundreds of megabytes. A local
+        write error (a full run directory) is raised as it is, not blamed on the host."""
+        partial = into.with_name(f".{into.name}.partial")
+        session = self._session(COMMAND_SECONDS)
+        status, said = -1, b""
+        try:
+            with partial.open("wb") as stream:
+                self._talk(session, f"sending {path}", lambda: session.exec_command(shlex.join(["cat", "--", path])))
+                while block := self._talk(session, f"sending {path}", lambda: session.recv(_COPY_CHUNK)):
+                    stream.write(block)
+            status = self._talk(session, f"sending {path}", session.recv_exit_status)
+            said = session.recv_stderr(65536) if session.recv_stderr_ready() else b""
+        finally:
+            session.close()
+            if status != 0:
+                partial.unlink(missing_ok=True)
+        if status != 0:
+            raise SetupError(f"cannot read {path} on host {self.name}: "
+                             f"{Completed(('cat', path), status, b'', said).last_error_line()}")
+        partial.replace(into)
+
+    def _talk(self, session: paramiko.Channel, doing: str, step: Callable[[], _T]) -> _T:
+        """One exchange with the host on `session`, its failures named as the host's."""
+        session.settimeout(COMMAND_SECONDS)
+        try:
+            return step()
+        except TimeoutError as error:
+            raise WaitTimeout(f"host {self.name} {doing}", COMMAND_SECONDS) from error
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise HostLost(f"host {self.name} broke off {doing}: {error}") from error
+
+    def put(self, local: Path, path: str) -> None:
+        """`local` copied to the host's `path` as it is read, and checked there by sha256; nothing is left at
+        `path` when the copy fails."""
+        digest = hashlib.sha256()
+        session = self._session(COMMAND_SECONDS)
+        status = -1
+        try:
+            self._talk(session, f"receiving {local.name}",
+                       lambda: session.exec_command(f"cat > {shlex.quote(path)}"))
+            with local.open("rb") as stream:
+                for block in iter(lambda: stream.read(_COPY_CHUNK), b""):
+                    digest.update(block)
+                    self._talk(session, f"receiving {local.name}", functools.partial(session.sendall, block))
+            session.shutdown_write()
+            status = self._talk(session, f"receiving {local.name}", session.recv_exit_status)
+            if status == 0:
+                got = self.check(["sha256sum", "--", path], f"cannot check {path}").text().split()[:1]
+                if got != [digest.hexdigest()]:
+                    status = -1
+                    raise SetupError(f"{local} arrived on host {self.name} changed (sha256 {got})")
+        finally:
+            session.close()
+            if status != 0:
+                with contextlib.suppress(ChannelError, WaitTimeout):
+                    self.run(["rm", "-f", "--", path])
+        if status != 0:
+            raise SetupError(f"copying {local} to {path} on host {self.name} failed (status {status})")
 
     def file_for(self, local: Path) -> str:
         """The host's copy of `local`, by its sha256: copied once (and checked), then reused by every run.
@@ -353,31 +359,12 @@ class SshHost:
         A file is only ever put in the cache by renaming a copy whose sha256 was checked there, so a
         file present under its digest is taken as it is (hashing it again would cost seconds per run).
         """
-        sha256 = sha256_file(local)
-        cached = posixpath.join(FILE_CACHE, sha256)
+        cached = posixpath.join(FILE_CACHE, sha256_file(local))
         if self.run(["test", "-f", cached]).returncode == 0:
             return cached
-        partial = f"{cached}.{secrets.token_hex(4)}"
         self.check(["mkdir", "-p", FILE_CACHE], f"cannot make {FILE_CACHE}")
-        digest = hashlib.sha256()
-        session = self._session(COMMAND_SECONDS)
-        try:
-            session.exec_command(f"cat > {shlex.quote(partial)}")
-            with local.open("rb") as stream:
-                for block in iter(lambda: stream.read(_COPY_CHUNK), b""):
-                    digest.update(block)
-                    session.sendall(block)
-            session.shutdown_write()
-            status = session.recv_exit_status()
-        finally:
-            session.close()
-        if status != 0 or digest.hexdigest() != sha256:
-            self.run(["rm", "-f", partial])
-            raise SetupError(f"copying {local} to host {self.name} failed (status {status})")
-        got = self.check(["sha256sum", "--", partial], f"cannot check {partial}").text().split()[:1]
-        if got != [sha256]:
-            self.run(["rm", "-f", partial])
-            raise SetupError(f"{local} arrived on host {self.name} changed (sha256 {got})")
+        partial = f"{cached}.{secrets.token_hex(4)}"
+        self.put(local, partial)
         self.check(["mv", "-f", partial, cached], f"cannot keep {cached}")
         return cached
 
@@ -390,16 +377,16 @@ class SshHost:
     def endpoints(self, names: tuple[str, ...], prefix: str) -> SshEndpoints:
         return SshEndpoints(self, names, prefix)
 
-    def forward_unix(self, path: Path, port: int) -> _Forward:
+    def forward_unix(self, path: Path, port: int) -> Forward:
         """Connections to the unix socket `path` here, carried to 127.0.0.1:PORT on the host."""
-        forward = _Forward(self._transport, self._listen(socket.AF_UNIX, str(path)), ("127.0.0.1", port))
+        forward = Forward(self._transport, self._listen(socket.AF_UNIX, str(path)), ("127.0.0.1", port))
         self._forwards.append(forward)
         return forward
 
     def tcp_channel(self, port: int) -> int:
         """A local TCP port on 127.0.0.1 carried to the same port on the host's loopback."""
         listener = self._listen(socket.AF_INET, ("127.0.0.1", 0))
-        self._forwards.append(_Forward(self._transport, listener, ("127.0.0.1", port)))
+        self._forwards.append(Forward(self._transport, listener, ("127.0.0.1", port)))
         local_port: int = listener.getsockname()[1]
         return local_port
 
