@@ -13,6 +13,7 @@ from typing import NoReturn, TypeAlias
 
 from lab import commands, logs
 from lab.errors import LabError, printable
+from lab.fleet.host_vm import HOST_MEMORY_MIB
 from lab.nightly import add_commands as add_nightly_commands
 
 
@@ -189,7 +190,8 @@ def _host_commands(groups: Groups) -> None:
         command.add_argument("name", nargs="?", default="kvm-host", help="host image recipe (default: kvm-host)")
         command.add_argument("--kernel-deb", metavar="linux-image-…=VERSION",
                              help="the host's Debian kernel, e.g. linux-image-cloud-arm64=6.12.117-1")
-    start.add_argument("--memory", type=_count(1 << 20), default=3072, metavar="MIB", help="host RAM (default: 3072)")
+    start.add_argument("--memory", type=_count(1 << 20), default=HOST_MEMORY_MIB, metavar="MIB",
+                       help=f"host RAM (default: {HOST_MEMORY_MIB}: a system guest takes 2048 of it)")
     start.add_argument("--cpus", type=_count(64), default=2, metavar="N", help="host CPUs (default: 2)")
     start.set_defaults(handler=commands.host_start)
     build.add_argument("--refresh", action="store_true", help="refresh the package lists first")

@@ -28,10 +28,6 @@ def lab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
         (["disk", "inspect", "/nonexistent.raw"], "lab: error:"),
         (["disk", "set-signature", "/nonexistent.raw", "zz"], "lab: error:"),
         (["images", "build", "no-such-recipe"], "lab: error: no image recipe named 'no-such-recipe'"),
-        (["scenario", "system-hibernate-resume", "--host", "ssh://root@127.0.0.1:9"],
-         "lab: error: `guest: system` runs on this machine only, not on lab host ssh://root@127.0.0.1:9: "),
-        (["scenario", "system-efi-hibernate-resume", "--host", "ssh://root@127.0.0.1:9"],
-         "lab: error: `firmware: uefi` runs on this machine only, not on lab host ssh://root@127.0.0.1:9"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):

@@ -39,6 +39,9 @@ DEFAULT_HOST = "kvm-host"
 BOOT_SECONDS = 300.0
 """The host's boot to `lab-init: ready`: about 20 s on an idle two-core machine, several times that when busy."""
 SSH_SECONDS = 60.0
+HOST_MEMORY_MIB = 6144
+"""The host's RAM: a system guest takes 2048 MiB of it and its disk overlay lives in the host's RAM too.
+TCG gives the host pages only as it touches them, so RAM it does not use costs nothing here."""
 PORT_ATTEMPTS = 3
 DRAIN_SLICE = 1.0
 READER_STOP_SECONDS = 5.0
@@ -180,8 +183,8 @@ def _wait_ready(machine: Machine, timeout: float) -> KvmStatus:
 
 
 @contextmanager
-def start_host(name: str = DEFAULT_HOST, kernel_deb: str | None = None, memory_mib: int = 3072, cpus: int = 2,
-               boot_timeout: float = BOOT_SECONDS, log: Callable[[str], None] = print,
+def start_host(name: str = DEFAULT_HOST, kernel_deb: str | None = None, memory_mib: int = HOST_MEMORY_MIB,
+               cpus: int = 2, boot_timeout: float = BOOT_SECONDS, log: Callable[[str], None] = print,
                image: GuestImage | None = None) -> Iterator[RunningHost]:
     """Boot a lab host and yield it once it is ready: init said so and SSH logs in. Stops it on exit.
 

@@ -54,11 +54,17 @@ def systemd_boot(image: GuestImage) -> Path:
     return cached
 
 
-def install_boot_entry(disk: Path, image: GuestImage, loader: Path, cmdline: str) -> None:
-    """systemd-boot, the image's kernel and initramfs, and one entry booting them with `cmdline`, written
-    into the EFI system partition of `disk` (a raw copy of the image's disk)."""
+def esp_partition(image: GuestImage) -> tuple[int, int]:
+    """Where the EFI system partition lies in the image's disk: (offset, size) in bytes."""
     esp = next(p for p in image.manifest["system"]["partitions"] if p["label"] == "lab-esp")
-    target = f"{disk}@@{esp['offset']}"
+    return int(esp["offset"]), int(esp["size"])
+
+
+def install_boot_entry(disk: Path, image: GuestImage, loader: Path, cmdline: str, offset: int | None = None) -> None:
+    """systemd-boot, the image's kernel and initramfs, and one entry booting them with `cmdline`, written
+    into the EFI system partition of `disk`: a raw copy of the image's disk, or of its partition alone
+    (`offset` 0)."""
+    target = f"{disk}@@{esp_partition(image)[0] if offset is None else offset}"
     _, removable_name = EFI_NAMES[image.arch]
     run_tool("mmd", "-i", target, "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries", env=MTOOLS)
     with tempfile.TemporaryDirectory(prefix="lab-esp-") as scratch:

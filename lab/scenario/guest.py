@@ -16,22 +16,19 @@ Leaving any state through `close()` stops QEMU (softly first) and ends the PSCI 
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import secrets
-import shutil
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from lab.deadline import Deadline
-from lab.errors import ChannelError, KernelTrouble, LabError, MachineError, SetupError, UsageError
+from lab.errors import ChannelError, KernelTrouble, LabError, MachineError
 from lab.events import EventLog, PortTaken, QemuLaunched
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL
 from lab.hosts.trace import KvmTrace
-from lab.image.boot_loader import install_boot_entry, systemd_boot
 from lab.image.guest_image import GuestImage, SwapArea
 from lab.machine.channels.serial import TROUBLE_QUIET_SECONDS
 from lab.machine.channels.shell import CommandResult, GuestShell
@@ -41,6 +38,7 @@ from lab.machine.spec import Disk, MachineSpec, Uefi, free_local_port, with_cons
 from lab.psci.attach import GuestPsci, PsciSession
 from lab.qemu.builds import QemuBuild
 from lab.rundir import BootRecord, RunDirectory
+from lab.scenario.run_files import RunFiles
 from lab.vocabulary import CONSOLE_PATTERNS, BootKind, ConsoleMark, Intent, PowerOffClass
 
 PORT_ATTEMPTS = 3
@@ -123,15 +121,8 @@ class Guest:
         """Seconds of console silence after a kernel panic, Oops or BUG that end any wait on the guest
         (stretched by the host's patience, as the steps' timeouts are)."""
         self.trace_kvm = accel == "kvm" and image.qemu_arch == "aarch64"
-        self.uefi: Uefi | None = None
-        if uefi:
-            self._require_uefi()
-            code, variables = Uefi.template(image.qemu_arch)
-            self.uefi = Uefi(code, run_dir.path / "efi-vars.fd")
-            shutil.copyfile(variables, self.uefi.variables)
         self.state = GuestState.OFF
-        self.workdir = str(run_dir.path) if host is LOCAL else host.make_dir("run-")
-        self.disk = Disk(Path(self.workdir) / "swap.raw")
+        self.files = RunFiles(image, run_dir, host, uefi)
         self.machine: Machine | None = None
         self.shell: GuestShell | None = None
         self.psci_session: PsciSession | None = None
@@ -139,36 +130,10 @@ class Guest:
         self._ssh: SshChannel | None = None
         self._trace: KvmTrace | None = None
         self._pending: tuple[str, str] | None = None
-        self._files: dict[Path, str] = {}
-
-    def _host_file(self, local: Path) -> str:
-        """The host's path of one of the image's files, copied there once per run at most."""
-        if local not in self._files:
-            self._files[local] = self.host.file_for(local)
-        return self._files[local]
-
-    def _qemu_img(self, *args: str, timeout: float = 600) -> str:
-        done = self.host.run(["qemu-img", *args], timeout=timeout)
-        if done.returncode != 0:
-            raise SetupError(f"qemu-img {args[0]} failed on {self.host.name}: {done.last_error_line()}")
-        return done.text()
-
-    def _require_uefi(self) -> None:
-        if not self.image.is_system:
-            raise UsageError(f"`firmware: uefi` boots a system image's boot loader; {self.image.name} has none "
-                             "(guest: system)")
 
     def prepare_disk(self, source: Path | None = None) -> None:
-        """The run's own disk: a copy of the user's disk (format kept) or of the image's (a blank swap disk, or a
-        system's GPT disk, whose EFI system partition then gets the boot loader and this run's command line)."""
-        origin = self._host_file(source or self.image.swap_template)
-        disk_format = json.loads(self._qemu_img("info", "-U", "--output=json", origin, timeout=60))["format"]
-        self.disk = Disk(Path(self.workdir) / f"swap.{disk_format}", disk_format)
-        self._qemu_img("convert", "-O", disk_format, "-S", "4k", origin, str(self.disk.path))
-        if self.uefi is not None:
-            if disk_format != "raw":
-                raise UsageError(f"`firmware: uefi` needs a raw disk to write its boot entry into, not {disk_format}")
-            install_boot_entry(self.disk.path, self.image, systemd_boot(self.image), self.command_line())
+        """The run's own disk, from the user's disk or the image's (see RunFiles.prepare_disk)."""
+        self.files.prepare_disk(source, self.command_line())
 
     def command_line(self) -> str:
         """The kernel command line of every boot: the image's, on the console device this accelerator gets,
@@ -184,15 +149,16 @@ class Guest:
         return "virtio" if self.accel == "kvm" else "uart"
 
     def collect(self) -> None:
-        """Bring the swap disk home from a lab host (compressed as qcow2) and clear the host's run directory."""
-        if self.host is LOCAL:
-            return
-        try:
-            packed = f"{self.workdir}/swap-final.qcow2"
-            self._qemu_img("convert", "-c", "-O", "qcow2", str(self.disk.path), packed)
-            self.host.fetch(packed, self.run_dir.swap("qcow2"))
-        finally:
-            self.host.remove_tree(self.workdir)
+        """Bring the run's disk (and variable store) home from a lab host."""
+        self.files.collect()
+
+    @property
+    def disk(self) -> Disk:
+        return self.files.disk
+
+    @property
+    def uefi(self) -> Uefi | None:
+        return self.files.uefi
 
     @property
     def boot_name(self) -> str:
@@ -202,8 +168,8 @@ class Guest:
     def spec(self, ssh_port: int | None = None) -> MachineSpec:
         """The machine of the next boot."""
         return MachineSpec(
-            arch=self.image.qemu_arch, kernel=Path(self._host_file(self.image.kernel)),
-            initrd=Path(self._host_file(self.image.initramfs)), append=self.command_line(),
+            arch=self.image.qemu_arch, kernel=Path(self.files.host_file(self.image.kernel)),
+            initrd=Path(self.files.host_file(self.image.initramfs)), append=self.command_line(),
             disks=(self.disk,), accel=self.accel, memory_mib=self.memory_mib, cpus=self.cpus, qemu=self.build.path,
             loader=self.build.loader, gdbstub=self.psci is not None, ssh_port=ssh_port, console=self.console_device,
             uefi=self.uefi,

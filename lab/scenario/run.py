@@ -46,6 +46,9 @@ from lab.scenario.pm_knobs import kernel_debug_append
 from lab.scenario.steps import RunContext, run_steps
 from lab.vocabulary import HibernateVia, guest_arch
 
+HOST_MEMORY_MARGIN_MIB = 256
+"""What QEMU takes on a lab host beside its guest's RAM."""
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -164,6 +167,8 @@ def set_up(scenario: Scenario, options: RunOptions, run_dir: RunDirectory, event
     if paths.via is HibernateVia.SYSTEMD and not image.is_system:
         raise UsageError(f"`hibernation: via: systemd` needs a system image (guest: system); "
                          f"{image.name} has no systemd")
+    if host is not LOCAL:
+        _require_memory(host, scenario.memory_mib, image.is_system)
     guest = Guest(image, run_dir, events, accel.name, build, psci, scenario.memory_mib, scenario.cpus, host,
                   trouble_quiet_seconds(scenario.kernel_trouble_quiet), swap_area=area,
                   boot_append=" ".join(filter(None, (image.boot_arguments(area, paths.resume_from),
@@ -193,13 +198,18 @@ def _run_directory(scenario: Scenario, options: RunOptions) -> RunDirectory:
     return run_dir
 
 
-def _refuse_on_a_host(scenario: Scenario, url: str) -> None:
-    """What a lab host cannot run yet, refused before it is even reached."""
-    if scenario.uefi:
-        raise UsageError(f"`firmware: uefi` runs on this machine only, not on lab host {url}")
-    if scenario.system:
-        raise UsageError(f"`guest: system` runs on this machine only, not on lab host {url}: a lab host keeps its "
-                         "files in RAM, and a system image's disk holds more than a gigabyte")
+def _require_memory(host: Host, memory_mib: int, system: bool) -> None:
+    """A lab host with too little free RAM for the guest is a set-up error, not a guest killed halfway. A
+    system guest's disk overlay is in the host's RAM too, and holds up to an image as large as the guest's."""
+    meminfo = host.run(["cat", "/proc/meminfo"]).text()
+    free_kib = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemAvailable:")), None)
+    if free_kib is None:
+        raise SetupError(f"host {host.name} has no MemAvailable in /proc/meminfo")
+    needed_mib = memory_mib * (2 if system else 1) + HOST_MEMORY_MARGIN_MIB
+    if free_kib // 1024 < needed_mib:
+        raise SetupError(f"host {host.name} has {free_kib // 1024} MiB of RAM free and this guest needs {needed_mib} "
+                         f"({memory_mib} of RAM{', as much again for its disk' if system else ''} and QEMU's own): "
+                         "give the host more (`lab host start --memory`)")
 
 
 def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listener]) -> RunResult:
@@ -216,7 +226,6 @@ def run_scenario(scenario: Scenario, options: RunOptions, listeners: list[Listen
     host: Host = LOCAL
     try:
         if options.host:
-            _refuse_on_a_host(scenario, options.host)
             host = open_host(options.host)
         setup = set_up(scenario, options, run_dir, events, host)
         events.emit(RunStarted, scenario=scenario.name, image=setup.image.name, accel=setup.accel.name,

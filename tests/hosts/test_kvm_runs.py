@@ -34,6 +34,8 @@ pytestmark = pytest.mark.guest
 LAB = [sys.executable, "-m", "lab.cli"]
 RUN_SECONDS = 1200.0
 """A KVM scenario here: about 3 minutes on an idle machine (two guest boots of 35 to 50 s each)."""
+SYSTEM_RUN_SECONDS = 2400.0
+"""`system-hibernate-resume` on KVM here: the system's disk packed and copied to the host first (once per host)."""
 HOST_START_SECONDS = 900.0
 ARTIFACTS = ("result.json", "junit.xml", "report.html", "events.jsonl")
 HIBERNATE_ONLY = """\
@@ -139,6 +141,33 @@ def test_the_patched_qemu_on_kvm_reports_off2_over_qmp_and_agrees_with_the_host_
     events = [json.loads(line) for line in (run_dir / "qmp-boot1.jsonl").read_text().splitlines()]
     assert [event["event"] for event in events][-2:] == ["SUSPEND_DISK", "SHUTDOWN"]
     assert events[-1]["data"] == {"guest": True, "reason": "guest-shutdown"}, "reported as x86 reports ACPI S4"
+
+
+def test_system_hibernate_resume_on_kvm_writes_only_an_overlay_and_brings_only_that_home(host, tmp_path,
+                                                                                         leaves_nothing):
+    """A whole Debian system (systemd, initramfs-tools, OpenSSH) hibernates and resumes on real KVM. Its disk
+    goes to the host once, packed; the run writes to an overlay of it there, and only the overlay comes home,
+    backed here by the image's own disk."""
+    done, run_dir = lab_scenario(tmp_path, "system-hibernate-resume", "--host", host.url, "--accel", "kvm",
+                                 timeout=SYSTEM_RUN_SECONDS)
+    assert done.returncode == 0, done.stdout + done.stderr
+    verdict = verdict_of(run_dir)
+    assert verdict["kind"] == "hibernate-off2"
+    assert verdict["witnesses"]["host-kvm"]["facts"]["system_off2"] == 1
+    environment = json.loads((run_dir / "result.json").read_text())["environment"]
+    image_disk = Path(environment["image"]["path"]) / "disk.raw"
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(run_dir / "swap.qcow2")],
+                                     capture_output=True, text=True, check=True, timeout=60).stdout)
+    assert info["backing-filename"] == str(image_disk.resolve()) and info["backing-filename-format"] == "raw"
+
+
+def test_a_guest_larger_than_the_host_s_free_ram_is_a_set_up_error(host, tmp_path, leaves_nothing):
+    scenario = tmp_path / "huge.yaml"
+    scenario.write_text("name: huge\ndescription: More RAM than the host has.\nmemory_mib: 65536\n"
+                        "steps:\n  - boot\n")
+    done, run_dir = lab_scenario(tmp_path / "runs", str(scenario), "--host", host.url, "--accel", "kvm",
+                                 timeout=300)
+    _set_up_error(done, run_dir, "MiB of RAM free and this guest needs 65792")
 
 
 def _set_up_error(done: subprocess.CompletedProcess[str], run_dir: Path | None, fragment: str) -> None:
