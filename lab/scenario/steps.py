@@ -54,9 +54,24 @@ SYSTEMD_SLEEP_SECONDS = 200
 """Guest uptime from `systemctl hibernate` to giving up on systemd-sleep: hibernation, time powered off,
 the resume, and systemd-sleep's post hooks, on a loaded machine."""
 SYSTEMD_SLEEP_UNFINISHED = 124
-HIBERNATE_COMMANDS = {
-    HibernateVia.SYSFS: "echo disk > /sys/power/state",
-    HibernateVia.SYSTEMD: (
+HIBERNATE_SYSFS = "echo disk > /sys/power/state"
+
+
+def _systemd_hibernate(limit: int) -> str:
+    """`systemctl hibernate`, with the hibernation's outcome as the command's status.
+
+    systemd-sleep reads the swap device's filesystem UUID from udev's database, which a TCG guest's udev may
+    still be filling when the system is up ("Failed to get filesystem UUID for device"): the command waits
+    for udev first. `systemctl hibernate` returns once logind has accepted, before systemd-hibernate.service
+    runs (the job may not even be queued yet): the command then waits for the journal to say that the unit
+    ended, after the resume or on its refusal, and exits 0 when it succeeded, else with systemd-sleep's
+    status. The unit's own properties cannot say so: systemd unloads an inactive static unit that nothing
+    references, and its ExecMain* and InvocationID read as never run again (a poll that came too late on a
+    loaded machine waited forever). Should the unit not end within `limit` seconds of guest uptime (which
+    counts the time spent hibernated too), the command says what systemd and the processes that might hold
+    it were doing, and exits SYSTEMD_SLEEP_UNFINISHED, well inside the step's timeout.
+    """
+    return (
         "udevadm settle --timeout=120 || exit $?\n"
         "unit=systemd-hibernate.service\n"
         "ends() {\n"
@@ -66,8 +81,8 @@ HIBERNATE_COMMANDS = {
         "started=$(cut -d. -f1 /proc/uptime)\n"
         "systemctl hibernate || exit $?\n"
         'while [ "$(ends | wc -l)" -le "$before" ]; do\n'
-        f"    if [ $(($(cut -d. -f1 /proc/uptime) - started)) -gt {SYSTEMD_SLEEP_SECONDS} ]; then\n"
-        f'        echo "lab-system: $unit not finished {SYSTEMD_SLEEP_SECONDS}s after systemctl hibernate"\n'
+        f"    if [ $(($(cut -d. -f1 /proc/uptime) - started)) -gt {limit} ]; then\n"
+        f'        echo "lab-system: $unit not finished {limit}s after systemctl hibernate"\n'
         "        timeout 20 systemctl status --no-pager --lines=15 $unit\n"
         "        timeout 20 systemctl list-jobs --no-pager\n"
         "        ps -eo pid,stat,wchan:32,args | grep -E ' D|sleep|hibernate|systemctl|efi' | grep -v grep\n"
@@ -79,22 +94,14 @@ HIBERNATE_COMMANDS = {
         "status=$(journalctl -b -q -o cat -u $unit | grep -o 'status=[0-9]*' | tail -n 1)\n"
         "status=${status#status=}\n"
         'exit "${status:-1}"\n'
-    ),
-}
-"""systemd-sleep reads the swap device's filesystem UUID from udev's database, which a TCG guest's udev may still be
-filling when the system is up ("Failed to get filesystem UUID for device"): the command waits for udev first.
-`systemctl hibernate` returns once logind has accepted, before systemd-hibernate.service runs (the job may
-not even be queued yet): the command then waits for the journal to say that systemd-hibernate.service ended,
-after the resume or on its refusal, and exits 0 when it succeeded, else with systemd-sleep's status, so the
-command's status is the hibernation's outcome. The unit's own properties cannot say so: systemd unloads
-an inactive static unit that nothing references, and its ExecMain* and InvocationID read as never run again
-(a poll that came too late on a loaded machine waited forever). Should the unit not end, the command says
-what systemd and the processes that might hold it were doing, and exits 124, well inside the step's
-timeout: the guest's uptime counts the time it spent hibernated too, which SYSTEMD_SLEEP_SECONDS allows for."""
+    )
 
 
-def hibernate_command(paths: HibernationPaths) -> str:
-    command = HIBERNATE_COMMANDS[paths.via]
+def hibernate_command(paths: HibernationPaths, patience: float = 1.0) -> str:
+    """How the guest hibernates. systemd's limit is SYSTEMD_SLEEP_SECONDS stretched by the host's `patience`,
+    as the steps' timeouts are: a guest of an emulated KVM host hibernates and resumes several times slower."""
+    command = (HIBERNATE_SYSFS if paths.via is HibernateVia.SYSFS
+               else _systemd_hibernate(round(SYSTEMD_SLEEP_SECONDS * patience)))
     return command if paths.image_size is None else f"echo {paths.image_size} > /sys/power/image_size && {command}"
 
 
@@ -182,7 +189,8 @@ def _power_off(ctx: RunContext, step: Step, outcome: dict[str, Any]) -> None:
     guest = ctx.guest
     intent = Intent(step.kind)
     trial = _prepare_hibernation(ctx, step) if intent is Intent.HIBERNATE else None
-    command = hibernate_command(ctx.scenario.hibernation) if intent is Intent.HIBERNATE else POWER_OFF_COMMANDS[intent]
+    command = (hibernate_command(ctx.scenario.hibernation, guest.host.patience) if intent is Intent.HIBERNATE
+               else POWER_OFF_COMMANDS[intent])
     ended = guest.power_off(command, intent, _timeout(step, ctx), step.params.get("mode"))
     header, disk_error = _read_disk_header(ctx)
     ctx.observations.power_offs.append(PowerOffObservation(
