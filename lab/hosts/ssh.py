@@ -330,7 +330,7 @@ class SshHost:
         `path` when the copy fails."""
         digest = hashlib.sha256()
         session = self._session(COMMAND_SECONDS)
-        status = -1
+        arrived = False
         try:
             self._talk(session, f"receiving {local.name}",
                        lambda: session.exec_command(f"cat > {shlex.quote(path)}"))
@@ -340,18 +340,17 @@ class SshHost:
                     self._talk(session, f"receiving {local.name}", functools.partial(session.sendall, block))
             session.shutdown_write()
             status = self._talk(session, f"receiving {local.name}", session.recv_exit_status)
-            if status == 0:
-                got = self.check(["sha256sum", "--", path], f"cannot check {path}").text().split()[:1]
-                if got != [digest.hexdigest()]:
-                    status = -1
-                    raise SetupError(f"{local} arrived on host {self.name} changed (sha256 {got})")
+            if status != 0:
+                raise SetupError(f"copying {local} to {path} on host {self.name} failed (status {status})")
+            got = self.check(["sha256sum", "--", path], f"cannot check {path}").text().split()[:1]
+            if got != [digest.hexdigest()]:
+                raise SetupError(f"{local} arrived on host {self.name} changed (sha256 {got})")
+            arrived = True
         finally:
             session.close()
-            if status != 0:
+            if not arrived:
                 with contextlib.suppress(ChannelError, WaitTimeout):
                     self.run(["rm", "-f", "--", path])
-        if status != 0:
-            raise SetupError(f"copying {local} to {path} on host {self.name} failed (status {status})")
 
     def file_for(self, local: Path) -> str:
         """The host's copy of `local`, by its sha256: copied once (and checked), then reused by every run.
