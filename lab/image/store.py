@@ -22,7 +22,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,12 +51,23 @@ _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 24 * 3600}
 
 
 @contextmanager
-def build_lock(cache: Path) -> Iterator[None]:
-    """Concurrent image builders (pytest-xdist workers, matrices, two `lab` commands) take turns."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with (cache / "image-build.lock").open("w") as lock:
+def _held(lock_file: Path) -> Iterator[None]:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def build_lock(cache: Path) -> AbstractContextManager[None]:
+    """Concurrent users of the private apt and builders of busybox images (pytest-xdist workers, matrices, two
+    `lab` commands) take turns: they share apt's lists and its downloaded packages."""
+    return _held(cache / "image-build.lock")
+
+
+def recipe_build_lock(cache: Path, name: str) -> AbstractContextManager[None]:
+    """Builders of one system recipe take turns. Builds of different ones share nothing (each mmdebstrap has
+    its own apt and staging directory), so they run side by side: a fresh machine builds its three at once."""
+    return _held(cache / "locks" / f"build-{name}.lock")
 
 
 def resolution_max_age() -> float:

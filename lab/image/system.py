@@ -29,7 +29,7 @@ from lab.image import gpt
 from lab.image.debian import MIRROR, PrivateApt
 from lab.image.guest_image import SYSTEM_KIND, GuestImage
 from lab.image.keys import CLIENT_KEY
-from lab.image.store import build_lock
+from lab.image.store import build_lock, recipe_build_lock
 from lab.image.system_recipe import SYSTEM_FILES_DIR, SystemRecipe
 from lab.image.system_ssh import configure_ssh
 from lab.paths import cache_root
@@ -138,16 +138,17 @@ class SystemImageBuilder:
               log: Callable[[str], None] = print) -> tuple[GuestImage, bool]:
         """Build (or find in the cache) the image; True when it was built now."""
         apt = self.apt_for(recipe)
-        if refresh:
-            apt.update(force=True)
-        versions = resolve_versions(apt, recipe)
-        key = cache_key(recipe, versions)
         with build_lock(self.cache):
+            if refresh:
+                apt.update(force=True)
+            versions = resolve_versions(apt, recipe)
+        key = cache_key(recipe, versions)
+        with recipe_build_lock(self.cache, recipe.name):
             return self._build(recipe, versions, key, log)
 
     def _build(self, recipe: SystemRecipe, versions: dict[str, str], key: str,
                log: Callable[[str], None]) -> tuple[GuestImage, bool]:
-        """Under the cache's build lock: another builder may have just made the same image."""
+        """Under the recipe's build lock: another builder may have just made the same image."""
         target = self.images / f"{recipe.name}-{key}"
         if (target / "manifest.json").exists():
             return GuestImage.open(target), False

@@ -3,6 +3,7 @@ shipped recipes and manifests as the builder writes them (no guest boots here)."
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from lab.errors import SetupError, UsageError
 from lab.image import gpt
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import ImageRecipe
-from lab.image.system import require_builder
+from lab.image.store import recipe_build_lock
+from lab.image.system import SystemImageBuilder, require_builder
 from lab.image.system_recipe import SystemRecipe, is_system_recipe
 from lab.vocabulary import ImageOn, ResumeFrom
 
@@ -112,3 +114,22 @@ def test_efi_variable_resume_needs_uefi_and_systemd_in_the_initrd() -> None:
         dracut.require_resume_path(area, ResumeFrom.INITRAMFS)
     dracut.require_resume_path(area, ResumeFrom.EFI_VARIABLE, uefi=True)
     assert dracut.boot_arguments(area, ResumeFrom.EFI_VARIABLE) == "lab.swap=partition"
+
+
+def test_builds_of_two_system_recipes_do_not_wait_for_each_other(
+        system_image: GuestImage, system_x86_image: GuestImage) -> None:
+    """While one recipe is being built (its lock held here), a build of another recipe goes ahead and finds its
+    image, and a second build of the busy recipe waits for the first to end: bootstrap builds all three at once."""
+    builder = SystemImageBuilder()
+    pool = ThreadPoolExecutor(2)
+    try:
+        with recipe_build_lock(builder.cache, system_image.name):
+            waiting = pool.submit(builder.build, SystemRecipe.named(system_image.name), log=lambda _: None)
+            other, other_built = pool.submit(builder.build, SystemRecipe.named(system_x86_image.name),
+                                             log=lambda _: None).result(timeout=120)
+            assert (other.path, other_built) == (system_x86_image.path, False)
+            assert not waiting.done(), "a second build of a recipe under way went ahead"
+        busy, busy_built = waiting.result(timeout=120)
+        assert (busy.path, busy_built) == (system_image.path, False)
+    finally:
+        pool.shutdown()
