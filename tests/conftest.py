@@ -7,6 +7,7 @@ tests when missing, as the default image does; other tools skip theirs.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from collections.abc import Iterator
@@ -45,6 +46,11 @@ HOST_MARKERS = (*HOST_TOOLS, "depends_on_kvm")
 # QEMU on first use, which has taken 34 minutes on a loaded machine; a hang still ends inside CI's hour.
 SLOW_TEST_TIMEOUT = 2400
 SLOW_MARKERS = ("guest", "qemu", "network", "slurm")
+# pytest-xdist (`-n auto --dist loadgroup`, pyproject.toml) hands each group to one worker: a module by default,
+# so its module fixtures run once; the tests that each boot an emulated KVM host of 6 GiB, and the ones that
+# each start a Slurm cluster, form one group apiece, so no two of those run at once.
+KVM_HOST_MODULES = ("tests/fleet/test_kvm_host.py", "tests/hosts/test_kvm_runs.py")
+WORKER_MEMORY_GIB = 6
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -84,6 +90,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or item.get_closest_marker("network")
         if long_running and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT))
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
+
+
+def _worker_group(item: pytest.Item) -> str:
+    module = item.nodeid.split("::", 1)[0]
+    if module in KVM_HOST_MODULES:
+        return "kvm-host"
+    if item.get_closest_marker("slurm"):
+        return "slurm"
+    return module
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: a worker per core, as far as memory holds a system guest or an emulated host in each."""
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return max(1, min(os.cpu_count() or 1, int(memory_gib // WORKER_MEMORY_GIB)))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

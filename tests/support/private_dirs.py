@@ -1,7 +1,7 @@
 """The tests' own cache and config directories, so no test writes where the user's lab keeps its state.
 
 The private cache links to the user's for what is costly to make and safe to share (images, apt, QEMU
-builds, symbols, the digest cache and the build lock), and keeps its own for the rest, such as the lab
+builds, symbols, the digest cache and the build locks), and keeps its own for the rest, such as the lab
 hosts file `lab host start` writes.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lab.paths import cache_root
 
-SHARED_DIRECTORIES = ("apt", "images", "resolutions", "symbols", "qemu")
+SHARED_DIRECTORIES = ("apt", "images", "resolutions", "symbols", "qemu", "locks")
 SHARED_FILES = ("image-build.lock", "digests.sqlite3")
 
 
