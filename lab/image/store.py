@@ -13,7 +13,6 @@ is older than `LAB_RESOLUTION_MAX_AGE` (default a week).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -21,8 +20,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
 from lab.image import initramfs
+from lab.image.build_locks import build_lock
 from lab.image.debian import PackageVersion, PrivateApt, extract, local_package
 from lab.image.guest_image import GuestImage
 from lab.image.payload import FILE_CACHE, IMAGES_ROOT, ROLE_FILE, RUNS_ROOT, Payload, payload, payload_entries
@@ -48,26 +47,6 @@ RESOLUTION_FORMAT = 1
 MAX_AGE_VARIABLE = "LAB_RESOLUTION_MAX_AGE"
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600
 _AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 24 * 3600}
-
-
-@contextmanager
-def _held(lock_file: Path) -> Iterator[None]:
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def build_lock(cache: Path) -> AbstractContextManager[None]:
-    """Concurrent users of the private apt and builders of busybox images (pytest-xdist workers, matrices, two
-    `lab` commands) take turns: they share apt's lists and its downloaded packages."""
-    return _held(cache / "image-build.lock")
-
-
-def recipe_build_lock(cache: Path, name: str) -> AbstractContextManager[None]:
-    """Builders of one system recipe take turns. Builds of different ones share nothing (each mmdebstrap has
-    its own apt and staging directory), so they run side by side: a fresh machine builds its three at once."""
-    return _held(cache / "locks" / f"build-{name}.lock")
 
 
 def resolution_max_age() -> float:

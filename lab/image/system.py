@@ -26,10 +26,10 @@ from typing import Any
 from lab.digest import sha256_file
 from lab.errors import SetupError
 from lab.image import gpt
+from lab.image.build_locks import build_lock, recipe_build_lock
 from lab.image.debian import MIRROR, PrivateApt
 from lab.image.guest_image import SYSTEM_KIND, GuestImage
 from lab.image.keys import CLIENT_KEY
-from lab.image.store import build_lock, recipe_build_lock
 from lab.image.system_recipe import SYSTEM_FILES_DIR, SystemRecipe
 from lab.image.system_ssh import configure_ssh
 from lab.paths import cache_root

@@ -10,9 +10,9 @@ import pytest
 
 from lab.errors import SetupError, UsageError
 from lab.image import gpt
+from lab.image.build_locks import recipe_build_lock
 from lab.image.guest_image import GuestImage
 from lab.image.recipe import ImageRecipe
-from lab.image.store import recipe_build_lock
 from lab.image.system import SystemImageBuilder, require_builder
 from lab.image.system_recipe import SystemRecipe, is_system_recipe
 from lab.vocabulary import ImageOn, ResumeFrom
