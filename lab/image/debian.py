@@ -7,9 +7,12 @@ What apt and dpkg-deb print (stanzas, control files, relation fields) is read wi
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +107,24 @@ class PrivateApt:
         self.sources = sources or binary_sources(architecture)
         self.trust_expired = trust_expired
         self.debs = root / "debs"
+        self._holding_turn = False
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """apt runs here with Debug::NoLocking (its own locks want root's paths), so the lab's processes take
+        turns on a private apt with a lock of their own: two `apt-get update`s at once tear up each other's lists,
+        and apt-cache beside an update reads half of them. Each command has a timeout, so a wait ends."""
+        if self._holding_turn:
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / "lab-apt.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._holding_turn = True
+            try:
+                yield
+            finally:
+                self._holding_turn = False
 
     def _options(self) -> list[str]:
         etc, state, cache = self.root / "etc", self.root / "state", self.root / "cache"
@@ -148,9 +169,10 @@ class PrivateApt:
         if shutil.which(tool) is None:
             raise SetupError(f"{tool} not found: the lab fetches guest packages with Debian's apt")
         try:
-            done = subprocess.run(
-                [tool, *self._options(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-            )
+            with self._turn():
+                done = subprocess.run(
+                    [tool, *self._options(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+                )
         except subprocess.TimeoutExpired as error:
             raise SetupError(f"{tool} {' '.join(args)} took longer than {timeout:.0f}s") from error
         if done.returncode != 0:
@@ -176,12 +198,13 @@ class PrivateApt:
         Lists are not refreshed by age: builds stay reproducible and offline until the user asks
         for newer packages (`lab images build --refresh`).
         """
-        self._prepare()
-        if self._lists_stamp.exists() and not force:
-            return False
-        self._run("apt-get", "update", "-q")
-        self._lists_stamp.touch()
-        return True
+        with self._turn():
+            self._prepare()
+            if self._lists_stamp.exists() and not force:
+                return False
+            self._run("apt-get", "update", "-q")
+            self._lists_stamp.touch()
+            return True
 
     def _stanza(self, name: str, arch: str, version: str | None) -> Packages:
         """One package's stanza. An unknown package fails apt-cache; an unknown version of a known

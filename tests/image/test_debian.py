@@ -8,6 +8,7 @@ split into binary and modules, 6.12 in one), dropbear-bin, libc6, python3-yaml a
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from debian.deb822 import PkgRelation
 from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
 from lab.image.debian import Candidate, PrivateApt, local_package, pinned_relations, stanzas
+from lab.image.guest_image import GuestImage
+from lab.image.recipe import ImageRecipe
+from lab.image.store import ImageStore
 
 APT_CACHE_SHOW = Path(__file__).parent / "data" / "apt-cache-show-arm64.txt"
 
@@ -141,3 +145,19 @@ def test_a_users_deb_for_another_arch_or_no_deb_at_all_is_refused(tmp_path):
         local_package(tmp_path / "not.deb", "arm64")
     with pytest.raises(UsageError, match="no such kernel package"):
         local_package(tmp_path / "missing.deb", "arm64")
+
+
+def test_two_users_of_one_private_apt_take_turns(default_image: GuestImage) -> None:
+    """Two lab processes on one private apt (two test workers, a matrix and a build): apt-cache waits while the
+    other holds its turn, as an update rewriting the lists would, and goes on when the turn ends."""
+    recipe = ImageRecipe.named(default_image.name)
+    holder, reader = ImageStore().apt_for(recipe), ImageStore().apt_for(recipe)
+    pool = ThreadPoolExecutor(1)
+    try:
+        with holder._turn():
+            versions = pool.submit(reader.versions, "busybox-static", recipe.arch)
+            with pytest.raises(TimeoutError):
+                versions.result(timeout=5)
+        assert versions.result(timeout=120), "no busybox-static in the lists"
+    finally:
+        pool.shutdown()
