@@ -10,8 +10,11 @@ version whose files are already in the cache.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,20 +145,33 @@ class SourceStore:
         return True
 
     def _download(self, source: KnownSource, known: list[KnownSource]) -> None:
-        """Fetch the version's files into the cache; a version the archive does not serve is a usage error."""
+        """Fetch the version's files into the cache; a version the archive does not serve is a usage error.
+
+        Builders of two targets start from the same source: the first fetches it, the second waits and finds it."""
         directory = self.root / source.directory_name
         staging = directory.with_name(f".{directory.name}.{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            self.apt.update()
-            self.apt.download_source(SOURCE_PACKAGE, source.version, staging)
-        except SetupError as error:
+        with self._fetching(directory):
+            if self.cached_dsc(source) is not None:
+                return
             shutil.rmtree(staging, ignore_errors=True)
-            hint = f"; known to take the series: {', '.join(s.version for s in known)}" if known else ""
-            raise UsageError(f"Debian does not serve QEMU source {source.version} ({str(error).rsplit(': ', 1)[-1]}); "
-                             f"listed now: {self._served_hint()}{hint}") from error
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging.replace(directory)
+            try:
+                self.apt.update()
+                self.apt.download_source(SOURCE_PACKAGE, source.version, staging)
+            except SetupError as error:
+                shutil.rmtree(staging, ignore_errors=True)
+                hint = f"; known to take the series: {', '.join(s.version for s in known)}" if known else ""
+                raise UsageError(f"Debian does not serve QEMU source {source.version} "
+                                 f"({str(error).rsplit(': ', 1)[-1]}); "
+                                 f"listed now: {self._served_hint()}{hint}") from error
+            shutil.rmtree(directory, ignore_errors=True)  # a fetch that a verify found wrong, or one cut short
+            staging.replace(directory)
+
+    @contextmanager
+    def _fetching(self, directory: Path) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with directory.with_name(f".{directory.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def verify(self, source: KnownSource) -> tuple[Path, list[str]]:
         """The .dsc, once every file it lists matches its sha256 there and in the known list; the lines that say
