@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import signal
 import sys
@@ -224,12 +225,20 @@ def _stop_signals() -> Iterator[bool]:
                 signal.signal(number, handler)
 
 
+def line_buffered_output() -> None:
+    """Each progress line reaches a pipe as it is printed: a nightly log, `tee` or a test reading `lab host start`
+    would otherwise see a long build's lines in 8 KB lumps, or not at all before it is stopped."""
+    if isinstance(sys.stdout, io.TextIOWrapper) and not sys.stdout.line_buffering:
+        sys.stdout.reconfigure(line_buffering=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `lab` command. SIGINT and SIGTERM always stop it cleanly, even when it was started with SIGINT
     ignored (a script's background job): srun and the matrix engines stop their labs with SIGINT."""
     with _stop_signals() as owned:
         args = parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
+        line_buffered_output()
         logs.configure(args.verbose)
         try:
             handler: Callable[[argparse.Namespace], int] = args.handler

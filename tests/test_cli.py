@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +99,19 @@ def test_list_and_show_are_scenario_names_like_any_other(tmp_path):
 def test_old_spellings_are_gone(old, tmp_path):
     done = lab(*old, cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_progress_lines_reach_a_pipe_as_they_are_printed() -> None:
+    """A line printed by a command that then works on for minutes is readable from its pipe at once (CI runs
+    without the PYTHONUNBUFFERED a developer's shell may set)."""
+    script = ("import time; from lab.cli import line_buffered_output; line_buffered_output(); print('first'); "
+              "time.sleep(60)")
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=environment)
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready and process.stdout.readline() == "first\n"
+    finally:
+        process.kill()
+        process.wait(30)
