@@ -1,6 +1,6 @@
 """What CI costs on a fresh machine: `.ci/run` on a clean clone, in a Debian 12 root made for the run.
 
-Run (as root): .venv/bin/python benchmarks/fresh_ci.py [--commit REV] [--work DIR] [--timeout MINUTES]
+Run (as root): .venv/bin/python benchmarks/fresh_ci.py [--commit REV] [--work DIR] [--timeout MINUTES] [--warm]
 
 A machine's installed packages and the lab's cache cannot be unmade, so the run gets a new machine of its own:
 - mmdebstrap makes a minbase Debian 12 root with what a new machine of this kind has (git, gcc, python3, curl),
@@ -10,7 +10,8 @@ A machine's installed packages and the lab's cache cannot be unmade, so the run 
   QEMU, and the suite runs, all from nothing;
 - the run has its own pid and mount namespaces, so whatever it starts ends with it (a timeout or Ctrl-C kills
   the whole namespace).
-Only the kernel and binfmt_misc's registrations are this machine's. The output goes to `<work>/ci.log`; the
+`--warm` runs again in the root a run left behind, on a new clone: CI on a machine that keeps its packages and the
+lab's cache. Only the kernel and binfmt_misc's registrations are this machine's. The output goes to `<work>/ci.log`; the
 figures printed are the whole run, pytest's own time and its summary line. Nothing is asserted.
 """
 
@@ -66,7 +67,7 @@ def namespace_script(root: Path, commit: str) -> str:
     environment = {"HOME": "/root", "USER": "root", "LANG": "C.UTF-8", "TERM": "dumb",
                    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                    **{name: os.environ[name] for name in PASSED_ON if name in os.environ}}
-    inside = (f"cd /root && git clone -q /src lab && cd lab && git checkout -q {shlex.quote(commit)} "
+    inside = (f"cd /root && rm -rf lab && git clone -q /src lab && cd lab && git checkout -q {shlex.quote(commit)} "
               "&& git log --oneline -1 && .ci/run")
     mounts = [f"mount --rbind /dev {root}/dev", f"mount -t proc proc {root}/proc", f"mount --rbind /sys {root}/sys",
               f"mount --bind -o ro {REPO_ROOT} {root}/src",
@@ -96,6 +97,7 @@ def main() -> int:
     parser.add_argument("--commit", default="HEAD", help="what to clone and run (default: HEAD)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/lab-fresh-ci"), help="where the root and log go")
     parser.add_argument("--timeout", type=float, default=120, help="minutes before the run is stopped")
+    parser.add_argument("--warm", action="store_true", help="run in the root the last run left (packages, cache)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("fresh_ci: making a root and namespaces needs root", file=sys.stderr)
@@ -104,9 +106,15 @@ def main() -> int:
                             check=True, timeout=30).stdout.strip()
     args.work.mkdir(parents=True, exist_ok=True)
     root, log = args.work / "root", args.work / "ci.log"
-    started = time.monotonic()
-    make_root(root)
-    print(f"fresh Debian 12 root in {time.monotonic() - started:.0f} s: {root}")
+    if args.warm:
+        if not (root / "root/.cache/hibernation-lab").is_dir():
+            print(f"fresh_ci: --warm needs the root of an earlier run at {root}", file=sys.stderr)
+            return 2
+        print(f"warm: the root of the last run, {root}")
+    else:
+        started = time.monotonic()
+        make_root(root)
+        print(f"fresh Debian 12 root in {time.monotonic() - started:.0f} s: {root}")
     code, seconds = run(root, commit, log, args.timeout * 60)
     summary = PYTEST_SUMMARY.findall(log.read_text(errors="replace"))
     print(f".ci/run of {commit[:12]}: {'stopped after the timeout' if code is None else f'exit {code}'}, "
