@@ -34,8 +34,7 @@ from lab.errors import LabError, SetupError
 from lab.image.closure import program_closure
 from lab.image.debian import PrivateApt, binary_sources, extract
 from lab.lines import last_file_lines
-from lab.paths import cache_root
-from lab.qemu.builds import builds_root
+from lab.qemu.builds import builds_root, qemu_cache, tree_in_place
 from lab.qemu.recipe import (
     PATCHES_DIR,
     STEP_TIMEOUT,
@@ -77,7 +76,7 @@ class QemuBuilder:
         self.sources = sources or SourceStore()
         self.known = known_sources()
         self.source = self._pick(version)
-        self.root = cache_root() / "qemu"
+        self.root = qemu_cache()
         self.key = self._key(self.source)
         self.output = builds_root() / self.key
         self.logs = self.root / "logs" / self.key
@@ -102,7 +101,8 @@ class QemuBuilder:
 
     @property
     def done(self) -> bool:
-        return (self.output / "build.json").is_file() and self.binary.is_file()
+        return ((self.output / "build.json").is_file() and self.binary.is_file()
+                and (not self.target.keeps_tree or tree_in_place(self.output)))
 
     def run(self) -> Path:
         """Build in place (QEMU's test runners need the source and build trees where configure saw them);
@@ -317,6 +317,7 @@ class QemuBuilder:
                 "series_sha256": self.series.sha256, "target": self.target.name, "host": self.target.host,
                 "configure": list(self.target.flags), "built": datetime.now(UTC).isoformat(timespec="seconds"),
                 "seconds": self.seconds, "binary_sha256": sha256_file(self.binary_in(out)),
+                "tree": str(out) if self.target.keeps_tree else None,
             }, indent=2) + "\n")
 
     @staticmethod

@@ -67,8 +67,25 @@ class QemuBuild:
         return f"{self.name}: {self.version}, {reports} ({self.path})"
 
 
+def qemu_cache() -> Path:
+    """The lab's QEMU cache by its real path: configure writes absolute paths into the trees a native build keeps
+    (tests/tcg's Makefile links, meson's files), and a tree configured through a link that later goes (the tests'
+    own cache directory) breaks `lab qemu test` for good."""
+    return (cache_root() / "qemu").resolve()
+
+
 def builds_root() -> Path:
-    return cache_root() / "qemu" / "builds"
+    return qemu_cache() / "builds"
+
+
+def tree_in_place(directory: Path) -> bool:
+    """Whether a build's kept trees are where configure saw them (build.json's `tree`, written by builds since
+    it was recorded: an older tree may have been configured anywhere, and is built again)."""
+    try:
+        record = json.loads((directory / "build.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("tree") == str(directory)
 
 
 def patched_binaries(arch: str = "aarch64") -> list[Path]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import SetupError, UsageError
-from lab.qemu.builds import patched_binaries
+from lab.qemu.builds import patched_binaries, tree_in_place
 
 TCG_RUNS = ("run-psci", "run-psci-type0", "run-psci-smc32", "run-psci-smc64-hi")
 FUNCTIONAL_TESTS = ("func-aarch64-psci_off2", "func-aarch64-aarch64_psci_off2")
@@ -66,7 +66,8 @@ def newest_tree() -> BuildTree:
     """The newest finished native build that kept its trees; a one-line refusal when there is none."""
     for binary in patched_binaries():
         directory = binary.parent.parent
-        if (directory / "build" / "build.ninja").is_file() and (directory / "src").is_dir():
+        kept = (directory / "build" / "build.ninja").is_file() and (directory / "src").is_dir()
+        if kept and tree_in_place(directory):
             return BuildTree(directory)
     raise UsageError("lab qemu test needs a native build of the series with its source and build trees: "
                      "run `lab qemu build` first")

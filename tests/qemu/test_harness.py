@@ -3,6 +3,8 @@ runners on the lab's build tree, as a maintainer would run them before taking th
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,30 @@ def test_lab_qemu_test_passes_both_runners(patched_qemu: Path) -> None:
     for run in ("run-psci", "run-psci-type0", "run-psci-smc32", "run-psci-smc64-hi"):
         assert any(f"{run}: powering off: SYSTEM_OFF2" in line for line in lines), (run, done.stdout)
     assert any("ok" in line and "test_hibernate_tcg" in line and "SKIP" not in line for line in lines), done.stdout
+
+
+def test_the_kept_trees_name_their_real_path_so_they_outlive_the_tests_cache(patched_qemu: Path) -> None:
+    """The tests reach the lab's QEMU cache through a link in a directory removed when they end: a tree configured
+    through that link named it, and the next session's `lab qemu test` found a dangling tests/tcg Makefile."""
+    from lab.qemu.builds import builds_root, tree_in_place
+    from lab.qemu.harness import newest_tree
+
+    tree = newest_tree()
+    assert tree.directory.is_relative_to(builds_root()) and builds_root() == builds_root().resolve()
+    assert tree_in_place(tree.directory)
+    makefile = os.readlink(tree.build / "tests" / "tcg" / "aarch64-softmmu" / "Makefile")
+    assert Path(makefile).is_relative_to(tree.directory), makefile
+
+
+def test_a_tree_configured_elsewhere_is_not_in_place(tmp_path: Path) -> None:
+    from lab.qemu.builds import tree_in_place
+
+    (tmp_path / "build.json").write_text(json.dumps({"tree": "/tmp/lab-tests-gone/cache/qemu/builds/x"}))
+    assert not tree_in_place(tmp_path)
+    (tmp_path / "build.json").write_text(json.dumps({"source": "qemu 1:10.2.2+ds-1"}))
+    assert not tree_in_place(tmp_path), "a build from before the tree was recorded is built again"
+    (tmp_path / "build.json").write_text(json.dumps({"tree": str(tmp_path)}))
+    assert tree_in_place(tmp_path)
 
 
 def test_lab_qemu_test_without_a_build_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
