@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 @contextmanager
-def _held(lock_file: Path) -> Iterator[None]:
+def held_lock(lock_file: Path) -> Iterator[None]:
+    """An exclusive flock on `lock_file` (made with its directory if need be), across processes, while in the block."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with lock_file.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -19,10 +20,10 @@ def _held(lock_file: Path) -> Iterator[None]:
 def build_lock(cache: Path) -> AbstractContextManager[None]:
     """Concurrent users of the private apt and builders of busybox images (pytest-xdist workers, matrices, two
     `lab` commands) take turns: they share apt's lists and its downloaded packages."""
-    return _held(cache / "image-build.lock")
+    return held_lock(cache / "image-build.lock")
 
 
 def recipe_build_lock(cache: Path, name: str) -> AbstractContextManager[None]:
     """Builders of one system recipe take turns. Builds of different ones share nothing (each mmdebstrap has
     its own apt and staging directory), so they run side by side: a fresh machine builds its three at once."""
-    return _held(cache / "locks" / f"build-{name}.lock")
+    return held_lock(cache / "locks" / f"build-{name}.lock")

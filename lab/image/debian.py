@@ -7,7 +7,6 @@ What apt and dpkg-deb print (stanzas, control files, relation fields) is read wi
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +20,7 @@ from debian.deb822 import Deb822, Packages
 
 from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
+from lab.image.build_locks import held_lock
 
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
@@ -117,9 +117,7 @@ class PrivateApt:
         if self._holding_turn:
             yield
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / "lab-apt.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with held_lock(self.root / "lab-apt.lock"):
             self._holding_turn = True
             try:
                 yield

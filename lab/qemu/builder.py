@@ -17,7 +17,6 @@ to its own file; a failed step is named with its log, and nothing half-built is 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -25,12 +24,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from lab.digest import sha256_file
 from lab.errors import LabError, SetupError
+from lab.image.build_locks import held_lock
 from lab.image.closure import program_closure
 from lab.image.debian import PrivateApt, binary_sources, extract
 from lab.lines import last_file_lines
@@ -123,13 +123,9 @@ class QemuBuilder:
                 raise
         return self.binary
 
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> AbstractContextManager[None]:
         """Two builders (two `lab` commands, test workers) take turns; the second finds the first's build."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / "build.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return held_lock(self.root / "build.lock")
 
     def _check_prerequisites(self) -> None:
         """Install what the build needs and the host lacks, saying so; never skip it silently."""

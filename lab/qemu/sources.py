@@ -10,11 +10,8 @@ version whose files are already in the cache.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from debian.debian_support import Version
 
 from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
+from lab.image.build_locks import held_lock
 from lab.image.debian import KEYRING, MIRROR, PrivateApt
 from lab.paths import QEMU_DIR, cache_root
 
@@ -150,7 +148,7 @@ class SourceStore:
         Builders of two targets start from the same source: the first fetches it, the second waits and finds it."""
         directory = self.root / source.directory_name
         staging = directory.with_name(f".{directory.name}.{os.getpid()}")
-        with self._fetching(directory):
+        with held_lock(directory.with_name(f".{directory.name}.lock")):
             if self.cached_dsc(source) is not None:
                 return
             shutil.rmtree(staging, ignore_errors=True)
@@ -165,13 +163,6 @@ class SourceStore:
                                  f"listed now: {self._served_hint()}{hint}") from error
             shutil.rmtree(directory, ignore_errors=True)  # a fetch that a verify found wrong, or one cut short
             staging.replace(directory)
-
-    @contextmanager
-    def _fetching(self, directory: Path) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with directory.with_name(f".{directory.name}.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
 
     def verify(self, source: KnownSource) -> tuple[Path, list[str]]:
         """The .dsc, once every file it lists matches its sha256 there and in the known list; the lines that say
