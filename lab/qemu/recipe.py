@@ -9,6 +9,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,23 @@ def _pkg_config(module: str) -> Callable[[], bool]:
     return present
 
 
+def _cross_links(prefix: str) -> Callable[[], bool]:
+    """Whether the cross compiler builds and links a program against its C library: gcc-aarch64-linux-gnu
+    brings the runtime (libc6-arm64-cross) but not the headers, so a file of the runtime proves nothing, and
+    configure then fails in a way that names neither (sizeof(size_t) against GLIB_SIZEOF_SIZE_T)."""
+    def present() -> bool:
+        compiler = shutil.which(f"{prefix}gcc")
+        if compiler is None:
+            return False
+        with tempfile.TemporaryDirectory(prefix="lab-cross-probe-") as scratch:
+            source = Path(scratch) / "probe.c"
+            source.write_text("#include <stdio.h>\nint main(void) { return puts(\"\") < 0; }\n")
+            linked = subprocess.run([compiler, str(source), "-o", str(Path(scratch) / "probe")],
+                                    capture_output=True, timeout=120)
+        return linked.returncode == 0
+    return present
+
+
 def _system_python_venv() -> bool:
     return subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True,
                           timeout=60).returncode == 0 if Path("/usr/bin/python3").exists() else False
@@ -112,7 +130,7 @@ NATIVE = BuildTarget("native", host_arch(), None, (
 ARM64_CROSS = BuildTarget("arm64", "aarch64", AARCH64_CC, (
     *COMMON_PREREQUISITES,
     Prerequisite("an aarch64 cross compiler", "gcc-aarch64-linux-gnu", _command(f"{AARCH64_CC}gcc")),
-    Prerequisite("the aarch64 C library", "libc6-dev-arm64-cross", _file("/usr/aarch64-linux-gnu/lib/libc.so.6")),
+    Prerequisite("the aarch64 C library", "libc6-dev-arm64-cross", _cross_links(AARCH64_CC)),
     Prerequisite("chrpath", "chrpath", _command("chrpath")),
 ))
 TARGETS = {target.name: target for target in (NATIVE, ARM64_CROSS)}
