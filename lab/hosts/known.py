@@ -9,17 +9,16 @@ Writers take a lock and replace the file whole, so readers never see half of it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.errors import SetupError
+from lab.locks import held_lock
 from lab.paths import cache_root
 
 HOSTS_FORMAT = 1
@@ -78,12 +77,8 @@ class KnownHost:
         return cls(url=url, **data)
 
 
-@contextmanager
-def _locked() -> Iterator[None]:
-    hosts_dir().mkdir(parents=True, exist_ok=True)
-    with (hosts_dir() / "hosts.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+def _locked() -> AbstractContextManager[None]:
+    return held_lock(hosts_dir() / "hosts.lock")
 
 
 def _read() -> dict[str, dict[str, Any]]:

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-
-@contextmanager
-def held_lock(lock_file: Path) -> Iterator[None]:
-    """An exclusive flock on `lock_file` (made with its directory if need be), across processes, while in the block."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+from lab.locks import held_lock
 
 
 def build_lock(cache: Path) -> AbstractContextManager[None]:

@@ -20,7 +20,7 @@ from debian.deb822 import Deb822, Packages
 
 from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
-from lab.image.build_locks import held_lock
+from lab.locks import held_lock
 
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")

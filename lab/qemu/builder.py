@@ -30,10 +30,10 @@ from pathlib import Path
 
 from lab.digest import sha256_file
 from lab.errors import LabError, SetupError
-from lab.image.build_locks import held_lock
 from lab.image.closure import program_closure
 from lab.image.debian import PrivateApt, binary_sources, extract
 from lab.lines import last_file_lines
+from lab.locks import held_lock
 from lab.qemu.builds import builds_root, qemu_cache, tree_in_place
 from lab.qemu.recipe import (
     PATCHES_DIR,

@@ -22,8 +22,8 @@ from debian.debian_support import Version
 
 from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
-from lab.image.build_locks import held_lock
 from lab.image.debian import KEYRING, MIRROR, PrivateApt
+from lab.locks import held_lock
 from lab.paths import QEMU_DIR, cache_root
 
 SOURCE_PACKAGE = "qemu"
