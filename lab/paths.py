@@ -33,6 +33,13 @@ def cache_root() -> Path:
     return Path(xdg) / "hibernation-lab"
 
 
+def qemu_cache() -> Path:
+    """The lab's QEMU cache by its real path: configure writes absolute paths into the trees a native build keeps
+    (tests/tcg's Makefile links, meson's files), and a tree configured through a link that later goes (the tests'
+    own cache directory) breaks `lab qemu test` for good."""
+    return (cache_root() / "qemu").resolve()
+
+
 SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 
 

@@ -34,7 +34,8 @@ from lab.image.closure import program_closure
 from lab.image.debian import PrivateApt, binary_sources, extract
 from lab.lines import last_file_lines
 from lab.locks import held_lock
-from lab.qemu.builds import builds_root, qemu_cache, tree_in_place
+from lab.paths import qemu_cache
+from lab.qemu.builds import builds_root, tree_in_place
 from lab.qemu.recipe import (
     PATCHES_DIR,
     STEP_TIMEOUT,

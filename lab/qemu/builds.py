@@ -23,7 +23,7 @@ from typing import Any
 from lab.errors import SetupError, UsageError, WaitTimeout
 from lab.hosts.base import Host
 from lab.hosts.local import LOCAL, program_on
-from lab.paths import cache_root
+from lab.paths import qemu_cache
 from lab.qemu.off2_probe import reports_off2
 from lab.vocabulary import host_arch
 
@@ -65,13 +65,6 @@ class QemuBuild:
         reports = "reports SYSTEM_OFF2 (SUSPEND_DISK, then SHUTDOWN, as x86 S4)" if self.reports_off2 \
             else "reports SYSTEM_OFF2 like SYSTEM_OFF (stock)"
         return f"{self.name}: {self.version}, {reports} ({self.path})"
-
-
-def qemu_cache() -> Path:
-    """The lab's QEMU cache by its real path: configure writes absolute paths into the trees a native build keeps
-    (tests/tcg's Makefile links, meson's files), and a tree configured through a link that later goes (the tests'
-    own cache directory) breaks `lab qemu test` for good."""
-    return (cache_root() / "qemu").resolve()
 
 
 def builds_root() -> Path:
@@ -138,7 +131,7 @@ def _version(host: Host, launcher: list[str]) -> str:
 
 
 def _known_file() -> Path:
-    return cache_root() / "qemu" / "known.json"
+    return qemu_cache() / "known.json"
 
 
 def _identity(host: Host, binary: Path) -> str:

@@ -22,7 +22,7 @@ from lab.hosts.local import LOCAL
 from lab.machine.bare_metal import INSN_HVC_0, RET, bit_branch, branch, image, mov_imm64
 from lab.machine.process import Machine
 from lab.machine.spec import MachineSpec
-from lab.paths import cache_root
+from lab.paths import qemu_cache
 from lab.rundir import BootFiles
 from lab.vocabulary import HIBERNATE_OFF, PSCI_FEATURES, PSCI_SYSTEM_OFF, PSCI_SYSTEM_OFF2_64
 
@@ -62,7 +62,7 @@ def probe_program() -> bytes:
 
 
 def _probe_dir() -> Path:
-    directory = cache_root() / "qemu" / "probes" / f"{os.getpid()}-{time.time_ns()}"
+    directory = qemu_cache() / "probes" / f"{os.getpid()}-{time.time_ns()}"
     directory.mkdir(parents=True)
     return directory
 

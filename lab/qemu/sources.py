@@ -24,7 +24,7 @@ from lab.digest import sha256_file
 from lab.errors import SetupError, UsageError
 from lab.image.debian import KEYRING, MIRROR, PrivateApt
 from lab.locks import held_lock
-from lab.paths import QEMU_DIR, cache_root
+from lab.paths import QEMU_DIR, qemu_cache
 
 SOURCE_PACKAGE = "qemu"
 SOURCES_FILE = QEMU_DIR / "sources.yaml"
@@ -85,7 +85,7 @@ def known_sources(path: Path | None = None) -> list[KnownSource]:
 
 def source_apt() -> PrivateApt:
     sources = tuple(f"deb-src [signed-by={KEYRING}] {MIRROR} {suite} main" for suite in SOURCE_SUITES)
-    return PrivateApt(cache_root() / "qemu" / "apt-src", "unstable", "amd64", sources=sources, trust_expired=True)
+    return PrivateApt(qemu_cache() / "apt-src", "unstable", "amd64", sources=sources, trust_expired=True)
 
 
 def listed_versions(apt: PrivateApt) -> list[str]:
@@ -97,7 +97,7 @@ class SourceStore:
     """Source packages under the lab's cache, one directory per version, each file checked by sha256."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = root or cache_root() / "qemu" / "source"
+        self.root = root or qemu_cache() / "source"
         self._apt: PrivateApt | None = None
 
     @property
